@@ -1,0 +1,206 @@
+"""``onnxcompress verify REFERENCE CANDIDATE``: compare two models on data and enforce gates.
+
+Exit codes: 0 every gate passed (or none was set), 1 a gate failed (the summary names the gate and
+by how much), 2 usage or input error (one line, no traceback).
+
+Reusable pieces for other commands (``compress --verify-data`` calls them after compressing):
+:func:`add_data_arguments`, :func:`add_gate_arguments`, :func:`add_report_arguments`,
+:func:`gates_from_args`, :func:`run_verification`. They read ``args`` with ``getattr`` defaults, so a
+command may add only some of the argument groups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from onnxcompress.errors import DataError
+from onnxcompress.evaluation.data import parse_int_range, parse_shape_overrides
+from onnxcompress.evaluation.verify import Gates, VerifyResult, verify
+from onnxcompress.sessions import parse_providers
+
+HELP = "Compare a compressed model with its reference on data; exit 1 when a quality gate fails."
+
+
+def _fraction(lo: float, hi: float):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (lo <= v <= hi):
+            raise argparse.ArgumentTypeError(f"must be between {lo:g} and {hi:g}, got {text}")
+        return v
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, *, data_flag: str = "--data") -> None:
+    """Data-source options (dest names fixed: data, labels, batch_size, shape, int_range, samples, seed).
+
+    ``data_flag`` lets another command spell the data option differently (``--verify-data``).
+    """
+    g = parser.add_argument_group("data")
+    g.add_argument(
+        data_flag,
+        dest="data",
+        metavar="FILE_OR_DIR",
+        help="an .npz (arrays keyed by input name, or one array for a one-input model), an .npy, or a folder "
+        "of .npy/.npz files; default: synthetic inputs from the model's input spec",
+    )
+    g.add_argument("--labels", metavar="KEY", help="labels array in the data (default: 'labels' if present)")
+    g.add_argument("--batch-size", type=_positive_int, metavar="N", help="samples per run (default 32)")
+    g.add_argument(
+        "--shape",
+        action="append",
+        metavar="NAME=AxB",
+        help="shape for an input with symbolic dims (leading dim = batch), e.g. input=1x3x224x224, or one "
+        "symbolic dim, e.g. seq=128; repeatable",
+    )
+    g.add_argument(
+        "--int-range",
+        action="append",
+        metavar="LO:HI",
+        help="range [LO, HI) of synthetic integer inputs, e.g. 0:30522, or per input ids=0:30522 (default 0:10)",
+    )
+    g.add_argument("--samples", type=_positive_int, metavar="N", help="use at most N samples (synthetic: 64)")
+    g.add_argument("--seed", type=int, default=0, help="seed of synthetic inputs (default 0)")
+
+
+def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Gate options (dest names: max_accuracy_drop, min_agreement, min_cosine, max_rel_error)."""
+    g = parser.add_argument_group("gates (exit 1 when one fails)")
+    g.add_argument(
+        "--max-accuracy-drop",
+        type=_fraction(-100.0, 100.0),
+        metavar="PTS",
+        help="largest allowed top-1 accuracy drop in percentage points (0.5 = half a point); needs labels",
+    )
+    g.add_argument(
+        "--min-agreement",
+        type=_fraction(0.0, 1.0),
+        metavar="F",
+        help="smallest allowed top-1 agreement with the reference on class-like outputs (0..1)",
+    )
+    g.add_argument(
+        "--min-cosine", type=_fraction(-1.0, 1.0), metavar="F", help="smallest allowed mean cosine similarity"
+    )
+    g.add_argument(
+        "--max-rel-error",
+        type=_fraction(0.0, float("inf")),
+        metavar="F",
+        help="largest allowed relative L2 error ||cand - ref|| / ||ref||",
+    )
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """Report, provider and output options (json, markdown, junit, class_outputs, providers, quiet...)."""
+    g = parser.add_argument_group("reports and runtime")
+    g.add_argument(
+        "--class-outputs",
+        metavar="NAMES",
+        help="comma-separated outputs to treat as class scores (default: 2-D [N, C] outputs with C >= 2)",
+    )
+    g.add_argument("--json", metavar="PATH", help="write the full result as JSON")
+    g.add_argument("--markdown", metavar="PATH", help="write a Markdown summary (for a PR comment)")
+    g.add_argument("--junit", metavar="PATH", help="write JUnit XML (one test case per gate check)")
+    g.add_argument(
+        "--providers",
+        nargs="+",
+        metavar="EP",
+        help="execution providers in priority order: cpu, cuda, tensorrt, ... (default cpu)",
+    )
+    g.add_argument(
+        "--allow-fallback", action="store_true", help="drop requested providers that are unavailable"
+    )
+    g.add_argument("--threads", type=_positive_int, metavar="N", help="intra-op threads per session")
+    g.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress and no table: only the summary line"
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("reference", help="the original model (.onnx or .onnxc)")
+    parser.add_argument("candidate", help="the model to check against it, e.g. the compressed one")
+    add_data_arguments(parser)
+    add_gate_arguments(parser)
+    add_report_arguments(parser)
+
+
+def gates_from_args(args: argparse.Namespace) -> Gates:
+    """The :class:`Gates` named on the command line (absent options = unchecked)."""
+    return Gates(
+        max_accuracy_drop=getattr(args, "max_accuracy_drop", None),
+        min_agreement=getattr(args, "min_agreement", None),
+        min_cosine=getattr(args, "min_cosine", None),
+        max_rel_error=getattr(args, "max_rel_error", None),
+    )
+
+
+def verify_from_args(reference: Any, candidate: Any, args: argparse.Namespace) -> VerifyResult:
+    """Run :func:`~onnxcompress.evaluation.verify.verify` with the options in ``args``."""
+    class_outputs = getattr(args, "class_outputs", None)
+    names = [n.strip() for n in class_outputs.split(",") if n.strip()] if class_outputs else None
+    from onnxcompress.sessions import resolve_providers
+
+    providers = parse_providers(getattr(args, "providers", None))
+    providers = resolve_providers(providers, allow_fallback=getattr(args, "allow_fallback", False))
+    quiet = getattr(args, "quiet", False)
+    return verify(
+        reference,
+        candidate,
+        getattr(args, "data", None),
+        labels_key=getattr(args, "labels", None),
+        batch_size=getattr(args, "batch_size", None),
+        gates=gates_from_args(args),
+        providers=providers,
+        threads=getattr(args, "threads", None),
+        progress=not quiet,
+        shapes=parse_shape_overrides(getattr(args, "shape", None)),
+        int_range=parse_int_range(getattr(args, "int_range", None)),
+        samples=getattr(args, "samples", None),
+        class_outputs=names,
+        seed=getattr(args, "seed", 0) or 0,
+    )
+
+
+def run_verification(reference: Any, candidate: Any, args: argparse.Namespace) -> int:
+    """Verify, print the table (or just the summary with --quiet), write reports; return 0 or 1.
+
+    ``reference`` / ``candidate``: paths (.onnx, .onnxc) or ``onnx.ModelProto``. Usage errors raise
+    OnnxCompressError subclasses (exit 2 through the CLI dispatcher).
+    """
+    from onnxcompress.evaluation.reports import render_text, write_reports
+
+    if getattr(args, "data", None) is None and getattr(args, "labels", None):
+        raise DataError("--labels needs --data: synthetic inputs have no labels")
+    result = verify_from_args(reference, candidate, args)
+    if getattr(args, "quiet", False):
+        print(result.summary())
+    else:
+        print(render_text(result))
+    write_reports(
+        result,
+        json_path=getattr(args, "json", None),
+        markdown_path=getattr(args, "markdown", None),
+        junit_path=getattr(args, "junit", None),
+    )
+    if not result.passed:
+        sys.stdout.flush()
+        return 1
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_verification(args.reference, args.candidate, args)

@@ -1,0 +1,40 @@
+"""Evaluation: data sources, comparison metrics, verification with gates, reports and benchmarks.
+
+Public entry points (import from here):
+
+* :func:`verify`, :class:`Gates`, :class:`VerifyResult`, :class:`GateOutcome` - compare a
+  compressed model with its reference (``onnxcompress verify``);
+* :class:`OutputMetrics`, :func:`compare_outputs` - the metrics on their own;
+* :func:`open_data` and the data sources - streamed batches from npz / folders / synthetic inputs;
+* ``onnxcompress.evaluation.reports`` - text / JSON / Markdown / JUnit renderers;
+* ``onnxcompress.evaluation.bench`` - latency / load / memory benchmark in fresh subprocesses.
+
+Submodules are imported lazily so ``import onnxcompress.evaluation`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "verify": "onnxcompress.evaluation.verify",
+    "Gates": "onnxcompress.evaluation.verify",
+    "VerifyResult": "onnxcompress.evaluation.verify",
+    "GateOutcome": "onnxcompress.evaluation.verify",
+    "OutputMetrics": "onnxcompress.evaluation.metrics",
+    "compare_outputs": "onnxcompress.evaluation.metrics",
+    "open_data": "onnxcompress.evaluation.data",
+    "DataSource": "onnxcompress.evaluation.data",
+    "TensorSpec": "onnxcompress.evaluation.data",
+    "input_specs": "onnxcompress.evaluation.data",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(name)
