@@ -1,0 +1,312 @@
+"""The compression pipeline: inventory -> plan -> algorithms -> encode -> passes -> report.
+
+:func:`compress_model` works on an in-memory ModelProto and never touches files;
+:func:`compress_file` adds loading, atomic saving (``.onnx`` or an ``.onnxc`` container) and the
+file sizes in the report. Neither builds an onnxruntime session: verification lives elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxcompress import __version__
+from onnxcompress.algorithms import clipq, codebook, pruning
+from onnxcompress.config import CompressionConfig, WeightConfig, preset
+from onnxcompress.encoding import EncodedWeight, build_groups, encode_codebook, encode_pruned
+from onnxcompress.errors import NoCompressibleWeightsError
+from onnxcompress.inventory import Inventory, WeightInfo, build_inventory, iter_graphs
+from onnxcompress.passes import CheckModelPass, EncodeWeightsPass, PassManager, RaiseVersionsPass
+from onnxcompress.progress import track
+
+
+@dataclass(frozen=True)
+class WeightReport:
+    name: str
+    op_types: tuple[str, ...]
+    role: str
+    shape: tuple[int, ...]
+    params: int
+    setting: str
+    sparsity: float  # fraction of exact zeros after compression
+    bits: int | None
+    encoding: str
+    bytes_before: int
+    bytes_after: int
+    rel_error: float  # ||W - W_hat|| / ||W||
+
+
+@dataclass
+class CompressionReport:
+    weights: list[WeightReport]
+    skipped: list[tuple[str, str]]
+    groups: int
+    seconds: float
+    passes: dict[str, Any] = field(default_factory=dict)
+    file_bytes_before: int | None = None
+    file_bytes_after: int | None = None
+    output: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params(self) -> int:
+        return sum(w.params for w in self.weights)
+
+    @property
+    def weight_bytes_before(self) -> int:
+        return sum(w.bytes_before for w in self.weights)
+
+    @property
+    def weight_bytes_after(self) -> int:
+        return sum(w.bytes_after for w in self.weights)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.file_bytes_before and self.file_bytes_after:
+            return self.file_bytes_before / self.file_bytes_after
+        return None
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.weight_bytes_after / max(self.params, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "onnxcompress_version": __version__,
+            "output": self.output,
+            "file_bytes_before": self.file_bytes_before,
+            "file_bytes_after": self.file_bytes_after,
+            "ratio": self.ratio,
+            "params_compressed": self.params,
+            "weight_bytes_before": self.weight_bytes_before,
+            "weight_bytes_after": self.weight_bytes_after,
+            "bits_per_weight": self.bits_per_weight,
+            "decode_groups": self.groups,
+            "seconds": self.seconds,
+            "weights": [asdict(w) for w in self.weights],
+            "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
+            "passes": self.passes,
+            **self.extra,
+        }
+
+
+@dataclass
+class CompressionResult:
+    model: onnx.ModelProto
+    report: CompressionReport
+    decoded: dict[str, np.ndarray]  # what each compressed weight decodes to (numpy reference)
+
+
+def _arrays(model: onnx.ModelProto, names: set[str]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for _, g in iter_graphs(model.graph):
+        for t in g.initializer:
+            if t.name in names and t.name not in out:
+                out[t.name] = numpy_helper.to_array(t)
+        for n in g.node:
+            if n.op_type == "Constant" and n.output and n.output[0] in names and n.output[0] not in out:
+                for a in n.attribute:
+                    if a.name == "value":
+                        out[n.output[0]] = numpy_helper.to_array(a.t)
+    return out
+
+
+def _mask(w: np.ndarray, info: WeightInfo, cfg: WeightConfig, global_t: float | None) -> np.ndarray | None:
+    if not cfg.prunes:
+        return None
+    if cfg.pruning == "magnitude":
+        return pruning.magnitude_mask(w, cfg.sparsity)
+    if cfg.pruning == "global":
+        assert global_t is not None
+        return pruning.threshold_mask(w, global_t)
+    if cfg.pruning == "std":
+        return pruning.threshold_mask(w, pruning.std_threshold(w, cfg.quality))
+    return pruning.nm_mask(w, cfg.n, cfg.m, axis=info.input_axis)
+
+
+def compress_weight(
+    w: np.ndarray, info: WeightInfo, cfg: WeightConfig, *, global_t: float | None = None, seed: int = 0,
+    mask: np.ndarray | None = None,
+) -> tuple[EncodedWeight, np.ndarray]:  # fmt: skip
+    """Compress one weight; returns its encoding and the exact array it decodes to."""
+    if mask is None:
+        mask = _mask(w, info, cfg, global_t)
+    if cfg.method == "prune":
+        assert mask is not None
+        moved = np.moveaxis(w, info.axis, 0)
+        p = pruning.compress(np.ascontiguousarray(moved), np.moveaxis(mask, info.axis, 0))
+        enc = encode_pruned(
+            info.name, p, info.axis, shape=tuple(w.shape), encoding=cfg.encoding, gap_bits=cfg.gap_bits
+        )
+        return enc, np.moveaxis(pruning.decompress(p), 0, info.axis)
+    if cfg.method == "clipq":
+        ct = clipq.compress(
+            w, sparsity=cfg.sparsity, bits=cfg.bits, granularity=cfg.granularity, axis=info.axis,
+            group_size=cfg.group_size, codebook_dtype=cfg.codebook_dtype,
+        )  # fmt: skip
+    else:
+        ct = codebook.quantize(
+            w, bits=cfg.bits, mask=mask, granularity=cfg.granularity, axis=info.axis, group_size=cfg.group_size,
+            init=cfg.init, codebook_dtype=cfg.codebook_dtype, seed=seed,
+        )  # fmt: skip
+    enc = encode_codebook(info.name, ct, encoding=cfg.encoding, gap_bits=cfg.gap_bits)
+    return enc, codebook.decompress(ct)
+
+
+def plan(
+    inventory: Inventory, config: CompressionConfig
+) -> tuple[list[tuple[WeightInfo, WeightConfig]], list[tuple[str, str]]]:
+    """Resolve the config for every compressible weight; the rest with the reason they are skipped."""
+    planned: list[tuple[WeightInfo, WeightConfig]] = []
+    skipped: list[tuple[str, str]] = []
+    for info in inventory.weights:
+        if not info.compressible:
+            skipped.append((info.name, info.skip_reason or ""))
+            continue
+        cfg = config.resolve(info.name, info.op_types)
+        if cfg is None:
+            skipped.append((info.name, "excluded by the plan"))
+        else:
+            planned.append((info, cfg))
+    return planned, skipped
+
+
+WeightHook = Callable[[np.ndarray, WeightInfo, WeightConfig], "tuple[EncodedWeight, np.ndarray] | None"]
+
+
+def compress_model(
+    model: onnx.ModelProto,
+    config: CompressionConfig | None = None,
+    *,
+    progress: bool = False,
+    weight_hook: WeightHook | None = None,
+) -> CompressionResult:
+    """Compress ``model`` in place and return it with its report.
+
+    ``weight_hook`` lets calibration-aware methods take over a weight: it returns the encoding
+    and decoded array, or None to fall back to the plain algorithm.
+    """
+    t0 = time.perf_counter()
+    config = config or preset("safe")
+    inventory = build_inventory(model, min_elements=config.min_elements)
+    planned, skipped = plan(inventory, config)
+    if not planned:
+        reasons = {r for _, r in skipped} or {"the model has no float tensors"}
+        raise NoCompressibleWeightsError(
+            "no compressible weight found (" + "; ".join(sorted(reasons))[:300] + "); "
+            "lower --min-elements or check --exclude and the config"
+        )
+    arrays = _arrays(model, {info.name for info, _ in planned})
+    global_weights = [arrays[i.name] for i, c in planned if c.prunes and c.pruning == "global"]
+    global_t = None
+    if global_weights:
+        sparsities = {c.sparsity for i, c in planned if c.prunes and c.pruning == "global"}
+        global_t = pruning.global_threshold(global_weights, max(sparsities))
+
+    encoded: list[EncodedWeight] = []
+    decoded: dict[str, np.ndarray] = {}
+    reports: list[WeightReport] = []
+    for info, cfg in track(planned, "compressing weights", enabled=progress):
+        w = arrays[info.name]
+        out = weight_hook(w, info, cfg) if weight_hook is not None else None
+        enc, dec = (
+            out if out is not None else compress_weight(w, info, cfg, global_t=global_t, seed=config.seed)
+        )
+        before = w.nbytes
+        if enc.nbytes >= before:
+            skipped.append(
+                (info.name, f"compressed form ({enc.nbytes} B) would not be smaller than {before} B")
+            )
+            continue
+        encoded.append(enc)
+        decoded[info.name] = dec
+        wf = w.astype(np.float64)
+        denom = float(np.linalg.norm(wf))
+        err = float(np.linalg.norm(wf - dec.astype(np.float64)) / denom) if denom > 0 else 0.0
+        reports.append(
+            WeightReport(
+                name=info.name, op_types=info.op_types, role=info.role, shape=info.shape, params=info.size,
+                setting=cfg.describe(), sparsity=float(np.mean(dec == 0)), bits=enc.bits, encoding=enc.kind,
+                bytes_before=before, bytes_after=enc.nbytes, rel_error=err,
+            )
+        )  # fmt: skip
+    if not encoded:
+        raise NoCompressibleWeightsError(
+            "no weight became smaller under this plan (all weights are tiny or the settings keep too much); "
+            "use fewer bits or more sparsity"
+        )
+    groups = build_groups(encoded)
+    model, results = PassManager([RaiseVersionsPass(), EncodeWeightsPass(groups), CheckModelPass()])(model)
+    _stamp(model, config)
+    report = CompressionReport(
+        weights=reports,
+        skipped=skipped,
+        groups=len(groups),
+        seconds=time.perf_counter() - t0,
+        passes={name: r.details for name, r in results},
+    )
+    return CompressionResult(model=model, report=report, decoded=decoded)
+
+
+def _stamp(model: onnx.ModelProto, config: CompressionConfig) -> None:
+    """Record the producing tool and plan in metadata, keeping the user's own entries."""
+    import json
+
+    entries = {p.key: p for p in model.metadata_props}
+    value = json.dumps({"version": __version__, "config": config.to_dict()}, sort_keys=True, default=str)
+    if "onnxcompress" in entries:
+        entries["onnxcompress"].value = value
+    else:
+        model.metadata_props.add(key="onnxcompress", value=value)
+
+
+def compress_file(
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    config: CompressionConfig | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+    weight_hook: WeightHook | None = None,
+) -> CompressionResult:
+    """Load, compress and atomically save; ``.onnxc`` outputs go through the entropy-coded container."""
+    from onnxcompress.model_io import check_output_path, load_model, model_file_size, save_model
+
+    check_output_path(input_path, output_path, overwrite=overwrite)
+    model = load_model(input_path)
+    result = compress_model(model, config, progress=progress, weight_hook=weight_hook)
+    out = Path(output_path)
+    if out.suffix == ".onnxc":
+        from onnxcompress.container import write_container
+
+        stats = write_container(result.model, out)
+        result.report.extra["container"] = _plain(stats)
+    else:
+        save_model(result.model, out)
+    result.report.file_bytes_before = model_file_size(input_path)
+    result.report.file_bytes_after = model_file_size(out) if out.suffix != ".onnxc" else out.stat().st_size
+    result.report.output = str(out)
+    return result
+
+
+def _plain(obj: Any) -> Any:
+    """Best-effort conversion of a stats object to JSON-friendly data."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _plain(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    return obj if isinstance(obj, (str, int, float, bool, type(None))) else str(obj)

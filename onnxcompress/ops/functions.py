@@ -1,0 +1,172 @@
+"""ONNX function bodies of the decode operators, built from standard ops for a given opset.
+
+Everything runs on int32 tensors with Div/Mod/Gather, so the bodies are valid from opset 12 up
+(integer Pow and Min arrive in 12; Constant's ``value_int`` too). The unpack exploits the stream's
+group structure: 8 codes of ``k`` bits fill ``k`` bytes, so code ``c`` of a group starts at byte
+``c*k div 8``, bit ``c*k mod 8`` and spans at most two bytes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxcompress.ops import DOMAIN, MIN_OPSET
+
+INPUTS = {
+    "CodebookDense": ["codes", "codebook", "segments"],
+    "CodebookRelative": ["codes", "gaps", "codebook", "segments"],
+    "CodebookMask": ["codes", "mask", "codebook", "segments"],
+    "SparseRelative": ["values", "gaps"],
+    "SparseMask": ["values", "mask"],
+}
+ATTRIBUTES = {
+    "CodebookDense": ["bits", "size", "to"],
+    "CodebookRelative": ["bits", "gap_bits", "entries", "size", "to"],
+    "CodebookMask": ["bits", "entries", "size", "to"],
+    "SparseRelative": ["gap_bits", "entries", "size", "to"],
+    "SparseMask": ["entries", "size", "to"],
+}
+
+
+class _Body:
+    """Tiny builder: each call appends a node and returns its (auto-named) output."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self._n = 0
+
+    def op(self, op_type: str, *inputs: str, name: str | None = None, **attrs) -> str:
+        self._n += 1
+        out = name or f"t{self._n}_{op_type}"
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
+        return out
+
+    def const(self, value, dtype=np.int32) -> str:
+        return self.op("Constant", value=numpy_helper.from_array(np.array(value, dtype=dtype)))
+
+    def attr_int(self, attr: str) -> str:
+        """int64 scalar holding the calling node's integer attribute ``attr``."""
+        self._n += 1
+        out = f"t{self._n}_{attr}"
+        node = helper.make_node("Constant", [], [out])
+        a = onnx.AttributeProto()
+        a.name = "value_int"
+        a.ref_attr_name = attr
+        a.type = onnx.AttributeProto.INT
+        node.attribute.append(a)
+        self.nodes.append(node)
+        return out
+
+    def cast_to(self, x: str) -> str:
+        self._n += 1
+        out = f"t{self._n}_Cast"
+        node = helper.make_node("Cast", [x], [out])
+        a = onnx.AttributeProto()
+        a.name = "to"
+        a.ref_attr_name = "to"
+        a.type = onnx.AttributeProto.INT
+        node.attribute.append(a)
+        self.nodes.append(node)
+        return out
+
+    def vec1(self, scalar: str) -> str:
+        """Scalar -> 1-D tensor of one element (Reshape works at every opset, Unsqueeze does not)."""
+        return self.op("Reshape", scalar, self.const([1], np.int64))
+
+    def unpack(self, stream: str, bits_attr: str | None, count: str) -> str:
+        """int32 [count] codes of a bit-packed stream (``bits_attr`` None means 1-bit)."""
+        if bits_attr is None:
+            bits64 = self.const(1, np.int64)
+        else:
+            bits64 = self.attr_int(bits_attr)
+        bits = self.op("Cast", bits64, to=TensorProto.INT32)
+        grouped = self.op(
+            "Reshape", stream, self.op("Concat", self.const([-1], np.int64), self.vec1(bits64), axis=0)
+        )
+        g = self.op("Cast", grouped, to=TensorProto.INT32)
+        c = self.op("Range", self.const(0), self.const(8), self.const(1))
+        bitpos = self.op("Mul", c, bits)
+        eight = self.const(8)
+        one = self.const(1)
+        lo = self.op("Div", bitpos, eight)
+        hi = self.op("Min", self.op("Add", lo, one), self.op("Sub", bits, one))
+        shift = self.op("Pow", self.const(2), self.op("Mod", bitpos, eight))
+        modulus = self.op("Pow", self.const(2), bits)
+        word = self.op(
+            "Add",
+            self.op("Gather", g, lo, axis=1),
+            self.op("Mul", self.op("Gather", g, hi, axis=1), self.const(256)),
+        )
+        codes = self.op("Mod", self.op("Div", word, shift), modulus)
+        flat = self.op("Reshape", codes, self.const([-1], np.int64))
+        return self.op("Slice", flat, self.const([0], np.int64), count)
+
+    def segment_ids(self, segments: str, size: str) -> str:
+        """int32 [size]: the segment of each output position (CumSum of boundary marks)."""
+        interior = self.op("Slice", segments, self.const([1], np.int64), self.const([-1], np.int64))
+        ones = self.op(
+            "ConstantOfShape",
+            self.op("Shape", interior),
+            value=numpy_helper.from_array(np.array([1], np.int32)),
+        )
+        zeros = self.op("ConstantOfShape", size, value=numpy_helper.from_array(np.array([0], np.int32)))
+        marks = self.op("ScatterElements", zeros, interior, ones, axis=0)
+        return self.op("CumSum", marks, self.const(0))
+
+    def lookup(self, codebook: str, seg: str, codes: str, bits_attr: str) -> str:
+        k = self.op("Pow", self.const(2), self.op("Cast", self.attr_int(bits_attr), to=TensorProto.INT32))
+        index = self.op("Add", self.op("Mul", seg, k), codes)
+        flat_cb = self.op("Reshape", codebook, self.const([-1], np.int64))
+        return self.cast_to(self.op("Gather", flat_cb, index, axis=0))
+
+    def scatter(self, size: str, positions: str, values: str) -> str:
+        zeros = self.cast_to(
+            self.op("ConstantOfShape", size, value=numpy_helper.from_array(np.array([0], np.float32)))
+        )
+        return self.op("ScatterElements", zeros, positions, values, axis=0)
+
+    def relative_positions(self, entries: str) -> str:
+        gaps = self.unpack("gaps", "gap_bits", entries)
+        return self.op(
+            "Sub", self.op("CumSum", self.op("Add", gaps, self.const(1)), self.const(0)), self.const(1)
+        )
+
+    def mask_positions(self, size: str) -> str:
+        mask = self.unpack("mask", None, size)
+        return self.op("Reshape", self.op("NonZero", mask), self.const([-1], np.int64))
+
+
+def build_function(op_type: str, opset: int) -> onnx.FunctionProto:
+    """The FunctionProto of one decode operator for a model whose default-domain opset is ``opset``."""
+    if opset < MIN_OPSET:
+        raise ValueError(f"decode functions need opset >= {MIN_OPSET}, got {opset}")
+    b = _Body()
+    size = b.vec1(b.attr_int("size"))
+    if op_type == "CodebookDense":
+        codes = b.unpack("codes", "bits", size)
+        out = b.lookup("codebook", b.segment_ids("segments", size), codes, "bits")
+    elif op_type in ("CodebookRelative", "CodebookMask", "SparseRelative", "SparseMask"):
+        entries = b.vec1(b.attr_int("entries"))
+        pos = b.relative_positions(entries) if "Relative" in op_type else b.mask_positions(size)
+        if op_type.startswith("Codebook"):
+            codes = b.unpack("codes", "bits", entries)
+            seg = b.op("Gather", b.segment_ids("segments", size), pos, axis=0)
+            values = b.lookup("codebook", seg, codes, "bits")
+        else:
+            values = b.cast_to("values")
+        out = b.scatter(size, pos, values)
+    else:
+        raise ValueError(f"unknown decode operator {op_type!r}")
+    b.nodes.append(helper.make_node("Identity", [out], ["Y"]))
+    return helper.make_function(
+        DOMAIN,
+        op_type,
+        INPUTS[op_type],
+        ["Y"],
+        b.nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        attributes=ATTRIBUTES[op_type],
+        doc_string=f"onnxcompress decode operator {op_type} (docs/format.md)",
+    )

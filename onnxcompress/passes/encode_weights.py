@@ -1,0 +1,153 @@
+"""Replace weight tensors by decode subgraphs.
+
+For each :class:`~onnxcompress.encoding.Group`: its streams become initializers, one decode node
+(domain ``ai.onnxcompress``) produces the concatenated weights, a ``Split`` cuts them apart, and a
+``Reshape`` (plus a ``Transpose`` when the channel axis is not 0) writes each weight under its
+original name. Everything is placed at the top of the main graph, so consumers in subgraphs see
+the weight through outer scope exactly as before. The original initializer or ``Constant`` node
+is removed wherever it lived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxcompress.encoding import Group
+from onnxcompress.errors import EncodingError
+from onnxcompress.inventory import iter_graphs
+from onnxcompress.ops import DOMAIN
+from onnxcompress.ops.functions import INPUTS, build_function
+from onnxcompress.passes.base import Pass, PassResult
+from onnxcompress.passes.versions import default_opset
+
+PREFIX = "onnxcompress"
+
+
+def _all_names(model: onnx.ModelProto) -> set[str]:
+    names: set[str] = set()
+    for _, g in iter_graphs(model.graph):
+        names.update(i.name for i in g.initializer)
+        names.update(i.name for i in g.input)
+        for n in g.node:
+            names.update(n.output)
+            names.add(n.name)
+    return names
+
+
+def remove_tensors(model: onnx.ModelProto, names: set[str]) -> set[str]:
+    """Drop the initializers / Constant nodes defining ``names`` in any graph; returns those found."""
+    found: set[str] = set()
+    for _, g in iter_graphs(model.graph):
+        keep = [t for t in g.initializer if t.name not in names]
+        found.update(t.name for t in g.initializer if t.name in names)
+        if len(keep) != len(g.initializer):
+            del g.initializer[:]
+            g.initializer.extend(keep)
+        nodes = [n for n in g.node if not (n.op_type == "Constant" and n.output and n.output[0] in names)]
+        found.update(
+            n.output[0] for n in g.node if n.op_type == "Constant" and n.output and n.output[0] in names
+        )
+        if len(nodes) != len(g.node):
+            del g.node[:]
+            g.node.extend(nodes)
+    return found
+
+
+class EncodeWeightsPass(Pass):
+    name = "encode-weights"
+
+    def __init__(self, groups: Sequence[Group]) -> None:
+        self.groups = list(groups)
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        opset = default_opset(model)
+        taken = _all_names(model)
+        wanted = {w.name for g in self.groups for w in g.weights}
+        found = remove_tensors(model, wanted)
+        if found != wanted:
+            raise EncodingError(f"weights not found in the model: {sorted(wanted - found)[:5]}")
+
+        def fresh(base: str) -> str:
+            name, i = base, 1
+            while name in taken:
+                name, i = f"{base}_{i}", i + 1
+            taken.add(name)
+            return name
+
+        new_nodes: list[onnx.NodeProto] = []
+        new_inits: list[onnx.TensorProto] = []
+        shape_consts: dict[tuple[int, ...], str] = {}
+
+        def const(arr: np.ndarray, base: str) -> str:
+            name = fresh(base)
+            new_inits.append(numpy_helper.from_array(arr, name))
+            return name
+
+        for gi, group in enumerate(self.groups):
+            base = f"{PREFIX}/g{gi}"
+            inputs = [const(group.inputs[k], f"{base}/{k}") for k in INPUTS[group.op_type]]
+            to = helper.np_dtype_to_tensor_dtype(np.dtype(group.weights[0].dtype))
+            decoded = fresh(f"{base}/decoded")
+            new_nodes.append(
+                helper.make_node(
+                    group.op_type, inputs, [decoded], name=fresh(f"{base}/{group.op_type}"), domain=DOMAIN,
+                    **group.attrs, to=to,
+                )
+            )  # fmt: skip
+            if len(group.weights) == 1:
+                pieces = [decoded]
+            else:
+                pieces = [fresh(f"{base}/piece{i}") for i in range(len(group.weights))]
+                sizes = np.array([w.size for w in group.weights], dtype=np.int64)
+                if opset >= 13:
+                    split = helper.make_node(
+                        "Split", [decoded, const(sizes, f"{base}/split")], pieces, axis=0
+                    )
+                else:
+                    split = helper.make_node("Split", [decoded], pieces, axis=0, split=sizes.tolist())
+                split.name = fresh(f"{base}/Split")
+                new_nodes.append(split)
+            for w, piece in zip(group.weights, pieces):
+                moved = tuple(int(d) for d in w.moved_shape)
+                if moved not in shape_consts:
+                    shape_consts[moved] = const(
+                        np.array(moved, dtype=np.int64), f"{PREFIX}/shape{len(shape_consts)}"
+                    )
+                if w.axis == 0:
+                    new_nodes.append(
+                        helper.make_node(
+                            "Reshape", [piece, shape_consts[moved]], [w.name], name=fresh(f"{w.name}/Reshape")
+                        )
+                    )
+                    continue
+                flat = fresh(f"{w.name}/channel_major")
+                new_nodes.append(
+                    helper.make_node(
+                        "Reshape", [piece, shape_consts[moved]], [flat], name=fresh(f"{w.name}/Reshape")
+                    )
+                )
+                ndim = len(w.shape)
+                perm = list(range(1, w.axis + 1)) + [0] + list(range(w.axis + 1, ndim))
+                new_nodes.append(
+                    helper.make_node(
+                        "Transpose", [flat], [w.name], perm=perm, name=fresh(f"{w.name}/Transpose")
+                    )
+                )
+
+        graph = model.graph
+        existing = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(new_nodes + existing)
+        graph.initializer.extend(new_inits)
+        used = sorted({g.op_type for g in self.groups})
+        have = {(f.domain, f.name) for f in model.functions}
+        for op in used:
+            if (DOMAIN, op) not in have:
+                model.functions.append(build_function(op, opset))
+        return PassResult(
+            model, bool(self.groups), {"groups": len(self.groups), "weights": len(wanted), "ops": used}
+        )

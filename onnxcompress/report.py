@@ -1,0 +1,128 @@
+"""Human-readable tables of the inventory and of a compression report (plain text, no deps)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from onnxcompress.compressor import CompressionReport
+from onnxcompress.inventory import Inventory
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None) -> str:
+    """Aligned text table; ``align`` is a string of 'l'/'r' per column (default: numbers right)."""
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    align = align or "".join("l" if i == 0 else "r" for i in range(len(headers)))
+
+    def fmt(row: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align)
+        ).rstrip()
+
+    lines = [fmt(list(headers)), fmt(["-" * w for w in widths])]
+    lines += [fmt(r) for r in cells]
+    return "\n".join(lines)
+
+
+def _shorten(name: str, width: int = 48) -> str:
+    return name if len(name) <= width else "..." + name[-(width - 3) :]
+
+
+def format_report(report: CompressionReport, *, max_rows: int = 60) -> str:
+    rows = []
+    ws = report.weights
+    shown = ws if len(ws) <= max_rows else sorted(ws, key=lambda w: -w.bytes_before)[:max_rows]
+    for w in shown:
+        rows.append(
+            [
+                _shorten(w.name),
+                "/".join(w.op_types),
+                "x".join(map(str, w.shape)),
+                f"{w.params:,}",
+                f"{w.sparsity:.1%}",
+                w.bits if w.bits is not None else "raw",
+                w.encoding,
+                human_bytes(w.bytes_before),
+                human_bytes(w.bytes_after),
+                f"{w.bytes_before / max(w.bytes_after, 1):.1f}x",
+                f"{w.rel_error:.4f}",
+            ]
+        )
+    out = [
+        table(
+            [
+                "weight",
+                "op",
+                "shape",
+                "params",
+                "sparsity",
+                "bits",
+                "encoding",
+                "before",
+                "after",
+                "ratio",
+                "rel L2 err",
+            ],
+            rows,
+            "lllrrrlrrrr",
+        )
+    ]
+    if len(ws) > len(shown):
+        out.append(f"... {len(ws) - len(shown)} smaller weights not shown (see --report JSON)")
+    out.append("")
+    out.append(
+        f"weights: {len(ws)} compressed ({report.params:,} params) in {report.groups} decode group(s), "
+        f"{len(report.skipped)} left alone; {human_bytes(report.weight_bytes_before)} -> "
+        f"{human_bytes(report.weight_bytes_after)} ({report.bits_per_weight:.2f} bits/weight)"
+    )
+    if report.file_bytes_before is not None and report.file_bytes_after is not None:
+        out.append(
+            f"file: {human_bytes(report.file_bytes_before)} -> {human_bytes(report.file_bytes_after)}  "
+            f"ratio {report.ratio:.2f}x  ({report.file_bytes_before:,} -> {report.file_bytes_after:,} bytes)"
+        )
+    out.append(f"time: {report.seconds:.2f} s")
+    return "\n".join(out)
+
+
+def format_inventory(inv: Inventory, *, show_all: bool = True) -> str:
+    rows = []
+    for w in inv.weights:
+        if not show_all and not w.compressible:
+            continue
+        rows.append(
+            [
+                _shorten(w.name),
+                w.source + (f" in {w.graph}" if w.graph else ""),
+                "/".join(w.op_types) or "-",
+                w.role if w.compressible else "-",
+                w.axis if w.compressible else "-",
+                "x".join(map(str, w.shape)) or "scalar",
+                w.dtype,
+                f"{w.size:,}",
+                "compress" if w.compressible else f"skip: {w.skip_reason}",
+            ]
+        )
+    comp = inv.compressible()
+    lines = [
+        table(
+            ["tensor", "source", "op", "role", "axis", "shape", "dtype", "elements", "decision"],
+            rows,
+            "llllrllrl",
+        ),
+        "",
+        f"{len(comp)} compressible tensors ({sum(w.size for w in comp):,} elements, "
+        f"{human_bytes(sum(w.nbytes for w in comp))}), {len(inv.weights) - len(comp)} left alone",
+    ]
+    if inv.quantized_model:
+        lines.append("note: the model already contains quantized operators; their weights are left alone")
+    return "\n".join(lines)

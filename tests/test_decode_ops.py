@@ -1,0 +1,160 @@
+"""Each decode operator, run by onnxruntime and by onnx's ReferenceEvaluator, equals the numpy
+reference semantics bit for bit, for every bit width, output dtype and supported opset."""
+
+from __future__ import annotations
+
+import itertools
+
+import ml_dtypes
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from onnxcompress.algorithms import bitpack, sparse
+from onnxcompress.ops import DOMAIN
+from onnxcompress.ops.functions import INPUTS, build_function
+from onnxcompress.ops.reference import REFERENCE
+from onnxcompress.sessions import make_session
+
+
+def _model(op_type: str, inputs: dict[str, np.ndarray], attrs: dict[str, int], opset: int) -> onnx.ModelProto:
+    inits = [numpy_helper.from_array(v, k) for k, v in inputs.items()]
+    nodes = [helper.make_node(op_type, INPUTS[op_type], ["Y"], domain=DOMAIN, **attrs)]
+    out = helper.make_tensor_value_info("Y", attrs["to"], [attrs["size"]])
+    if attrs["to"] == TensorProto.BFLOAT16:  # onnxruntime's Python API cannot return bfloat16: widen exactly
+        nodes[0].output[0] = "Y_bf16"
+        nodes.append(helper.make_node("Cast", ["Y_bf16"], ["Y"], to=TensorProto.FLOAT))
+        out = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [attrs["size"]])
+    graph = helper.make_graph(nodes, "g", [], [out], inits)
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)],
+        functions=[build_function(op_type, opset)],
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _case(op_type: str, bits: int, gap_bits: int, size: int, segments: int, out_dtype, cb_dtype, rng):
+    to = helper.np_dtype_to_tensor_dtype(np.dtype(out_dtype))
+    keep = np.sort(rng.choice(size, size=max(1, size // 7), replace=False))
+    bounds = np.unique(
+        np.concatenate([[0, size], rng.choice(np.arange(1, size), segments - 1, replace=False)])
+    )
+    cb = rng.standard_normal((bounds.size - 1, 2**bits)).astype(cb_dtype)
+    cb[:, 0] = 0
+    inputs: dict[str, np.ndarray] = {}
+    attrs = {"size": size, "to": to}
+    if op_type.startswith("Codebook"):
+        inputs["codebook"] = cb
+        inputs["segments"] = bounds.astype(np.int32)
+        attrs["bits"] = bits
+    if op_type == "CodebookDense":
+        inputs["codes"] = bitpack.compress(rng.integers(0, 2**bits, size), bits)
+    else:
+        if "Relative" in op_type:
+            rel = sparse.encode_relative(keep, gap_bits)
+            inputs["gaps"] = bitpack.compress(rel.gaps, gap_bits)
+            attrs["gap_bits"] = gap_bits
+            entries = rel.entries
+            real = rel.source >= 0
+        else:
+            inputs["mask"] = bitpack.compress(sparse.encode_mask(keep, size), 1)
+            entries = keep.size
+            real = np.ones(entries, bool)
+        attrs["entries"] = entries
+        if op_type.startswith("Codebook"):
+            inputs["codes"] = bitpack.compress(np.where(real, rng.integers(1, 2**bits, entries), 0), bits)
+        else:
+            inputs["values"] = np.where(real, rng.standard_normal(entries), 0).astype(out_dtype)
+    order = INPUTS[op_type]
+    return {k: inputs[k] for k in order}, attrs
+
+
+OPS = ["CodebookDense", "CodebookRelative", "CodebookMask", "SparseRelative", "SparseMask"]
+
+
+@pytest.mark.parametrize("op_type", OPS)
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_onnxruntime_matches_reference_every_bit_width(op_type, bits):
+    rng = np.random.default_rng(bits)
+    if op_type.startswith("Sparse") and bits > 1:
+        pytest.skip("raw-value ops have no bit width; gap widths covered by test_gap_widths")
+    inputs, attrs = _case(op_type, bits, 4, 1003, 3, np.float32, np.float32, rng)
+    model = _model(op_type, inputs, attrs, 17)
+    got = make_session(model).run(None, {})[0]
+    want = REFERENCE[op_type](**inputs, **attrs)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("op_type", ["CodebookRelative", "SparseRelative"])
+@pytest.mark.parametrize("gap_bits", range(1, 9))
+def test_gap_widths(op_type, gap_bits):
+    rng = np.random.default_rng(gap_bits)
+    inputs, attrs = _case(op_type, 5, gap_bits, 2000, 4, np.float32, np.float32, rng)
+    got = make_session(_model(op_type, inputs, attrs, 13)).run(None, {})[0]
+    np.testing.assert_array_equal(got, REFERENCE[op_type](**inputs, **attrs))
+
+
+DTYPES = [
+    (np.float32, np.float32),
+    (np.float32, np.float16),
+    (np.float16, np.float16),
+    (ml_dtypes.bfloat16, ml_dtypes.bfloat16),
+]
+
+
+@pytest.mark.parametrize("out_dtype,cb_dtype", DTYPES, ids=["f32", "f32<-f16", "f16", "bf16"])
+@pytest.mark.parametrize("opset", [12, 13, 18, 21])
+def test_dtypes_and_opsets(out_dtype, cb_dtype, opset):
+    if out_dtype is ml_dtypes.bfloat16 and opset < 13:
+        pytest.skip("bfloat16 needs opset 13 (Reshape/Gather accept it from there): no such model exists")
+    rng = np.random.default_rng(opset)
+    for op_type in ("CodebookDense", "CodebookRelative", "CodebookMask"):
+        inputs, attrs = _case(op_type, 3, 3, 517, 5, out_dtype, cb_dtype, rng)
+        model = _model(op_type, inputs, attrs, opset)
+        got = make_session(model).run(None, {})[0]
+        want = REFERENCE[op_type](**inputs, **attrs)
+        if out_dtype is ml_dtypes.bfloat16:
+            want = want.astype(np.float32)
+        view = np.uint32 if want.dtype.itemsize == 4 else np.uint16
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got.view(view), want.view(view))
+
+
+@pytest.mark.parametrize("op_type", OPS)
+def test_reference_evaluator_runs_functions(op_type):
+    rng = np.random.default_rng(0)
+    inputs, attrs = _case(op_type, 4, 3, 301, 2, np.float32, np.float32, rng)
+    got = ReferenceEvaluator(_model(op_type, inputs, attrs, 17)).run(None, {})[0]
+    np.testing.assert_array_equal(got, REFERENCE[op_type](**inputs, **attrs))
+
+
+def test_single_segment_and_tiny_sizes():
+    rng = np.random.default_rng(1)
+    for size, bits in itertools.product([1, 7, 8, 9], [1, 5, 8]):
+        inputs, attrs = _case("CodebookDense", bits, 3, size + 1, 1, np.float32, np.float32, rng)
+        got = make_session(_model("CodebookDense", inputs, attrs, 17)).run(None, {})[0]
+        np.testing.assert_array_equal(got, REFERENCE["CodebookDense"](**inputs, **attrs))
+
+
+def test_bitpack_round_trip_all_widths():
+    rng = np.random.default_rng(2)
+    for bits in range(1, 9):
+        for n in (0, 1, 8, 13, 1000):
+            codes = rng.integers(0, 2**bits, n).astype(np.uint8)
+            packed = bitpack.compress(codes, bits)
+            assert packed.size == bitpack.packed_size(n, bits)
+            np.testing.assert_array_equal(bitpack.decompress(packed, bits, n), codes)
+
+
+def test_relative_index_fillers():
+    positions = np.array([0, 1, 40, 41, 300])
+    rel = sparse.encode_relative(positions, 3)
+    decoded = sparse.decode_relative(rel.gaps)
+    np.testing.assert_array_equal(decoded[rel.source >= 0], positions)
+    assert (rel.source < 0).sum() == (38 >> 3) + (258 >> 3)
