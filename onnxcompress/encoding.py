@@ -206,7 +206,7 @@ def _assemble(ws: list[EncodedWeight]) -> Group:
         attrs["bits"] = int(first.bits)
         codebook = np.concatenate([w.codebook for w in ws], axis=0)
         segments = np.concatenate(
-            [ws[0].segments[:1]] + [w.segments[1:] + off for w, off in zip(ws, offsets)]
+            [ws[0].segments[:1]] + [w.segments[1:] + off for w, off in zip(ws, offsets, strict=True)]
         )
         if segments[-1] >= 2**31:
             raise EncodingError("a decode group exceeds 2^31 elements")
@@ -215,7 +215,7 @@ def _assemble(ws: list[EncodedWeight]) -> Group:
     if first.kind == "dense":
         group.inputs["codes"] = bitpack.compress(np.concatenate([w.codes for w in ws]), first.bits)
     else:
-        positions = np.concatenate([w.positions + off for w, off in zip(ws, offsets)])
+        positions = np.concatenate([w.positions + off for w, off in zip(ws, offsets, strict=True)])
         payload = np.concatenate([w.codes if w.codes is not None else w.values for w in ws])
         if first.kind == "relative":
             rel = sparse.encode_relative(positions, first.gap_bits)

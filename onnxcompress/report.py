@@ -26,7 +26,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str |
 
     def fmt(row: Sequence[str]) -> str:
         return "  ".join(
-            c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align)
+            c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align, strict=False)
         ).rstrip()
 
     lines = [fmt(list(headers)), fmt(["-" * w for w in widths])]

@@ -111,7 +111,7 @@ class EncodeWeightsPass(Pass):
                     split = helper.make_node("Split", [decoded], pieces, axis=0, split=sizes.tolist())
                 split.name = fresh(f"{base}/Split")
                 new_nodes.append(split)
-            for w, piece in zip(group.weights, pieces):
+            for w, piece in zip(group.weights, pieces, strict=True):
                 moved = tuple(int(d) for d in w.moved_shape)
                 if moved not in shape_consts:
                     shape_consts[moved] = const(
