@@ -1,0 +1,463 @@
+"""Benchmark models side by side: size on disk, load time, first run, latency, throughput, memory.
+
+Why subprocesses: onnxruntime's arenas, the allocator's high-water mark, thread pools and CPU caches
+persist within a process, so the second model measured in one process looks better (or worse) than
+it is, and peak memory can only go up. Every measurement therefore runs in a fresh interpreter
+(``python -m onnxcompress.evaluation.bench``, config as JSON on stdin, result as JSON on stdout)
+whose own ``ru_maxrss`` is the peak resident memory (interpreter + numpy + onnxruntime baseline
+included, identical for all models, so compare differences). Models alternate over ``rounds``
+(order reversed every other round so no model always goes first), and the report gives medians
+over rounds plus the spread (min, max, IQR) of the per-round p50 latency.
+
+Per round: ``create_s`` is the ``InferenceSession`` creation time (which includes constant-folding
+the decode functions of a compressed model), ``first_run_s`` the first ``run``, then ``warmup``
+untimed runs and ``runs`` timed runs give p50/p90/p99 latency. Throughput is
+``batch_size / p50`` samples/s. Inputs are synthetic from the input spec (same seed for every
+model, so identical) or the first batch of ``data``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxcompress.errors import (
+    ConfigError,
+    ContainerError,
+    DataError,
+    InvalidModelError,
+    OnnxCompressError,
+)
+
+RESULT_PREFIX = "ONNXCOMPRESS_BENCH_RESULT "
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def model_size_on_disk(path: str | os.PathLike[str]) -> int:
+    """Bytes on disk: the model file plus every distinct external-data file it references."""
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidModelError(f"model file not found: {p}")
+    size = p.stat().st_size
+    if p.suffix.lower() == ".onnxc":
+        return size
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 -- protobuf decode errors have many types
+        raise InvalidModelError(f"cannot read {p} as ONNX: {' '.join(str(exc).split())[:300]}") from None
+    locations = set()
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    locations.add(entry.value)
+    for loc in sorted(locations):
+        f = (p.parent / loc).resolve()
+        if f.is_file():
+            size += f.stat().st_size
+    return size
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """One fresh-process measurement of one model."""
+
+    create_s: float
+    first_run_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput: float  # samples/s at p50
+    peak_rss_bytes: int | None
+    providers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelBench:
+    """Medians over rounds for one model, with the spread of the per-round p50."""
+
+    model: str
+    size_bytes: int
+    providers: tuple[str, ...]
+    batch_size: int
+    rounds: tuple[RoundResult, ...]
+
+    def _median(self, attr: str) -> float:
+        return float(np.median([getattr(r, attr) for r in self.rounds]))
+
+    @property
+    def create_s(self) -> float:
+        return self._median("create_s")
+
+    @property
+    def first_run_s(self) -> float:
+        return self._median("first_run_s")
+
+    @property
+    def p50_ms(self) -> float:
+        return self._median("p50_ms")
+
+    @property
+    def p90_ms(self) -> float:
+        return self._median("p90_ms")
+
+    @property
+    def p99_ms(self) -> float:
+        return self._median("p99_ms")
+
+    @property
+    def throughput(self) -> float:
+        return self._median("throughput")
+
+    @property
+    def peak_rss_bytes(self) -> int | None:
+        vals = [r.peak_rss_bytes for r in self.rounds if r.peak_rss_bytes is not None]
+        return int(np.median(vals)) if vals else None
+
+    @property
+    def p50_spread(self) -> dict[str, float]:
+        """min / max / IQR of the per-round p50 latency (ms)."""
+        v = np.array([r.p50_ms for r in self.rounds])
+        q1, q3 = np.percentile(v, [25, 75])
+        return {"min": float(v.min()), "max": float(v.max()), "iqr": float(q3 - q1)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "size_bytes": self.size_bytes,
+            "providers": list(self.providers),
+            "batch_size": self.batch_size,
+            "create_s": self.create_s,
+            "first_run_s": self.first_run_s,
+            "p50_ms": self.p50_ms,
+            "p90_ms": self.p90_ms,
+            "p99_ms": self.p99_ms,
+            "throughput_samples_per_s": self.throughput,
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "p50_spread_ms": self.p50_spread,
+            "rounds": [
+                {**r.__dict__, "providers": list(r.providers)}
+                for r in self.rounds  # frozen dataclass fields
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    models: tuple[ModelBench, ...]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        base = self.models[0]
+        out = []
+        for m in self.models:
+            d = m.to_dict()
+            d["ratios_vs_first"] = {
+                "size": _ratio(m.size_bytes, base.size_bytes),
+                "create_s": _ratio(m.create_s, base.create_s),
+                "first_run_s": _ratio(m.first_run_s, base.first_run_s),
+                "p50_ms": _ratio(m.p50_ms, base.p50_ms),
+                "p90_ms": _ratio(m.p90_ms, base.p90_ms),
+                "p99_ms": _ratio(m.p99_ms, base.p99_ms),
+                "throughput": _ratio(m.throughput, base.throughput),
+                "peak_rss": _ratio(m.peak_rss_bytes, base.peak_rss_bytes),
+            }
+            out.append(d)
+        return {"config": self.config, "models": out}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return float(a) / float(b)
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _peak_rss_bytes() -> int | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss) if sys.platform == "darwin" else int(rss) * 1024
+
+
+def measure(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Measure one model in *this* process (the worker calls this; keep it the only work done)."""
+    import onnx  # noqa: F401 -- imported before the clock starts: import time is not load time
+    import onnxruntime  # noqa: F401
+
+    from onnxcompress.evaluation.data import input_specs, open_data
+    from onnxcompress.sessions import make_session
+
+    t0 = time.perf_counter()
+    session = make_session(
+        config["model"],
+        providers=config.get("providers"),
+        threads=config.get("threads"),
+        optimization_level=config.get("optimization_level", "all"),
+        allow_fallback=config.get("allow_fallback", False),
+    )
+    create_s = time.perf_counter() - t0
+    specs = input_specs(session)
+    shapes = {k: tuple(v) for k, v in (config.get("shapes") or {}).items()}
+    int_range = {k: tuple(v) for k, v in (config.get("int_range") or {}).items()}
+    source = open_data(
+        config.get("data"), specs, shapes=shapes, int_range=int_range, seed=config.get("seed", 0)
+    )
+    batch_size = source.batch_size_for(config.get("batch_size"), 1)
+    batch = next(source.batches(batch_size, limit=batch_size))
+    feed = batch.inputs
+    t0 = time.perf_counter()
+    session.run(None, feed)
+    first_run_s = time.perf_counter() - t0
+    for _ in range(int(config.get("warmup", 10))):
+        session.run(None, feed)
+    runs = int(config.get("runs", 100))
+    lat = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        lat[i] = time.perf_counter() - t0
+    p50, p90, p99 = (float(x) * 1e3 for x in np.percentile(lat, [50, 90, 99]))
+    return {
+        "create_s": create_s,
+        "first_run_s": first_run_s,
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "mean_ms": float(lat.mean() * 1e3),
+        "throughput": batch.valid / (p50 / 1e3) if p50 > 0 else float("inf"),
+        "peak_rss_bytes": _peak_rss_bytes(),
+        "providers": list(session.get_providers()),
+        "batch_size": batch_size,
+    }
+
+
+def worker_main() -> int:
+    """Entry of the measuring subprocess: JSON config on stdin, one result line on stdout."""
+    config = json.loads(sys.stdin.read())
+    try:
+        result: dict[str, Any] = {"ok": measure(config)}
+    except OnnxCompressError as exc:
+        result = {"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}}
+    except Exception as exc:  # noqa: BLE001 -- report anything else as a model failure, one line
+        msg = " ".join(str(exc).split())[:400]
+        result = {
+            "error": {"type": "InvalidModelError", "message": f"{config.get('model')}: {msg}", "exit_code": 2}
+        }
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+# --------------------------------------------------------------------------- parent side
+
+_ERRORS: dict[str, type[OnnxCompressError]] = {
+    "InvalidModelError": InvalidModelError,
+    "ConfigError": ConfigError,
+    "DataError": DataError,
+    "ContainerError": ContainerError,
+}
+
+
+def _run_worker(config: dict[str, Any]) -> dict[str, Any]:
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxcompress.evaluation.bench"],
+        input=json.dumps(config),
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            result = json.loads(line[len(RESULT_PREFIX) :])
+            break
+    else:
+        tail = " ".join((proc.stderr or proc.stdout).split())[-400:]
+        raise InvalidModelError(
+            f"benchmark worker for {config['model']} died (exit {proc.returncode}, out of memory?): {tail}"
+        )
+    if "error" in result:
+        err = result["error"]
+        cls = _ERRORS.get(err["type"], OnnxCompressError)
+        exc = cls(err["message"])
+        exc.exit_code = int(err.get("exit_code", 2))
+        raise exc
+    return result["ok"]
+
+
+def bench(
+    models: Sequence[str | os.PathLike[str]],
+    *,
+    runs: int = 100,
+    warmup: int = 10,
+    rounds: int = 3,
+    batch_size: int | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    int_range: Mapping[str, tuple[int, int]] | None = None,
+    data: str | os.PathLike[str] | None = None,
+    providers: Sequence[str] | None = None,
+    threads: int | None = None,
+    optimization_level: str = "all",
+    allow_fallback: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> BenchReport:
+    """Benchmark ``models`` (paths), each measurement in a fresh subprocess; see the module docstring."""
+    from onnxcompress.sessions import OPTIMIZATION_LEVELS, resolve_providers
+
+    if not models:
+        raise ConfigError("bench needs at least one model")
+    if runs < 1 or rounds < 1 or warmup < 0:
+        raise ConfigError(f"need runs >= 1, rounds >= 1, warmup >= 0 (got {runs}, {rounds}, {warmup})")
+    if optimization_level not in OPTIMIZATION_LEVELS:
+        raise ConfigError(
+            f"unknown optimization level {optimization_level!r}: use {', '.join(OPTIMIZATION_LEVELS)}"
+        )
+    resolved = resolve_providers(providers, allow_fallback=allow_fallback)  # fail fast, before any spawn
+    names = [e[0] if isinstance(e, tuple) else e for e in resolved]
+    sizes = [model_size_on_disk(m) for m in models]
+    if data is not None and not Path(data).exists():
+        raise DataError(f"data not found: {data}")
+    base = {
+        "providers": names,
+        "threads": threads,
+        "optimization_level": optimization_level,
+        "allow_fallback": allow_fallback,
+        "runs": runs,
+        "warmup": warmup,
+        "batch_size": batch_size,
+        "shapes": {k: list(v) for k, v in (shapes or {}).items()},
+        "int_range": {k: list(v) for k, v in (int_range or {}).items()},
+        "data": str(data) if data is not None else None,
+        "seed": seed,
+    }
+    per_model: list[list[dict[str, Any]]] = [[] for _ in models]
+    show = progress and sys.stderr.isatty()
+    for r in range(rounds):
+        order = list(range(len(models)))
+        if r % 2 == 1:
+            order.reverse()
+        for i in order:
+            if show:
+                print(
+                    f"\rbench: round {r + 1}/{rounds}, {models[i]}\033[K", end="", file=sys.stderr, flush=True
+                )
+            per_model[i].append(_run_worker({**base, "model": str(models[i])}))
+    if show:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
+    results = []
+    for m, size, meas in zip(models, sizes, per_model, strict=True):
+        rr = tuple(
+            RoundResult(
+                create_s=x["create_s"],
+                first_run_s=x["first_run_s"],
+                p50_ms=x["p50_ms"],
+                p90_ms=x["p90_ms"],
+                p99_ms=x["p99_ms"],
+                mean_ms=x["mean_ms"],
+                throughput=x["throughput"],
+                peak_rss_bytes=x["peak_rss_bytes"],
+                providers=tuple(x["providers"]),
+            )
+            for x in meas
+        )
+        results.append(ModelBench(str(m), size, rr[0].providers, int(meas[0]["batch_size"]), rr))
+    config = {k: v for k, v in base.items() if k not in ("allow_fallback",)}
+    config["rounds"] = rounds
+    config["python"] = sys.version.split()[0]
+    try:
+        import onnxruntime
+
+        config["onnxruntime"] = onnxruntime.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    config["cpu_count"] = os.cpu_count()
+    return BenchReport(tuple(results), config)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)  # pragma: no cover
+
+
+def render_bench_table(report: BenchReport) -> str:
+    """Metrics as rows, models as columns; every model after the first shows its ratio to the first."""
+    from onnxcompress.evaluation.reports import format_table
+
+    base = report.models[0]
+    rows_spec: list[tuple[str, Any, Any]] = [
+        ("size on disk", lambda m: m.size_bytes, _human_bytes),
+        ("session create (s)", lambda m: m.create_s, lambda v: f"{v:.3f}"),
+        ("first run (ms)", lambda m: m.first_run_s * 1e3, lambda v: f"{v:.3f}"),
+        ("p50 latency (ms)", lambda m: m.p50_ms, lambda v: f"{v:.4f}"),
+        ("p50 min..max (ms)", None, None),
+        ("p50 IQR (ms)", lambda m: m.p50_spread["iqr"], lambda v: f"{v:.4f}"),
+        ("p90 latency (ms)", lambda m: m.p90_ms, lambda v: f"{v:.4f}"),
+        ("p99 latency (ms)", lambda m: m.p99_ms, lambda v: f"{v:.4f}"),
+        ("throughput (samples/s)", lambda m: m.throughput, lambda v: f"{v:,.1f}"),
+        ("peak RSS", lambda m: m.peak_rss_bytes, _human_bytes),
+    ]
+    header = ["", *[Path(m.model).name for m in report.models]]
+    rows = []
+    for label, get, fmt in rows_spec:
+        row = [label]
+        for m in report.models:
+            if get is None:
+                s = m.p50_spread
+                row.append(f"{s['min']:.4f}..{s['max']:.4f}")
+                continue
+            v = get(m)
+            cell = fmt(v)
+            if m is not base and label != "p50 IQR (ms)":
+                r = _ratio(v, get(base))
+                if r is not None:
+                    cell += f" (x{r:.3f})"
+            row.append(cell)
+        rows.append(row)
+    provs = {", ".join(m.providers) for m in report.models}
+    cfg = report.config
+    foot = (
+        f"providers: {' | '.join(sorted(provs))}; batch {report.models[0].batch_size}; {cfg.get('runs')} runs after "
+        f"{cfg.get('warmup')} warm-up, median of {cfg.get('rounds')} rounds, each in a fresh process; "
+        f"threads {cfg.get('threads') or 'default'}; opt level {cfg.get('optimization_level')}"
+    )
+    return format_table(header, rows) + "\n" + foot
+
+
+def bench_to_json(report: BenchReport) -> str:
+    return json.dumps(report.to_dict(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
