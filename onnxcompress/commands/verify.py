@@ -46,12 +46,20 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _group(parser: argparse.ArgumentParser | argparse._ArgumentGroup, title: str) -> Any:
+    """A titled group, or ``parser`` itself when it already is a group (nesting is deprecated)."""
+    if isinstance(parser, argparse._ArgumentGroup):
+        return parser
+    return parser.add_argument_group(title)
+
+
 def add_data_arguments(parser: argparse.ArgumentParser, *, data_flag: str = "--data") -> None:
     """Data-source options (dest names fixed: data, labels, batch_size, shape, int_range, samples, seed).
 
     ``data_flag`` lets another command spell the data option differently (``--verify-data``).
+    ``parser`` may be a parser or an argument group.
     """
-    g = parser.add_argument_group("data")
+    g = _group(parser, "data")
     g.add_argument(
         data_flag,
         dest="data",
@@ -79,8 +87,11 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, data_flag: str = "--d
 
 
 def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Gate options (dest names: max_accuracy_drop, min_agreement, min_cosine, max_rel_error)."""
-    g = parser.add_argument_group("gates (exit 1 when one fails)")
+    """Gate options (dest names: max_accuracy_drop, min_agreement, min_cosine, max_rel_error).
+
+    ``parser`` may be a parser or an argument group.
+    """
+    g = _group(parser, "gates (exit 1 when one fails)")
     g.add_argument(
         "--max-accuracy-drop",
         type=_fraction(-100.0, 100.0),
@@ -106,7 +117,7 @@ def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """Report, provider and output options (json, markdown, junit, class_outputs, providers, quiet...)."""
-    g = parser.add_argument_group("reports and runtime")
+    g = _group(parser, "reports and runtime")
     g.add_argument(
         "--class-outputs",
         metavar="NAMES",
