@@ -1,0 +1,91 @@
+"""bench: file sizes with external data, fresh-process measurements, table/JSON, provider errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxcompress.errors import ConfigError, InvalidModelError
+from onnxcompress.evaluation.bench import bench, bench_to_json, model_size_on_disk, render_bench_table
+
+
+def _model(n: int, seed: int) -> onnx.ModelProto:
+    w = np.random.default_rng(seed).standard_normal((n, n)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n])],
+        [numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    a, b = d / "a.onnx", d / "b.onnx"
+    onnx.save(_model(64, 0), a)
+    onnx.save(_model(64, 1), b, save_as_external_data=True, location="b.data", size_threshold=0)
+    return a, b
+
+
+def test_size_includes_external_data(two_models):
+    a, b = two_models
+    assert model_size_on_disk(a) > 64 * 64 * 4
+    assert model_size_on_disk(b) == b.stat().st_size + (b.parent / "b.data").stat().st_size
+    with pytest.raises(InvalidModelError, match="not found"):
+        model_size_on_disk(b.parent / "missing.onnx")
+
+
+def test_bench_two_models_side_by_side(two_models, tmp_path):
+    a, b = two_models
+    report = bench([a, b], runs=5, warmup=1, rounds=2, batch_size=4, progress=False)
+    assert [m.model for m in report.models] == [str(a), str(b)]
+    for m in report.models:
+        assert len(m.rounds) == 2 and m.batch_size == 4
+        assert m.providers == ("CPUExecutionProvider",)
+        assert 0 < m.p50_ms <= m.p99_ms and m.create_s > 0 and m.first_run_s > 0
+        assert m.throughput == pytest.approx(4 / (m.p50_ms / 1e3), rel=0.5)
+        assert m.peak_rss_bytes is None or m.peak_rss_bytes > 10 << 20
+        spread = m.p50_spread
+        assert spread["min"] <= m.p50_ms <= spread["max"]
+    table = render_bench_table(report)
+    assert "session create (s)" in table and "p50 latency (ms)" in table and "(x" in table
+    assert "CPUExecutionProvider" in table
+    data = json.loads(bench_to_json(report))
+    assert data["models"][0]["ratios_vs_first"]["p50_ms"] == 1.0
+    assert len(data["models"][1]["rounds"]) == 2
+
+
+def test_bench_errors(two_models, tmp_path):
+    import onnxruntime
+
+    a, _ = two_models
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(ConfigError, match="CUDAExecutionProvider requested but not available"):
+            bench([a], providers=["cuda"], progress=False)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(InvalidModelError):
+        bench([bad], runs=1, rounds=1, progress=False)
+
+
+def test_bench_cli(two_models, capsys):
+    from onnxcompress.cli import main
+
+    a, b = two_models
+    assert main(["bench", str(a), str(b), "--runs", "3", "--warmup", "0", "--rounds", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert a.name in out and b.name in out and "p50 latency" in out
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert main(["bench", str(a), "--providers", "cuda"]) == 2
+        assert "CUDAExecutionProvider requested but not available" in capsys.readouterr().err
