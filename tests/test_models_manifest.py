@@ -1,0 +1,77 @@
+"""The committed digit models are exactly what models/manifest.json says they are.
+
+The models and test sets are the project's reference inputs for compression experiments, so any
+accidental change to them (a re-export, a retrain, a corrupted checkout) must fail loudly here. Reads
+the npz files with plain numpy, as ``onnxcompress verify --data`` does; no torch needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, numpy_helper
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+MANIFEST: dict[str, Any] = json.loads((MODELS_DIR / "manifest.json").read_text())
+ENTRIES: list[dict[str, Any]] = MANIFEST["models"]
+HELD_OUT = "digits_test.npz"
+MIN_HELD_OUT_ACCURACY = 0.97
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+
+
+def _load_npz(name: str) -> dict[str, np.ndarray]:
+    info = MANIFEST["dataset"]["files"][name]
+    with np.load(MODELS_DIR / name) as npz:
+        return {"input": npz[info["input_key"]], "labels": npz[info["label_key"]]}
+
+
+@pytest.fixture(scope="module")
+def datasets() -> dict[str, dict[str, np.ndarray]]:
+    return {name: _load_npz(name) for name in MANIFEST["dataset"]["files"]}
+
+
+def test_manifest_lists_the_three_models() -> None:
+    assert [e["name"] for e in ENTRIES] == ["lenet_300_100", "lenet5", "resnet_digits"]
+
+
+def test_test_sets_match_manifest(datasets: dict[str, dict[str, np.ndarray]]) -> None:
+    for name, data in datasets.items():
+        x, y = data["input"], data["labels"]
+        assert x.dtype == np.float32 and y.dtype == np.int64
+        assert x.shape == (MANIFEST["dataset"]["files"][name]["images"], 1, 28, 28)
+        assert y.shape == (len(x),) and set(np.unique(y)) == set(range(10))
+        # Documented storage: every input is a multiple of 1/255 in [0, 1], i.e. uint8-exact.
+        assert x.min() >= 0.0 and x.max() <= 1.0
+        np.testing.assert_array_equal(np.round(x * 255).astype(np.float32) / 255, x)
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
+def test_model_matches_manifest(entry: dict[str, Any], datasets: dict[str, dict[str, np.ndarray]]) -> None:
+    path = MODELS_DIR / entry["file"]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+
+    model = onnx.load(str(path))
+    assert not any(t.HasField("data_location") and t.data_location == TensorProto.EXTERNAL
+                   for t in model.graph.initializer), "models must be self-contained"
+    assert model.opset_import[0].version == entry["opset"]
+    weights = sum(numpy_helper.to_array(t).size for t in model.graph.initializer if t.data_type in FLOAT_TYPES)
+    assert weights == entry["onnx_weight_elements"]
+    if entry["name"] != "resnet_digits":  # no BatchNorm: ONNX weights are exactly the torch parameters
+        assert weights == entry["parameters"]
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == [entry["input"]["name"]]
+    assert [o.name for o in sess.get_outputs()] == [entry["output"]["name"]]
+    for name in entry["data_files"]:
+        data = datasets[name]
+        logits = sess.run([entry["output"]["name"]], {entry["input"]["name"]: data["input"]})[0]
+        accuracy = float((logits.argmax(axis=1) == data["labels"]).mean())
+        assert accuracy == pytest.approx(entry["accuracy"][name], abs=1e-9), name
+    assert entry["accuracy"][HELD_OUT] >= MIN_HELD_OUT_ACCURACY
