@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxcompress import __version__
-from onnxcompress.algorithms import clipq, codebook, pruning
+from onnxcompress.algorithms import codebook, pruning
 from onnxcompress.config import CompressionConfig, WeightConfig, preset
 from onnxcompress.encoding import EncodedWeight, build_groups, encode_codebook, encode_pruned
 from onnxcompress.errors import NoCompressibleWeightsError
@@ -129,6 +129,11 @@ def _mask(w: np.ndarray, info: WeightInfo, cfg: WeightConfig, global_t: float | 
         return pruning.threshold_mask(w, global_t)
     if cfg.pruning == "std":
         return pruning.threshold_mask(w, pruning.std_threshold(w, cfg.quality))
+    if info.role in ("conv", "conv_transpose") and w.ndim > 2:
+        # the reduction runs over input channels x kernel window: N:M blocks along that flattened dim
+        moved = np.moveaxis(w, info.axis, 0)
+        mask = pruning.nm_mask(moved.reshape(moved.shape[0], -1), cfg.n, cfg.m, axis=1)
+        return np.moveaxis(mask.reshape(moved.shape), 0, info.axis)
     return pruning.nm_mask(w, cfg.n, cfg.m, axis=info.input_axis)
 
 
@@ -148,6 +153,8 @@ def compress_weight(
         )
         return enc, np.moveaxis(pruning.decompress(p), 0, info.axis)
     if cfg.method == "clipq":
+        from onnxcompress.algorithms import clipq
+
         ct = clipq.compress(
             w, sparsity=cfg.sparsity, bits=cfg.bits, granularity=cfg.granularity, axis=info.axis,
             group_size=cfg.group_size, codebook_dtype=cfg.codebook_dtype,

@@ -133,9 +133,15 @@ class _Body:
             "Sub", self.op("CumSum", self.op("Add", gaps, self.const(1)), self.const(0)), self.const(1)
         )
 
-    def mask_positions(self, size: str) -> str:
+    def mask_rank(self, size: str) -> tuple[str, str]:
+        """(keep, rank): keep[p] is the mask bit as bool, rank[p] the index of p among the kept
+        positions (clamped at 0). onnxruntime does not constant-fold NonZero, so positions are
+        never materialised: every output position gathers its own entry instead."""
         mask = self.unpack("mask", None, size)
-        return self.op("Reshape", self.op("NonZero", mask), self.const([-1], np.int64))
+        rank = self.op(
+            "Max", self.op("Sub", self.op("CumSum", mask, self.const(0)), self.const(1)), self.const(0)
+        )
+        return self.op("Cast", mask, to=TensorProto.BOOL), rank
 
 
 def build_function(op_type: str, opset: int) -> onnx.FunctionProto:
@@ -147,9 +153,23 @@ def build_function(op_type: str, opset: int) -> onnx.FunctionProto:
     if op_type == "CodebookDense":
         codes = b.unpack("codes", "bits", size)
         out = b.lookup("codebook", b.segment_ids("segments", size), codes, "bits")
-    elif op_type in ("CodebookRelative", "CodebookMask", "SparseRelative", "SparseMask"):
+    elif op_type in ("CodebookMask", "SparseMask"):
         entries = b.vec1(b.attr_int("entries"))
-        pos = b.relative_positions(entries) if "Relative" in op_type else b.mask_positions(size)
+        keep, rank = b.mask_rank(size)
+        if op_type == "CodebookMask":
+            # pruned positions take code 0, which is exactly zero in every row of a pruned codebook
+            codes = b.op(
+                "Where", keep, b.op("Gather", b.unpack("codes", "bits", entries), rank, axis=0), b.const(0)
+            )
+            out = b.lookup("codebook", b.segment_ids("segments", size), codes, "bits")
+        else:
+            zeros = b.cast_to(
+                b.op("ConstantOfShape", size, value=numpy_helper.from_array(np.array([0], np.float32)))
+            )
+            out = b.op("Where", keep, b.op("Gather", b.cast_to("values"), rank, axis=0), zeros)
+    elif op_type in ("CodebookRelative", "SparseRelative"):
+        entries = b.vec1(b.attr_int("entries"))
+        pos = b.relative_positions(entries)
         if op_type.startswith("Codebook"):
             codes = b.unpack("codes", "bits", entries)
             seg = b.op("Gather", b.segment_ids("segments", size), pos, axis=0)

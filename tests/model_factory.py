@@ -1,0 +1,113 @@
+"""Small ONNX models built in code for the converter's tests: every weight role, Constant nodes,
+an If subgraph, shared tensors, biases and norms, in a chosen opset and float type."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(arr, name)
+
+
+def zoo_model(opset: int = 17, dtype=np.float32, seed: int = 0) -> onnx.ModelProto:
+    """x[N,3,8,8] -> Conv -> BN -> Relu -> Flatten -> Gemm(transB) -> MatMul -> If(MatMul with a
+    Constant weight in each branch) -> logits[N,10]; plus a Gather embedding branch."""
+    rng = np.random.default_rng(seed)
+    t = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+    def r(*shape):
+        return (rng.standard_normal(shape) * 0.2).astype(dtype)
+
+    inits = [
+        _init("conv.w", r(16, 3, 3, 3) * 2),
+        _init("conv.b", r(16)),
+        _init("bn.scale", np.ones(16, dtype)),
+        _init("bn.bias", np.zeros(16, dtype)),
+        _init("bn.mean", np.zeros(16, dtype)),
+        _init("bn.var", np.ones(16, dtype)),
+        _init("fc1.w", r(64, 16 * 8 * 8)),  # Gemm transB=1: [out, in]
+        _init("fc1.b", r(64)),
+        _init("fc2.w", r(64, 48)),  # MatMul: [in, out]
+        _init("emb", r(100, 48)),
+        _init("cond", np.array(True)),
+    ]
+    then_w = helper.make_node("Constant", [], ["head.then.w"], value=_init("v", r(48, 10)))
+    else_w = helper.make_node("Constant", [], ["head.else.w"], value=_init("v", r(48, 10)))
+    then_g = helper.make_graph(
+        [then_w, helper.make_node("MatMul", ["h2", "head.then.w"], ["out_t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("out_t", t, None)],
+    )
+    else_g = helper.make_graph(
+        [else_w, helper.make_node("MatMul", ["h2", "head.else.w"], ["out_e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("out_e", t, None)],
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "conv.w", "conv.b"], ["c1"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node(
+            "BatchNormalization", ["c1", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["bn1"], name="bn"
+        ),
+        helper.make_node("Relu", ["bn1"], ["r1"]),
+        helper.make_node("Flatten", ["r1"], ["f1"], axis=1),
+        helper.make_node("Gemm", ["f1", "fc1.w", "fc1.b"], ["h1"], transB=1, name="fc1"),
+        helper.make_node("Relu", ["h1"], ["r2"]),
+        helper.make_node("Gather", ["emb", "ids"], ["e1"], axis=0, name="emb"),
+        helper.make_node("ReduceMean" if opset < 18 else "ReduceMean", ["e1"], ["e2"], axes=[1], keepdims=0)
+        if opset < 18
+        else helper.make_node("ReduceMean", ["e1", "axes1"], ["e2"], keepdims=0),
+        helper.make_node("MatMul", ["r2", "fc2.w"], ["h2a"], name="fc2"),
+        helper.make_node("Add", ["h2a", "e2"], ["h2"]),
+        helper.make_node("If", ["cond"], ["logits"], then_branch=then_g, else_branch=else_g, name="head"),
+    ]
+    if opset >= 18:
+        inits.append(_init("axes1", np.array([1], dtype=np.int64)))
+    graph = helper.make_graph(
+        nodes,
+        "zoo",
+        [
+            helper.make_tensor_value_info("x", t, ["N", 3, 8, 8]),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 4]),
+        ],
+        [helper.make_tensor_value_info("logits", t, ["N", 10])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="model_factory"
+    )
+    model.ir_version = 7 if opset <= 15 else 8
+    model.metadata_props.add(key="labels", value="zero,one,two")
+    model.doc_string = "zoo model for tests"
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def zoo_inputs(n: int = 4, dtype=np.float32, seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((n, 3, 8, 8)).astype(dtype), "ids": rng.integers(0, 100, (n, 4))}
+
+
+def many_weights_model(count: int, shape=(16, 16), seed: int = 0) -> onnx.ModelProto:
+    """A chain of ``count`` MatMuls with small weights (load-time test)."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    prev = "x"
+    for i in range(count):
+        inits.append(_init(f"w{i}", (rng.standard_normal(shape) / 4).astype(np.float32)))
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"]))
+        prev = f"h{i}"
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", shape[0]])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["N", shape[1]])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

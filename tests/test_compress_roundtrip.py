@@ -1,0 +1,206 @@
+"""End to end: the weights onnxruntime decodes from a compressed model equal the numpy
+decompress bit for bit, for every method, bit width, granularity and sparse encoding, and the
+model's outputs stay close to the original's."""
+
+from __future__ import annotations
+
+import itertools
+
+import ml_dtypes
+import numpy as np
+import onnx
+import pytest
+from model_factory import zoo_inputs, zoo_model
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
+
+from onnxcompress.compressor import compress_model
+from onnxcompress.config import CompressionConfig, WeightConfig
+from onnxcompress.inventory import build_inventory, iter_graphs
+from onnxcompress.ops import DOMAIN
+from onnxcompress.sessions import make_session
+
+
+def decoded_weights(model: onnx.ModelProto, expected: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run only the decode subgraph of ``model`` in onnxruntime and return the named weights."""
+    names = list(expected)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    g = probe.graph
+    keep = [
+        n
+        for n in g.node
+        if n.domain == DOMAIN
+        or n.op_type in ("Split", "Reshape", "Transpose")
+        and n.name.startswith(("onnxcompress", *names))
+    ]
+    del g.node[:]
+    g.node.extend(keep)
+    del g.input[:]
+    del g.output[:]
+    del g.value_info[:]
+    for name in names:
+        g.output.append(
+            helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(expected[name].dtype), None)
+        )
+    sess = make_session(probe)
+    return dict(zip(names, sess.run(names, {}), strict=True))
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    """The raw bit patterns, so -0.0 != 0.0 and NaN payloads count."""
+    a = np.ascontiguousarray(a)
+    return a.view({4: np.uint32, 2: np.uint16}[a.dtype.itemsize])
+
+
+def _cfg(**kw) -> CompressionConfig:
+    return CompressionConfig(weight=WeightConfig(**kw), min_elements=256)
+
+
+def _check(model: onnx.ModelProto, cfg: CompressionConfig, tol: float | None = None):
+    original = onnx.ModelProto()
+    original.CopyFrom(model)
+    result = compress_model(model, cfg)
+    names = list(result.decoded)
+    assert names, "nothing compressed"
+    got = decoded_weights(result.model, result.decoded)
+    for name in names:
+        want = result.decoded[name]
+        assert got[name].dtype == want.dtype and got[name].shape == want.shape, name
+        np.testing.assert_array_equal(_bits(got[name]), _bits(want), err_msg=name)
+    if tol is not None:
+        x = zoo_inputs()
+        ref = make_session(original).run(None, x)[0]
+        out = make_session(result.model).run(None, x)[0]
+        rel = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+        assert rel < tol, rel
+    return result
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_kmeans_every_bit_width(bits):
+    result = _check(zoo_model(), _cfg(bits=bits), tol={8: 0.02, 6: 0.06}.get(bits))
+    assert {w.bits for w in result.report.weights} == {bits}
+
+
+@pytest.mark.parametrize(
+    "method,granularity,encoding",
+    list(
+        itertools.product(["kmeans", "clipq"], ["tensor", "channel", "group"], ["dense", "relative", "mask"])
+    ),
+)
+def test_methods_granularities_encodings(method, granularity, encoding):
+    result = _check(
+        zoo_model(),
+        _cfg(method=method, bits=4, sparsity=0.7, granularity=granularity, group_size=4, encoding=encoding),
+    )
+    assert {w.encoding for w in result.report.weights} == {encoding}
+    for w in result.report.weights:
+        assert w.sparsity >= 0.69
+
+
+@pytest.mark.parametrize("encoding", ["relative", "mask"])
+def test_prune_only_raw_values(encoding):
+    result = _check(zoo_model(), _cfg(method="prune", sparsity=0.9, encoding=encoding))
+    for w in result.report.weights:
+        assert w.bits is None and w.sparsity >= 0.89
+
+
+@pytest.mark.parametrize("pruning", ["global", "std", "nm"])
+def test_pruning_modes(pruning):
+    result = _check(zoo_model(), _cfg(bits=5, sparsity=0.8, pruning=pruning, quality=1.0, n=2, m=4))
+    if pruning == "nm":
+        # 2:4 everywhere; a partial trailing block (conv: 27 = 6 x 4 + 3) keeps ceil(2 * 3 / 4) = 2
+        assert all(0.45 <= w.sparsity <= 0.5 for w in result.report.weights)
+
+
+@pytest.mark.parametrize("opset", [11, 12, 13, 17, 18, 21])
+def test_opsets(opset):
+    result = _check(zoo_model(opset), _cfg(bits=8), tol=0.02)
+    model = result.model
+    assert {i.domain for i in model.opset_import} >= {"", DOMAIN}
+    assert max(i.version for i in model.opset_import if i.domain == "") == max(opset, 12)
+    assert model.ir_version >= 8
+
+
+@pytest.mark.parametrize("dtype,cb", [(np.float16, "float32"), (np.float32, "float16")])
+def test_half_precision(dtype, cb):
+    _check(zoo_model(17, dtype=dtype), _cfg(bits=6, sparsity=0.5, codebook_dtype=cb))
+
+
+def test_bfloat16_weights():
+    model = zoo_model(17)
+    inv = build_inventory(model, min_elements=256)
+    target = "fc1.w"
+    # a bf16 weight feeding a Cast keeps the rest of the graph fp32
+    for t in model.graph.initializer:
+        if t.name == target:
+            arr = onnx.numpy_helper.to_array(t).astype(ml_dtypes.bfloat16)
+            t.CopyFrom(onnx.numpy_helper.from_array(arr, target + ".bf16"))
+    model.graph.node.insert(0, helper.make_node("Cast", [target + ".bf16"], [target], to=TensorProto.FLOAT))
+    assert any(w.name == "fc1.w" for w in inv.compressible())
+    result = compress_model(model, _cfg(bits=4))
+    assert target + ".bf16" in result.decoded
+    assert result.decoded[target + ".bf16"].dtype == ml_dtypes.bfloat16
+    x = zoo_inputs()
+    make_session(result.model).run(None, x)
+
+
+def test_subgraph_constants_and_metadata_survive():
+    model = zoo_model(17)
+    result = _check(model, _cfg(bits=8), tol=0.02)
+    assert {"head.then.w", "head.else.w"} <= set(result.decoded)
+    out = result.model
+    for path, g in iter_graphs(out.graph):
+        if path:
+            assert not any(n.op_type == "Constant" and n.output[0].startswith("head.") for n in g.node)
+    assert {p.key for p in out.metadata_props} >= {"labels", "onnxcompress"}
+    assert out.doc_string == "zoo model for tests" and out.producer_name == "model_factory"
+    onnx.checker.check_model(out, full_check=True)
+
+
+def test_reference_evaluator_runs_compressed_model():
+    result = compress_model(zoo_model(17), _cfg(bits=5, sparsity=0.6, granularity="channel"))
+    x = zoo_inputs()
+    ort_out = make_session(result.model).run(None, x)[0]
+    ref_out = ReferenceEvaluator(result.model).run(None, x)[0]
+    np.testing.assert_allclose(ref_out, ort_out, rtol=1e-4, atol=1e-5)
+
+
+def test_onnxruntime_folds_the_decode_away():
+    """At BASIC optimization the decode subgraph is constant-folded: the optimized graph has no
+    decode node left and no Split/Gather of our own."""
+    import tempfile
+
+    result = compress_model(zoo_model(17), _cfg(bits=5, sparsity=0.6))
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/opt.onnx"
+        make_session(result.model, optimization_level="basic", optimized_model_path=path)
+        optimized = onnx.load(path)
+    leftover = [
+        n.op_type
+        for n in optimized.graph.node
+        if n.op_type in ("ScatterElements", "CumSum", "Split", "NonZero")
+    ]
+    assert not leftover, leftover
+
+
+def test_shared_tensor_compressed_once():
+    model = zoo_model(17)
+    # make fc2.w also feed a second MatMul
+    model.graph.node.append(helper.make_node("MatMul", ["r2", "fc2.w"], ["extra"]))
+    model.graph.output.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, ["N", 48]))
+    result = compress_model(model, _cfg(bits=6))
+    assert sum(1 for w in result.report.weights if w.name == "fc2.w") == 1
+    make_session(result.model).run(None, zoo_inputs())
+
+
+def test_inventory_roles_and_reasons():
+    inv = {w.name: w for w in build_inventory(zoo_model(17), min_elements=256).weights}
+    assert (inv["conv.w"].role, inv["conv.w"].axis) == ("conv", 0)
+    assert (inv["fc1.w"].role, inv["fc1.w"].axis) == ("gemm", 0)
+    assert (inv["fc2.w"].role, inv["fc2.w"].axis) == ("matmul", 1)
+    assert (inv["emb"].role, inv["emb"].axis) == ("embedding", 0)
+    assert inv["head.then.w"].source == "constant" and inv["head.then.w"].graph
+    assert inv["conv.b"].skip_reason.startswith("bias")
+    assert inv["bn.scale"].skip_reason.startswith("normalization")
