@@ -1,0 +1,213 @@
+"""Second-moment accumulators and im2col: the layer-local statistics calibrated methods need.
+
+Every calibrated method minimises the *output* error of one layer, ``||X W^T - X W_hat^T||_F^2``,
+which only depends on the data through ``H = X^T X`` over the reduction features. So calibration
+never keeps activations: each batch is folded into ``H`` (float64, because the sums run over up
+to millions of rows and the methods invert ``H``) and thrown away.
+
+Layout convention shared by the whole package: a weight is viewed as ``W2 [rows, cols]`` with
+rows = output channels in channel-major order (``np.moveaxis(w, axis, 0).reshape(rows, -1)``,
+the same layout as a :class:`CodebookTensor`'s codes) and cols = the reduction features that
+``H`` is indexed by. A grouped convolution has one ``H`` per group, applying to that group's
+rows: such a weight is described by ``blocks = [(row_slice, H_g), ...]``.
+
+Pure numpy.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from onnxcompress.errors import ConfigError
+
+Blocks = list[tuple[slice, np.ndarray]]
+
+
+class HessianAccumulator:
+    """Running ``sum x x^T`` and ``sum x`` over rows of feature matrices (float64)."""
+
+    def __init__(self, features: int) -> None:
+        self.features = int(features)
+        self.xtx = np.zeros((self.features, self.features), dtype=np.float64)
+        self.xsum = np.zeros(self.features, dtype=np.float64)
+        self.count = 0
+
+    def add(self, x: np.ndarray) -> None:
+        """Fold rows ``x [n, features]`` in; the caller may discard ``x`` afterwards."""
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.features:
+            raise ConfigError(f"expected activations [n, {self.features}], got shape {x.shape}")
+        if x.shape[0] == 0:
+            return
+        x64 = x.astype(np.float64, copy=False)
+        self.xtx += x64.T @ x64
+        self.xsum += x64.sum(axis=0)
+        self.count += x.shape[0]
+
+    def hessian(self) -> np.ndarray:
+        """``H = X^T X / n`` (the mean, so dampening fractions and errors do not scale with n)."""
+        return self.xtx / max(self.count, 1)
+
+    def mean(self) -> np.ndarray:
+        return self.xsum / max(self.count, 1)
+
+
+class RowCountAccumulator:
+    """How often each row of an embedding table is looked up: its sensitivity (error weight)."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = int(rows)
+        self.counts = np.zeros(self.rows, dtype=np.float64)
+
+    def add(self, indices: np.ndarray) -> None:
+        idx = np.asarray(indices).reshape(-1).astype(np.int64)
+        idx = np.where(idx < 0, idx + self.rows, idx)
+        idx = idx[(idx >= 0) & (idx < self.rows)]
+        self.counts += np.bincount(idx, minlength=self.rows)[: self.rows]
+
+
+def conv_pads(
+    spatial: Sequence[int],
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int] | None,
+    auto_pad: str = "NOTSET",
+) -> list[int]:
+    """ONNX Conv padding as ``[begin_0, ..., begin_k, end_0, ..., end_k]``, resolving ``auto_pad``."""
+    nd = len(spatial)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for s, k, st, d in zip(spatial, kernel, strides, dilations, strict=True):
+            out = -(-s // st)
+            total = max((out - 1) * st + (k - 1) * d + 1 - s, 0)
+            small, big = total // 2, total - total // 2
+            b, e = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
+            begin.append(b)
+            end.append(e)
+        return begin + end
+    if auto_pad == "VALID":
+        return [0] * (2 * nd)
+    return list(pads) if pads else [0] * (2 * nd)
+
+
+def im2col(
+    x: np.ndarray,
+    kernel: Sequence[int],
+    *,
+    strides: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    dilations: Sequence[int] | None = None,
+    groups: int = 1,
+    auto_pad: str = "NOTSET",
+) -> list[np.ndarray]:
+    """Patches of an N-d convolution input, one matrix per group.
+
+    ``x`` is ``[N, C, *spatial]``. Returns ``groups`` matrices ``[N * L, (C / groups) * prod(kernel)]``
+    (``L`` output positions) whose columns are ordered like ``weight[o].reshape(-1)`` (channel, then
+    kernel offsets in C order), so ``patches_g @ W2_g.T`` is the convolution output of group ``g``.
+    """
+    x = np.asarray(x)
+    if x.ndim < 3:
+        raise ConfigError(f"im2col needs [N, C, *spatial], got shape {x.shape}")
+    nd = x.ndim - 2
+    kernel = [int(k) for k in kernel]
+    strides = list(strides) if strides else [1] * nd
+    dilations = list(dilations) if dilations else [1] * nd
+    n, c = x.shape[:2]
+    if c % groups:
+        raise ConfigError(f"{c} input channels do not split into {groups} groups")
+    p = conv_pads(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(p[i], p[nd + i]) for i in range(nd)])
+    out_sp = [
+        (xp.shape[2 + i] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(nd)
+    ]
+    if min(out_sp) <= 0:
+        raise ConfigError(f"convolution of input {x.shape} with kernel {kernel} has an empty output")
+    cols = np.empty((n, c, int(np.prod(kernel)), *out_sp), dtype=x.dtype)
+    for ki, offs in enumerate(itertools.product(*[range(k) for k in kernel])):
+        sl = tuple(
+            slice(o * d, o * d + (os - 1) * st + 1, st)
+            for o, d, os, st in zip(offs, dilations, out_sp, strides, strict=True)
+        )
+        cols[:, :, ki] = xp[(slice(None), slice(None), *sl)]
+    length = int(np.prod(out_sp))
+    cg = c // groups
+    k = int(np.prod(kernel))
+    cols = cols.reshape(n, groups, cg * k, length)
+    return [np.ascontiguousarray(cols[:, g].transpose(0, 2, 1).reshape(n * length, cg * k)) for g in range(groups)]
+
+
+def as_blocks(h: np.ndarray | Blocks, rows: int) -> Blocks:
+    """Normalise one ``H`` (shared by all rows) or per-group blocks to ``[(row_slice, H)]``."""
+    if isinstance(h, np.ndarray):
+        return [(slice(0, rows), h)]
+    return list(h)
+
+
+def output_error(w2: np.ndarray, w_hat: np.ndarray, h: np.ndarray | Blocks) -> tuple[float, float]:
+    """``(tr(dW H dW^T), tr(W H W^T))``: the layer's squared output error and squared output norm.
+
+    Their ratio's square root estimates ``||X W^T - X W_hat^T||_F / ||X W^T||_F`` on the calibration
+    data; it is what every calibrated method is judged by.
+    """
+    w = np.asarray(w2, dtype=np.float64)
+    d = w - np.asarray(w_hat, dtype=np.float64)
+    err = norm = 0.0
+    for sl, hb in as_blocks(h, w.shape[0]):
+        err += float(np.einsum("ij,ij->", d[sl] @ hb, d[sl]))
+        norm += float(np.einsum("ij,ij->", w[sl] @ hb, w[sl]))
+    return max(err, 0.0), max(norm, 0.0)
+
+
+def relative_output_error(w2: np.ndarray, w_hat: np.ndarray, h: np.ndarray | Blocks) -> float:
+    err, norm = output_error(w2, w_hat, h)
+    return float(np.sqrt(err / norm)) if norm > 0 else 0.0
+
+
+def row_weighted_error(w2: np.ndarray, w_hat: np.ndarray, row_weights: np.ndarray) -> float:
+    """Relative error of an embedding table whose rows are looked up ``row_weights`` times."""
+    w = np.asarray(w2, dtype=np.float64)
+    d = w - np.asarray(w_hat, dtype=np.float64)
+    rw = np.asarray(row_weights, dtype=np.float64)
+    norm = float(rw @ np.einsum("ij,ij->i", w, w))
+    return float(np.sqrt(float(rw @ np.einsum("ij,ij->i", d, d)) / norm)) if norm > 0 else 0.0
+
+
+def dampen(h: np.ndarray, damp: float) -> np.ndarray:
+    """``H + damp * mean(diag H) * I`` (float64 copy); dead features get a unit diagonal."""
+    h = np.array(h, dtype=np.float64, copy=True)
+    diag = np.diag(h).copy()
+    mean = float(diag.mean()) if diag.size and diag.mean() > 0 else 1.0
+    dead = diag <= 0
+    h[dead, dead] = mean
+    h[np.diag_indices_from(h)] += damp * mean
+    return h
+
+
+def inverse_cholesky_upper(h: np.ndarray, damp: float, *, tries: int = 8) -> tuple[np.ndarray, float]:
+    """Upper Cholesky factor ``U`` of ``(H + damp)^-1`` (``U^T U = H^-1``), as GPTQ/SparseGPT use.
+
+    A calibration ``H`` is often singular (fewer samples than features, dead inputs): on a
+    factorisation failure the dampening grows tenfold, up to ``tries`` times. Returns ``(U, damp used)``.
+    """
+    d = float(damp)
+    for _ in range(tries):
+        try:
+            hd = dampen(h, d)
+            lower = np.linalg.cholesky(hd)
+            linv = np.linalg.inv(lower)
+            hinv = linv.T @ linv
+            u = np.linalg.cholesky(hinv).T
+            if np.isfinite(u).all():
+                return u, d
+        except np.linalg.LinAlgError:
+            pass
+        d = max(d * 10.0, 1e-6)
+    raise ConfigError(
+        "the calibration Hessian stays singular even with heavy dampening; use more calibration samples "
+        "or a larger damp"
+    )
