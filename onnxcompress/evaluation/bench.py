@@ -180,8 +180,21 @@ class BenchReport:
                 "throughput": _ratio(m.throughput, base.throughput),
                 "peak_rss": _ratio(m.peak_rss_bytes, base.peak_rss_bytes),
             }
+            paired = paired_p50_ratios(m, base)
+            d["ratios_vs_first"]["p50_paired_by_round"] = {
+                "median": float(np.median(paired)),
+                "min": min(paired),
+                "max": max(paired),
+            }
             out.append(d)
         return {"config": self.config, "models": out}
+
+
+def paired_p50_ratios(model: ModelBench, base: ModelBench) -> list[float]:
+    """Per-round p50 ratios against the baseline. Rounds alternate the models back to back, so each
+    pair shares the machine's conditions of that moment: on a busy machine their median is a steadier
+    comparison than the ratio of the two medians."""
+    return [m.p50_ms / b.p50_ms for m, b in zip(model.rounds, base.rounds, strict=False) if b.p50_ms > 0]
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -423,6 +436,7 @@ def render_bench_table(report: BenchReport) -> str:
         ("p50 latency (ms)", lambda m: m.p50_ms, lambda v: f"{v:.4f}"),
         ("p50 min..max (ms)", None, None),
         ("p50 IQR (ms)", lambda m: m.p50_spread["iqr"], lambda v: f"{v:.4f}"),
+        ("p50 ratio paired by round", None, None),
         ("p90 latency (ms)", lambda m: m.p90_ms, lambda v: f"{v:.4f}"),
         ("p99 latency (ms)", lambda m: m.p99_ms, lambda v: f"{v:.4f}"),
         ("throughput (samples/s)", lambda m: m.throughput, lambda v: f"{v:,.1f}"),
@@ -433,6 +447,10 @@ def render_bench_table(report: BenchReport) -> str:
     for label, get, fmt in rows_spec:
         row = [label]
         for m in report.models:
+            if label == "p50 ratio paired by round":
+                r = paired_p50_ratios(m, base)
+                row.append("-" if m is base else f"x{np.median(r):.3f} (x{min(r):.3f}..x{max(r):.3f})")
+                continue
             if get is None:
                 s = m.p50_spread
                 row.append(f"{s['min']:.4f}..{s['max']:.4f}")
