@@ -1,0 +1,338 @@
+"""Run a model on calibration data and fold each compressible weight's input into its statistics.
+
+For every target weight the consumer's activation input is added as an extra graph output of a
+*copy* of the model; each batch's activations are folded into the weight's accumulator
+(``H = X^T X`` and ``E[x]`` over the reduction features, or lookup counts for an embedding) and
+dropped, so memory is bounded by one batch, never by the data set.
+
+What ``X`` is per consumer:
+
+* ``MatMul(x, W)`` / ``Gemm(x, W)``: rows of ``x`` over its last axis (``x^T`` when ``transA``);
+* ``Conv(x, W)``: im2col patches with strides, pads (and ``auto_pad``), dilations, one ``H`` per
+  group, columns ordered like ``W[o].reshape(-1)``;
+* ``Gather(W, idx)``: how often each row is looked up.
+
+**Sequential mode** (GPTQ/SparseGPT): :func:`stages` cuts the targets, in topological order, into
+stages whose activations do not depend on any weight of the same stage, so a stage can be
+captured in one run of a model in which all earlier stages are already replaced by their decoded
+values. Each stage runs only the nodes its activations need (the graph is pruned to them), so the
+cost is about ``stages / 2`` forward passes of the whole model over the calibration set (one pass
+per stage of the prefix up to it): QKV projections of a transformer block share a stage, a plain
+MLP needs one stage per layer.
+
+Graph code: uses onnx, builds sessions only through :func:`onnxcompress.sessions.make_session`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxcompress.algorithms.calibrated.hessian import HessianAccumulator, RowCountAccumulator, im2col
+from onnxcompress.errors import DataError
+from onnxcompress.inventory import WeightInfo
+
+IM2COL_ELEMENTS = 1 << 24  # largest patch matrix built at once (128 MiB in float64)
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+    out = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+@dataclass
+class Target:
+    """A weight that calibration handles, its consumer and how its statistics are gathered."""
+
+    info: WeightInfo
+    node: onnx.NodeProto
+    node_index: int
+    kind: str  # "linear", "conv" or "embedding"
+    act: str  # the activation (or index) tensor feeding the weight's consumer
+    rows: int
+    cols: int
+    transpose_act: bool = False
+    conv: dict[str, object] = field(default_factory=dict)
+    bias: str | None = None  # a bias initializer used only by this layer, for bias correction
+
+    @property
+    def groups(self) -> int:
+        return int(self.conv.get("group", 1)) if self.kind == "conv" else 1
+
+
+@dataclass
+class LayerStats:
+    """What calibration learned about one weight's inputs."""
+
+    kind: str
+    blocks: list[tuple[slice, np.ndarray]] = field(default_factory=list)  # (rows, H) per group
+    means: list[tuple[slice, np.ndarray]] = field(default_factory=list)  # (rows, E[x]) per group
+    counts: np.ndarray | None = None  # embedding lookups per row
+    samples: int = 0  # rows of X seen (or lookups)
+
+
+def _initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in graph.initializer}
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs read from the outer scope (conservatively: every input they name)."""
+    names: set[str] = set()
+    for a in node.attribute:
+        subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for g in subs:
+            for n in g.node:
+                names.update(i for i in n.input if i)
+                names |= _subgraph_inputs(n)
+    return names
+
+
+def _node_inputs(node: onnx.NodeProto) -> set[str]:
+    return {i for i in node.input if i} | _subgraph_inputs(node)
+
+
+def find_targets(model: onnx.ModelProto, weights: Iterable[WeightInfo]) -> tuple[list[Target], dict[str, str]]:
+    """Targets for the weights calibration can handle, and for the others why not (they fall back
+    to the plain algorithms)."""
+    graph = model.graph
+    inits = _initializers(graph)
+    consumers: dict[str, list[tuple[int, onnx.NodeProto]]] = {}
+    for i, node in enumerate(graph.node):
+        for name in _node_inputs(node):
+            consumers.setdefault(name, []).append((i, node))
+    targets: list[Target] = []
+    skipped: dict[str, str] = {}
+    for info in weights:
+        uses = consumers.get(info.name, [])
+        if info.graph != "" or len(uses) != 1 or len(info.uses) != 1:
+            skipped[info.name] = "used more than once or inside a subgraph"
+            continue
+        idx, node = uses[0]
+        use = info.uses[0]
+        attrs = _attrs(node)
+        shape = info.shape
+        t: Target | None = None
+        if node.domain not in ("", "ai.onnx"):
+            pass
+        elif node.op_type == "MatMul" and use.input_index == 1 and len(shape) == 2:
+            t = Target(info, node, idx, "linear", node.input[0], rows=shape[1], cols=shape[0])
+        elif node.op_type == "Gemm" and use.input_index == 1 and len(shape) == 2:
+            tb = bool(attrs.get("transB", 0))
+            rows, cols = (shape[0], shape[1]) if tb else (shape[1], shape[0])
+            t = Target(info, node, idx, "linear", node.input[0], rows=rows, cols=cols,
+                       transpose_act=bool(attrs.get("transA", 0)))  # fmt: skip
+            if len(node.input) > 2 and node.input[2] in inits:
+                b = inits[node.input[2]]
+                if int(np.prod(b.dims)) == rows and len(consumers.get(b.name, [])) == 1:
+                    t.bias = b.name
+        elif node.op_type == "Conv" and use.input_index == 1 and len(shape) >= 3:
+            t = Target(info, node, idx, "conv", node.input[0], rows=shape[0], cols=int(np.prod(shape[1:])),
+                       conv=attrs)  # fmt: skip
+            t.conv.setdefault("kernel_shape", list(shape[2:]))
+            if len(node.input) > 2 and node.input[2] in inits and len(consumers.get(node.input[2], [])) == 1:
+                t.bias = node.input[2]
+        elif node.op_type == "Gather" and use.input_index == 0 and len(shape) == 2 and int(attrs.get("axis", 0)) == 0:
+            t = Target(info, node, idx, "embedding", node.input[1], rows=shape[0], cols=shape[1])
+        if t is None:
+            skipped[info.name] = f"no calibrated method for {node.op_type} input {use.input_index} of rank {len(shape)}"
+            continue
+        if t.kind == "linear" and node.op_type == "MatMul":
+            t.bias = _matmul_bias(graph, node, t.rows, inits, consumers)
+        targets.append(t)
+    targets.sort(key=lambda t: t.node_index)
+    return targets, skipped
+
+
+def _matmul_bias(graph, node, rows, inits, consumers) -> str | None:
+    """The bias of ``Add(MatMul(x, W), b)``, when ``b`` is an initializer of ``rows`` values used once."""
+    out = node.output[0]
+    adds = consumers.get(out, [])
+    if len(adds) != 1 or adds[0][1].op_type != "Add":
+        return None
+    other = [i for i in adds[0][1].input if i != out]
+    if len(other) != 1 or other[0] not in inits:
+        return None
+    b = inits[other[0]]
+    if int(np.prod(b.dims)) != rows or (b.dims and b.dims[-1] != rows) or len(consumers.get(b.name, [])) != 1:
+        return None
+    return b.name
+
+
+def stages(model: onnx.ModelProto, targets: Sequence[Target]) -> list[list[Target]]:
+    """Consecutive targets whose activations do not depend on each other's weights."""
+    weight_names = {t.info.name for t in targets}
+    upstream: dict[str, frozenset[str]] = {}
+    for node in model.graph.node:
+        deps: set[str] = set()
+        for i in _node_inputs(node):
+            deps |= upstream.get(i, frozenset())
+            if i in weight_names:
+                deps.add(i)
+        fd = frozenset(deps)
+        for o in node.output:
+            upstream[o] = fd
+    out: list[list[Target]] = []
+    current: list[Target] = []
+    names: set[str] = set()
+    for t in targets:
+        if current and upstream.get(t.act, frozenset()) & names:
+            out.append(current)
+            current, names = [], set()
+        current.append(t)
+        names.add(t.info.name)
+    if current:
+        out.append(current)
+    return out
+
+
+def probe_model(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose only outputs are ``outputs``, without the nodes they do not need."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    types: dict[str, onnx.ValueInfoProto] = {v.name: v for v in list(g.value_info) + list(g.output) + list(g.input)}
+    needed = set(outputs)
+    keep: list[onnx.NodeProto] = []
+    for node in reversed(list(g.node)):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed |= _node_inputs(node)
+    keep.reverse()
+    del g.node[:]
+    g.node.extend(keep)
+    used_inits = [t for t in g.initializer if t.name in needed]
+    del g.initializer[:]
+    g.initializer.extend(used_inits)
+    del g.output[:]
+    for name in outputs:
+        if name in types and types[name].type.HasField("tensor_type"):
+            vi = onnx.ValueInfoProto()
+            vi.CopyFrom(types[name])
+            g.output.append(vi)
+        else:
+            g.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None))
+    del g.value_info[:]
+    return m
+
+
+def _fill_output_types(model: onnx.ModelProto) -> None:
+    """Give untyped probe outputs an element type from shape inference (float if unknown)."""
+    if all(o.type.tensor_type.elem_type for o in model.graph.output):
+        return
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    except Exception:  # inference is best effort; the fallback below is right for activations
+        types = {}
+    for o in model.graph.output:
+        if not o.type.tensor_type.elem_type:
+            o.type.tensor_type.elem_type = types.get(o.name) or onnx.TensorProto.FLOAT
+
+
+def new_stats(t: Target) -> list:
+    if t.kind == "embedding":
+        return [RowCountAccumulator(t.rows)]
+    per = t.cols
+    return [HessianAccumulator(per) for _ in range(t.groups)]
+
+
+def accumulate(t: Target, accs: list, act: np.ndarray) -> None:
+    """Fold one batch of ``t``'s activation into its accumulators."""
+    if t.kind == "embedding":
+        accs[0].add(act)
+        return
+    if t.kind == "linear":
+        x = act.T if t.transpose_act else act
+        if x.shape[-1] != t.cols:
+            raise DataError(f"activation of {t.info.name} has {x.shape[-1]} features, expected {t.cols}")
+        accs[0].add(x.reshape(-1, t.cols))
+        return
+    c = t.conv
+    kernel = list(c["kernel_shape"])
+    per_sample = int(np.prod(act.shape[1:])) * int(np.prod(kernel))
+    step = max(1, IM2COL_ELEMENTS // max(per_sample, 1))
+    for s in range(0, act.shape[0], step):
+        cols = im2col(
+            act[s : s + step], kernel, strides=c.get("strides"), pads=c.get("pads"), dilations=c.get("dilations"),
+            groups=t.groups, auto_pad=str(c.get("auto_pad") or "NOTSET"),
+        )  # fmt: skip
+        for acc, x in zip(accs, cols, strict=True):
+            acc.add(x)
+
+
+def finish(t: Target, accs: list) -> LayerStats:
+    if t.kind == "embedding":
+        return LayerStats("embedding", counts=accs[0].counts, samples=int(accs[0].counts.sum()))
+    per = t.rows // t.groups
+    blocks, means = [], []
+    for g, acc in enumerate(accs):
+        sl = slice(g * per, (g + 1) * per)
+        blocks.append((sl, acc.hessian()))
+        means.append((sl, acc.mean()))
+    return LayerStats(t.kind, blocks=blocks, means=means, samples=accs[0].count)
+
+
+def capture(
+    model: onnx.ModelProto,
+    targets: Sequence[Target],
+    batches: Callable[[], Iterable[dict[str, np.ndarray]]],
+    *,
+    threads: int | None = None,
+) -> dict[str, LayerStats]:
+    """Statistics of ``targets`` from one pass of ``model`` over ``batches()`` (dicts of inputs)."""
+    from onnxcompress.sessions import make_session
+
+    acts = list(dict.fromkeys(t.act for t in targets))
+    probe = probe_model(model, acts)
+    _fill_output_types(probe)
+    session = make_session(probe, threads=threads, optimization_level="basic")
+    feeds_names = {i.name for i in session.get_inputs()}
+    accs = {t.info.name: new_stats(t) for t in targets}
+    seen = 0
+    for batch in batches():
+        outs = session.run(acts, {k: v for k, v in batch.items() if k in feeds_names})
+        by_name = dict(zip(acts, outs, strict=True))
+        for t in targets:
+            accumulate(t, accs[t.info.name], np.asarray(by_name[t.act]))
+        seen += 1
+    if not seen:
+        raise DataError("the calibration data yielded no batches; pass a file with at least one sample")
+    return {t.info.name: finish(t, accs[t.info.name]) for t in targets}
+
+
+def set_tensor(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
+    """Replace a main-graph initializer or Constant's value (keeps its dtype)."""
+    for t in model.graph.initializer:
+        if t.name == name:
+            t.CopyFrom(numpy_helper.from_array(np.asarray(value, dtype=_np_dtype(t)), name))
+            return
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output and n.output[0] == name:
+            for a in n.attribute:
+                if a.name == "value":
+                    a.t.CopyFrom(numpy_helper.from_array(np.asarray(value, dtype=_np_dtype(a.t)), name))
+                    return
+    raise KeyError(name)
+
+
+def _np_dtype(t: onnx.TensorProto) -> np.dtype:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+
+
+def get_tensor(model: onnx.ModelProto, name: str) -> np.ndarray:
+    for t in model.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output and n.output[0] == name:
+            for a in n.attribute:
+                if a.name == "value":
+                    return numpy_helper.to_array(a.t)
+    raise KeyError(name)

@@ -1,0 +1,396 @@
+"""Calibration-aware post-training compression: statistics -> per-weight calibrated encodings.
+
+:func:`calibrate` runs the model on calibration data, gathers each compressible weight's input
+statistics (:mod:`.capture`), and compresses every weight it can with the calibrated methods
+(:mod:`onnxcompress.algorithms.calibrated`), under the *same* per-weight settings
+(bits, sparsity, granularity) the plan gives the plain path. The result plugs into
+:func:`~onnxcompress.compressor.compress_model` as its ``weight_hook``::
+
+    result = calibrate(model, "calib.npz", config)
+    out = compress_model(model, config, weight_hook=result.hook)
+    out.report.extra["calibration"] = result.to_dict()
+
+Weights it cannot handle (shared weights, subgraphs, unsupported consumers, CLIP-Q) fall back to the
+plain algorithms (the hook returns None). Bias correction edits bias initializers of ``model`` in
+place (biases are never compressed), so compress the same ModelProto afterwards.
+
+Per weight the report gives the relative output error ``sqrt(tr(dW H dW^T) / tr(W H W^T))`` of the
+plain algorithm and of the calibrated one, both on the same ``H`` (in sequential mode, the ``H`` of
+inputs produced by the already-compressed earlier layers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxcompress.algorithms import pruning
+from onnxcompress.algorithms.calibrated.bias_correction import bias_shift
+from onnxcompress.algorithms.calibrated.gptq_codebook import (
+    decode_codes,
+    gptq_codebook,
+    kmeans_codebook,
+    nearest_codes,
+    row_segments,
+    to_codebook_tensor,
+)
+from onnxcompress.algorithms.calibrated.hessian import relative_output_error, row_weighted_error
+from onnxcompress.algorithms.calibrated.ls_refit import ls_refit
+from onnxcompress.algorithms.calibrated.obs_prune import obs_prune
+from onnxcompress.algorithms.calibrated.weighted_kmeans import hessian_sensitivity, row_sensitivity
+from onnxcompress.calibration.capture import (
+    LayerStats,
+    Target,
+    capture,
+    find_targets,
+    get_tensor,
+    set_tensor,
+    stages,
+)
+from onnxcompress.calibration.config import CalibrationConfig
+from onnxcompress.config import CompressionConfig, WeightConfig, preset
+from onnxcompress.encoding import EncodedWeight, encode_codebook, encode_pruned
+from onnxcompress.errors import DataError
+from onnxcompress.inventory import WeightInfo, build_inventory
+from onnxcompress.progress import track
+
+
+@dataclass
+class WeightCalibration:
+    """One calibrated weight: what was done and the output error it gave."""
+
+    name: str
+    kind: str  # linear / conv / embedding
+    method: str  # e.g. "obs + gptq + refit"
+    setting: str  # the WeightConfig it honours
+    stage: int
+    rows_seen: int  # rows of X (or lookups) behind its statistics
+    error_plain: float | None  # relative output error of the plain algorithm
+    error_calibrated: float  # relative output error after calibration
+    bias_corrected: bool
+    seconds: float
+
+
+@dataclass
+class CalibrationResult:
+    """Per-weight calibrated encodings and what calibration measured; ``hook`` feeds compress."""
+
+    config: CalibrationConfig
+    encoded: dict[str, tuple[EncodedWeight, np.ndarray]] = field(default_factory=dict)
+    settings: dict[str, WeightConfig] = field(default_factory=dict)
+    weights: list[WeightCalibration] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    bias_updates: dict[str, np.ndarray] = field(default_factory=dict)  # new bias values by name
+    samples: int = 0
+    stages: int = 0
+    seconds: float = 0.0
+    capture_seconds: float = 0.0
+
+    def hook(self, w: np.ndarray, info: WeightInfo, cfg: WeightConfig) -> tuple[EncodedWeight, np.ndarray] | None:
+        """``compress_model``'s weight hook: the calibrated encoding, or None (plain algorithm) when
+        this weight was not calibrated or is asked for with different settings."""
+        got = self.encoded.get(info.name)
+        if got is None or self.settings.get(info.name) != cfg:
+            return None
+        return got
+
+    def apply_bias_updates(self, model: onnx.ModelProto) -> int:
+        """Write the corrected biases into another copy of the model; returns how many were set."""
+        for name, value in self.bias_updates.items():
+            set_tensor(model, name, value)
+        return len(self.bias_updates)
+
+    def to_dict(self) -> dict[str, Any]:
+        errs = [(w.error_plain, w.error_calibrated) for w in self.weights if w.error_plain is not None]
+        return {
+            "config": self.config.to_dict(),
+            "samples": self.samples,
+            "stages": self.stages,
+            "seconds": self.seconds,
+            "capture_seconds": self.capture_seconds,
+            "mean_error_plain": float(np.mean([e[0] for e in errs])) if errs else None,
+            "mean_error_calibrated": float(np.mean([e[1] for e in errs])) if errs else None,
+            "weights": [dataclasses.asdict(w) for w in self.weights],
+            "skipped": dict(self.skipped),
+            "bias_corrected": sorted(self.bias_updates),
+        }
+
+    def format(self) -> str:
+        """A per-weight text table: output error before and after calibration."""
+        lines = [f"{'weight':40s} {'method':26s} {'plain':>8s} {'calib':>8s}"]
+        for w in self.weights:
+            plain = "-" if w.error_plain is None else f"{w.error_plain:.4f}"
+            lines.append(f"{w.name[:40]:40s} {w.method[:26]:26s} {plain:>8s} {w.error_calibrated:8.4f}")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ per weight
+
+
+def _w2(w: np.ndarray, axis: int) -> np.ndarray:
+    moved = np.moveaxis(w, axis, 0)
+    return moved.reshape(moved.shape[0], -1).astype(np.float64)
+
+
+def _from_w2(w2: np.ndarray, shape: tuple[int, ...], axis: int, dtype: np.dtype) -> np.ndarray:
+    moved_shape = (shape[axis], *[s for i, s in enumerate(shape) if i != axis])
+    return np.moveaxis(w2.reshape(moved_shape), 0, axis).astype(dtype)
+
+
+def _sparsity_for(w: np.ndarray, info: WeightInfo, cfg: WeightConfig, global_t: float | None) -> float:
+    """The per-layer pruning fraction the plain rule would give (for rules that are not a fraction)."""
+    if cfg.pruning == "magnitude":
+        return float(cfg.sparsity)
+    from onnxcompress.compressor import _mask
+
+    mask = _mask(w, info, cfg, global_t)
+    return float(1.0 - mask.mean()) if mask is not None else 0.0
+
+
+def calibrate_weight(
+    w: np.ndarray,
+    info: WeightInfo,
+    cfg: WeightConfig,
+    stats: LayerStats,
+    ccfg: CalibrationConfig,
+    *,
+    global_t: float | None = None,
+    seed: int = 0,
+) -> tuple[EncodedWeight, np.ndarray, np.ndarray, str]:
+    """Calibrated compression of one weight: ``(encoding, decoded array, decoded W2 view, method)``."""
+    from onnxcompress.algorithms.codebook import store_dtype
+    from onnxcompress.compressor import _mask
+
+    w2 = _w2(w, info.axis)
+    rows, cols = w2.shape
+    steps: list[str] = []
+    keep: np.ndarray | None = None
+    work = w2
+    embedding = stats.kind == "embedding"
+    if cfg.prunes:
+        if ccfg.prune_method == "obs" and not embedding:
+            work = np.empty_like(w2)
+            keep = np.empty(w2.shape, dtype=bool)
+            nm = cfg.pruning == "nm"
+            sp = None if nm else _sparsity_for(w, info, cfg, global_t)
+            for sl, h in stats.blocks:
+                kw = {"n": cfg.n, "m": cfg.m} if nm else {"sparsity": sp}
+                work[sl], keep[sl] = obs_prune(w2[sl], h, damp=ccfg.damp, block_size=ccfg.block_size, **kw)
+            steps.append("obs")
+        elif ccfg.prune_method == "obs" and embedding and cfg.pruning in ("magnitude", "global", "std"):
+            # diagonal H: the OBS saliency is lookups x w^2
+            sp = _sparsity_for(w, info, cfg, global_t)
+            sal = (w2**2) * (stats.counts[:, None] + 1e-3 * max(float(stats.counts.mean()), 1e-12))
+            keep = pruning.magnitude_mask(np.sqrt(sal), sp)
+            work = np.where(keep, w2, 0.0)
+            steps.append("obs")
+        else:
+            mask = _mask(w, info, cfg, global_t)
+            keep = _w2(mask.astype(np.float64), info.axis) > 0
+            work = np.where(keep, w2, 0.0)
+            steps.append("magnitude")
+    if cfg.method == "prune":
+        assert keep is not None
+        dec2 = np.where(keep, work, 0.0)
+        moved = np.moveaxis(_from_w2(dec2, info.shape, info.axis, w.dtype), info.axis, 0)
+        p = pruning.compress(np.ascontiguousarray(moved), np.moveaxis(_from_w2(keep, info.shape, info.axis, bool), info.axis, 0))
+        enc = encode_pruned(info.name, p, info.axis, shape=tuple(w.shape), encoding=cfg.encoding, gap_bits=cfg.gap_bits)
+        dec = _from_w2(dec2, info.shape, info.axis, w.dtype)
+        return enc, dec, dec2.astype(np.float64), " + ".join(steps)
+
+    sdt = store_dtype(w.dtype, cfg.codebook_dtype)
+    seg = row_segments(rows, cfg.granularity, cfg.group_size)
+    pruned = keep is not None and not keep.all()
+    kp = keep if pruned else None
+    if ccfg.quant_method == "weighted-kmeans" or (embedding and ccfg.quant_method == "gptq"):
+        sens = (
+            row_sensitivity(stats.counts, cols)
+            if embedding
+            else hessian_sensitivity(rows, [(sl, np.diag(h)) for sl, h in stats.blocks])
+        )
+        book = kmeans_codebook(work, seg, cfg.bits, keep=kp, sample_weight=sens, init=cfg.init, seed=seed)
+        steps.append("weighted-kmeans")
+    else:
+        book = kmeans_codebook(work, seg, cfg.bits, keep=kp, init=cfg.init, seed=seed)
+        steps.append("kmeans")
+    book = book.astype(sdt).astype(np.float64)
+    if ccfg.quant_method == "gptq" and not embedding:
+        codes = np.empty((rows, cols), dtype=np.int64)
+        for sl, h in stats.blocks:
+            codes[sl] = gptq_codebook(
+                work[sl], h, book, seg[sl], keep=None if kp is None else kp[sl], damp=ccfg.damp,
+                block_size=ccfg.block_size,
+            )  # fmt: skip
+        steps[-1] = "gptq"
+    else:
+        codes = nearest_codes(work, book, seg, kp)
+    if ccfg.refit and not embedding:
+        book = ls_refit(w2, stats.blocks, codes, book, seg, pruned=pruned, codebook_dtype=str(sdt)).astype(np.float64)
+        steps.append("refit")
+    ct = to_codebook_tensor(
+        codes, book, seg, shape=tuple(w.shape), dtype=w.dtype, axis=info.axis, bits=cfg.bits, pruned=pruned,
+        codebook_dtype=str(sdt),
+    )  # fmt: skip
+    enc = encode_codebook(info.name, ct, encoding=cfg.encoding, gap_bits=cfg.gap_bits)
+    dec2 = decode_codes(codes, book, seg)
+    if pruned:
+        dec2 = np.where(codes == 0, 0.0, dec2)
+    return enc, _from_w2(dec2, info.shape, info.axis, w.dtype), dec2, " + ".join(steps)
+
+
+def _error(w2: np.ndarray, dec2: np.ndarray, stats: LayerStats) -> float:
+    if stats.kind == "embedding":
+        return row_weighted_error(w2, dec2, stats.counts)
+    return relative_output_error(w2, dec2, stats.blocks)
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def open_calibration_data(
+    model: onnx.ModelProto,
+    data: str | os.PathLike[str] | Mapping[str, np.ndarray] | Any,
+    *,
+    samples: int,
+    batch_size: int,
+    labels_key: str | None = None,
+) -> tuple[Callable[[], Iterable[dict[str, np.ndarray]]], int]:
+    """A re-iterable batch stream of the first ``samples`` samples, and how many there are."""
+    from onnxcompress.evaluation.data import open_data
+    from onnxcompress.evaluation.data import input_specs as session_specs
+    from onnxcompress.sessions import make_session
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.initializer[:]  # the input specs need no weights: keep this session cheap
+    try:
+        specs = session_specs(make_session(probe, optimization_level="disable"))
+    except Exception:
+        specs = session_specs(make_session(model, optimization_level="disable"))
+    source = open_data(data, specs, labels_key=labels_key, samples=samples)
+    size = source.batch_size_for(None, batch_size)
+    n = min(len(source), samples)
+    if n <= 0:
+        raise DataError("the calibration data holds no samples; pass an .npz keyed by input name")
+
+    def batches() -> Iterable[dict[str, np.ndarray]]:
+        for b in source.batches(size, limit=samples):
+            yield {k: v[: b.valid] if v.shape[0] == size and b.valid < size else v for k, v in b.inputs.items()}
+
+    return batches, n
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+
+def calibrate(
+    model: onnx.ModelProto,
+    data: str | os.PathLike[str] | Mapping[str, np.ndarray] | Any,
+    config: CompressionConfig | None = None,
+    *,
+    calibration: CalibrationConfig | None = None,
+    samples: int | None = None,
+    sequential: bool | None = None,
+    progress: bool = False,
+    labels_key: str | None = None,
+    threads: int | None = None,
+    baseline: bool = True,
+) -> CalibrationResult:
+    """Calibrate every compressible weight of ``model`` for the plan ``config``.
+
+    ``data``: an .npz / .npy / folder path, a mapping of arrays keyed by input name, or an
+    ``onnxcompress.evaluation.data.DataSource``. ``samples`` and ``sequential`` default to the
+    calibration config's (256, True). ``baseline`` also computes the plain algorithm's output error
+    for the report (one plain compression per weight). Bias corrections are written into ``model``.
+    """
+    t0 = time.perf_counter()
+    config = config or preset("safe")
+    ccfg = calibration or CalibrationConfig()
+    if samples is not None:
+        ccfg = dataclasses.replace(ccfg, samples=int(samples))
+    if sequential is not None:
+        ccfg = dataclasses.replace(ccfg, sequential=bool(sequential))
+    from onnxcompress.compressor import compress_weight, plan
+
+    inventory = build_inventory(model, min_elements=config.min_elements)
+    planned, _ = plan(inventory, config)
+    result = CalibrationResult(config=ccfg)
+    by_cfg: dict[str, WeightConfig] = {}
+    infos = []
+    for info, cfg in planned:
+        if cfg.method == "clipq":
+            result.skipped[info.name] = "CLIP-Q has no calibrated variant (plain algorithm used)"
+            continue
+        by_cfg[info.name] = cfg
+        infos.append(info)
+    targets, why = find_targets(model, infos)
+    result.skipped.update(why)
+    if not targets:
+        result.seconds = time.perf_counter() - t0
+        return result
+    arrays = {t.info.name: get_tensor(model, t.info.name) for t in targets}
+    global_t = None
+    glob = [info.name for info, c in planned if c.prunes and c.pruning == "global"]
+    if glob:
+        from onnxcompress.inventory import tensor_array
+
+        sp = max(c.sparsity for _, c in planned if c.prunes and c.pruning == "global")
+        global_t = pruning.global_threshold([tensor_array(model, n) for n in glob], sp)
+
+    batches, result.samples = open_calibration_data(
+        model, data, samples=ccfg.samples, batch_size=ccfg.batch_size, labels_key=labels_key
+    )
+    groups = stages(model, targets) if ccfg.sequential else [list(targets)]
+    result.stages = len(groups)
+    work = model
+    if ccfg.sequential and len(groups) > 1:
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+    for si, stage in enumerate(track(groups, "calibrating", enabled=progress)):
+        tc = time.perf_counter()
+        stats = capture(work, stage, batches, threads=threads)
+        result.capture_seconds += time.perf_counter() - tc
+        for t in stage:
+            tw = time.perf_counter()
+            name = t.info.name
+            cfg = by_cfg[name]
+            lc = ccfg.resolve(name)
+            w = arrays[name]
+            st = stats[name]
+            enc, dec, dec2, method = calibrate_weight(w, t.info, cfg, st, lc, global_t=global_t, seed=config.seed)
+            w2 = _w2(w, t.info.axis)
+            err_cal = _error(w2, dec2, st)
+            err_plain = None
+            if baseline:
+                _, plain_dec = compress_weight(w, t.info, cfg, global_t=global_t, seed=config.seed)
+                err_plain = _error(w2, _w2(plain_dec, t.info.axis), st)
+            corrected = False
+            if lc.bias_correction and t.bias is not None and st.kind != "embedding":
+                b = get_tensor(model, t.bias)
+                shift = bias_shift(w2, dec2, st.means)
+                nb = (b.astype(np.float64).reshape(-1) + shift).astype(b.dtype).reshape(b.shape)
+                set_tensor(model, t.bias, nb)
+                if work is not model:
+                    set_tensor(work, t.bias, nb)
+                result.bias_updates[t.bias] = nb
+                corrected = True
+            if work is not model:
+                set_tensor(work, name, dec)
+            result.encoded[name] = (enc, dec)
+            result.settings[name] = cfg
+            result.weights.append(
+                WeightCalibration(
+                    name=name, kind=st.kind, method=method, setting=cfg.describe(), stage=si, rows_seen=st.samples,
+                    error_plain=err_plain, error_calibrated=err_cal, bias_corrected=corrected,
+                    seconds=time.perf_counter() - tw,
+                )
+            )  # fmt: skip
+    result.seconds = time.perf_counter() - t0
+    return result
