@@ -204,8 +204,9 @@ def decode(payload: bytes, count: int, alphabet_size: int) -> np.ndarray:
     nlen = nlen_m1 + 1
     if nlen > alphabet_size or lmax > MAX_CODE_LENGTH:
         raise ContainerError("Huffman header names symbols outside the alphabet or too long codes")
-    lengths = raw.unpack_bits(rd.take(raw.packed_size(nlen, 5, pad_to_8_codes=False)), nlen, 5,
-                              pad_to_8_codes=False).astype(np.int64)
+    lengths = raw.unpack_bits(
+        rd.take(raw.packed_size(nlen, 5, pad_to_8_codes=False)), nlen, 5, pad_to_8_codes=False
+    ).astype(np.int64)
     if lmax == 0:
         if rd.pos != len(rd.data):
             raise ContainerError("Huffman payload has trailing bytes")
@@ -228,8 +229,12 @@ def decode(payload: bytes, count: int, alphabet_size: int) -> np.ndarray:
     elif dbits <= 16:
         lane_bits = np.full(lanes, base, dtype=np.int64)
         if dbits:
-            lane_bits += raw.unpack_bits(rd.take(raw.packed_size(lanes, dbits, pad_to_8_codes=False)), lanes,
-                                         dbits, pad_to_8_codes=False).astype(np.int64)
+            lane_bits += raw.unpack_bits(
+                rd.take(raw.packed_size(lanes, dbits, pad_to_8_codes=False)),
+                lanes,
+                dbits,
+                pad_to_8_codes=False,
+            ).astype(np.int64)
     else:
         raise ContainerError("Huffman lane header is malformed")
     lmin = int(lengths[lengths > 0].min())
@@ -254,7 +259,12 @@ def decode(payload: bytes, count: int, alphabet_size: int) -> np.ndarray:
     nbytes = len(stream)
     buf = np.zeros(nbytes + 8, dtype=np.uint32)
     buf[:nbytes] = np.frombuffer(stream, dtype=np.uint8)
-    window = buf[: nbytes + 1] | (buf[1 : nbytes + 2] << 8) | (buf[2 : nbytes + 3] << 16) | (buf[3 : nbytes + 4] << 24)
+    window = (
+        buf[: nbytes + 1]
+        | (buf[1 : nbytes + 2] << 8)
+        | (buf[2 : nbytes + 3] << 16)
+        | (buf[3 : nbytes + 4] << 24)
+    )
     del buf
     pdt = np.uint32 if total_bits < (1 << 32) - 64 else np.uint64
     pos = np.concatenate(([0], np.cumsum(lane_bits)[:-1])).astype(pdt)

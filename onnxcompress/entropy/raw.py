@@ -70,7 +70,9 @@ def pack_bits(codes: np.ndarray, bits: int, *, pad_to_8_codes: bool = True) -> b
     return out.tobytes()
 
 
-def unpack_bits(data: bytes | np.ndarray, count: int, bits: int, *, pad_to_8_codes: bool = True) -> np.ndarray:
+def unpack_bits(
+    data: bytes | np.ndarray, count: int, bits: int, *, pad_to_8_codes: bool = True
+) -> np.ndarray:
     """Inverse of :func:`pack_bits`: the first ``count`` codes as uint8 (bits <= 8) or uint16.
 
     Raises ContainerError when ``data`` does not have exactly the length the layout implies, so a
@@ -78,10 +80,16 @@ def unpack_bits(data: bytes | np.ndarray, count: int, bits: int, *, pad_to_8_cod
     """
     if not 1 <= bits <= 16:
         raise ContainerError(f"bit width {bits} is outside 1..16")
-    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).ravel()
+    buf = (
+        np.frombuffer(data, dtype=np.uint8)
+        if not isinstance(data, np.ndarray)
+        else data.view(np.uint8).ravel()
+    )
     expected = packed_size(count, bits, pad_to_8_codes=pad_to_8_codes)
     if count < 0 or buf.size != expected:
-        raise ContainerError(f"packed stream holds {buf.size} bytes, {count} codes of {bits} bits need {expected}")
+        raise ContainerError(
+            f"packed stream holds {buf.size} bytes, {count} codes of {bits} bits need {expected}"
+        )
     groups = -(-count // 8)
     full = np.zeros(groups * bits, dtype=np.uint8)
     full[: buf.size] = buf
