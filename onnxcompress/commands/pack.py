@@ -1,0 +1,59 @@
+"""``onnxcompress pack MODEL.onnx -o MODEL.onnxc``: entropy-code a compressed model into a container."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from onnxcompress.errors import InvalidModelError, OutputExistsError
+
+HELP = "entropy-code a compressed .onnx model into an .onnxc container (Deep Compression's third stage)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="compressed ONNX model (.onnx; external data is read and inlined)")
+    p.add_argument("-o", "--output", help="output container (default: MODEL.onnxc)")
+    p.add_argument(
+        "--coder",
+        choices=["auto", "ans", "huffman", "raw"],
+        default="auto",
+        help="entropy coder for code/gap/mask streams (default: auto, the smallest per stream)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--quiet", action="store_true", help="print only the output path")
+
+
+def output_path(model: Path, output: str | None, suffix: str) -> Path:
+    """The output path (default: the input with ``suffix``), refusing the input and existing files."""
+    out = Path(output) if output else model.with_suffix(suffix)
+    return out
+
+
+def check_paths(inp: Path, out: Path, overwrite: bool) -> None:
+    """Never touch the input; never overwrite unless asked; the output folder must exist."""
+    if not inp.is_file():
+        raise InvalidModelError(f"{inp}: no such file")
+    if out.exists() and out.resolve() == inp.resolve():
+        raise OutputExistsError(f"{out}: the output is the input; choose another output path")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out}: already exists; pass --overwrite to replace it")
+    if out.is_dir():
+        raise OutputExistsError(f"{out}: is a folder; give a file path")
+    if not out.parent.exists():
+        raise OutputExistsError(f"{out}: folder {out.parent} does not exist")
+
+
+def run(args: argparse.Namespace) -> int:
+    from onnxcompress.container import format_report, write_container
+
+    inp = Path(args.model)
+    out = output_path(inp, args.output, ".onnxc")
+    check_paths(inp, out, args.overwrite)
+    stats = write_container(inp, out, coder=args.coder)
+    if not args.quiet:
+        print(format_report(stats))
+        print()
+        print(f"wrote {out} ({stats.container_bytes:,} bytes, {stats.ratio:.2f}x smaller than the .onnx)")
+    else:
+        print(out)
+    return 0

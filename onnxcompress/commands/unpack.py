@@ -1,0 +1,28 @@
+"""``onnxcompress unpack MODEL.onnxc -o MODEL.onnx``: expand a container to the exact model it holds."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from onnxcompress.commands.pack import check_paths, output_path
+
+HELP = "expand an .onnxc container into the byte-identical .onnx model that was packed"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("container", help="an .onnxc container")
+    p.add_argument("-o", "--output", help="output .onnx (default: CONTAINER.onnx)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--quiet", action="store_true", help="print only the output path")
+
+
+def run(args: argparse.Namespace) -> int:
+    from onnxcompress.container import unpack_to_file
+
+    inp = Path(args.container)
+    out = output_path(inp, args.output, ".onnx")
+    check_paths(inp, out, args.overwrite)
+    n = unpack_to_file(inp, out)
+    print(out if args.quiet else f"wrote {out} ({n:,} bytes)")
+    return 0
