@@ -140,7 +140,7 @@ class CompressionConfig:
     op_types: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
     names: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
-    min_elements: int = 1024
+    min_elements: int = 256
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -87,7 +87,7 @@ def _choose(
         else:
             g = gap_bits
             entries = sparse.relative_entry_count(positions, g)
-            nbytes = bitpack.packed_size(entries, g) + (value_bits * entries + 7) // 8
+            nbytes = bitpack.packed_size(entries, g) + (value_bits * positions.size + 7) // 8
         options.append((nbytes, "relative", g))
     if positions.size and encoding in ("auto", "mask"):
         options.append((bitpack.packed_size(size, 1) + (value_bits * positions.size + 7) // 8, "mask", None))
@@ -219,10 +219,10 @@ def _assemble(ws: list[EncodedWeight]) -> Group:
         payload = np.concatenate([w.codes if w.codes is not None else w.values for w in ws])
         if first.kind == "relative":
             rel = sparse.encode_relative(positions, first.gap_bits)
-            payload = np.where(rel.source >= 0, payload[np.maximum(rel.source, 0)], 0).astype(payload.dtype)
             group.inputs["gaps"] = bitpack.compress(rel.gaps, first.gap_bits)
             attrs["gap_bits"] = int(first.gap_bits)
             attrs["entries"] = rel.entries
+            attrs["kept"] = int(positions.size)
         else:
             group.inputs["mask"] = bitpack.compress(sparse.encode_mask(positions, size), 1)
             attrs["entries"] = int(positions.size)

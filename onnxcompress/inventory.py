@@ -168,7 +168,7 @@ def _float_tensors(graph: onnx.GraphProto, path: str) -> Iterator[tuple[onnx.Ten
                     yield t, "constant"
 
 
-def build_inventory(model: onnx.ModelProto, *, min_elements: int = 1024) -> Inventory:
+def build_inventory(model: onnx.ModelProto, *, min_elements: int = 256) -> Inventory:
     """Inventory of every float tensor in the model and its subgraphs."""
     weights: dict[str, WeightInfo] = {}
     uses: dict[str, list[tuple[onnx.NodeProto, int, str]]] = {}

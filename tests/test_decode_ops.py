@@ -14,7 +14,7 @@ from onnx.reference import ReferenceEvaluator
 
 from onnxcompress.algorithms import bitpack, sparse
 from onnxcompress.ops import DOMAIN
-from onnxcompress.ops.functions import INPUTS, build_function
+from onnxcompress.ops.functions import INPUTS, functions_for
 from onnxcompress.ops.reference import REFERENCE
 from onnxcompress.sessions import make_session
 
@@ -31,7 +31,7 @@ def _model(op_type: str, inputs: dict[str, np.ndarray], attrs: dict[str, int], o
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)],
-        functions=[build_function(op_type, opset)],
+        functions=functions_for([op_type], opset),
     )
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
@@ -59,17 +59,15 @@ def _case(op_type: str, bits: int, gap_bits: int, size: int, segments: int, out_
             rel = sparse.encode_relative(keep, gap_bits)
             inputs["gaps"] = bitpack.compress(rel.gaps, gap_bits)
             attrs["gap_bits"] = gap_bits
-            entries = rel.entries
-            real = rel.source >= 0
+            attrs["entries"] = rel.entries
+            attrs["kept"] = keep.size
         else:
             inputs["mask"] = bitpack.compress(sparse.encode_mask(keep, size), 1)
-            entries = keep.size
-            real = np.ones(entries, bool)
-        attrs["entries"] = entries
+            attrs["entries"] = keep.size
         if op_type.startswith("Codebook"):
-            inputs["codes"] = bitpack.compress(np.where(real, rng.integers(1, 2**bits, entries), 0), bits)
+            inputs["codes"] = bitpack.compress(rng.integers(1, 2**bits, keep.size), bits)
         else:
-            inputs["values"] = np.where(real, rng.standard_normal(entries), 0).astype(out_dtype)
+            inputs["values"] = rng.standard_normal(keep.size).astype(out_dtype)
     order = INPUTS[op_type]
     return {k: inputs[k] for k in order}, attrs
 
@@ -155,6 +153,19 @@ def test_bitpack_round_trip_all_widths():
 def test_relative_index_fillers():
     positions = np.array([0, 1, 40, 41, 300])
     rel = sparse.encode_relative(positions, 3)
-    decoded = sparse.decode_relative(rel.gaps)
-    np.testing.assert_array_equal(decoded[rel.source >= 0], positions)
-    assert (rel.source < 0).sum() == (38 >> 3) + (258 >> 3)
+    decoded, real = sparse.decode_relative(rel.gaps, 3)
+    np.testing.assert_array_equal(decoded[real], positions)
+    np.testing.assert_array_equal(real, rel.source >= 0)
+    # skips 38 and 258 need 38 // 7 and 258 // 7 fillers of 7 positions each
+    assert (~real).sum() == 38 // 7 + 258 // 7
+    assert rel.entries == sparse.relative_entry_count(positions, 3)
+
+
+def test_relative_index_every_width_round_trips():
+    rng = np.random.default_rng(3)
+    positions = np.sort(rng.choice(5000, 400, replace=False))
+    for g in range(1, 9):
+        rel = sparse.encode_relative(positions, g)
+        decoded, real = sparse.decode_relative(rel.gaps, g)
+        np.testing.assert_array_equal(decoded[real], positions)
+        assert decoded.max() < 5000

@@ -20,15 +20,17 @@ GAP_BITS_CHOICES = tuple(range(1, 9))
 
 @dataclass(frozen=True)
 class RelativeIndex:
-    """Entries of Deep Compression's relative index for one flat tensor.
+    """Entries of the relative index for one flat tensor.
 
-    ``gaps[i]`` is the number of skipped positions before entry ``i``; ``source[i]`` is the index
-    of the kept weight entry ``i`` stands for, or -1 for a filler (which writes a zero).
+    Gap value ``2**gap_bits - 1`` marks a *filler*: it advances the position by that much and
+    stands for no weight, so the code/value streams hold only the kept weights. Any other gap
+    value ``d`` means "skip ``d`` positions, then the next kept weight". (Deep Compression's
+    fillers instead point at a zero codebook entry, wasting a code per filler.)
     """
 
     gap_bits: int
     gaps: np.ndarray  # uint8 [entries]
-    source: np.ndarray  # int64 [entries]
+    source: np.ndarray  # int64 [entries]: index of the kept weight, -1 for a filler
 
     @property
     def entries(self) -> int:
@@ -42,8 +44,7 @@ def _skips(positions: np.ndarray) -> np.ndarray:
 
 def relative_entry_count(positions: np.ndarray, gap_bits: int) -> int:
     """Number of entries (kept weights plus fillers) at a given gap width."""
-    skips = _skips(positions)
-    return int(positions.size + np.sum(skips >> gap_bits))
+    return int(positions.size + np.sum(_skips(positions) // ((1 << gap_bits) - 1)))
 
 
 def encode_relative(positions: np.ndarray, gap_bits: int) -> RelativeIndex:
@@ -51,28 +52,30 @@ def encode_relative(positions: np.ndarray, gap_bits: int) -> RelativeIndex:
     skips = _skips(positions)
     if skips.size and skips.min() < 0:
         raise ValueError("positions must be strictly increasing")
-    fillers = skips >> gap_bits
+    filler = (1 << gap_bits) - 1
+    fillers = skips // filler
     total = int(positions.size + fillers.sum())
-    span = 1 << gap_bits
-    gaps = np.full(total, span - 1, dtype=np.uint8)
+    gaps = np.full(total, filler, dtype=np.uint8)
     source = np.full(total, -1, dtype=np.int64)
     real = np.cumsum(fillers + 1) - 1
-    gaps[real] = (skips - fillers * span).astype(np.uint8)
+    gaps[real] = (skips - fillers * filler).astype(np.uint8)
     source[real] = np.arange(positions.size)
     return RelativeIndex(gap_bits=gap_bits, gaps=gaps, source=source)
 
 
-def decode_relative(gaps: np.ndarray) -> np.ndarray:
-    """Positions of every entry (fillers included): the decode operators' CumSum."""
-    return np.cumsum(np.asarray(gaps, dtype=np.int64) + 1) - 1
+def decode_relative(gaps: np.ndarray, gap_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(position of every entry, is-kept flag): the decode operators' CumSum arithmetic."""
+    gaps = np.asarray(gaps, dtype=np.int64)
+    real = gaps != (1 << gap_bits) - 1
+    return np.cumsum(gaps + real) - 1, real
 
 
 def best_gap_bits(positions: np.ndarray, value_bits: int) -> tuple[int, int]:
-    """Gap width minimising ``entries * (gap_bits + value_bits)`` bits; returns (gap_bits, bytes)."""
+    """Gap width minimising the gap stream plus the kept values; returns (gap_bits, bytes)."""
+    values = (value_bits * positions.size + 7) // 8
     best: tuple[int, int] | None = None
     for g in GAP_BITS_CHOICES:
-        entries = relative_entry_count(positions, g)
-        nbytes = bitpack.packed_size(entries, g) + (value_bits * entries + 7) // 8
+        nbytes = bitpack.packed_size(relative_entry_count(positions, g), g) + values
         if best is None or nbytes < best[1]:
             best = (g, nbytes)
     assert best is not None

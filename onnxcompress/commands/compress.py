@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="GLOB",
         help="leave matching weights alone (repeatable)",
     )
-    p.add_argument("--min-elements", type=int, help="smallest tensor to compress (default 1024)")
+    p.add_argument("--min-elements", type=int, help="smallest tensor to compress (default 256)")
     p.add_argument("--seed", type=int)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--report", metavar="JSON", help="write the per-weight report as JSON")

@@ -14,9 +14,7 @@ HELP = "list the model's weights, their roles and whether they would be compress
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="ONNX model (.onnx)")
-    p.add_argument(
-        "--min-elements", type=int, default=1024, help="smallest tensor to compress (default 1024)"
-    )
+    p.add_argument("--min-elements", type=int, default=256, help="smallest tensor to compress (default 256)")
     p.add_argument(
         "--compressible", action="store_true", help="show only the tensors that would be compressed"
     )

@@ -8,6 +8,8 @@ group structure: 8 codes of ``k`` bits fill ``k`` bytes, so code ``c`` of a grou
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -23,9 +25,9 @@ INPUTS = {
 }
 ATTRIBUTES = {
     "CodebookDense": ["bits", "size", "to"],
-    "CodebookRelative": ["bits", "gap_bits", "entries", "size", "to"],
+    "CodebookRelative": ["bits", "gap_bits", "entries", "kept", "size", "to"],
     "CodebookMask": ["bits", "entries", "size", "to"],
-    "SparseRelative": ["gap_bits", "entries", "size", "to"],
+    "SparseRelative": ["gap_bits", "entries", "kept", "size", "to"],
     "SparseMask": ["entries", "size", "to"],
 }
 
@@ -36,20 +38,30 @@ class _Body:
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self._n = 0
+        self._memo: dict[tuple, str] = {}
+
+    def _fresh(self) -> str:
+        """Short internal names: the body is stored once per model, and small models notice."""
+        self._n += 1
+        return f"_{self._n}"
 
     def op(self, op_type: str, *inputs: str, name: str | None = None, **attrs) -> str:
-        self._n += 1
-        out = name or f"t{self._n}_{op_type}"
+        out = name or self._fresh()
         self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
         return out
 
     def const(self, value, dtype=np.int32) -> str:
-        return self.op("Constant", value=numpy_helper.from_array(np.array(value, dtype=dtype)))
+        arr = np.array(value, dtype=dtype)
+        key = ("const", arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self._memo:
+            self._memo[key] = self.op("Constant", value=numpy_helper.from_array(arr))
+        return self._memo[key]
 
     def attr_int(self, attr: str) -> str:
         """int64 scalar holding the calling node's integer attribute ``attr``."""
-        self._n += 1
-        out = f"t{self._n}_{attr}"
+        if ("attr", attr) in self._memo:
+            return self._memo[("attr", attr)]
+        out = self._memo[("attr", attr)] = self._fresh()
         node = helper.make_node("Constant", [], [out])
         a = onnx.AttributeProto()
         a.name = "value_int"
@@ -60,8 +72,7 @@ class _Body:
         return out
 
     def cast_to(self, x: str) -> str:
-        self._n += 1
-        out = f"t{self._n}_Cast"
+        out = self._fresh()
         node = helper.make_node("Cast", [x], [out])
         a = onnx.AttributeProto()
         a.name = "to"
@@ -75,12 +86,16 @@ class _Body:
         """Scalar -> 1-D tensor of one element (Reshape works at every opset, Unsqueeze does not)."""
         return self.op("Reshape", scalar, self.const([1], np.int64))
 
-    def unpack(self, stream: str, bits_attr: str | None, count: str) -> str:
-        """int32 [count] codes of a bit-packed stream (``bits_attr`` None means 1-bit)."""
-        if bits_attr is None:
-            bits64 = self.const(1, np.int64)
-        else:
-            bits64 = self.attr_int(bits_attr)
+    def unpack(self, stream: str, bits_attr: str | None, count_attr: str) -> str:
+        """int32 codes of a bit-packed stream (``bits_attr`` None means a 1-bit stream).
+
+        8 codes of k bits fill k bytes, so code c of a group starts at byte c*k div 8, bit
+        c*k mod 8, and spans at most two bytes: two Gathers, a multiply-add, Div and Mod.
+        (Inlined rather than a nested function: onnx's ReferenceEvaluator cannot call a
+        model-local function from inside another.)
+        """
+        bits64 = self.const(1, np.int64) if bits_attr is None else self.attr_int(bits_attr)
+        count = self.vec1(self.attr_int(count_attr))
         bits = self.op("Cast", bits64, to=TensorProto.INT32)
         grouped = self.op(
             "Reshape", stream, self.op("Concat", self.const([-1], np.int64), self.vec1(bits64), axis=0)
@@ -127,17 +142,27 @@ class _Body:
         )
         return self.op("ScatterElements", zeros, positions, values, axis=0)
 
-    def relative_positions(self, entries: str) -> str:
-        gaps = self.unpack("gaps", "gap_bits", entries)
-        return self.op(
-            "Sub", self.op("CumSum", self.op("Add", gaps, self.const(1)), self.const(0)), self.const(1)
+    def relative_entries(self) -> tuple[str, str, str]:
+        """(positions, is_kept, rank) of every relative-index entry. A gap of 2^gap_bits - 1 is a
+        filler: it advances by that much and takes no code; rank indexes the kept-only stream."""
+        gaps = self.unpack("gaps", "gap_bits", "entries")
+        filler = self.op(
+            "Sub",
+            self.op("Pow", self.const(2), self.op("Cast", self.attr_int("gap_bits"), to=TensorProto.INT32)),
+            self.const(1),
         )
+        real = self.op("Cast", self.op("Not", self.op("Equal", gaps, filler)), to=TensorProto.INT32)
+        pos = self.op("Sub", self.op("CumSum", self.op("Add", gaps, real), self.const(0)), self.const(1))
+        rank = self.op(
+            "Max", self.op("Sub", self.op("CumSum", real, self.const(0)), self.const(1)), self.const(0)
+        )
+        return pos, self.op("Cast", real, to=TensorProto.BOOL), rank
 
-    def mask_rank(self, size: str) -> tuple[str, str]:
+    def mask_rank(self) -> tuple[str, str]:
         """(keep, rank): keep[p] is the mask bit as bool, rank[p] the index of p among the kept
         positions (clamped at 0). onnxruntime does not constant-fold NonZero, so positions are
         never materialised: every output position gathers its own entry instead."""
-        mask = self.unpack("mask", None, size)
+        mask = self.unpack("mask", None, "size")
         rank = self.op(
             "Max", self.op("Sub", self.op("CumSum", mask, self.const(0)), self.const(1)), self.const(0)
         )
@@ -151,15 +176,14 @@ def build_function(op_type: str, opset: int) -> onnx.FunctionProto:
     b = _Body()
     size = b.vec1(b.attr_int("size"))
     if op_type == "CodebookDense":
-        codes = b.unpack("codes", "bits", size)
+        codes = b.unpack("codes", "bits", "size")
         out = b.lookup("codebook", b.segment_ids("segments", size), codes, "bits")
     elif op_type in ("CodebookMask", "SparseMask"):
-        entries = b.vec1(b.attr_int("entries"))
-        keep, rank = b.mask_rank(size)
+        keep, rank = b.mask_rank()
         if op_type == "CodebookMask":
             # pruned positions take code 0, which is exactly zero in every row of a pruned codebook
             codes = b.op(
-                "Where", keep, b.op("Gather", b.unpack("codes", "bits", entries), rank, axis=0), b.const(0)
+                "Where", keep, b.op("Gather", b.unpack("codes", "bits", "entries"), rank, axis=0), b.const(0)
             )
             out = b.lookup("codebook", b.segment_ids("segments", size), codes, "bits")
         else:
@@ -168,18 +192,24 @@ def build_function(op_type: str, opset: int) -> onnx.FunctionProto:
             )
             out = b.op("Where", keep, b.op("Gather", b.cast_to("values"), rank, axis=0), zeros)
     elif op_type in ("CodebookRelative", "SparseRelative"):
-        entries = b.vec1(b.attr_int("entries"))
-        pos = b.relative_positions(entries)
-        if op_type.startswith("Codebook"):
-            codes = b.unpack("codes", "bits", entries)
+        pos, real, rank = b.relative_entries()
+        if op_type == "CodebookRelative":
+            # fillers take code 0, exactly zero in every row, and land on pruned positions
+            kept_codes = b.unpack("codes", "bits", "kept")
+            codes = b.op("Where", real, b.op("Gather", kept_codes, rank, axis=0), b.const(0))
             seg = b.op("Gather", b.segment_ids("segments", size), pos, axis=0)
             values = b.lookup("codebook", seg, codes, "bits")
         else:
-            values = b.cast_to("values")
+            zero = b.cast_to(b.const([0.0], np.float32))
+            values = b.op("Where", real, b.op("Gather", b.cast_to("values"), rank, axis=0), zero)
         out = b.scatter(size, pos, values)
     else:
         raise ValueError(f"unknown decode operator {op_type!r}")
     b.nodes.append(helper.make_node("Identity", [out], ["Y"]))
+    return _function(op_type, b, opset)
+
+
+def _function(op_type: str, b: _Body, opset: int) -> onnx.FunctionProto:
     return helper.make_function(
         DOMAIN,
         op_type,
@@ -188,5 +218,9 @@ def build_function(op_type: str, opset: int) -> onnx.FunctionProto:
         b.nodes,
         opset_imports=[helper.make_opsetid("", opset)],
         attributes=ATTRIBUTES[op_type],
-        doc_string=f"onnxcompress decode operator {op_type} (docs/format.md)",
     )
+
+
+def functions_for(op_types: Iterable[str], opset: int) -> list[onnx.FunctionProto]:
+    """Function protos a model using ``op_types`` needs."""
+    return [build_function(op, opset) for op in sorted(set(op_types))]

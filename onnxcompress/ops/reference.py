@@ -37,9 +37,12 @@ def codebook_dense(codes, codebook, segments, *, bits: int, size: int, to: int) 
     return _lookup(codebook, segment_ids(segments, size), c, to)
 
 
-def codebook_relative(codes, gaps, codebook, segments, *, bits, gap_bits, entries, size, to) -> np.ndarray:
-    pos = decode_relative(bitpack.decompress(gaps, gap_bits, entries))
-    c = bitpack.decompress(codes, bits, entries)
+def codebook_relative(
+    codes, gaps, codebook, segments, *, bits, gap_bits, entries, kept, size, to
+) -> np.ndarray:
+    pos, real = decode_relative(bitpack.decompress(gaps, gap_bits, entries), gap_bits)
+    pos = pos[real]
+    c = bitpack.decompress(codes, bits, kept)
     return _scatter(size, pos, _lookup(codebook, segment_ids(segments, size)[pos], c, to), to)
 
 
@@ -49,9 +52,9 @@ def codebook_mask(codes, mask, codebook, segments, *, bits, entries, size, to) -
     return _scatter(size, pos, _lookup(codebook, segment_ids(segments, size)[pos], c, to), to)
 
 
-def sparse_relative(values, gaps, *, gap_bits, entries, size, to) -> np.ndarray:
-    pos = decode_relative(bitpack.decompress(gaps, gap_bits, entries))
-    return _scatter(size, pos, np.asarray(values).astype(_np_type(to)), to)
+def sparse_relative(values, gaps, *, gap_bits, entries, kept, size, to) -> np.ndarray:
+    pos, real = decode_relative(bitpack.decompress(gaps, gap_bits, entries), gap_bits)
+    return _scatter(size, pos[real], np.asarray(values)[:kept].astype(_np_type(to)), to)
 
 
 def sparse_mask(values, mask, *, entries, size, to) -> np.ndarray:

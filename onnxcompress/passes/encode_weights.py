@@ -20,7 +20,7 @@ from onnxcompress.encoding import Group
 from onnxcompress.errors import EncodingError
 from onnxcompress.inventory import iter_graphs
 from onnxcompress.ops import DOMAIN
-from onnxcompress.ops.functions import INPUTS, build_function
+from onnxcompress.ops.functions import INPUTS, functions_for
 from onnxcompress.passes.base import Pass, PassResult
 from onnxcompress.passes.versions import default_opset
 
@@ -145,9 +145,9 @@ class EncodeWeightsPass(Pass):
         graph.initializer.extend(new_inits)
         used = sorted({g.op_type for g in self.groups})
         have = {(f.domain, f.name) for f in model.functions}
-        for op in used:
-            if (DOMAIN, op) not in have:
-                model.functions.append(build_function(op, opset))
+        for fn in functions_for(used, opset):
+            if (fn.domain, fn.name) not in have:
+                model.functions.append(fn)
         return PassResult(
             model, bool(self.groups), {"groups": len(self.groups), "weights": len(wanted), "ops": used}
         )
