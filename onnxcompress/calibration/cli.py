@@ -1,0 +1,98 @@
+"""Command-line glue for calibration: flags for ``compress`` and a weight hook built from them.
+
+Wiring (in ``onnxcompress/commands/compress.py``)::
+
+    add_calibration_arguments(parser)                 # in add_arguments
+    hook = hook_from_args(model, args, config)        # model: the ModelProto that will be compressed
+    result = compress_model(model, config, weight_hook=hook, ...)
+    if hook is not None:
+        result.report.extra["calibration"] = hook.result.to_dict()
+
+``hook_from_args`` returns None without ``--calibration-data``: behaviour is then unchanged.
+Bias correction edits the biases of ``model`` in place, so pass the same ModelProto to
+``compress_model``; with ``compress_file`` (which loads its own copy) they would be lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from onnxcompress.calibration.config import PRUNE_METHODS, QUANT_METHODS, CalibrationConfig, load_calibration_config
+from onnxcompress.calibration.pipeline import CalibrationResult, calibrate
+from onnxcompress.config import CompressionConfig
+
+
+def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("calibration (post-training, data-aware compression)")
+    g.add_argument(
+        "--calibration-data", metavar="DATA",
+        help="inputs to calibrate on: .npz keyed by input name, .npy, or a folder; enables calibrated methods",
+    )  # fmt: skip
+    g.add_argument("--calibration-samples", type=int, metavar="N", help="samples used (default 256)")
+    g.add_argument(
+        "--calibration-method", choices=QUANT_METHODS,
+        help="how codebook assignments are chosen (default gptq: error feedback onto the k-means codebook)",
+    )  # fmt: skip
+    g.add_argument("--calibration-pruning", choices=PRUNE_METHODS, help="obs (default, SparseGPT) or magnitude")
+    g.add_argument("--no-refit", action="store_true", help="keep the k-means codebook values (no least-squares refit)")
+    g.add_argument("--bias-correction", action="store_true", help="shift biases by the mean output change")
+    g.add_argument(
+        "--no-sequential", action="store_true",
+        help="collect all statistics from the original model in one pass (faster, usually less accurate)",
+    )  # fmt: skip
+    g.add_argument("--damp", type=float, help="Hessian dampening, fraction of mean diag (default 0.01)")
+    g.add_argument("--calibration-batch-size", type=int, metavar="N", help="batch size when running the model")
+
+
+def calibration_config_from_args(args: argparse.Namespace) -> CalibrationConfig:
+    cfg = CalibrationConfig()
+    plan = getattr(args, "config", None)
+    if plan:
+        cfg = load_calibration_config(plan, cfg)
+    ov: dict[str, Any] = {}
+    if getattr(args, "calibration_samples", None) is not None:
+        ov["samples"] = args.calibration_samples
+    if getattr(args, "calibration_method", None):
+        ov["quant_method"] = args.calibration_method
+    if getattr(args, "calibration_pruning", None):
+        ov["prune_method"] = args.calibration_pruning
+    if getattr(args, "no_refit", False):
+        ov["refit"] = False
+    if getattr(args, "bias_correction", False):
+        ov["bias_correction"] = True
+    if getattr(args, "no_sequential", False):
+        ov["sequential"] = False
+    if getattr(args, "damp", None) is not None:
+        ov["damp"] = args.damp
+    if getattr(args, "calibration_batch_size", None) is not None:
+        ov["batch_size"] = args.calibration_batch_size
+    return dataclasses.replace(cfg, **ov)
+
+
+class CalibrationHook:
+    """A ``compress_model`` weight hook that also carries the calibration report (``.result``)."""
+
+    def __init__(self, result: CalibrationResult) -> None:
+        self.result = result
+
+    def __call__(self, w: np.ndarray, info: Any, cfg: Any) -> Any:
+        return self.result.hook(w, info, cfg)
+
+
+def hook_from_args(model: Any, args: argparse.Namespace, config: CompressionConfig) -> CalibrationHook | None:
+    """Calibrate ``model`` (a ModelProto, or a path that is loaded) when ``--calibration-data`` is
+    given; None otherwise. Prints nothing; progress follows ``--quiet``."""
+    data = getattr(args, "calibration_data", None)
+    if not data:
+        return None
+    if not hasattr(model, "graph"):
+        from onnxcompress.model_io import load_model
+
+        model = load_model(model)
+    ccfg = calibration_config_from_args(args)
+    result = calibrate(model, data, config, calibration=ccfg, progress=not getattr(args, "quiet", False))
+    return CalibrationHook(result)
