@@ -265,6 +265,7 @@ def _lloyd_rows(
         tol_abs[big] = tol * np.maximum(var, 0.0)
     bounds = np.zeros((s, k + 1), dtype=np.int64)
     assigned = np.zeros(s, dtype=bool)
+    last = np.zeros((s, k))
     active = big
     for it in range(max_iter):
         if active.size == 0:
@@ -296,6 +297,7 @@ def _lloyd_rows(
         cn = np.where(empty, ca, sx / np.where(empty, 1.0, wc))
         for i in np.flatnonzero(empty.any(axis=1)).tolist():
             _relocate_empty(vals, ba[i], ca[i], cn[i], empty[i])
+        last[active] = cn  # unsorted: column j still belongs to cluster j of `bounds`
         cn.sort(axis=1)
         cent[active] = cn
         if tol > 0:
@@ -307,15 +309,12 @@ def _lloyd_rows(
     if rows.size:
         b = bounds[rows]
         nonempty = b[:, 1:] > b[:, :-1]
-        starts = b[:, :-1][nonempty]
-        sw = np.add.reduceat(wts, starts)
-        swx = np.add.reduceat(wts * vals, starts)
-        # reduceat's last segment runs to the end of the array; trim it to its cluster's end.
-        last_end = b[:, 1:][nonempty][-1]
-        if last_end < vals.size:
-            sw[-1] = wts[starts[-1] : last_end].sum()
-            swx[-1] = (wts * vals)[starts[-1] : last_end].sum()
-        cr = cent[rows]
+        # Interleave [start, end) pairs; the appended 0 makes end == len(vals) a valid index and
+        # the odd (gap) pieces are dropped, so rows not iterated in between are never summed in.
+        idx = np.stack([b[:, :-1][nonempty], b[:, 1:][nonempty]], axis=1).reshape(-1)
+        sw = np.add.reduceat(np.append(wts, 0.0), idx)[::2]
+        swx = np.add.reduceat(np.append(wts * vals, 0.0), idx)[::2]
+        cr = last[rows]
         cr[nonempty] = swx / sw
         cr.sort(axis=1)
         cent[rows] = cr
