@@ -219,6 +219,7 @@ def probe_model(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelPro
         else:
             g.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None))
     del g.value_info[:]
+    _fill_output_types(m)
     return m
 
 
@@ -291,7 +292,6 @@ def capture(
 
     acts = list(dict.fromkeys(t.act for t in targets))
     probe = probe_model(model, acts)
-    _fill_output_types(probe)
     session = make_session(probe, threads=threads, optimization_level="basic")
     feeds_names = {i.name for i in session.get_inputs()}
     accs = {t.info.name: new_stats(t) for t in targets}
