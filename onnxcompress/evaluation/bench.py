@@ -10,7 +10,8 @@ included, identical for all models, so compare differences). Models alternate ov
 over rounds plus the spread (min, max, IQR) of the per-round p50 latency.
 
 Per round: ``create_s`` is the ``InferenceSession`` creation time (which includes constant-folding
-the decode functions of a compressed model), ``first_run_s`` the first ``run``, then ``warmup``
+the decode functions of a compressed model, and for ``.onnxc`` the container's entropy decode),
+``first_run_s`` the first ``run``, then ``warmup``
 untimed runs and ``runs`` timed runs give p50/p90/p99 latency. Throughput is
 ``batch_size / p50`` samples/s. Inputs are synthetic from the input spec (same seed for every
 model, so identical) or the first batch of ``data``.

@@ -114,7 +114,7 @@ class GateOutcome:
 def _fmt(v: float) -> str:
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
-    return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+    return f"{v:.6g}" if abs(v) < 1e4 else f"{v:.4e}"
 
 
 @dataclass(frozen=True)
