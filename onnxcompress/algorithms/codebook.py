@@ -240,7 +240,8 @@ def _row_data(
 
 
 def _round_table(cent: np.ndarray, sdt: np.ndarray) -> np.ndarray:
-    r = cent.astype(sdt)
+    with np.errstate(over="ignore"):
+        r = cent.astype(sdt)
     if not np.isfinite(r.astype(np.float32)).all():
         raise ConfigError(
             f"a codebook entry overflows {np.dtype(sdt).name}; use codebook_dtype='float32' for this weight"
