@@ -450,9 +450,10 @@ def model_bytes_of(model: onnx.ModelProto | str | os.PathLike[str] | bytes) -> b
             return path.read_bytes()
         proto = load_model(path, load_external=True)
         for t in onnx.external_data_helper._get_all_tensors(proto):
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                t.data_location = onnx.TensorProto.DEFAULT
-                del t.external_data[:]
+            # onnx leaves an explicit DEFAULT location behind: drop it, the data is inline now.
+            if t.HasField("data_location") and t.data_location == onnx.TensorProto.DEFAULT:
+                t.ClearField("data_location")
+            del t.external_data[:]
         model = proto
     if _has_external(model):
         raise InvalidModelError("the model refers to external data that is not loaded: pass the model's path")
