@@ -35,14 +35,14 @@ def hand_model(
     """A model holding every decode operator of docs/format.md Part 1, built by hand."""
     rng = np.random.default_rng(seed)
     keep = np.flatnonzero(rng.random(size) < density)
-    # Relative index with fillers for gaps >= 2**gap_bits.
+    # Relative index (Part 1): a filler is the all-ones gap F, advances F positions, has no code.
+    full = (1 << gap_bits) - 1
     gaps, codes, prev = [], [], -1
     for p in keep:
         g = p - prev - 1
-        while g >= 1 << gap_bits:
-            gaps.append((1 << gap_bits) - 1)
-            codes.append(0)
-            g -= 1 << gap_bits
+        while g >= full:
+            gaps.append(full)
+            g -= full
         gaps.append(g)
         codes.append(int(rng.integers(1, 1 << bits)))
         prev = p
@@ -66,7 +66,8 @@ def hand_model(
     f = TensorProto.FLOAT
     nodes = [
         helper.make_node("CodebookRelative", ["rel/codes", "rel/gaps", "rel/codebook", "rel/segments"], ["w1"],
-                         domain="ai.onnxcompress", bits=bits, gap_bits=gap_bits, entries=entries, size=size, to=f),
+                         domain="ai.onnxcompress", bits=bits, gap_bits=gap_bits, entries=entries, kept=int(keep.size),
+                         size=size, to=f),
         helper.make_node("CodebookMask", ["mask/codes", "mask/mask", "rel/codebook", "rel/segments"], ["w2"],
                          domain="ai.onnxcompress", bits=bits, entries=int(keep.size), size=size, to=f),
         helper.make_node("CodebookDense", ["dense/codes", "dense/codebook", "dense/segments"], ["w3"],

@@ -313,7 +313,11 @@ def stream_specs(model: onnx.ModelProto) -> dict[str, _Spec]:
             t = inits[name]
             try:
                 if role == "codes":
-                    cnt = at["size"] if node.op_type == "CodebookDense" else at["entries"]
+                    # Part 1: size codes (dense), kept codes (relative: fillers carry none), entries.
+                    if node.op_type == "CodebookDense":
+                        cnt = at["size"]
+                    else:
+                        cnt = at.get("kept", at["entries"])
                     specs[name] = _Spec(role, int(at["bits"]), int(cnt))
                 elif role == "gaps":
                     specs[name] = _Spec(role, int(at["gap_bits"]), int(at["entries"]))
@@ -596,7 +600,7 @@ def staircase(
 
     * original: every decoded weight at ``size`` x its output dtype's bytes, plus everything else
       in the file (graph, weights left alone);
-    * pruned: sparse weights (relative/mask encodings) at ``entries`` x dtype bytes plus their
+    * pruned: sparse weights (relative/mask encodings) at kept weights x dtype bytes plus their
       position stream (gaps or mask) bytes; dense-coded weights at full size; plus the rest;
     * pruned + quantized: the compressed ``.onnx`` bytes;
     * entropy coded: the container bytes (when given).
@@ -644,7 +648,8 @@ def staircase(
         roles = dict(zip(OP_INPUTS[node.op_type], node.input, strict=False))
         if "gaps" in roles or "mask" in roles:
             pos_name = roles.get("gaps") or roles.get("mask") or ""
-            pruned_w += int(at.get("entries", 0)) * elem + nbytes(pos_name)
+            kept = int(at.get("kept", at.get("entries", 0)))
+            pruned_w += kept * elem + nbytes(pos_name)
         else:
             pruned_w += size * elem
         for name in node.input:
