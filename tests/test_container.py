@@ -44,7 +44,7 @@ def hand_model(
             gaps.append(full)
             g -= full
         gaps.append(g)
-        codes.append(int(rng.integers(1, 1 << bits)))
+        codes.append(int(np.clip(round(rng.normal(1 << (bits - 1), 1 << (bits - 3))), 1, (1 << bits) - 1)))
         prev = p
     entries = len(gaps)
     mask = np.zeros(size, np.uint8)
@@ -55,9 +55,9 @@ def hand_model(
         numpy_helper.from_array(_stream(np.array(gaps), gap_bits), "rel/gaps"),
         numpy_helper.from_array(codebook, "rel/codebook"),
         numpy_helper.from_array(np.array([0, size], np.int32), "rel/segments"),
-        numpy_helper.from_array(_stream(rng.integers(0, 1 << bits, keep.size), bits), "mask/codes"),
+        numpy_helper.from_array(_stream(np.array(codes[: keep.size]), bits), "mask/codes"),
         numpy_helper.from_array(_stream(mask, 1), "mask/mask"),
-        numpy_helper.from_array(_stream(rng.integers(0, 16, 3000), 4), "dense/codes"),
+        numpy_helper.from_array(_stream(np.minimum(rng.geometric(0.3, 3000) - 1, 15), 4), "dense/codes"),
         numpy_helper.from_array(rng.standard_normal((1, 16)).astype(np.float16), "dense/codebook"),
         numpy_helper.from_array(np.array([0, 3000], np.int32), "dense/segments"),
         numpy_helper.from_array(rng.standard_normal(keep.size).astype(np.float32), "sparse/values"),
