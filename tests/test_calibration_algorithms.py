@@ -168,5 +168,6 @@ def test_im2col_matches_brute_force_strided_padded_grouped_conv():
         np.testing.assert_allclose(cols[g].T @ cols[g], ref_patches[g].T @ ref_patches[g])
         y = cols[g] @ w[g * og : (g + 1) * og].reshape(og, -1).T
         np.testing.assert_allclose(
-            y.reshape(2, -1, og).transpose(0, 2, 1).reshape(2, og, *ref.shape[2:]), ref[:, g * og : (g + 1) * og]
+            y.reshape(2, -1, og).transpose(0, 2, 1).reshape(2, og, *ref.shape[2:]),
+            ref[:, g * og : (g + 1) * og],
         )

@@ -32,7 +32,9 @@ def tiny_model(seed: int = 0) -> onnx.ModelProto:
         numpy_helper.from_array(np.zeros(10, np.float32), "fc2.b"),
     ]
     nodes = [
-        helper.make_node("Conv", ["x", "conv.w", "conv.b"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1], group=2),
+        helper.make_node(
+            "Conv", ["x", "conv.w", "conv.b"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1], group=2
+        ),
         helper.make_node("Relu", ["c"], ["r"]),
         helper.make_node("Flatten", ["r"], ["f"]),
         helper.make_node("MatMul", ["f", "fc1.w"], ["m"]),
@@ -64,11 +66,11 @@ def test_capture_hessians_match_numpy_from_activations():
     cols = im2col(xa.astype(np.float64), (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), groups=2)
     for g, (sl, hg) in enumerate(stats["conv.w"].blocks):
         assert sl == slice(4 * g, 4 * g + 4)
-        np.testing.assert_allclose(hg, cols[g].T @ cols[g] / len(cols[g]), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(hg, cols[g].T @ cols[g] / len(cols[g]), rtol=2e-5, atol=1e-6)
     f64, h64 = f.astype(np.float64), h.astype(np.float64)
-    np.testing.assert_allclose(stats["fc1.w"].blocks[0][1], f64.T @ f64 / len(f64), rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(stats["fc2.w"].blocks[0][1], h64.T @ h64 / len(h64), rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(stats["fc1.w"].means[0][1], f64.mean(0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(stats["fc1.w"].blocks[0][1], f64.T @ f64 / len(f64), rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["fc2.w"].blocks[0][1], h64.T @ h64 / len(h64), rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["fc1.w"].means[0][1], f64.mean(0), rtol=2e-5, atol=1e-6)
 
 
 def test_stages_split_chain_and_group_parallel_layers():
@@ -137,7 +139,9 @@ def test_cli_hook_none_without_data():
     assert c.samples == 32 and c.sequential is False
 
 
-@pytest.mark.skipif(not (MODELS / "lenet_300_100.onnx").exists(), reason="models/lenet_300_100.onnx not built")
+@pytest.mark.skipif(
+    not (MODELS / "lenet_300_100.onnx").exists(), reason="models/lenet_300_100.onnx not built"
+)
 def test_lenet_300_100_end_to_end():
     """Calibrate on 256 samples of the first half of the augmented set, measure on the test set."""
     from onnxcompress.compressor import compress_model

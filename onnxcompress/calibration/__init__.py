@@ -7,4 +7,10 @@
 from onnxcompress.calibration.config import CalibrationConfig, load_calibration_config
 from onnxcompress.calibration.pipeline import CalibrationResult, WeightCalibration, calibrate
 
-__all__ = ["CalibrationConfig", "CalibrationResult", "WeightCalibration", "calibrate", "load_calibration_config"]
+__all__ = [
+    "CalibrationConfig",
+    "CalibrationResult",
+    "WeightCalibration",
+    "calibrate",
+    "load_calibration_config",
+]

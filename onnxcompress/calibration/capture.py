@@ -98,7 +98,9 @@ def _node_inputs(node: onnx.NodeProto) -> set[str]:
     return {i for i in node.input if i} | _subgraph_inputs(node)
 
 
-def find_targets(model: onnx.ModelProto, weights: Iterable[WeightInfo]) -> tuple[list[Target], dict[str, str]]:
+def find_targets(
+    model: onnx.ModelProto, weights: Iterable[WeightInfo]
+) -> tuple[list[Target], dict[str, str]]:
     """Targets for the weights calibration can handle, and for the others why not (they fall back
     to the plain algorithms)."""
     graph = model.graph
@@ -138,10 +140,17 @@ def find_targets(model: onnx.ModelProto, weights: Iterable[WeightInfo]) -> tuple
             t.conv.setdefault("kernel_shape", list(shape[2:]))
             if len(node.input) > 2 and node.input[2] in inits and len(consumers.get(node.input[2], [])) == 1:
                 t.bias = node.input[2]
-        elif node.op_type == "Gather" and use.input_index == 0 and len(shape) == 2 and int(attrs.get("axis", 0)) == 0:
+        elif (
+            node.op_type == "Gather"
+            and use.input_index == 0
+            and len(shape) == 2
+            and int(attrs.get("axis", 0)) == 0
+        ):
             t = Target(info, node, idx, "embedding", node.input[1], rows=shape[0], cols=shape[1])
         if t is None:
-            skipped[info.name] = f"no calibrated method for {node.op_type} input {use.input_index} of rank {len(shape)}"
+            skipped[info.name] = (
+                f"no calibrated method for {node.op_type} input {use.input_index} of rank {len(shape)}"
+            )
             continue
         if t.kind == "linear" and node.op_type == "MatMul":
             t.bias = _matmul_bias(graph, node, t.rows, inits, consumers)
@@ -197,7 +206,9 @@ def probe_model(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelPro
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    types: dict[str, onnx.ValueInfoProto] = {v.name: v for v in list(g.value_info) + list(g.output) + list(g.input)}
+    types: dict[str, onnx.ValueInfoProto] = {
+        v.name: v for v in list(g.value_info) + list(g.output) + list(g.input)
+    }
     needed = set(outputs)
     keep: list[onnx.NodeProto] = []
     for node in reversed(list(g.node)):
@@ -229,7 +240,10 @@ def _fill_output_types(model: onnx.ModelProto) -> None:
         return
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-        types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+        types = {
+            v.name: v.type.tensor_type.elem_type
+            for v in list(inferred.graph.value_info) + list(inferred.graph.input)
+        }
     except Exception:  # inference is best effort; the fallback below is right for activations
         types = {}
     for o in model.graph.output:
@@ -292,7 +306,10 @@ def capture(
 
     acts = list(dict.fromkeys(t.act for t in targets))
     probe = probe_model(model, acts)
-    session = make_session(probe, threads=threads, optimization_level="basic")
+    # no spinning: between runs the cores belong to numpy's Hessian updates, not idle ORT workers
+    session = make_session(
+        probe, threads=threads, optimization_level="basic", config={"session.intra_op.allow_spinning": "0"}
+    )
     feeds_names = {i.name for i in session.get_inputs()}
     accs = {t.info.name: new_stats(t) for t in targets}
     seen = 0

@@ -21,7 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from onnxcompress.calibration.config import PRUNE_METHODS, QUANT_METHODS, CalibrationConfig, load_calibration_config
+from onnxcompress.calibration.config import (
+    PRUNE_METHODS,
+    QUANT_METHODS,
+    CalibrationConfig,
+    load_calibration_config,
+)
 from onnxcompress.calibration.pipeline import CalibrationResult, calibrate
 from onnxcompress.config import CompressionConfig
 
@@ -37,15 +42,21 @@ def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
         "--calibration-method", choices=QUANT_METHODS,
         help="how codebook assignments are chosen (default gptq: error feedback onto the k-means codebook)",
     )  # fmt: skip
-    g.add_argument("--calibration-pruning", choices=PRUNE_METHODS, help="obs (default, SparseGPT) or magnitude")
-    g.add_argument("--no-refit", action="store_true", help="keep the k-means codebook values (no least-squares refit)")
+    g.add_argument(
+        "--calibration-pruning", choices=PRUNE_METHODS, help="obs (default, SparseGPT) or magnitude"
+    )
+    g.add_argument(
+        "--no-refit", action="store_true", help="keep the k-means codebook values (no least-squares refit)"
+    )
     g.add_argument("--bias-correction", action="store_true", help="shift biases by the mean output change")
     g.add_argument(
         "--no-sequential", action="store_true",
         help="collect all statistics from the original model in one pass (faster, usually less accurate)",
     )  # fmt: skip
     g.add_argument("--damp", type=float, help="Hessian dampening, fraction of mean diag (default 0.01)")
-    g.add_argument("--calibration-batch-size", type=int, metavar="N", help="batch size when running the model")
+    g.add_argument(
+        "--calibration-batch-size", type=int, metavar="N", help="batch size when running the model"
+    )
 
 
 def calibration_config_from_args(args: argparse.Namespace) -> CalibrationConfig:

@@ -73,7 +73,9 @@ class CalibrationConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None, base: CalibrationConfig | None = None) -> CalibrationConfig:
+    def from_dict(
+        cls, data: Mapping[str, Any] | None, base: CalibrationConfig | None = None
+    ) -> CalibrationConfig:
         """From the ``calibration:`` mapping of a YAML/JSON plan, on top of ``base``."""
         base = base or cls()
         if data is None:
@@ -102,11 +104,17 @@ def _validate(c: CalibrationConfig) -> None:
         if not isinstance(getattr(c, name), bool):
             raise ConfigError(f"calibration.{name} must be true or false, got {getattr(c, name)!r}")
     if c.prune_method not in PRUNE_METHODS:
-        raise ConfigError(f"calibration.prune_method must be one of {', '.join(PRUNE_METHODS)}, got {c.prune_method!r}")
+        raise ConfigError(
+            f"calibration.prune_method must be one of {', '.join(PRUNE_METHODS)}, got {c.prune_method!r}"
+        )
     if c.quant_method not in QUANT_METHODS:
-        raise ConfigError(f"calibration.quant_method must be one of {', '.join(QUANT_METHODS)}, got {c.quant_method!r}")
+        raise ConfigError(
+            f"calibration.quant_method must be one of {', '.join(QUANT_METHODS)}, got {c.quant_method!r}"
+        )
     if isinstance(c.damp, bool) or not isinstance(c.damp, (int, float)) or not 0 < float(c.damp) <= 10:
-        raise ConfigError(f"calibration.damp must be a number in (0, 10] (a fraction of mean diag(H)), got {c.damp!r}")
+        raise ConfigError(
+            f"calibration.damp must be a number in (0, 10] (a fraction of mean diag(H)), got {c.damp!r}"
+        )
 
 
 def load_calibration_config(path: str, base: CalibrationConfig | None = None) -> CalibrationConfig:

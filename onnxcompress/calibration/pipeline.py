@@ -47,7 +47,6 @@ from onnxcompress.algorithms.calibrated.obs_prune import obs_prune
 from onnxcompress.algorithms.calibrated.weighted_kmeans import hessian_sensitivity, row_sensitivity
 from onnxcompress.calibration.capture import (
     LayerStats,
-    Target,
     capture,
     find_targets,
     get_tensor,
@@ -93,7 +92,9 @@ class CalibrationResult:
     seconds: float = 0.0
     capture_seconds: float = 0.0
 
-    def hook(self, w: np.ndarray, info: WeightInfo, cfg: WeightConfig) -> tuple[EncodedWeight, np.ndarray] | None:
+    def hook(
+        self, w: np.ndarray, info: WeightInfo, cfg: WeightConfig
+    ) -> tuple[EncodedWeight, np.ndarray] | None:
         """``compress_model``'s weight hook: the calibrated encoding, or None (plain algorithm) when
         this weight was not calibrated or is asked for with different settings."""
         got = self.encoded.get(info.name)
@@ -200,8 +201,13 @@ def calibrate_weight(
         assert keep is not None
         dec2 = np.where(keep, work, 0.0)
         moved = np.moveaxis(_from_w2(dec2, info.shape, info.axis, w.dtype), info.axis, 0)
-        p = pruning.compress(np.ascontiguousarray(moved), np.moveaxis(_from_w2(keep, info.shape, info.axis, bool), info.axis, 0))
-        enc = encode_pruned(info.name, p, info.axis, shape=tuple(w.shape), encoding=cfg.encoding, gap_bits=cfg.gap_bits)
+        p = pruning.compress(
+            np.ascontiguousarray(moved),
+            np.moveaxis(_from_w2(keep, info.shape, info.axis, bool), info.axis, 0),
+        )
+        enc = encode_pruned(
+            info.name, p, info.axis, shape=tuple(w.shape), encoding=cfg.encoding, gap_bits=cfg.gap_bits
+        )
         dec = _from_w2(dec2, info.shape, info.axis, w.dtype)
         return enc, dec, dec2.astype(np.float64), " + ".join(steps)
 
@@ -232,7 +238,9 @@ def calibrate_weight(
     else:
         codes = nearest_codes(work, book, seg, kp)
     if ccfg.refit and not embedding:
-        book = ls_refit(w2, stats.blocks, codes, book, seg, pruned=pruned, codebook_dtype=str(sdt)).astype(np.float64)
+        book = ls_refit(w2, stats.blocks, codes, book, seg, pruned=pruned, codebook_dtype=str(sdt)).astype(
+            np.float64
+        )
         steps.append("refit")
     ct = to_codebook_tensor(
         codes, book, seg, shape=tuple(w.shape), dtype=w.dtype, axis=info.axis, bits=cfg.bits, pruned=pruned,
@@ -263,8 +271,8 @@ def open_calibration_data(
     labels_key: str | None = None,
 ) -> tuple[Callable[[], Iterable[dict[str, np.ndarray]]], int]:
     """A re-iterable batch stream of the first ``samples`` samples, and how many there are."""
-    from onnxcompress.evaluation.data import open_data
     from onnxcompress.evaluation.data import input_specs as session_specs
+    from onnxcompress.evaluation.data import open_data
     from onnxcompress.sessions import make_session
 
     probe = onnx.ModelProto()
@@ -282,7 +290,9 @@ def open_calibration_data(
 
     def batches() -> Iterable[dict[str, np.ndarray]]:
         for b in source.batches(size, limit=samples):
-            yield {k: v[: b.valid] if v.shape[0] == size and b.valid < size else v for k, v in b.inputs.items()}
+            yield {
+                k: v[: b.valid] if v.shape[0] == size and b.valid < size else v for k, v in b.inputs.items()
+            }
 
     return batches, n
 
@@ -364,7 +374,9 @@ def calibrate(
             lc = ccfg.resolve(name)
             w = arrays[name]
             st = stats[name]
-            enc, dec, dec2, method = calibrate_weight(w, t.info, cfg, st, lc, global_t=global_t, seed=config.seed)
+            enc, dec, dec2, method = calibrate_weight(
+                w, t.info, cfg, st, lc, global_t=global_t, seed=config.seed
+            )
             w2 = _w2(w, t.info.axis)
             err_cal = _error(w2, dec2, st)
             err_plain = None

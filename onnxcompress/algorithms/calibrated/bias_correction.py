@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def bias_shift(w2: np.ndarray, w_hat: np.ndarray, mean_x: np.ndarray | list[tuple[slice, np.ndarray]]) -> np.ndarray:
+def bias_shift(
+    w2: np.ndarray, w_hat: np.ndarray, mean_x: np.ndarray | list[tuple[slice, np.ndarray]]
+) -> np.ndarray:
     """The amount to *add* to the bias, ``-(W_hat - W) E[x]`` ``[rows]`` (per group for grouped convs)."""
     d = np.asarray(w_hat, dtype=np.float64) - np.asarray(w2, dtype=np.float64)
     blocks = [(slice(0, d.shape[0]), mean_x)] if isinstance(mean_x, np.ndarray) else mean_x

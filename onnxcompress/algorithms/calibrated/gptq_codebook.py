@@ -69,7 +69,9 @@ def kmeans_codebook(
             sw = None if sw is None else sw[sel]
             if x.size == 0:
                 continue
-            cent, _ = kmeans_1d(x, k - 1, init=init, sample_weight=sw, seed=seed) if k > 1 else (np.zeros(0), None)
+            cent, _ = (
+                kmeans_1d(x, k - 1, init=init, sample_weight=sw, seed=seed) if k > 1 else (np.zeros(0), None)
+            )
             book[s, 1:] = cent
         else:
             cent, _ = kmeans_1d(x, k, init=init, sample_weight=sw, seed=seed)
@@ -111,7 +113,9 @@ class _Nearest:
         return self.order[r, pos], self.values[r, pos]
 
 
-def nearest_codes(w2: np.ndarray, codebook: np.ndarray, seg_of_row: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+def nearest_codes(
+    w2: np.ndarray, codebook: np.ndarray, seg_of_row: np.ndarray, keep: np.ndarray | None
+) -> np.ndarray:
     """Round-to-nearest codes ``[rows, cols]`` (the uncalibrated baseline); pruned -> code 0."""
     near = _Nearest(codebook, seg_of_row)
     codes = np.empty(w2.shape, dtype=np.int64)

@@ -56,7 +56,9 @@ def obs_prune(
         raise ConfigError(f"obs_prune works on a 2-D [rows, cols] view, got shape {w.shape}")
     rows, cols = w.shape
     if h.shape != (cols, cols):
-        raise ConfigError(f"H must be [{cols}, {cols}] for a weight with {cols} input features, got {h.shape}")
+        raise ConfigError(
+            f"H must be [{cols}, {cols}] for a weight with {cols} input features, got {h.shape}"
+        )
     modes = sum(x is not None for x in (sparsity, mask)) + (n is not None)
     if modes != 1:
         raise ConfigError("obs_prune needs exactly one of sparsity, n/m or mask")

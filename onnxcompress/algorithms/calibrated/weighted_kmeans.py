@@ -14,7 +14,9 @@ import numpy as np
 from onnxcompress.algorithms.calibrated.gptq_codebook import kmeans_codebook
 
 
-def hessian_sensitivity(rows: int, diag_h: np.ndarray | list[tuple[slice, np.ndarray]], *, floor: float = 1e-3) -> np.ndarray:
+def hessian_sensitivity(
+    rows: int, diag_h: np.ndarray | list[tuple[slice, np.ndarray]], *, floor: float = 1e-3
+) -> np.ndarray:
     """Per-weight sensitivity ``[rows, cols]`` from ``diag(H)`` (per row block for grouped convs).
 
     A small floor (a fraction of the mean) keeps weights of inputs that the calibration data never
