@@ -142,34 +142,37 @@ def encode(symbols: np.ndarray, alphabet_size: int) -> bytes:
     steps = -(-count // lanes)
     padded = np.full(steps * lanes, int(np.argmax(freqs)), dtype=symbols.dtype)
     padded[:count] = symbols
-    grid = padded.reshape(steps, lanes)  # column j is lane j
-    lane_bits = lengths[grid].sum(axis=0, dtype=np.int64)
+    # Lane-major order: lane j's symbols are i = j, j + lanes, ...; the lanes' bitstreams are
+    # concatenated, so the whole payload is one plain Huffman stream of this permuted sequence.
+    lane_major = padded.reshape(steps, lanes).T.copy()
+    len_tab = lengths.astype(np.uint8)
+    lane_bits = len_tab[lane_major].sum(axis=1, dtype=np.int64)
     base = int(lane_bits.min())
     deltas = lane_bits - base
     dbits = int(deltas.max()).bit_length()
-    lane_hdr = struct.pack("<IBQ", lanes, dbits, base)
-    if dbits:
-        lane_hdr += raw.pack_bits(deltas, dbits, pad_to_8_codes=False) if dbits <= 16 else b""
-        if dbits > 16:
-            lane_hdr = struct.pack("<IBQ", lanes, 64, 0) + lane_bits.astype("<u8").tobytes()
+    if dbits <= 16:
+        lane_hdr = struct.pack("<IBQ", lanes, dbits, base)
+        if dbits:
+            lane_hdr += raw.pack_bits(deltas, dbits, pad_to_8_codes=False)
+    else:
+        lane_hdr = struct.pack("<IBQ", lanes, 64, 0) + lane_bits.astype("<u8").tobytes()
     lane_start = np.concatenate(([0], np.cumsum(lane_bits)))
     total_bits = int(lane_start[-1])
     words = np.zeros(total_bits // 64 + 2, dtype=np.uint64)
 
-    # Lane-major order makes bit offsets increasing; process a band of lanes at a time.
-    band = max(1, (1 << 22) // steps)
+    band = max(1, (1 << 22) // steps)  # lanes per band: bounded temporaries
     for j0 in range(0, lanes, band):
         j1 = min(lanes, j0 + band)
-        sub = grid[:, j0:j1].T  # (band, steps)
-        ln = lengths[sub]
-        off = np.cumsum(ln, axis=1) - ln + lane_start[j0:j1, None]
-        off = off.ravel()
-        ln = ln.ravel()
-        code = rcodes[sub.ravel()]
+        sub = lane_major[j0:j1].ravel()
+        ln = len_tab[sub]
+        off = np.cumsum(ln, dtype=np.int64)
+        off -= ln
+        off += lane_start[j0]
+        code = rcodes[sub]
         w = off >> 6
         sh = (off & 63).astype(np.uint64)
         lo = code << sh
-        starts = np.concatenate(([0], np.flatnonzero(np.diff(w)) + 1))
+        starts = np.flatnonzero(np.diff(w, prepend=-1))
         words[w[starts]] |= np.bitwise_or.reduceat(lo, starts)
         spill = (off & 63) + ln > 64
         if spill.any():
