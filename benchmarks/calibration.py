@@ -40,6 +40,12 @@ SETTINGS = {
     "4b s85": {"weight": {"bits": 4, "sparsity": 0.85}},
     "3b s92": {"weight": {"bits": 3, "sparsity": 0.92}},
 }
+LENET5_SETTINGS = {
+    "4b s50": {"weight": {"bits": 4, "sparsity": 0.5}},
+    "4b s85": {"weight": {"bits": 4, "sparsity": 0.85}},
+    "3b s90": {"weight": {"bits": 3, "sparsity": 0.9}},
+    "3b s93": {"weight": {"bits": 3, "sparsity": 0.93}},
+}
 CONV_SETTINGS = {
     "5b": {"weight": {"bits": 5}},
     "4b": {"weight": {"bits": 4}},
@@ -217,7 +223,7 @@ def main() -> int:
         if not (MODELS / f"{name}.onnx").exists():
             notes.append(f"{name} skipped: models/{name}.onnx missing")
             continue
-        settings = SETTINGS if name == "lenet_300_100" else CONV_SETTINGS
+        settings = {"lenet_300_100": SETTINGS, "lenet5": LENET5_SETTINGS}.get(name, CONV_SETTINGS)
         if args.quick:
             settings = dict(list(settings.items())[1:2])
         rows += digits(name, settings, args.samples)

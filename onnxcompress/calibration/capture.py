@@ -201,7 +201,9 @@ def stages(model: onnx.ModelProto, targets: Sequence[Target]) -> list[list[Targe
     return out
 
 
-def probe_model(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
+def probe_model(
+    model: onnx.ModelProto, outputs: Sequence[str], index_outputs: Iterable[str] = ()
+) -> onnx.ModelProto:
     """A copy of ``model`` whose only outputs are ``outputs``, without the nodes they do not need."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -230,16 +232,17 @@ def probe_model(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelPro
         else:
             g.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None))
     del g.value_info[:]
-    _fill_output_types(m)
+    _fill_output_types(m, model, set(index_outputs))
     return m
 
 
-def _fill_output_types(model: onnx.ModelProto) -> None:
-    """Give untyped probe outputs an element type from shape inference (float if unknown)."""
+def _fill_output_types(model: onnx.ModelProto, source: onnx.ModelProto, index_outputs: set[str]) -> None:
+    """Give untyped probe outputs an element type from shape inference of the full model (int64
+    for embedding indices, float for activations when inference cannot tell)."""
     if all(o.type.tensor_type.elem_type for o in model.graph.output):
         return
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(source, strict_mode=False)
         types = {
             v.name: v.type.tensor_type.elem_type
             for v in list(inferred.graph.value_info) + list(inferred.graph.input)
@@ -248,7 +251,8 @@ def _fill_output_types(model: onnx.ModelProto) -> None:
         types = {}
     for o in model.graph.output:
         if not o.type.tensor_type.elem_type:
-            o.type.tensor_type.elem_type = types.get(o.name) or onnx.TensorProto.FLOAT
+            default = onnx.TensorProto.INT64 if o.name in index_outputs else onnx.TensorProto.FLOAT
+            o.type.tensor_type.elem_type = types.get(o.name) or default
 
 
 def new_stats(t: Target) -> list:
@@ -305,7 +309,7 @@ def capture(
     from onnxcompress.sessions import make_session
 
     acts = list(dict.fromkeys(t.act for t in targets))
-    probe = probe_model(model, acts)
+    probe = probe_model(model, acts, {t.act for t in targets if t.kind == "embedding"})
     # no spinning: between runs the cores belong to numpy's Hessian updates, not idle ORT workers
     session = make_session(
         probe, threads=threads, optimization_level="basic", config={"session.intra_op.allow_spinning": "0"}
