@@ -32,6 +32,9 @@ from onnxcompress.errors import ContainerError, InvalidModelError
 if TYPE_CHECKING:
     import onnx
 
+#: A container never exceeds its model (stored streams are the fallback) plus record overheads.
+MAX_CONTAINER_BYTES = 2 * MAX_MODEL_BYTES
+
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
@@ -101,6 +104,8 @@ def read_model_bytes(
         p = Path(path_or_bytes)
         if not p.is_file():
             raise ContainerError(f"{p}: no such container file")
+        if p.stat().st_size > MAX_CONTAINER_BYTES:
+            raise ContainerError(f"{p}: {p.stat().st_size} bytes is larger than any valid container")
         blob = p.read_bytes()
     return expand(blob, max_model_bytes=max_model_bytes)
 
