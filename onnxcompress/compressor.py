@@ -144,24 +144,26 @@ def compress_weight(
     """Compress one weight; returns its encoding and the exact array it decodes to."""
     if mask is None:
         mask = _mask(w, info, cfg, global_t)
+    # Only per-channel/group codebooks need the channel axis in front (contiguous segments); other
+    # weights decode in their natural order, which saves a Transpose per weight at load time.
+    axis = info.axis if cfg.quantizes and cfg.granularity != "tensor" else 0
     if cfg.method == "prune":
         assert mask is not None
-        moved = np.moveaxis(w, info.axis, 0)
-        p = pruning.compress(np.ascontiguousarray(moved), np.moveaxis(mask, info.axis, 0))
+        p = pruning.compress(w, mask)
         enc = encode_pruned(
-            info.name, p, info.axis, shape=tuple(w.shape), encoding=cfg.encoding, gap_bits=cfg.gap_bits
+            info.name, p, 0, shape=tuple(w.shape), encoding=cfg.encoding, gap_bits=cfg.gap_bits
         )
-        return enc, np.moveaxis(pruning.decompress(p), 0, info.axis)
+        return enc, pruning.decompress(p)
     if cfg.method == "clipq":
         from onnxcompress.algorithms import clipq
 
         ct = clipq.compress(
-            w, sparsity=cfg.sparsity, bits=cfg.bits, granularity=cfg.granularity, axis=info.axis,
+            w, sparsity=cfg.sparsity, bits=cfg.bits, granularity=cfg.granularity, axis=axis,
             group_size=cfg.group_size, codebook_dtype=cfg.codebook_dtype,
         )  # fmt: skip
     else:
         ct = codebook.quantize(
-            w, bits=cfg.bits, mask=mask, granularity=cfg.granularity, axis=info.axis, group_size=cfg.group_size,
+            w, bits=cfg.bits, mask=mask, granularity=cfg.granularity, axis=axis, group_size=cfg.group_size,
             init=cfg.init, codebook_dtype=cfg.codebook_dtype, seed=seed,
         )  # fmt: skip
     enc = encode_codebook(info.name, ct, encoding=cfg.encoding, gap_bits=cfg.gap_bits)

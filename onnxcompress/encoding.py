@@ -179,7 +179,9 @@ class Group:
 def build_groups(weights: list[EncodedWeight], max_elements: int = MAX_GROUP_ELEMENTS) -> list[Group]:
     """Partition weights by group key, chunk each partition, and assemble each chunk's streams."""
     by_key: dict[tuple, list[EncodedWeight]] = {}
-    for w in weights:
+    # weights sharing trailing dims sit next to each other, so the graph can cut a whole run of
+    # them with one Reshape + one Split instead of a Reshape per weight
+    for w in sorted(weights, key=lambda w: (len(w.moved_shape), w.moved_shape[1:])):
         by_key.setdefault(w.group_key, []).append(w)
     groups: list[Group] = []
     for members in by_key.values():

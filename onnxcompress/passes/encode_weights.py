@@ -60,6 +60,18 @@ def remove_tensors(model: onnx.ModelProto, names: set[str]) -> set[str]:
 class EncodeWeightsPass(Pass):
     name = "encode-weights"
 
+    @staticmethod
+    def _split(x: str, outputs: list[str], sizes: list[int], opset: int, const, name: str) -> onnx.NodeProto:
+        if opset >= 13:
+            return helper.make_node(
+                "Split",
+                [x, const(np.array(sizes, dtype=np.int64), f"{name}/sizes")],
+                outputs,
+                axis=0,
+                name=name,
+            )
+        return helper.make_node("Split", [x], outputs, axis=0, split=sizes, name=name)
+
     def __init__(self, groups: Sequence[Group]) -> None:
         self.groups = list(groups)
 
@@ -98,45 +110,55 @@ class EncodeWeightsPass(Pass):
                     **group.attrs, to=to,
                 )
             )  # fmt: skip
-            if len(group.weights) == 1:
-                pieces = [decoded]
-            else:
-                pieces = [fresh(f"{base}/piece{i}") for i in range(len(group.weights))]
-                sizes = np.array([w.size for w in group.weights], dtype=np.int64)
-                if opset >= 13:
-                    split = helper.make_node(
-                        "Split", [decoded, const(sizes, f"{base}/split")], pieces, axis=0
-                    )
+            # runs of consecutive weights with the same trailing dims (build_groups sorts them so)
+            runs: list[list] = []
+            for w in group.weights:
+                if runs and runs[-1][0].moved_shape[1:] == w.moved_shape[1:] and len(w.moved_shape) >= 1:
+                    runs[-1].append(w)
                 else:
-                    split = helper.make_node("Split", [decoded], pieces, axis=0, split=sizes.tolist())
-                split.name = fresh(f"{base}/Split")
-                new_nodes.append(split)
-            for w, piece in zip(group.weights, pieces, strict=True):
-                moved = tuple(int(d) for d in w.moved_shape)
-                if moved not in shape_consts:
-                    shape_consts[moved] = const(
-                        np.array(moved, dtype=np.int64), f"{PREFIX}/shape{len(shape_consts)}"
+                    runs.append([w])
+            if len(runs) == 1:
+                run_outputs = [decoded]
+            else:
+                run_outputs = [fresh(f"{base}/run{i}") for i in range(len(runs))]
+                sizes = [sum(w.size for w in run) for run in runs]
+                new_nodes.append(
+                    self._split(decoded, run_outputs, sizes, opset, const, fresh(f"{base}/Split"))
+                )
+            for ri, (run, flat) in enumerate(zip(runs, run_outputs, strict=True)):
+                targets = [w.name if w.axis == 0 else fresh(f"{w.name}/channel_major") for w in run]
+                if len(run) == 1:
+                    shaped = targets[0]
+                    shape = tuple(int(d) for d in run[0].moved_shape)
+                else:
+                    shaped = fresh(f"{base}/run{ri}/shaped")
+                    shape = (-1, *(int(d) for d in run[0].moved_shape[1:]))
+                if shape not in shape_consts:
+                    shape_consts[shape] = const(
+                        np.array(shape, dtype=np.int64), f"{PREFIX}/shape{len(shape_consts)}"
                     )
-                if w.axis == 0:
+                new_nodes.append(
+                    helper.make_node(
+                        "Reshape",
+                        [flat, shape_consts[shape]],
+                        [shaped],
+                        name=fresh(f"{base}/run{ri}/Reshape"),
+                    )
+                )
+                if len(run) > 1:
+                    sizes = [int(w.moved_shape[0]) for w in run]
                     new_nodes.append(
-                        helper.make_node(
-                            "Reshape", [piece, shape_consts[moved]], [w.name], name=fresh(f"{w.name}/Reshape")
+                        self._split(shaped, targets, sizes, opset, const, fresh(f"{base}/run{ri}/Split"))
+                    )
+                for w, target in zip(run, targets, strict=True):
+                    if w.axis != 0:
+                        ndim = len(w.shape)
+                        perm = list(range(1, w.axis + 1)) + [0] + list(range(w.axis + 1, ndim))
+                        new_nodes.append(
+                            helper.make_node(
+                                "Transpose", [target], [w.name], perm=perm, name=fresh(f"{w.name}/Transpose")
+                            )
                         )
-                    )
-                    continue
-                flat = fresh(f"{w.name}/channel_major")
-                new_nodes.append(
-                    helper.make_node(
-                        "Reshape", [piece, shape_consts[moved]], [flat], name=fresh(f"{w.name}/Reshape")
-                    )
-                )
-                ndim = len(w.shape)
-                perm = list(range(1, w.axis + 1)) + [0] + list(range(w.axis + 1, ndim))
-                new_nodes.append(
-                    helper.make_node(
-                        "Transpose", [flat], [w.name], perm=perm, name=fresh(f"{w.name}/Transpose")
-                    )
-                )
 
         graph = model.graph
         existing = list(graph.node)
