@@ -28,7 +28,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -43,8 +42,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
           file=sys.stderr)
     sys.exit(3)
 
-# Run as a script, this file's folder is on sys.path, so the sibling helper imports directly.
+# Run as a script, this file's folder is on sys.path, so the sibling helpers import directly.
 from digits_data import IMAGE_SIZE, INPUT_KEY, LABEL_KEY, load  # noqa: E402
+from onnx_names import name_anonymous_initializers  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent
 OPSET = 17
@@ -261,37 +261,9 @@ def export(model: nn.Module, path: Path) -> None:
                           input_names=[INPUT_KEY], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_KEY: {0: "N"}, OUTPUT_NAME: {0: "N"}}, do_constant_folding=True)
     graph = onnx.load(str(path))
-    name_folded_initializers(graph.graph)
+    name_anonymous_initializers(graph.graph)  # BN-folded Conv weights: 'onnx::Conv_93' -> 'stage1.conv1.weight'
     onnx.checker.check_model(graph, full_check=True)
     onnx.save(graph, str(path))
-
-
-def module_path(node_name: str) -> str:
-    """'/stage2/proj/proj.0/Conv' -> 'stage2.proj.0' (the torch module that produced the node)."""
-    parts: list[str] = []
-    for seg in node_name.strip("/").split("/")[:-1]:
-        if parts and seg.startswith(parts[-1] + "."):  # Sequential children repeat their parent's name
-            parts[-1] = seg
-        else:
-            parts.append(seg)
-    return ".".join(parts)
-
-
-def name_folded_initializers(graph: Any) -> None:
-    """Rename BN-folded weights from 'onnx::Conv_93' to 'stage1.conv1.weight' / '.bias'.
-
-    Compression reports and per-layer settings refer to initializers by name, so they should read
-    like the torch state_dict rather than exporter-generated temporaries.
-    """
-    renames: dict[str, str] = {}
-    for node in graph.node:
-        for slot, value in zip(("weight", "bias"), node.input[1:3], strict=False):
-            if value.startswith("onnx::"):
-                renames[value] = f"{module_path(node.name)}.{slot}"
-    for init in graph.initializer:
-        init.name = renames.get(init.name, init.name)
-    for node in graph.node:
-        node.input[:] = [renames.get(v, v) for v in node.input]
 
 
 def onnx_accuracy(path: Path, data: dict[str, np.ndarray]) -> tuple[float, np.ndarray]:

@@ -8,7 +8,9 @@ the npz files with plain numpy, as ``onnxcompress verify --data`` does; no torch
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +77,38 @@ def test_model_matches_manifest(entry: dict[str, Any], datasets: dict[str, dict[
         accuracy = float((logits.argmax(axis=1) == data["labels"]).mean())
         assert accuracy == pytest.approx(entry["accuracy"][name], abs=1e-9), name
     assert entry["accuracy"][HELD_OUT] >= MIN_HELD_OUT_ACCURACY
+
+
+# -------------------------------------------------------------------------------------------------
+# models/export_minilm.py: the parts that need no torch (cache logic, sentence extraction)
+# -------------------------------------------------------------------------------------------------
+
+def _export_minilm() -> Any:
+    root = str(MODELS_DIR.parent)
+    if root not in sys.path:  # `models` is a folder of the repository, not an installed package
+        sys.path.insert(0, root)
+    return importlib.import_module("models.export_minilm")
+
+
+def test_minilm_sentences_are_plain_prose() -> None:
+    sentences = _export_minilm().stdlib_sentences()
+    assert len(sentences) >= 500 and sentences == sorted(set(sentences))
+    for s in sentences:
+        assert 5 <= len(s.split()) <= 40 and s[0].isupper() and s[-1] in ".!?"
+
+
+def test_ensure_minilm_reuses_a_complete_cache(tmp_path: Path) -> None:
+    module = _export_minilm()
+    for name in module.FILES.values():
+        (tmp_path / name).write_text("x")
+    paths = module.ensure_minilm(tmp_path)  # complete: returned as is, nothing imported or rebuilt
+    assert paths == {key: tmp_path / name for key, name in module.FILES.items()}
+    assert (tmp_path / module.FILES["model"]).read_text() == "x"
+
+
+def test_ensure_minilm_says_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _export_minilm()
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    with pytest.raises(module.MiniLMUnavailable, match="needs 'torch'"):
+        module.ensure_minilm(tmp_path)
+    assert not (tmp_path / module.FILES["meta"]).exists()
