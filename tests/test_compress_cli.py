@@ -1,0 +1,218 @@
+"""The compress and inspect commands: outputs, reports, and bad input handled as one clear error
+line with a non-zero exit, no output file and the input untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from model_factory import zoo_inputs, zoo_model
+
+from onnxcompress.cli import main
+from onnxcompress.sessions import make_session
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def model_path(tmp_path: Path) -> Path:
+    p = tmp_path / "zoo.onnx"
+    onnx.save(zoo_model(17), p)
+    return p
+
+
+def _run_failing(capsys, argv: list[str], out: Path, *inputs: Path) -> str:
+    before = {p: _digest(p) for p in inputs if p.exists()}
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert err.startswith("onnxcompress: error:") and "\n" not in err and "Traceback" not in err, err
+    assert not out.exists()
+    assert not list(out.parent.glob(".onnxcompress-*")), "temporary files left behind"
+    for p, d in before.items():
+        assert _digest(p) == d, f"{p} was modified"
+    return err
+
+
+def test_compress_writes_model_and_report(model_path, tmp_path, capsys):
+    out = tmp_path / "out.onnx"
+    report = tmp_path / "report.json"
+    assert (
+        main(["compress", str(model_path), "-o", str(out), "--bits", "6", "--report", str(report), "--quiet"])
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "ratio" in text and out.exists()
+    data = json.loads(report.read_text())
+    assert data["file_bytes_after"] == out.stat().st_size
+    assert {w["name"] for w in data["weights"]} >= {"conv.w", "fc1.w", "fc2.w", "emb"}
+    assert any(s["reason"].startswith("bias") for s in data["skipped"])
+    x = zoo_inputs()
+    ref = make_session(str(model_path)).run(None, x)[0]
+    got = make_session(str(out)).run(None, x)[0]
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.1
+
+
+def test_yaml_plan_with_overrides_and_skip(model_path, tmp_path, capsys):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "weight: {bits: 4, sparsity: 0.5}\nop_types:\n  Conv: {bits: 8, sparsity: 0.0}\nnames:\n  'head.*': null\n"
+    )
+    out = tmp_path / "out.onnx"
+    report = tmp_path / "r.json"
+    assert (
+        main(["compress", str(model_path), "-o", str(out), "--config", str(plan), "--report", str(report)])
+        == 0
+    )
+    rows = {w["name"]: w for w in json.loads(report.read_text())["weights"]}
+    assert rows["conv.w"]["bits"] == 8 and rows["conv.w"]["sparsity"] < 0.1
+    assert rows["fc1.w"]["bits"] == 4 and rows["fc1.w"]["sparsity"] >= 0.5
+    assert not any(n.startswith("head.") for n in rows)
+
+
+def test_refuses_to_overwrite_and_never_touches_input(model_path, tmp_path, capsys):
+    err = _run_failing(
+        capsys, ["compress", str(model_path), "-o", str(model_path)], tmp_path / "none.onnx", model_path
+    )
+    assert "input" in err
+    existing = tmp_path / "exists.onnx"
+    existing.write_bytes(b"keep me")
+    assert main(["compress", str(model_path), "-o", str(existing)]) != 0
+    assert existing.read_bytes() == b"keep me"
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["compress", str(model_path), "-o", str(existing), "--overwrite", "--quiet"]) == 0
+
+
+def test_stale_external_data_file_is_replaced_not_appended(model_path, tmp_path):
+    out = tmp_path / "o.onnx"
+    (tmp_path / "o.onnx.data").write_bytes(b"stale" * 1000)
+    assert main(["compress", str(model_path), "-o", str(out), "--quiet"]) == 0
+    assert not (tmp_path / "o.onnx.data").exists()
+    make_session(str(out))
+
+
+def test_not_onnx(tmp_path, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("this is not a model\n" * 10)
+    err = _run_failing(
+        capsys, ["compress", str(bad), "-o", str(tmp_path / "o.onnx")], tmp_path / "o.onnx", bad
+    )
+    assert "not an ONNX model" in err
+
+
+def test_truncated(model_path, tmp_path, capsys):
+    cut = tmp_path / "cut.onnx"
+    data = model_path.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    _run_failing(capsys, ["compress", str(cut), "-o", str(tmp_path / "o.onnx")], tmp_path / "o.onnx", cut)
+
+
+def test_missing_file(tmp_path, capsys):
+    _run_failing(capsys, ["compress", str(tmp_path / "nope.onnx")], tmp_path / "nope.cmp.onnx")
+
+
+LENET = Path(__file__).resolve().parent.parent / "models" / "lenet_300_100.onnx"
+
+
+def _external(tmp_path: Path) -> Path:
+    # (not the zoo model: onnxruntime 1.32 cannot load external data for a model whose If gets
+    # constant-folded, whatever produced it)
+    d = tmp_path / "ext"
+    d.mkdir()
+    p = d / "m.onnx"
+    onnx.save(onnx.load(LENET), p, save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    return p
+
+
+def test_external_data_round_trip(tmp_path, capsys):
+    p = _external(tmp_path)
+    out = tmp_path / "ext" / "c.onnx"
+    assert main(["compress", str(p), "-o", str(out), "--quiet"]) == 0
+    x = {"input": np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)}
+    ref = make_session(str(p)).run(None, x)[0]
+    got = make_session(str(out)).run(None, x)[0]
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.05
+
+
+def test_missing_external_data(tmp_path, capsys):
+    p = _external(tmp_path)
+    (p.parent / "m.onnx.data").unlink()
+    err = _run_failing(capsys, ["compress", str(p), "-o", str(tmp_path / "o.onnx")], tmp_path / "o.onnx", p)
+    assert "missing" in err
+
+
+def test_external_data_outside_folder(tmp_path, capsys):
+    p = _external(tmp_path)
+    model = onnx.load(p, load_external_data=False)
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../m.onnx.data"
+    (tmp_path / "m.onnx.data").write_bytes((p.parent / "m.onnx.data").read_bytes())
+    evil = p.parent / "evil.onnx"
+    onnx.save(model, evil)
+    err = _run_failing(
+        capsys, ["compress", str(evil), "-o", str(tmp_path / "o.onnx")], tmp_path / "o.onnx", evil
+    )
+    assert "outside" in err
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--bits", "9"], "bits"),
+        (["--sparsity", "1.5"], "sparsity"),
+        (["--nm", "4:2"], "n must be"),
+        (["--nm", "x"], "--nm"),
+        (["--group-size", "0"], "group_size"),
+    ],
+)
+def test_bad_config_values(model_path, tmp_path, capsys, flags, needle):
+    out = tmp_path / "o.onnx"
+    err = _run_failing(capsys, ["compress", str(model_path), "-o", str(out), *flags], out, model_path)
+    assert needle in err
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("weight: {bitz: 4}", "unknown setting"),
+        ("weight: {bits: 4", "not valid YAML"),
+        ("colour: red", "unknown top-level"),
+        ("op_types: {Conv: {method: magic}}", "method"),
+    ],
+)
+def test_bad_config_file(model_path, tmp_path, capsys, text, needle):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(text)
+    out = tmp_path / "o.onnx"
+    err = _run_failing(
+        capsys, ["compress", str(model_path), "-o", str(out), "--config", str(plan)], out, model_path
+    )
+    assert needle in err
+
+
+def test_no_compressible_weight(model_path, tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    err = _run_failing(
+        capsys, ["compress", str(model_path), "-o", str(out), "--min-elements", "100000000"], out, model_path
+    )
+    assert "no compressible weight" in err
+
+
+def test_inspect_lists_roles_and_reasons(model_path, capsys):
+    assert main(["inspect", str(model_path)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "conv.w" in out
+        and "skip: bias" in out
+        and "skip: normalization" in out
+        and "If" not in out.split()[0]
+    )
+    assert "head.then.w" in out
