@@ -24,9 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def output_path(model: Path, output: str | None, suffix: str) -> Path:
-    """The output path (default: the input with ``suffix``), refusing the input and existing files."""
-    out = Path(output) if output else model.with_suffix(suffix)
-    return out
+    """The output path: ``output``, or the input with ``suffix`` (checked by :func:`check_paths`)."""
+    return Path(output) if output else model.with_suffix(suffix)
 
 
 def check_paths(inp: Path, out: Path, overwrite: bool) -> None:
