@@ -12,18 +12,25 @@ from onnxcompress.errors import ConfigError
 
 
 def _relocate_ref(x, w, lab, c_old, c_new, empty):
-    cands = []
-    for j in np.flatnonzero(~empty):
-        xs = x[lab == j]
-        for v in (xs.min(), xs.max()):
-            cands.append((-((v - c_old[j]) ** 2), v))
-    cands.sort()
-    picks = []
-    for negd, v in cands:
-        if -negd <= 0 or len(picks) == empty.sum():
+    """scikit-learn's rule on distinct values: farthest from their centroid move to the empty clusters."""
+    vals = np.unique(x)
+    vlab = np.array([lab[x == v][0] for v in vals])
+    d = (vals - c_old[vlab]) ** 2
+    order = np.lexsort((vals, -d))
+    left = {j: np.unique(x[lab == j]).size for j in range(c_old.size)}
+    picks, removed = [], {}
+    for o in order:
+        if d[o] <= 0 or len(picks) == empty.sum():
             break
-        if v not in picks:
-            picks.append(v)
+        j = vlab[o]
+        if left[j] <= 1:
+            continue
+        left[j] -= 1
+        removed.setdefault(j, []).append(vals[o])
+        picks.append(vals[o])
+    for j, vs in removed.items():
+        sel = (lab == j) & ~np.isin(x, vs)
+        c_new[j] = np.average(x[sel], weights=w[sel])
     c_new[np.flatnonzero(empty)[: len(picks)]] = picks
 
 
@@ -33,6 +40,7 @@ def lloyd_ref(x, w, init_c, max_iter=300):
     k = c.size
     prev = None
     last = c.copy()
+    reloc = False
     for _ in range(max_iter):
         lab = np.argmin(np.abs(x[:, None] - c[None, :]), axis=1)
         if prev is not None and (lab == prev).all():
@@ -43,13 +51,15 @@ def lloyd_ref(x, w, init_c, max_iter=300):
         for j in range(k):
             if not empty[j]:
                 new[j] = np.average(x[lab == j], weights=w[lab == j])
-        if empty.any():
+        reloc = bool(empty.any())
+        if reloc:
             _relocate_ref(x, w, lab, c, new, empty)
         last = new.copy()
         c = np.sort(new)
-    for j in range(k):
-        if (prev == j).any():
-            last[j] = np.average(x[prev == j], weights=w[prev == j])
+    if not reloc:
+        for j in range(k):
+            if (prev == j).any():
+                last[j] = np.average(x[prev == j], weights=w[prev == j])
     c = np.sort(last)
     return c, np.argmin(np.abs(x[:, None] - c[None, :]), axis=1)
 

@@ -19,12 +19,15 @@ Conventions (the brute-force reference in the tests follows the same ones):
 * A point exactly halfway between two centroids goes to the lower one (``argmin`` picks the first).
 * Iteration stops when an assignment equals the previous one (then the centroids are the means of it),
   when the squared centroid shift falls to ``tol * variance`` (only if ``tol > 0``), or after
-  ``max_iter`` assignment steps. The returned centroids are recomputed as direct (not prefix-sum) means
-  of the last assignment, and the returned labels are a fresh nearest-centroid assignment to them.
-* Empty clusters are re-seeded like scikit-learn does, restricted to cluster extremes: the candidates are
-  the smallest and largest value of every non-empty cluster, ranked by squared distance to the centroid
-  they were assigned to (ties: the smaller value first); each empty cluster takes the next distinct
-  candidate at a non-zero distance. With no candidate left it keeps its previous centroid.
+  ``max_iter`` assignment steps. The returned labels are a fresh nearest-centroid assignment to the
+  returned centroids.
+* Empty clusters are re-seeded as scikit-learn does: the ``m`` distinct values farthest (squared
+  distance, weights ignored) from the centroid they were assigned to, ties to the smaller value, become
+  the ``m`` empty clusters' centroids and leave their old cluster, whose mean is updated. A value that
+  is the last one left in its cluster is skipped (moving it would only relabel that cluster), and an
+  empty cluster without a candidate keeps its previous centroid. When the last update re-seeded
+  clusters, its centroids are returned as they are; otherwise they are recomputed as direct (not
+  prefix-sum) means of the last assignment.
 * When there are at most ``k`` distinct values (among points with positive weight) the answer is those
   values themselves (zero error), followed by copies of the largest one to make ``k`` entries; labels
   only ever point at the first copy.
@@ -197,27 +200,50 @@ def _search_near(
 
 
 def _relocate_empty(
-    vals: np.ndarray, bnd: np.ndarray, c_old: np.ndarray, c_new: np.ndarray, empty: np.ndarray
+    vals: np.ndarray,
+    wts: np.ndarray,
+    bnd: np.ndarray,
+    c_old: np.ndarray,
+    c_new: np.ndarray,
+    wsum: np.ndarray,
+    wxsum: np.ndarray,
+    empty: np.ndarray,
 ) -> None:
     """Re-seed the empty clusters of one row in place (see the module docstring for the rule)."""
+    m = int(empty.sum())
     ne = np.flatnonzero(~empty)
-    cand = np.concatenate([bnd[:-1][ne], bnd[1:][ne] - 1])
-    cl = np.concatenate([ne, ne])
+    a, b = bnd[:-1][ne], bnd[1:][ne]
+    # |v - c| is convex along a sorted cluster: its m farthest values are among its m first and m last.
+    off = np.arange(m)
+    left = a[:, None] + off[None, :]
+    right = b[:, None] - 1 - off[None, :]
+    ok_l, ok_r = left < b[:, None], right >= a[:, None]
+    cand = np.concatenate([left[ok_l], right[ok_r]])
+    cl = np.concatenate(
+        [np.broadcast_to(ne[:, None], left.shape)[ok_l], np.broadcast_to(ne[:, None], right.shape)[ok_r]]
+    )
+    cand, first = np.unique(cand, return_index=True)
+    cl = cl[first]
     d = (vals[cand] - c_old[cl]) ** 2
     order = np.lexsort((vals[cand], -d))
-    used: set[int] = set()
+    left_in = bnd[1:] - bnd[:-1]  # distinct values still in each cluster
+    wsum, wxsum = wsum.copy(), wxsum.copy()
     picks: list[float] = []
-    n_empty = int(empty.sum())
+    touched: set[int] = set()
     for o in order.tolist():
-        if d[o] <= 0 or len(picks) == n_empty:
+        if d[o] <= 0 or len(picks) == m:
             break
-        g = int(cand[o])
-        if g in used:
+        j, g = int(cl[o]), int(cand[o])
+        if left_in[j] <= 1:  # moving its last value would just swap the cluster's label
             continue
-        used.add(g)
+        left_in[j] -= 1
+        wsum[j] -= wts[g]
+        wxsum[j] -= wts[g] * vals[g]
+        touched.add(j)
         picks.append(float(vals[g]))
-    targets = np.flatnonzero(empty)[: len(picks)]
-    c_new[targets] = picks
+    for j in touched:
+        c_new[j] = wxsum[j] / wsum[j]
+    c_new[np.flatnonzero(empty)[: len(picks)]] = picks
 
 
 def _lloyd_rows(
@@ -266,6 +292,7 @@ def _lloyd_rows(
     bounds = np.zeros((s, k + 1), dtype=np.int64)
     assigned = np.zeros(s, dtype=bool)
     last = np.zeros((s, k))
+    reloc = np.zeros(s, dtype=bool)  # last update re-seeded empty clusters
     active = big
     for it in range(max_iter):
         if active.size == 0:
@@ -278,7 +305,10 @@ def _lloyd_rows(
             thr = 0.5 * (ca[:, :-1] + ca[:, 1:])
             rlo = np.broadcast_to(ba[:, :1], thr.shape)
             rhi = np.broadcast_to(ba[:, -1:], thr.shape)
-            if it == 0:
+            if active.size == 1:  # one row (plain kmeans_1d): numpy's own searchsorted is cheapest
+                a0, a1 = int(ba[0, 0]), int(ba[0, -1])
+                ba[0, 1:-1] = a0 + np.searchsorted(vals[a0:a1], thr[0], side="right")
+            elif it == 0:
                 ba[:, 1:-1] = _bisect(
                     vals, rlo.reshape(-1).copy(), rhi.reshape(-1).copy(), thr.reshape(-1)
                 ).reshape(thr.shape)
@@ -295,8 +325,10 @@ def _lloyd_rows(
         empty = ba[:, 1:] == ba[:, :-1]
         sx = cumwx[ba[:, 1:]] - cumwx[ba[:, :-1]]
         cn = np.where(empty, ca, sx / np.where(empty, 1.0, wc))
-        for i in np.flatnonzero(empty.any(axis=1)).tolist():
-            _relocate_empty(vals, ba[i], ca[i], cn[i], empty[i])
+        has_empty = empty.any(axis=1)
+        reloc[active] = has_empty
+        for i in np.flatnonzero(has_empty).tolist():
+            _relocate_empty(vals, wts, ba[i], ca[i], cn[i], wc[i], sx[i], empty[i])
         last[active] = cn  # unsorted: column j still belongs to cluster j of `bounds`
         cn.sort(axis=1)
         cent[active] = cn
@@ -305,7 +337,8 @@ def _lloyd_rows(
             active = active[shift > tol_abs[active]]
 
     # Final centroids: direct means of the last assignment (no prefix-sum cancellation).
-    rows = np.flatnonzero(assigned)
+    # Rows whose last update re-seeded clusters keep that update as is.
+    rows = np.flatnonzero(assigned & ~reloc)
     if rows.size:
         b = bounds[rows]
         nonempty = b[:, 1:] > b[:, :-1]
