@@ -76,7 +76,7 @@ def test_ans_within_one_percent_of_entropy(bits: int) -> None:
     symbols = _kmeans_stream(rng, 200_000, bits)
     h = entropy.order0_entropy(symbols, 1 << bits)
     payload = ans.encode(symbols, 1 << bits)
-    header = 2 + 3 * (1 << bits)  # upper bound of the frequency table
+    header = 3 + 3 * (1 << bits)  # upper bound of the frequency table
     assert len(payload) * 8 <= symbols.size * h * 1.01 + header * 8
     np.testing.assert_array_equal(ans.decode(payload, symbols.size, 1 << bits), symbols)
 
