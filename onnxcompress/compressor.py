@@ -103,6 +103,7 @@ class CompressionResult:
     model: onnx.ModelProto
     report: CompressionReport
     decoded: dict[str, np.ndarray]  # what each compressed weight decodes to (numpy reference)
+    container: Any = None  # ContainerStats when written as .onnxc (the entropy-coding staircase)
 
 
 def _arrays(model: onnx.ModelProto, names: set[str]) -> dict[str, np.ndarray]:
@@ -297,6 +298,7 @@ def compress_file(
         from onnxcompress.container import write_container
 
         stats = write_container(result.model, out)
+        result.container = stats
         result.report.extra["container"] = _plain(stats)
     else:
         save_model(result.model, out)

@@ -136,6 +136,11 @@ def run(args: argparse.Namespace) -> int:
     report = result.report
     text = format_report(report)
     print(text if not args.quiet else "\n".join(text.splitlines()[-3:]))
+    if result.container is not None and not args.quiet:
+        from onnxcompress.container import format_report as format_staircase
+
+        print()
+        print(format_staircase(result.container))
     print(f"wrote {output}")
     if args.report:
         with open(args.report, "w", encoding="utf-8") as fh:
