@@ -90,24 +90,3 @@ def zoo_model(opset: int = 17, dtype=np.float32, seed: int = 0) -> onnx.ModelPro
 def zoo_inputs(n: int = 4, dtype=np.float32, seed: int = 1) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {"x": rng.standard_normal((n, 3, 8, 8)).astype(dtype), "ids": rng.integers(0, 100, (n, 4))}
-
-
-def many_weights_model(count: int, shape=(16, 16), seed: int = 0) -> onnx.ModelProto:
-    """A chain of ``count`` MatMuls with small weights (load-time test)."""
-    rng = np.random.default_rng(seed)
-    nodes, inits = [], []
-    prev = "x"
-    for i in range(count):
-        inits.append(_init(f"w{i}", (rng.standard_normal(shape) / 4).astype(np.float32)))
-        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"]))
-        prev = f"h{i}"
-    graph = helper.make_graph(
-        nodes,
-        "chain",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", shape[0]])],
-        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["N", shape[1]])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model

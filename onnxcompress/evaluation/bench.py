@@ -38,6 +38,7 @@ from onnxcompress.errors import (
     InvalidModelError,
     OnnxCompressError,
 )
+from onnxcompress.formatting import human_bytes
 
 RESULT_PREFIX = "ONNXCOMPRESS_BENCH_RESULT "
 
@@ -415,23 +416,13 @@ def bench(
 # --------------------------------------------------------------------------- rendering
 
 
-def _human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)  # pragma: no cover
-
-
 def render_bench_table(report: BenchReport) -> str:
     """Metrics as rows, models as columns; every model after the first shows its ratio to the first."""
     from onnxcompress.evaluation.reports import format_table
 
     base = report.models[0]
     rows_spec: list[tuple[str, Any, Any]] = [
-        ("size on disk", lambda m: m.size_bytes, _human_bytes),
+        ("size on disk", lambda m: m.size_bytes, human_bytes),
         ("session create (s)", lambda m: m.create_s, lambda v: f"{v:.3f}"),
         ("first run (ms)", lambda m: m.first_run_s * 1e3, lambda v: f"{v:.3f}"),
         ("p50 latency (ms)", lambda m: m.p50_ms, lambda v: f"{v:.4f}"),
@@ -441,7 +432,7 @@ def render_bench_table(report: BenchReport) -> str:
         ("p90 latency (ms)", lambda m: m.p90_ms, lambda v: f"{v:.4f}"),
         ("p99 latency (ms)", lambda m: m.p99_ms, lambda v: f"{v:.4f}"),
         ("throughput (samples/s)", lambda m: m.throughput, lambda v: f"{v:,.1f}"),
-        ("peak RSS", lambda m: m.peak_rss_bytes, _human_bytes),
+        ("peak RSS", lambda m: m.peak_rss_bytes, human_bytes),
     ]
     header = ["", *[Path(m.model).name for m in report.models]]
     rows = []
