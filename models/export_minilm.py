@@ -40,6 +40,7 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +220,8 @@ def _onnx_embeddings(path: Path, data: dict[str, np.ndarray], batch: int = 100) 
     ])
 
 
-def _build(paths: dict[str, Path], n_sentences: int, log: Any) -> None:
+def _build(paths: dict[str, Path], log: Callable[[str], None]) -> None:
+    """Export, check against PyTorch, then write data, reference and (last) meta.json."""
     # Scan docstrings before torch is imported: its imports add attributes to some stdlib modules.
     all_sentences = stdlib_sentences()
     torch, package = _import_dependencies()
@@ -231,7 +233,7 @@ def _build(paths: dict[str, Path], n_sentences: int, log: Any) -> None:
 
     candidates = [s for s in all_sentences
                   if len(tokenizer(s, add_special_tokens=True)["input_ids"]) <= MAX_LENGTH]
-    sentences = _spread(candidates, n_sentences)
+    sentences = _spread(candidates, N_SENTENCES)
     encoded = tokenizer(sentences, padding="max_length", max_length=MAX_LENGTH, truncation=False,
                         return_tensors="np")
     data = {name: np.asarray(encoded[name], dtype=np.int64) for name in INPUT_NAMES}
@@ -284,21 +286,22 @@ def _build(paths: dict[str, Path], n_sentences: int, log: Any) -> None:
 
 
 def ensure_minilm(cache_dir: str | Path | None = None, *, force: bool = False,
-                  n_sentences: int = N_SENTENCES, log: Any = None) -> dict[str, Path]:
+                  log: Callable[[str], None] | None = None) -> dict[str, Path]:
     """Return the cached MiniLM files, building them first if missing (or if ``force``).
 
     Keys: ``model`` (``.onnx``), ``external_data`` (``.onnx.data``), ``data`` (``sentences.npz``,
     keyed by input name), ``sentences`` (``.json``), ``reference`` (``reference_embeddings.npz``, key
     ``embeddings``), ``meta``. Raises :class:`MiniLMUnavailable` when torch or the model package is
     not installed and :class:`MiniLMMismatch` when the export does not reproduce PyTorch; a failed
-    build leaves no ``meta.json``, so the next call rebuilds.
+    build leaves no ``meta.json``, so the next call rebuilds. ``log`` receives progress lines
+    (default: silent).
     """
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
     paths = _paths(cache)
     if force or not all(p.exists() for p in paths.values()):
         cache.mkdir(parents=True, exist_ok=True)
         paths["meta"].unlink(missing_ok=True)
-        _build(paths, n_sentences, log or (lambda _msg: None))
+        _build(paths, log or (lambda _msg: None))
     return paths
 
 
