@@ -120,7 +120,10 @@ def _arrays(model: onnx.ModelProto, names: set[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def _mask(w: np.ndarray, info: WeightInfo, cfg: WeightConfig, global_t: float | None) -> np.ndarray | None:
+def pruning_mask(
+    w: np.ndarray, info: WeightInfo, cfg: WeightConfig, global_t: float | None
+) -> np.ndarray | None:
+    """The keep-mask the plain algorithms use for ``w`` (None when ``cfg`` does not prune)."""
     if not cfg.prunes:
         return None
     if cfg.pruning == "magnitude":
@@ -144,7 +147,7 @@ def compress_weight(
 ) -> tuple[EncodedWeight, np.ndarray]:  # fmt: skip
     """Compress one weight; returns its encoding and the exact array it decodes to."""
     if mask is None:
-        mask = _mask(w, info, cfg, global_t)
+        mask = pruning_mask(w, info, cfg, global_t)
     # Only per-channel/group codebooks need the channel axis in front (contiguous segments); other
     # weights decode in their natural order, which saves a Transpose per weight at load time.
     axis = info.axis if cfg.quantizes and cfg.granularity != "tensor" else 0
@@ -286,12 +289,20 @@ def compress_file(
     overwrite: bool = False,
     progress: bool = False,
     weight_hook: WeightHook | None = None,
+    hook_factory: Callable[[onnx.ModelProto], WeightHook | None] | None = None,
 ) -> CompressionResult:
-    """Load, compress and atomically save; ``.onnxc`` outputs go through the entropy-coded container."""
+    """Load, compress and atomically save; ``.onnxc`` outputs go through the entropy-coded container.
+
+    ``hook_factory`` builds the weight hook from the loaded model (calibration needs the model,
+    and may edit its biases in place: it gets the very ModelProto that is then compressed).
+    """
     from onnxcompress.model_io import check_output_path, load_model, model_file_size, save_model
 
+    t0 = time.perf_counter()
     check_output_path(input_path, output_path, overwrite=overwrite)
     model = load_model(input_path)
+    if hook_factory is not None:
+        weight_hook = hook_factory(model) or weight_hook
     result = compress_model(model, config, progress=progress, weight_hook=weight_hook)
     out = Path(output_path)
     if out.suffix == ".onnxc":
@@ -305,6 +316,7 @@ def compress_file(
     result.report.file_bytes_before = model_file_size(input_path)
     result.report.file_bytes_after = model_file_size(out) if out.suffix != ".onnxc" else out.stat().st_size
     result.report.output = str(out)
+    result.report.seconds = time.perf_counter() - t0  # the whole job: loading, calibration, saving
     return result
 
 

@@ -225,7 +225,8 @@ def from_dict(data: Mapping[str, Any], base: CompressionConfig | None = None) ->
     """Build a config from a plain mapping (parsed YAML/JSON), on top of ``base``."""
     if not isinstance(data, Mapping):
         raise ConfigError("a config file must hold a mapping at the top level")
-    known = {"preset", "weight", "op_types", "names", "exclude", "min_elements", "seed"}
+    # "calibration" belongs to onnxcompress.calibration.config and is read there
+    known = {"preset", "weight", "op_types", "names", "exclude", "min_elements", "seed", "calibration"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(
@@ -258,23 +259,34 @@ def preset(name: str) -> CompressionConfig:
     return from_dict({k: v for k, v in PRESETS[name].items()}, CompressionConfig())
 
 
-def load_config(path: str | os.PathLike[str], base: CompressionConfig | None = None) -> CompressionConfig:
-    """Read a YAML (``.yaml``/``.yml``) or JSON plan file."""
+def read_plan_file(path: str | os.PathLike[str]) -> Mapping[str, Any]:
+    """Parse a YAML (``.yaml``/``.yml``) or JSON plan file into a mapping (one reader for every
+    section: compression settings here, ``calibration:`` in onnxcompress.calibration)."""
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    is_yaml = path.endswith((".yaml", ".yml"))
     try:
-        if path.endswith((".yaml", ".yml")):
+        if is_yaml:
             import yaml
 
             data = yaml.safe_load(text)
         else:
-            data = json.loads(text)
+            data = json.loads(text or "{}")
     except Exception as exc:  # yaml/json both raise their own error families
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(
-            f"config file {path} is not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {str(exc).splitlines()[0]}"
+            f"config file {path} is not valid {'YAML' if is_yaml else 'JSON'}: {first}"
         ) from None
-    return from_dict(data or {}, base)
+    data = data or {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def load_config(path: str | os.PathLike[str], base: CompressionConfig | None = None) -> CompressionConfig:
+    """Read the compression settings of a YAML/JSON plan file."""
+    return from_dict(read_plan_file(path), base)

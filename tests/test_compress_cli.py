@@ -216,3 +216,25 @@ def test_inspect_lists_roles_and_reasons(model_path, capsys):
         and "If" not in out.split()[0]
     )
     assert "head.then.w" in out
+
+
+def test_calibration_from_the_command_line(tmp_path, capsys):
+    data = LENET.parent / "digits_test_aug.npz"
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("weight: {bits: 4, sparsity: 0.8}\ncalibration: {samples: 64}\n")
+    out, report = tmp_path / "c.onnx", tmp_path / "r.json"
+    argv = ["compress", str(LENET), "-o", str(out), "--config", str(plan), "--calibration-data", str(data)]
+    assert main([*argv, "--report", str(report), "--quiet"]) == 0
+    cal = json.loads(report.read_text())["calibration"]
+    rows = cal["weights"] if isinstance(cal, dict) and "weights" in cal else cal
+    assert rows, cal
+    for row in rows:
+        assert row["error_calibrated"] <= row["error_plain"] + 1e-9, row
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("calibration: {samples: -3}\n")
+    out2 = tmp_path / "c2.onnx"
+    code = main(
+        ["compress", str(LENET), "-o", str(out2), "--config", str(bad), "--calibration-data", str(data)]
+    )
+    assert code != 0 and not out2.exists()
+    assert "samples" in capsys.readouterr().err

@@ -119,22 +119,6 @@ def _validate(c: CalibrationConfig) -> None:
 
 def load_calibration_config(path: str, base: CalibrationConfig | None = None) -> CalibrationConfig:
     """The ``calibration:`` section of a YAML/JSON plan file (defaults when it has none)."""
-    import json
+    from onnxcompress.config import read_plan_file
 
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    try:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text or "{}")
-    except Exception as exc:
-        raise ConfigError(f"config file {path} does not parse: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return CalibrationConfig.from_dict(data.get("calibration"), base)
+    return CalibrationConfig.from_dict(read_plan_file(path).get("calibration"), base)

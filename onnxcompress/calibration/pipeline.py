@@ -149,9 +149,9 @@ def _sparsity_for(w: np.ndarray, info: WeightInfo, cfg: WeightConfig, global_t: 
     """The per-layer pruning fraction the plain rule would give (for rules that are not a fraction)."""
     if cfg.pruning == "magnitude":
         return float(cfg.sparsity)
-    from onnxcompress.compressor import _mask
+    from onnxcompress.compressor import pruning_mask
 
-    mask = _mask(w, info, cfg, global_t)
+    mask = pruning_mask(w, info, cfg, global_t)
     return float(1.0 - mask.mean()) if mask is not None else 0.0
 
 
@@ -167,7 +167,7 @@ def calibrate_weight(
 ) -> tuple[EncodedWeight, np.ndarray, np.ndarray, str]:
     """Calibrated compression of one weight: ``(encoding, decoded array, decoded W2 view, method)``."""
     from onnxcompress.algorithms.codebook import store_dtype
-    from onnxcompress.compressor import _mask
+    from onnxcompress.compressor import pruning_mask
 
     w2 = _w2(w, info.axis)
     rows, cols = w2.shape
@@ -193,7 +193,7 @@ def calibrate_weight(
             work = np.where(keep, w2, 0.0)
             steps.append("obs")
         else:
-            mask = _mask(w, info, cfg, global_t)
+            mask = pruning_mask(w, info, cfg, global_t)
             keep = _w2(mask.astype(np.float64), info.axis) > 0
             work = np.where(keep, w2, 0.0)
             steps.append("magnitude")
@@ -262,6 +262,26 @@ def _error(w2: np.ndarray, dec2: np.ndarray, stats: LayerStats) -> float:
 # ------------------------------------------------------------------------------------------ data
 
 
+def _spread(data: Any, samples: int) -> Any:
+    """Evenly spaced rows of an .npz path or array mapping; anything else unchanged."""
+    if isinstance(data, (str, os.PathLike)) and str(data).lower().endswith(".npz"):
+        try:
+            with np.load(data, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception:  # open_data reports unreadable files with a proper message
+            return data
+    elif isinstance(data, Mapping):
+        arrays = dict(data)
+    else:
+        return data
+    lengths = {len(v) for v in arrays.values() if getattr(v, "ndim", 0) >= 1}
+    n = max(lengths, default=0)
+    if n <= samples:
+        return data
+    idx = np.linspace(0, n - 1, samples).round().astype(np.int64)
+    return {k: v[idx] if getattr(v, "ndim", 0) >= 1 and len(v) == n else v for k, v in arrays.items()}
+
+
 def open_calibration_data(
     model: onnx.ModelProto,
     data: str | os.PathLike[str] | Mapping[str, np.ndarray] | Any,
@@ -270,7 +290,12 @@ def open_calibration_data(
     batch_size: int,
     labels_key: str | None = None,
 ) -> tuple[Callable[[], Iterable[dict[str, np.ndarray]]], int]:
-    """A re-iterable batch stream of the first ``samples`` samples, and how many there are."""
+    """A re-iterable batch stream of ``samples`` samples, and how many there are.
+
+    From an .npz (or arrays) holding more than ``samples``, the samples are spread evenly over the
+    file: data sets are often ordered (by class, or variants of one image side by side), and the
+    first N would calibrate on a sliver of the distribution. Folders stream their first N.
+    """
     from onnxcompress.evaluation.data import input_specs as session_specs
     from onnxcompress.evaluation.data import open_data
     from onnxcompress.sessions import make_session
@@ -282,7 +307,7 @@ def open_calibration_data(
         specs = session_specs(make_session(probe, optimization_level="disable"))
     except Exception:
         specs = session_specs(make_session(model, optimization_level="disable"))
-    source = open_data(data, specs, labels_key=labels_key, samples=samples)
+    source = open_data(_spread(data, samples), specs, labels_key=labels_key, samples=samples)
     size = source.batch_size_for(None, batch_size)
     n = min(len(source), samples)
     if n <= 0:

@@ -70,6 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--report", metavar="JSON", help="write the per-weight report as JSON")
     p.add_argument("--quiet", action="store_true", help="print only the totals")
+    from onnxcompress.calibration.cli import add_calibration_arguments
+
+    add_calibration_arguments(p)
     v = p.add_argument_group("verification after compressing (needs onnxruntime)")
     v.add_argument(
         "--verify-data", metavar="DATA", help="compare original and compressed on this .npz / folder"
@@ -132,8 +135,30 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     output = args.output or default_output(args.model)
-    result = compress_file(args.model, output, config, overwrite=args.overwrite, progress=not args.quiet)
+    hooks: list = []
+
+    def calibration_hook(model):
+        from onnxcompress.calibration.cli import hook_from_args
+
+        hook = hook_from_args(model, args, config)
+        hooks.append(hook)
+        return hook
+
+    result = compress_file(
+        args.model,
+        output,
+        config,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        hook_factory=calibration_hook,
+    )
     report = result.report
+    hook = hooks[0] if hooks else None
+    if hook is not None:
+        report.extra["calibration"] = hook.result.to_dict()
+        if not args.quiet:
+            print(hook.result.format())
+            print()
     text = format_report(report)
     print(text if not args.quiet else "\n".join(text.splitlines()[-3:]))
     if result.container is not None and not args.quiet:
