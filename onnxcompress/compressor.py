@@ -313,6 +313,15 @@ def compress_file(
         result.report.extra["container"] = _plain(stats)
     else:
         save_model(result.model, out)
+        if "deferred" in result.report.passes.get("check", {}):
+            from onnxcompress.passes.check import check_saved_model
+
+            try:
+                check_saved_model(str(out))
+            except Exception:
+                out.unlink(missing_ok=True)
+                Path(str(out) + ".data").unlink(missing_ok=True)
+                raise
     result.report.file_bytes_before = model_file_size(input_path)
     result.report.file_bytes_after = model_file_size(out) if out.suffix != ".onnxc" else out.stat().st_size
     result.report.output = str(out)
