@@ -204,3 +204,28 @@ def test_inventory_roles_and_reasons():
     assert inv["head.then.w"].source == "constant" and inv["head.then.w"].graph
     assert inv["conv.b"].skip_reason.startswith("bias")
     assert inv["bn.scale"].skip_reason.startswith("normalization")
+
+
+def test_already_quantized_weights_are_left_alone():
+    """A fake-quantized (QAT export) weight feeds QuantizeLinear: it must stay exact."""
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w")
+    plain = onnx.numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "plain")
+    scale = onnx.numpy_helper.from_array(np.array(0.05, np.float32), "scale")
+    zp = onnx.numpy_helper.from_array(np.array(0, np.int8), "zp")
+    nodes = [
+        helper.make_node("QuantizeLinear", ["w", "scale", "zp"], ["wq"]),
+        helper.make_node("DequantizeLinear", ["wq", "scale", "zp"], ["wd"]),
+        helper.make_node("MatMul", ["x", "wd"], ["h"]),
+        helper.make_node("MatMul", ["h", "plain"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "qat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])], [w, plain, scale, zp],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    inv = {i.name: i for i in build_inventory(model).weights}
+    assert inv["w"].skip_reason.startswith("already quantized")
+    assert inv["plain"].compressible
+    result = compress_model(model, _cfg(bits=6))
+    assert set(result.decoded) == {"plain"}
