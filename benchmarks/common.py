@@ -167,7 +167,7 @@ def median_time(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
     return statistics.median(times), out
 
 
-def latency(paths: Sequence[str | os.PathLike[str]], data: Path, *, rounds: int = 3, runs: int = 50,
+def latency(paths: Sequence[str | os.PathLike[str]], data: Path | None, *, rounds: int = 3, runs: int = 50,
             batch_size: int = 1) -> dict[str, dict[str, float]]:  # fmt: skip
     """Session creation time and p50 latency per model, via ``onnxcompress.evaluation.bench``.
 
