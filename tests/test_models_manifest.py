@@ -60,10 +60,14 @@ def test_model_matches_manifest(entry: dict[str, Any], datasets: dict[str, dict[
     assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
 
     model = onnx.load(str(path))
-    assert not any(t.HasField("data_location") and t.data_location == TensorProto.EXTERNAL
-                   for t in model.graph.initializer), "models must be self-contained"
+    assert not any(
+        t.HasField("data_location") and t.data_location == TensorProto.EXTERNAL
+        for t in model.graph.initializer
+    ), "models must be self-contained"
     assert model.opset_import[0].version == entry["opset"]
-    weights = sum(numpy_helper.to_array(t).size for t in model.graph.initializer if t.data_type in FLOAT_TYPES)
+    weights = sum(
+        numpy_helper.to_array(t).size for t in model.graph.initializer if t.data_type in FLOAT_TYPES
+    )
     assert weights == entry["onnx_weight_elements"]
     if entry["name"] != "resnet_digits":  # no BatchNorm: ONNX weights are exactly the torch parameters
         assert weights == entry["parameters"]
@@ -82,6 +86,7 @@ def test_model_matches_manifest(entry: dict[str, Any], datasets: dict[str, dict[
 # -------------------------------------------------------------------------------------------------
 # models/export_minilm.py: the parts that need no torch (cache logic, sentence extraction)
 # -------------------------------------------------------------------------------------------------
+
 
 def _export_minilm() -> Any:
     root = str(MODELS_DIR.parent)
