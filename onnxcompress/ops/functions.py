@@ -35,7 +35,8 @@ ATTRIBUTES = {
 class _Body:
     """Tiny builder: each call appends a node and returns its (auto-named) output."""
 
-    def __init__(self) -> None:
+    def __init__(self, opset: int = 17) -> None:
+        self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
         self._n = 0
         self._memo: dict[tuple, str] = {}
@@ -87,12 +88,16 @@ class _Body:
         return self.op("Reshape", scalar, self.const([1], np.int64))
 
     def unpack(self, stream: str, bits_attr: str | None, count_attr: str) -> str:
-        """int32 codes of a bit-packed stream (``bits_attr`` None means a 1-bit stream).
+        """uint8 [count] codes of a bit-packed stream (``bits_attr`` None means a 1-bit stream).
 
         8 codes of k bits fill k bytes, so code c of a group starts at byte c*k div 8, bit
-        c*k mod 8, and spans at most two bytes: two Gathers, a multiply-add, Div and Mod.
-        (Inlined rather than a nested function: onnx's ReferenceEvaluator cannot call a
-        model-local function from inside another.)
+        s = c*k mod 8, and reaches into the next byte only when s + k > 8. Everything runs on
+        uint8 (onnxruntime holds every folded intermediate until folding ends, so each full-size
+        temporary costs a byte per weight rather than four): low = byte >> s; the spill-over
+        byte (or a zero column when there is none) << (8 - s); their bits are disjoint, so Add
+        combines them; masking to k bits is a left then a right shift by 8 - k. No shift ever
+        reaches 8. (Inlined rather than a nested function: onnx's ReferenceEvaluator cannot call
+        a model-local function from inside another.)
         """
         bits64 = self.const(1, np.int64) if bits_attr is None else self.attr_int(bits_attr)
         count = self.vec1(self.attr_int(count_attr))
@@ -100,41 +105,60 @@ class _Body:
         grouped = self.op(
             "Reshape", stream, self.op("Concat", self.const([-1], np.int64), self.vec1(bits64), axis=0)
         )
-        g = self.op("Cast", grouped, to=TensorProto.INT32)
-        c = self.op("Range", self.const(0), self.const(8), self.const(1))
-        bitpos = self.op("Mul", c, bits)
-        eight = self.const(8)
-        one = self.const(1)
-        lo = self.op("Div", bitpos, eight)
-        hi = self.op("Min", self.op("Add", lo, one), self.op("Sub", bits, one))
-        shift = self.op("Pow", self.const(2), self.op("Mod", bitpos, eight))
-        modulus = self.op("Pow", self.const(2), bits)
-        word = self.op(
-            "Add",
-            self.op("Gather", g, lo, axis=1),
-            self.op("Mul", self.op("Gather", g, hi, axis=1), self.const(256)),
+        rows = self.op(
+            "Slice", self.op("Shape", grouped), self.const([0], np.int64), self.const([1], np.int64)
         )
-        codes = self.op("Mod", self.op("Div", word, shift), modulus)
-        flat = self.op("Reshape", codes, self.const([-1], np.int64))
+        zero_col = self.op(
+            "ConstantOfShape",
+            self.op("Concat", rows, self.const([1], np.int64), axis=0),
+            value=numpy_helper.from_array(np.array([0], np.uint8)),
+        )
+        padded = self.op("Concat", grouped, zero_col, axis=1)  # column `bits` is all zeros
+        eight = self.const(8)
+        bitpos = self.op("Mul", self.op("Range", self.const(0), eight, self.const(1)), bits)
+        lo = self.op("Div", bitpos, eight)
+        s = self.op("Mod", bitpos, eight)
+        spans = self.op("Greater", self.op("Add", s, bits), eight)
+        hi = self.op("Where", spans, self.op("Add", lo, self.const(1)), bits)
+        up = self.op("Mod", self.op("Sub", eight, s), eight)
+        u8 = TensorProto.UINT8
+        low = self.op(
+            "BitShift", self.op("Gather", padded, lo, axis=1), self.op("Cast", s, to=u8), direction="RIGHT"
+        )
+        high = self.op(
+            "BitShift", self.op("Gather", padded, hi, axis=1), self.op("Cast", up, to=u8), direction="LEFT"
+        )
+        drop = self.op("Cast", self.op("Sub", eight, bits), to=u8)
+        if self.opset >= 14:
+            both = self.op("Add", low, high)
+        else:  # Add accepts uint8 from opset 14 on: combine in int32 below that
+            i32 = TensorProto.INT32
+            both = self.op(
+                "Cast", self.op("Add", self.op("Cast", low, to=i32), self.op("Cast", high, to=i32)), to=u8
+            )
+        masked = self.op(
+            "BitShift", self.op("BitShift", both, drop, direction="LEFT"), drop, direction="RIGHT"
+        )
+        flat = self.op("Reshape", masked, self.const([-1], np.int64))
         return self.op("Slice", flat, self.const([0], np.int64), count)
 
-    def segment_ids(self, segments: str, size: str) -> str:
-        """int32 [size]: the segment of each output position (CumSum of boundary marks)."""
+    def codes_int32(self, stream: str, bits_attr: str | None, count_attr: str) -> str:
+        return self.op("Cast", self.unpack(stream, bits_attr, count_attr), to=TensorProto.INT32)
+
+    def segment_offsets(self, segments: str, size: str, bits_attr: str) -> str:
+        """int32 [size]: seg(p) * 2^bits, the offset of each position's codebook row in the flat
+        codebook (a CumSum of 2^bits scattered at the segment boundaries)."""
+        k = self.op("Pow", self.const(2), self.op("Cast", self.attr_int(bits_attr), to=TensorProto.INT32))
         interior = self.op("Slice", segments, self.const([1], np.int64), self.const([-1], np.int64))
-        ones = self.op(
-            "ConstantOfShape",
-            self.op("Shape", interior),
-            value=numpy_helper.from_array(np.array([1], np.int32)),
-        )
+        ks = self.op("Expand", k, self.op("Shape", interior))
         zeros = self.op("ConstantOfShape", size, value=numpy_helper.from_array(np.array([0], np.int32)))
-        marks = self.op("ScatterElements", zeros, interior, ones, axis=0)
+        marks = self.op("ScatterElements", zeros, interior, ks, axis=0)
         return self.op("CumSum", marks, self.const(0))
 
-    def lookup(self, codebook: str, seg: str, codes: str, bits_attr: str) -> str:
-        k = self.op("Pow", self.const(2), self.op("Cast", self.attr_int(bits_attr), to=TensorProto.INT32))
-        index = self.op("Add", self.op("Mul", seg, k), codes)
-        flat_cb = self.op("Reshape", codebook, self.const([-1], np.int64))
-        return self.cast_to(self.op("Gather", flat_cb, index, axis=0))
+    def lookup(self, codebook: str, offsets: str, codes: str) -> str:
+        """codebook[offset + code], cast to ``to`` before the gather (the codebook is small)."""
+        flat_cb = self.cast_to(self.op("Reshape", codebook, self.const([-1], np.int64)))
+        return self.op("Gather", flat_cb, self.op("Add", offsets, codes), axis=0)
 
     def scatter(self, size: str, positions: str, values: str) -> str:
         zeros = self.cast_to(
@@ -145,7 +169,7 @@ class _Body:
     def relative_entries(self) -> tuple[str, str, str]:
         """(positions, is_kept, rank) of every relative-index entry. A gap of 2^gap_bits - 1 is a
         filler: it advances by that much and takes no code; rank indexes the kept-only stream."""
-        gaps = self.unpack("gaps", "gap_bits", "entries")
+        gaps = self.codes_int32("gaps", "gap_bits", "entries")
         filler = self.op(
             "Sub",
             self.op("Pow", self.const(2), self.op("Cast", self.attr_int("gap_bits"), to=TensorProto.INT32)),
@@ -162,7 +186,7 @@ class _Body:
         """(keep, rank): keep[p] is the mask bit as bool, rank[p] the index of p among the kept
         positions (clamped at 0). onnxruntime does not constant-fold NonZero, so positions are
         never materialised: every output position gathers its own entry instead."""
-        mask = self.unpack("mask", None, "size")
+        mask = self.codes_int32("mask", None, "size")
         rank = self.op(
             "Max", self.op("Sub", self.op("CumSum", mask, self.const(0)), self.const(1)), self.const(0)
         )
@@ -173,19 +197,18 @@ def build_function(op_type: str, opset: int) -> onnx.FunctionProto:
     """The FunctionProto of one decode operator for a model whose default-domain opset is ``opset``."""
     if opset < MIN_OPSET:
         raise ValueError(f"decode functions need opset >= {MIN_OPSET}, got {opset}")
-    b = _Body()
+    b = _Body(opset)
     size = b.vec1(b.attr_int("size"))
     if op_type == "CodebookDense":
-        codes = b.unpack("codes", "bits", "size")
-        out = b.lookup("codebook", b.segment_ids("segments", size), codes, "bits")
+        codes = b.codes_int32("codes", "bits", "size")
+        out = b.lookup("codebook", b.segment_offsets("segments", size, "bits"), codes)
     elif op_type in ("CodebookMask", "SparseMask"):
         keep, rank = b.mask_rank()
         if op_type == "CodebookMask":
             # pruned positions take code 0, which is exactly zero in every row of a pruned codebook
-            codes = b.op(
-                "Where", keep, b.op("Gather", b.unpack("codes", "bits", "entries"), rank, axis=0), b.const(0)
-            )
-            out = b.lookup("codebook", b.segment_ids("segments", size), codes, "bits")
+            kept_codes = b.codes_int32("codes", "bits", "entries")
+            codes = b.op("Where", keep, b.op("Gather", kept_codes, rank, axis=0), b.const(0))
+            out = b.lookup("codebook", b.segment_offsets("segments", size, "bits"), codes)
         else:
             zeros = b.cast_to(
                 b.op("ConstantOfShape", size, value=numpy_helper.from_array(np.array([0], np.float32)))
@@ -195,10 +218,10 @@ def build_function(op_type: str, opset: int) -> onnx.FunctionProto:
         pos, real, rank = b.relative_entries()
         if op_type == "CodebookRelative":
             # fillers take code 0, exactly zero in every row, and land on pruned positions
-            kept_codes = b.unpack("codes", "bits", "kept")
+            kept_codes = b.codes_int32("codes", "bits", "kept")
             codes = b.op("Where", real, b.op("Gather", kept_codes, rank, axis=0), b.const(0))
-            seg = b.op("Gather", b.segment_ids("segments", size), pos, axis=0)
-            values = b.lookup("codebook", seg, codes, "bits")
+            offsets = b.op("Gather", b.segment_offsets("segments", size, "bits"), pos, axis=0)
+            values = b.lookup("codebook", offsets, codes)
         else:
             zero = b.cast_to(b.const([0.0], np.float32))
             values = b.op("Where", real, b.op("Gather", b.cast_to("values"), rank, axis=0), zero)
