@@ -47,6 +47,14 @@ WORKER_PREFIX = "SPEED_RESULT "
 
 
 def _rss() -> int:
+    """This process's peak RSS. On Linux ``VmHWM``, not ``ru_maxrss``: the latter survives
+    fork + exec, so a child of a large parent would report the parent's peak as its own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -96,7 +104,9 @@ def make_synthetic(folder: Path, layers: int = SYNTH_LAYERS, width: int = SYNTH_
     nodes, inits = [], []
     prev = "x"
     for i in range(layers):
-        w = (rng.standard_normal((width, width), dtype=np.float32) * (1.0 / np.sqrt(width))).astype(np.float32)
+        w = (rng.standard_normal((width, width), dtype=np.float32) * (1.0 / np.sqrt(width))).astype(
+            np.float32
+        )
         inits.append(numpy_helper.from_array(w, f"w{i}"))
         nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]))
         out = "y" if i == layers - 1 else f"r{i}"
@@ -183,7 +193,9 @@ def render(data: dict[str, Any]) -> str:
     if synth:
         out += ["", f"Synthetic {synth['params'] / 1e6:.1f}M-parameter MLP ({SYNTH_LAYERS} x [{SYNTH_WIDTH}, "
                 f"{SYNTH_WIDTH}] MatMul, fp32 external data): session creation, batch-1 p50 latency and peak RSS "
-                "(fresh process each, medians of rounds), and a run check against the fp32 output:", ""]  # fmt: skip
+                "(fresh process each, medians of rounds), and a run check against the fp32 output (the weights are i.i.d. "
+                "Gaussian: pruning 90% of them removes most of the signal, so a large error at that setting is "
+                "expected; the check is that the model loads, runs and stays finite):", ""]  # fmt: skip
         rows = []
         for r in synth["sessions"]:
             chk = r.get("check") or {}
@@ -224,16 +236,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--make-synthetic", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         print(WORKER_PREFIX + json.dumps(worker(json.loads(args.worker))), flush=True)
         return 0
+    if args.make_synthetic:  # in a child, so the parent's memory high-water mark stays small
+        make_synthetic(Path(args.make_synthetic))
+        return 0
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     t_start = time.perf_counter()
-    data: dict[str, Any] = {"description": __doc__.split("\n\n")[0], "settings": SETTINGS, "quick": args.quick}
+    data: dict[str, Any] = {
+        "description": __doc__.split("\n\n")[0],
+        "settings": SETTINGS,
+        "quick": args.quick,
+    }
     digits = common.digit_cases()
     cases = [(c.name, c.path, c.params) for c in digits]
-    mini, why = common.minilm_case(args.skip_minilm)
+    mini, why = common.minilm_case(args.skip_minilm, reference=False)
     if mini is not None:
         cases.append((mini.name, mini.path, mini.params))
     data["skipped"] = [why] if why else []
@@ -242,7 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         synth_path = None
         if not args.quick:
             t0 = time.perf_counter()
-            synth_path = make_synthetic(work)
+            # Children inherit the parent's ru_maxrss on Linux (onnxcompress.evaluation.bench reports
+            # that as peak RSS): build the 410 MB model in a child and check outputs only at the end.
+            subprocess.run([sys.executable, __file__, "--make-synthetic", str(work)], check=True)
+            synth_path = work / "synthetic_mlp.onnx"
             data["synthetic_generate_s"] = time.perf_counter() - t0
             cases.append(("synthetic_mlp", synth_path, SYNTH_LAYERS * SYNTH_WIDTH**2))
         else:
@@ -250,17 +273,18 @@ def main(argv: list[str] | None = None) -> int:
         data["compression"] = compression_rows(cases, work, log)
         if synth_path is not None:
             outs = [r for r in data["compression"] if r["model"] == "synthetic_mlp" and "error" not in r]
-            files = [("fp32 original", synth_path)] + [(f"compressed, {r['setting']}", Path(r["output"])) for r in outs]
+            files = [("fp32 original", synth_path)] + [
+                (f"compressed, {r['setting']}", Path(r["output"])) for r in outs
+            ]
             lat = common.latency([p for _, p in files], None, rounds=max(2, args.rounds - 1), runs=30)
             sessions = []
             for name, p in files:
                 row = {"name": name, "bytes": common.file_bytes(p), **lat.get(str(p), {})}
-                if p != synth_path:
-                    row["check"] = check_runs(synth_path, p)
                 sessions.append(row)
                 log(f"synthetic {name}: {row}")
             data["synthetic"] = {"params": SYNTH_LAYERS * SYNTH_WIDTH**2, "sessions": sessions}
         data["digit_sessions"] = []
+        synth_files = files if synth_path is not None else []
         for c in digits:
             outs = [r for r in data["compression"] if r["model"] == c.name and "error" not in r]
             files = [("fp32 original", c.path)]
@@ -276,7 +300,12 @@ def main(argv: list[str] | None = None) -> int:
             for name, p in files:
                 data["digit_sessions"].append({"model": c.name, "file": name, "bytes": common.file_bytes(p),
                                                **lat.get(str(p), {})})  # fmt: skip
-    data["kmeans"] = kmeans_rows(log)
+        data["kmeans"] = kmeans_rows(log)
+        for (_, p), row in zip(
+            synth_files[1:], data.get("synthetic", {}).get("sessions", [])[1:], strict=True
+        ):
+            row["check"] = check_runs(synth_files[0][1], p)  # last: loading 100M models grows this process
+            log(f"check {p.name}: {row['check']}")
     for r in data["compression"]:
         r.pop("output", None)
     data["seconds"] = time.perf_counter() - t_start
