@@ -21,12 +21,25 @@ def _is_container(path: str | os.PathLike[str]) -> bool:
     return str(path).lower().endswith(".onnxc") or is_container_file(path)
 
 
-def load(path: str | os.PathLike[str], providers: Any = None, **session_options: Any) -> ort.InferenceSession:
+def load(
+    path: str | os.PathLike[str],
+    providers: Any = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    **session_options: Any,
+) -> ort.InferenceSession:
     """An ``InferenceSession`` for a ``.onnx`` model or an ``.onnxc`` container.
 
-    Extra keyword arguments go to ``make_session`` (``threads``, ``optimization_level``...).
+    ``cache_dir`` keeps a *decoded cache*: the first load decodes the weights (onnxruntime folds
+    the decode functions) and saves onnxruntime's optimized model there; later loads of the same
+    file with the same onnxruntime read that instead and skip the decode entirely. Extra keyword
+    arguments go to ``make_session`` (``threads``, ``optimization_level``...).
     """
     from onnxcompress.sessions import make_session
+
+    if cache_dir is not None:
+        cached = decoded_cache(path, cache_dir)
+        return make_session(cached, providers=providers, **session_options)
 
     if _is_container(path) and not str(path).lower().endswith(".onnxc"):
         model: Any = load_model(path)  # a container under another extension: expand it here
@@ -48,3 +61,53 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     from onnxcompress.model_io import load_model as _load
 
     return _load(path)
+
+
+def decoded_cache(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str]) -> str:
+    """Path of the decoded (constant-folded) form of ``path`` in ``cache_dir``, built if missing.
+
+    The key is the file's content hash and the onnxruntime version, so an edited model or an
+    upgraded runtime never reads a stale cache. The optimized model is saved at BASIC level
+    (constant folding only: portable across machines, unlike fused kernels) with its weights in
+    a ``.data`` file beside it, written into a temporary folder and moved into place atomically.
+    """
+    import hashlib
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime
+
+    from onnxcompress.sessions import make_session
+
+    src = Path(path)
+    digest = hashlib.sha256()
+    with open(src, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    digest.update(onnxruntime.__version__.encode())
+    key = digest.hexdigest()[:24]
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / f"{src.stem}.{key}.decoded.onnx"
+    if target.exists():
+        return str(target)
+    data_name = target.name + ".data"
+    tmp = Path(tempfile.mkdtemp(prefix=".decode-", dir=cache))
+    try:
+        source: Any = load_model(src) if _is_container(src) else src
+        make_session(
+            source,
+            optimization_level="basic",
+            optimized_model_path=tmp / target.name,
+            config={
+                "session.optimized_model_external_initializers_file_name": data_name,
+                "session.optimized_model_external_initializers_min_size_in_bytes": "1024",
+            },
+        )
+        if (tmp / data_name).exists():
+            os.replace(tmp / data_name, cache / data_name)
+        os.replace(tmp / target.name, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
