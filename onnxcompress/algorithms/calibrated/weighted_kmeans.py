@@ -33,8 +33,14 @@ def hessian_sensitivity(
 
 
 def row_sensitivity(counts: np.ndarray, cols: int, *, floor: float = 1e-3) -> np.ndarray:
-    """Per-weight sensitivity ``[rows, cols]`` of an embedding table from lookup counts."""
-    c = np.asarray(counts, dtype=np.float64)
+    """Per-weight sensitivity ``[rows, cols]`` of an embedding table from lookup counts.
+
+    The counts are damped with ``log1p``: raw lookups are dominated by padding and special tokens
+    (78% of MiniLM's calibration lookups are [PAD], which attention masks out), and weighting by raw
+    counts fitted the codebook to that one row (MiniLM, 3-bit word embedding, all else plain: mean
+    cosine 0.929 vs 0.975 for plain k-means; with ``log1p`` 0.980).
+    """
+    c = np.log1p(np.clip(np.asarray(counts, dtype=np.float64), 0.0, None))
     mean = float(c.mean()) if c.size and c.mean() > 0 else 1.0
     return np.repeat((c + floor * mean)[:, None], cols, axis=1)
 
