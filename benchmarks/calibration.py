@@ -408,11 +408,58 @@ def tables(result: Mapping[str, Any]) -> str:
 
 
 def best_of(rows: list[dict[str, Any]], path: str) -> dict[str, Any] | None:
-    ok = [(r[path]["ratio"], r["setting"]) for r in rows if r.get(path, {}).get("passed")]
+    ok = [
+        (r[path]["ratio"], r["setting"], r[path]["fidelity"]) for r in rows if r.get(path, {}).get("passed")
+    ]
     if not ok:
         return None
-    ratio, setting = max(ok)
-    return {"setting": setting, "ratio": ratio}
+    ratio, setting, fid = max(ok, key=lambda t: t[0])
+    return {"setting": setting, "ratio": ratio, "fidelity": fid}
+
+
+def closest_at_target(
+    rows: list[dict[str, Any]], path: str, target: float, kind: str
+) -> dict[str, Any] | None:
+    """The row at or above the target ratio with the best fidelity (worst metric of the two)."""
+
+    def score(f: Mapping[str, float]) -> float:
+        return min(f["cosine"], f["nn_agreement"]) if kind == "minilm" else min(f["held-out"], f["augmented"])
+
+    cands = [r for r in rows if r.get(path, {}).get("ratio", 0) >= target and "fidelity" in r[path]]
+    if not cands:
+        return None
+    r = max(cands, key=lambda r: score(r[path]["fidelity"]))
+    return {"setting": r["setting"], "ratio": r[path]["ratio"], "fidelity": r[path]["fidelity"]}
+
+
+def fid_text(f: Mapping[str, float] | None, kind: str) -> str:
+    if not f:
+        return "-"
+    if kind == "minilm":
+        return f"cos {f['cosine']:.4f}, NN {f['nn_agreement']:.3f}"
+    return f"{100 * f['held-out']:.2f} / {100 * f['augmented']:.2f}"
+
+
+def summary(result: Mapping[str, Any]) -> str:
+    body = []
+    for name, info in result["models"].items():
+        kind = "minilm" if name == "minilm" else "digits"
+        rows = [r for r in result["rows"] if r["model"] == name]
+        t = TARGETS.get(name, 0.0)
+        cells: list[object] = [name, f"{t:g}x", fid_text(info.get("fp32"), kind)]
+        for path in ("plain", "calibrated"):
+            b = best_of(rows, path)
+            cells.append(
+                f"{b['ratio']:.1f}x ({b['setting']}): {fid_text(b['fidelity'], kind)}" if b else "none"
+            )
+            c = closest_at_target(rows, path, t, kind)
+            cells.append(f"{c['ratio']:.1f}x ({c['setting']}): {fid_text(c['fidelity'], kind)}" if c else "-")
+        body.append(cells)
+    head = ["model", "target", "fp32", "plain: best passing", "plain: best at >= target",
+            "calibrated: best passing", "calibrated: best at >= target"]  # fmt: skip
+    return "### summary (passing = within 1 point; MiniLM: cos >= 0.99 and NN >= 0.95)\n" + md_table(
+        head, body
+    )
 
 
 # ------------------------------------------------------------------------------------------ cost
@@ -457,7 +504,7 @@ def cost_child(width: int, layers: int, samples: int) -> dict[str, Any]:
 
 
 def cost(samples: int, quick: bool, timeout: float | None) -> Iterator[dict[str, Any]]:
-    configs = [(512, 2), (512, 4)] if quick else [(1024, 2), (1024, 4), (1024, 8), (2048, 6)]
+    configs = [(512, 2), (512, 4)] if quick else [(1024, 2), (1024, 4), (1024, 8), (1024, 16), (2048, 6)]
     for width, layers in configs:
         cmd = [sys.executable, __file__, "--cost-child", f"{width},{layers},{samples}"]
         t0 = time.perf_counter()
@@ -589,6 +636,7 @@ def main() -> int:
         for row in cost(args.samples, args.quick, timeout):
             result["cost"].append(row)
             save()
+    print(summary(result))
     print(tables(result))
     return 0
 
