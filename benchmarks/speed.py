@@ -47,18 +47,9 @@ WORKER_PREFIX = "SPEED_RESULT "
 
 
 def _rss() -> int:
-    """This process's peak RSS. On Linux ``VmHWM``, not ``ru_maxrss``: the latter survives
-    fork + exec, so a child of a large parent would report the parent's peak as its own."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
+    from onnxcompress.evaluation.bench import peak_rss_bytes
 
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(r) if sys.platform == "darwin" else int(r) * 1024
+    return peak_rss_bytes() or 0
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:

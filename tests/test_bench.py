@@ -89,3 +89,18 @@ def test_bench_cli(two_models, capsys):
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         assert main(["bench", str(a), "--providers", "cuda"]) == 2
         assert "CUDAExecutionProvider requested but not available" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="Linux /proc only")
+def test_worker_peak_rss_is_its_own_not_the_parents():
+    """ru_maxrss survives fork + exec: a worker started by a big parent must not report its peak."""
+    import subprocess
+    import sys
+
+    from onnxcompress.evaluation.bench import peak_rss_bytes
+
+    ballast = np.ones(400 * 2**20 // 8)  # touch 400 MB in this (parent) process
+    assert peak_rss_bytes() >= ballast.nbytes
+    code = "from onnxcompress.evaluation.bench import peak_rss_bytes; print(peak_rss_bytes())"
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 0 < child < ballast.nbytes

@@ -4,7 +4,7 @@ Why subprocesses: onnxruntime's arenas, the allocator's high-water mark, thread 
 persist within a process, so the second model measured in one process looks better (or worse) than
 it is, and peak memory can only go up. Every measurement therefore runs in a fresh interpreter
 (``python -m onnxcompress.evaluation.bench``, config as JSON on stdin, result as JSON on stdout)
-whose own ``ru_maxrss`` is the peak resident memory (interpreter + numpy + onnxruntime baseline
+whose own high-water mark (``VmHWM`` on Linux) is the peak resident memory (interpreter + numpy + onnxruntime baseline
 included, identical for all models, so compare differences). Models alternate over ``rounds``
 (order reversed every other round so no model always goes first), and the report gives medians
 over rounds plus the spread (min, max, IQR) of the per-round p50 latency.
@@ -208,7 +208,20 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 # --------------------------------------------------------------------------- worker side
 
 
-def _peak_rss_bytes() -> int | None:
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory, or None where the platform cannot tell.
+
+    On Linux ``VmHWM`` from ``/proc/self/status``, not ``ru_maxrss``: the latter survives fork +
+    exec, so a worker started by a large parent (a benchmark that just loaded a 400 MB model)
+    would report the parent's peak as its own.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
     try:
         import resource
     except ImportError:  # Windows
@@ -263,7 +276,7 @@ def measure(config: Mapping[str, Any]) -> dict[str, Any]:
         "p99_ms": p99,
         "mean_ms": float(lat.mean() * 1e3),
         "throughput": batch.valid / (p50 / 1e3) if p50 > 0 else float("inf"),
-        "peak_rss_bytes": _peak_rss_bytes(),
+        "peak_rss_bytes": peak_rss_bytes(),
         "providers": list(session.get_providers()),
         "batch_size": batch_size,
     }
