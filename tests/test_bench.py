@@ -102,5 +102,7 @@ def test_worker_peak_rss_is_its_own_not_the_parents():
     ballast = np.ones(400 * 2**20 // 8)  # touch 400 MB in this (parent) process
     assert peak_rss_bytes() >= ballast.nbytes
     code = "from onnxcompress.evaluation.bench import peak_rss_bytes; print(peak_rss_bytes())"
-    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    child = int(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
     assert 0 < child < ballast.nbytes
