@@ -3,7 +3,7 @@
 Why generated: numbers typed by hand drift from the runs that produced them. Every figure in the page
 comes from a results file; our three benchmarks are rendered by their own ``render`` functions (the
 same code that printed their tables when they ran), and other results files (``kmeans_vs_sklearn``,
-``entropy_coders``, ``calibration`` or any other) are rendered generically: their metadata as a list
+``entropy_coders`` or any other) are rendered generically: their metadata as a list
 and a table for every list of flat records. A missing results file is mentioned, never invented.
 
 Run:  python benchmarks/make_docs.py [--out docs/benchmarks.md]
@@ -26,11 +26,11 @@ OURS = {
     "deep_compression": ("Deep Compression staircase: paper settings and ours", "deep_compression.py"),
     "peers": ("Against other tools (peers)", "peers.py"),
     "speed": ("Conversion speed, memory and load time", "speed.py"),
+    "calibration": ("Calibration-aware compression: plain against calibrated, same plans", "calibration.py"),
 }
 OTHERS = {
     "kmeans_vs_sklearn": "1-D k-means against scikit-learn",
     "entropy_coders": "Entropy coders",
-    "calibration": "Calibration-aware compression",
 }
 ENV_KEYS = ("python", "numpy", "onnx", "onnxruntime", "onnxcompress", "platform", "cpu_count", "memory_bytes",
             "load_average_at_end", "date_utc")  # fmt: skip
@@ -59,6 +59,11 @@ def render_ours(name: str, data: dict[str, Any]) -> str:
         import peers
 
         body = peers.render(data["models"], data.get("skipped", []))
+    elif name == "calibration":
+        import calibration
+
+        criterion = "; ".join(f"{k}: {v}" for k, v in data.get("criterion", {}).items())
+        body = f"Pass criterion: {criterion}.\n\n{calibration.summary(data)}\n{calibration.tables(data)}"
     else:
         import speed
 
