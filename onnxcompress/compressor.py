@@ -55,6 +55,7 @@ class CompressionReport:
     file_bytes_after: int | None = None
     output: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # advice on the plan (printed under the table)
 
     @property
     def params(self) -> int:
@@ -94,6 +95,7 @@ class CompressionReport:
             "weights": [asdict(w) for w in self.weights],
             "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
             "passes": self.passes,
+            "notes": list(self.notes),
             **self.extra,
         }
 
@@ -227,6 +229,7 @@ def compress_model(
     encoded: list[EncodedWeight] = []
     decoded: dict[str, np.ndarray] = {}
     reports: list[WeightReport] = []
+    notes: list[str] = []
     for info, cfg in track(planned, "compressing weights", enabled=progress):
         w = arrays[info.name]
         out = weight_hook(w, info, cfg) if weight_hook is not None else None
@@ -241,6 +244,9 @@ def compress_model(
             continue
         encoded.append(enc)
         decoded[info.name] = dec
+        note = _codebook_overhead_note(enc, cfg)
+        if note:
+            notes.append(note)
         wf = w.astype(np.float64)
         denom = float(np.linalg.norm(wf))
         err = float(np.linalg.norm(wf - dec.astype(np.float64)) / denom) if denom > 0 else 0.0
@@ -265,8 +271,28 @@ def compress_model(
         groups=len(groups),
         seconds=time.perf_counter() - t0,
         passes={name: r.details for name, r in results},
+        notes=notes,
     )
     return CompressionResult(model=model, report=report, decoded=decoded)
+
+
+# per-channel/group codebooks whose own bytes exceed this share of the weight's payload get a note
+CODEBOOK_OVERHEAD_NOTE = 0.25
+
+
+def _codebook_overhead_note(enc: EncodedWeight, cfg: WeightConfig) -> str | None:
+    """Advice when per-channel codebooks eat the savings (an embedding table with short rows:
+    each row's 2^bits-entry codebook costs about as much as the row itself)."""
+    if enc.codebook is None or cfg.granularity == "tensor" or enc.nbytes <= 0:
+        return None
+    share = enc.codebook.nbytes / enc.nbytes
+    if share <= CODEBOOK_OVERHEAD_NOTE:
+        return None
+    return (
+        f"{enc.name}: its {len(enc.codebook):,} {cfg.granularity} codebooks are {share:.0%} of its "
+        f"{enc.nbytes:,} bytes; per-tensor granularity for it would be smaller "
+        f"(names: {{{enc.name!r}: {{granularity: tensor}}}}, or for embeddings op_types: {{Gather: {{granularity: tensor}}}})"
+    )
 
 
 def _stamp(model: onnx.ModelProto, config: CompressionConfig) -> None:

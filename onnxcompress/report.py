@@ -64,6 +64,7 @@ def format_report(report: CompressionReport, *, max_rows: int = 60) -> str:
             f"ratio {report.ratio:.2f}x  ({report.file_bytes_before:,} -> {report.file_bytes_after:,} bytes)"
         )
     out.append(f"time: {report.seconds:.2f} s")
+    out += [f"note: {n}" for n in report.notes]
     return "\n".join(out)
 
 

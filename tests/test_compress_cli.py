@@ -255,3 +255,52 @@ def test_large_model_path_writes_external_data_and_checks_the_file(tmp_path, mon
     ref = make_session(str(LENET)).run(None, x)[0]
     got = make_session(str(out)).run(None, x)[0]
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.02
+
+
+def _embedding_model(rows: int = 200, cols: int = 64) -> onnx.ModelProto:
+    """A short-row embedding table and a MatMul whose output channels are long (2048 inputs)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    table = numpy_helper.from_array(rng.standard_normal((rows, cols)).astype(np.float32), "emb")
+    proj = numpy_helper.from_array(rng.standard_normal((2048, 16)).astype(np.float32), "proj")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["emb", "ids"], ["e"]), helper.make_node("MatMul", ["x", "proj"], ["y"])],
+        "g",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2048]),
+        ],
+        [
+            helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", cols]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16]),
+        ],
+        [table, proj],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_note_when_per_channel_codebooks_dominate_a_weight(tmp_path, capsys):
+    """Per-row codebooks of a 64-wide embedding cost twice its 4-bit codes: the report says so."""
+    src = tmp_path / "emb.onnx"
+    onnx.save(_embedding_model(), src)
+    rc = main(["compress", str(src), "-o", str(tmp_path / "o.onnx"), "--bits", "4", "--granularity", "channel",
+               "--report", str(tmp_path / "r.json")])  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    notes = json.loads((tmp_path / "r.json").read_text())["notes"]
+    assert len(notes) == 1 and notes[0].startswith("emb:") and "granularity: tensor" in notes[0]
+    assert f"note: {notes[0]}" in out
+    rc = main(
+        [
+            "compress",
+            str(src),
+            "-o",
+            str(tmp_path / "t.onnx"),
+            "--bits",
+            "4",
+            "--report",
+            str(tmp_path / "t.json"),
+        ]
+    )
+    assert rc == 0 and json.loads((tmp_path / "t.json").read_text())["notes"] == []
