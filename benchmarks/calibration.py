@@ -495,7 +495,7 @@ def cost_child(width: int, layers: int, samples: int) -> dict[str, Any]:
     out = compress_model(model, cfg, weight_hook=res.hook)
     return {
         "params": width * width * layers, "layers": layers, "width": width, "samples": samples, "tokens_per_sample": 16,
-        "seconds": secs, "capture_seconds": res.capture_seconds, "stages": res.stages,
+        "seconds": secs, "capture_seconds": res.capture_seconds, "capture_mode": res.capture_mode, "stages": res.stages,
         "per_layer_seconds": [w.seconds for w in res.weights], "compress_with_hook_seconds": time.perf_counter() - t1,
         "weights_calibrated": len(res.weights), "ratio_weights": out.report.ratio,
         "rss_before_mb": rss0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -15,10 +15,12 @@ What ``X`` is per consumer:
 **Sequential mode** (GPTQ/SparseGPT): :func:`stages` cuts the targets, in topological order, into
 stages whose activations do not depend on any weight of the same stage, so a stage can be
 captured in one run of a model in which all earlier stages are already replaced by their decoded
-values. Each stage runs only the nodes its activations need (the graph is pruned to them), so the
-cost is about ``stages / 2`` forward passes of the whole model over the calibration set (one pass
-per stage of the prefix up to it): QKV projections of a transformer block share a stage, a plain
-MLP needs one stage per layer.
+values. QKV projections of a transformer block share a stage, a plain MLP needs one stage per layer.
+:func:`capture` runs, per stage, the graph prefix from the model inputs (pruned to the nodes the
+activations need), which costs about ``stages / 2`` forward passes over the calibration set;
+:class:`onnxcompress.calibration.frontier.FrontierCapture` (what ``calibrate`` uses) caches the
+activations at a cut between stages instead, about two passes in all. :func:`capture` stays as its
+fallback and as the single-stage (non-sequential) capture.
 
 Graph code: uses onnx, builds sessions only through :func:`onnxcompress.sessions.make_session`.
 """

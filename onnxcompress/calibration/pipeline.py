@@ -54,6 +54,7 @@ from onnxcompress.calibration.capture import (
     stages,
 )
 from onnxcompress.calibration.config import CalibrationConfig
+from onnxcompress.calibration.frontier import FrontierCapture, FrontierUnsupported
 from onnxcompress.config import CompressionConfig, WeightConfig, preset
 from onnxcompress.encoding import EncodedWeight, encode_codebook, encode_pruned
 from onnxcompress.errors import DataError
@@ -91,6 +92,10 @@ class CalibrationResult:
     stages: int = 0
     seconds: float = 0.0
     capture_seconds: float = 0.0
+    # how sequential stages were captured: "prefix" (the graph prefix from the model inputs, per
+    # stage), "frontier" (from the activations cached at the previous cut, see .frontier), or
+    # "frontier, prefix from stage N (why)" when the frontier capture had to give up
+    capture_mode: str = ""
 
     def hook(
         self, w: np.ndarray, info: WeightInfo, cfg: WeightConfig
@@ -116,6 +121,7 @@ class CalibrationResult:
             "stages": self.stages,
             "seconds": self.seconds,
             "capture_seconds": self.capture_seconds,
+            "capture_mode": self.capture_mode,
             "mean_error_plain": float(np.mean([e[0] for e in errs])) if errs else None,
             "mean_error_calibrated": float(np.mean([e[1] for e in errs])) if errs else None,
             "weights": [dataclasses.asdict(w) for w in self.weights],
@@ -324,6 +330,11 @@ def open_calibration_data(
 
 # ------------------------------------------------------------------------------------------ driver
 
+#: Sequential mode captures each stage from the activations cached at the previous cut (linear in
+#: depth, see :mod:`.frontier`); False reruns the graph prefix from the model inputs for every stage
+#: (the reference the tests compare against).
+_FRONTIER_CAPTURE = True
+
 
 def calibrate(
     model: onnx.ModelProto,
@@ -388,46 +399,67 @@ def calibrate(
     if ccfg.sequential and len(groups) > 1:
         work = onnx.ModelProto()
         work.CopyFrom(model)
-    for si, stage in enumerate(track(groups, "calibrating", enabled=progress)):
-        tc = time.perf_counter()
-        stats = capture(work, stage, batches, threads=threads)
-        result.capture_seconds += time.perf_counter() - tc
-        for t in stage:
-            tw = time.perf_counter()
-            name = t.info.name
-            cfg = by_cfg[name]
-            lc = ccfg.resolve(name)
-            w = arrays[name]
-            st = stats[name]
-            enc, dec, dec2, method = calibrate_weight(
-                w, t.info, cfg, st, lc, global_t=global_t, seed=config.seed
-            )
-            w2 = _w2(w, t.info.axis)
-            err_cal = _error(w2, dec2, st)
-            err_plain = None
-            if baseline:
-                _, plain_dec = compress_weight(w, t.info, cfg, global_t=global_t, seed=config.seed)
-                err_plain = _error(w2, _w2(plain_dec, t.info.axis), st)
-            corrected = False
-            if lc.bias_correction and t.bias is not None and st.kind != "embedding":
-                b = get_tensor(model, t.bias)
-                shift = bias_shift(w2, dec2, st.means)
-                nb = (b.astype(np.float64).reshape(-1) + shift).astype(b.dtype).reshape(b.shape)
-                set_tensor(model, t.bias, nb)
-                if work is not model:
-                    set_tensor(work, t.bias, nb)
-                result.bias_updates[t.bias] = nb
-                corrected = True
-            if work is not model:
-                set_tensor(work, name, dec)
-            result.encoded[name] = (enc, dec)
-            result.settings[name] = cfg
-            result.weights.append(
-                WeightCalibration(
-                    name=name, kind=st.kind, method=method, setting=cfg.describe(), stage=si, rows_seen=st.samples,
-                    error_plain=err_plain, error_calibrated=err_cal, bias_corrected=corrected,
-                    seconds=time.perf_counter() - tw,
+    frontier: FrontierCapture | None = None
+    result.capture_mode = "prefix"
+    if _FRONTIER_CAPTURE and len(groups) > 1:
+        try:
+            frontier = FrontierCapture(work, groups, batches, threads=threads)
+            result.capture_mode = "frontier"
+        except FrontierUnsupported as exc:
+            result.capture_mode = f"prefix (frontier capture unsupported: {exc})"
+    try:
+        for si, stage in enumerate(track(groups, "calibrating", enabled=progress)):
+            tc = time.perf_counter()
+            stats = None
+            if frontier is not None:
+                try:
+                    stats = frontier.capture(si)
+                except FrontierUnsupported as exc:  # the rest of the run reruns the prefix per stage
+                    frontier.close()
+                    frontier = None
+                    result.capture_mode = f"frontier, prefix from stage {si} ({exc})"
+            if stats is None:
+                stats = capture(work, stage, batches, threads=threads)
+            result.capture_seconds += time.perf_counter() - tc
+            for t in stage:
+                tw = time.perf_counter()
+                name = t.info.name
+                cfg = by_cfg[name]
+                lc = ccfg.resolve(name)
+                w = arrays[name]
+                st = stats[name]
+                enc, dec, dec2, method = calibrate_weight(
+                    w, t.info, cfg, st, lc, global_t=global_t, seed=config.seed
                 )
-            )  # fmt: skip
+                w2 = _w2(w, t.info.axis)
+                err_cal = _error(w2, dec2, st)
+                err_plain = None
+                if baseline:
+                    _, plain_dec = compress_weight(w, t.info, cfg, global_t=global_t, seed=config.seed)
+                    err_plain = _error(w2, _w2(plain_dec, t.info.axis), st)
+                corrected = False
+                if lc.bias_correction and t.bias is not None and st.kind != "embedding":
+                    b = get_tensor(model, t.bias)
+                    shift = bias_shift(w2, dec2, st.means)
+                    nb = (b.astype(np.float64).reshape(-1) + shift).astype(b.dtype).reshape(b.shape)
+                    set_tensor(model, t.bias, nb)
+                    if work is not model:
+                        set_tensor(work, t.bias, nb)
+                    result.bias_updates[t.bias] = nb
+                    corrected = True
+                if work is not model:
+                    set_tensor(work, name, dec)
+                result.encoded[name] = (enc, dec)
+                result.settings[name] = cfg
+                result.weights.append(
+                    WeightCalibration(
+                        name=name, kind=st.kind, method=method, setting=cfg.describe(), stage=si, rows_seen=st.samples,
+                        error_plain=err_plain, error_calibrated=err_cal, bias_corrected=corrected,
+                        seconds=time.perf_counter() - tw,
+                    )
+                )  # fmt: skip
+    finally:
+        if frontier is not None:
+            frontier.close()
     result.seconds = time.perf_counter() - t0
     return result
