@@ -38,7 +38,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -71,6 +70,7 @@ from common import (  # noqa: E402
 from onnxcompress.calibration import CalibrationConfig, calibrate  # noqa: E402
 from onnxcompress.compressor import compress_model  # noqa: E402
 from onnxcompress.config import from_dict  # noqa: E402
+from onnxcompress.evaluation.bench import peak_rss_bytes  # noqa: E402
 
 OUT = RESULTS_DIR / "calibration.json"
 DIGITS_HALF = 180  # source images 0..179 calibrate, 180..359 test
@@ -486,7 +486,7 @@ def cost_child(width: int, layers: int, samples: int) -> dict[str, Any]:
     """One cost measurement (run in a fresh process by :func:`cost`)."""
     model = mlp(width, layers)
     data = {"x": np.random.default_rng(1).normal(size=(samples, 16, width)).astype(np.float32)}
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss0 = (peak_rss_bytes() or 0) / 2**20
     cfg = from_dict({"weight": {"bits": 4, "sparsity": 0.5}})
     t0 = time.perf_counter()
     res = calibrate(model, data, cfg, calibration=CalibrationConfig(samples=samples), baseline=False)
@@ -498,7 +498,7 @@ def cost_child(width: int, layers: int, samples: int) -> dict[str, Any]:
         "seconds": secs, "capture_seconds": res.capture_seconds, "capture_mode": res.capture_mode, "stages": res.stages,
         "per_layer_seconds": [w.seconds for w in res.weights], "compress_with_hook_seconds": time.perf_counter() - t1,
         "weights_calibrated": len(res.weights), "ratio_weights": out.report.ratio,
-        "rss_before_mb": rss0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_before_mb": rss0, "peak_rss_mb": (peak_rss_bytes() or 0) / 2**20,
     }  # fmt: skip
 
 
@@ -571,6 +571,8 @@ def main() -> int:
             old.get("models", {}),
             old.get("cost", []),
         )
+        if old.get("merged_runs"):
+            result["merged_runs"] = [*old["merged_runs"], old.get("command")]
     for extra in args.merge:  # rows of a run made in parallel into another file replace ours
         other = json.loads(extra.read_text())
         keys = {(r["model"], r["setting"]) for r in other.get("rows", [])}

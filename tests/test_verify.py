@@ -312,3 +312,40 @@ def test_lenet5_if_present(tmp_path):
     assert r.passed and r.labels_key == "labels" and r.samples > 0
     (out,) = [o for o in r.outputs if o.class_like]
     assert out.ref_top1_accuracy > 0.9
+
+
+@pytest.mark.parametrize("path", ["lenet5.onnx", "resnet_digits.onnx"])
+def test_model_input_specs_match_the_session(path):
+    from onnxcompress.evaluation.data import input_specs, model_input_specs
+    from onnxcompress.sessions import make_session
+
+    model = onnx.load(str(Path(__file__).resolve().parents[1] / "models" / path))
+    assert model_input_specs(model) == input_specs(make_session(model))
+
+
+def test_model_input_specs_symbolic_integer_and_initializer_inputs():
+    from onnxcompress.evaluation.data import input_specs, model_input_specs
+    from onnxcompress.sessions import make_session
+
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["W", "ids"], ["e"]), helper.make_node("Add", ["e", "bias"], ["y"])],
+        "g",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("bias", TensorProto.FLOAT16, [1, 3]),
+            helper.make_tensor_value_info("W", TensorProto.FLOAT, [4, 3]),  # an initializer, not fed
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w],
+    )
+    graph.node[1].input[1] = "bias16"
+    graph.node.append(helper.make_node("Cast", ["bias"], ["bias16"], to=TensorProto.FLOAT))
+    graph.node.insert(0, graph.node.pop())
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    specs = model_input_specs(model)
+    assert [(s.name, s.dtype, s.shape, s.type_name) for s in specs] == [
+        ("ids", np.dtype(np.int64), ("batch", "seq"), "tensor(int64)"),
+        ("bias", np.dtype(np.float16), (1, 3), "tensor(float16)"),
+    ]
+    assert specs == input_specs(make_session(model))

@@ -302,17 +302,9 @@ def open_calibration_data(
     file: data sets are often ordered (by class, or variants of one image side by side), and the
     first N would calibrate on a sliver of the distribution. Folders stream their first N.
     """
-    from onnxcompress.evaluation.data import input_specs as session_specs
-    from onnxcompress.evaluation.data import open_data
-    from onnxcompress.sessions import make_session
+    from onnxcompress.evaluation.data import model_input_specs, open_data
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.initializer[:]  # the input specs need no weights: keep this session cheap
-    try:
-        specs = session_specs(make_session(probe, optimization_level="disable"))
-    except Exception:
-        specs = session_specs(make_session(model, optimization_level="disable"))
+    specs = model_input_specs(model)  # read from the graph: a session here would load every weight
     source = open_data(_spread(data, samples), specs, labels_key=labels_key, samples=samples)
     size = source.batch_size_for(None, batch_size)
     n = min(len(source), samples)

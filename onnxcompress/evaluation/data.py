@@ -83,6 +83,34 @@ def input_specs(session: Any) -> list[TensorSpec]:
     return specs
 
 
+def model_input_specs(model: Any) -> list[TensorSpec]:
+    """Input specs read from an ``onnx.ModelProto`` (no session needed): its graph inputs that are
+    not initializers, typed as onnxruntime would report them."""
+    from onnx import helper
+
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        if not vi.type.HasField("tensor_type"):
+            specs.append(TensorSpec(vi.name, None, (), vi.type.WhichOneof("value") or ""))
+            continue
+        tt = vi.type.tensor_type
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else None
+        except (KeyError, TypeError):
+            dtype = None
+        type_name = next((k for k, v in _ORT_TYPES.items() if dtype is not None and np.dtype(v) == dtype), "")
+        dims: list[Dim] = []
+        for d in tt.shape.dim if tt.HasField("shape") else ():
+            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+        specs.append(
+            TensorSpec(vi.name, dtype if type_name else None, tuple(_norm_dim(x) for x in dims), type_name)
+        )
+    return specs
+
+
 def _norm_dim(d: Dim) -> Dim:
     if isinstance(d, int) and d <= 0:
         return None
