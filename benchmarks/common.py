@@ -168,7 +168,7 @@ def median_time(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
 
 
 def latency(paths: Sequence[str | os.PathLike[str]], data: Path | None, *, rounds: int = 3, runs: int = 50,
-            batch_size: int = 1) -> dict[str, dict[str, float]]:  # fmt: skip
+            batch_size: int = 1, decode: str = "onnxruntime") -> dict[str, dict[str, float]]:  # fmt: skip
     """Session creation time and p50 latency per model, via ``onnxcompress.evaluation.bench``.
 
     Each measurement runs in a fresh subprocess, models alternate over ``rounds`` and the medians
@@ -180,12 +180,22 @@ def latency(paths: Sequence[str | os.PathLike[str]], data: Path | None, *, round
     ok = []
     for p in paths:  # one failing model must not sink the others' measurements
         try:
-            bench([p], runs=2, warmup=0, rounds=1, data=data, batch_size=batch_size, progress=False)
+            bench(
+                [p],
+                runs=2,
+                warmup=0,
+                rounds=1,
+                data=data,
+                batch_size=batch_size,
+                progress=False,
+                decode=decode,
+            )
             ok.append(p)
         except Exception as exc:  # noqa: BLE001 -- recorded in the row
             out[str(p)] = {"error": one_line(exc)}  # type: ignore[dict-item]
     if ok:
-        rep = bench(ok, runs=runs, warmup=5, rounds=rounds, data=data, batch_size=batch_size, progress=False)
+        rep = bench(ok, runs=runs, warmup=5, rounds=rounds, data=data, batch_size=batch_size, progress=False,
+                    decode=decode)  # fmt: skip
         for m in rep.models:
             out[m.model] = {"create_s": m.create_s, "p50_ms": m.p50_ms, "peak_rss_bytes": m.peak_rss_bytes}
     return out

@@ -21,35 +21,63 @@ def _is_container(path: str | os.PathLike[str]) -> bool:
     return str(path).lower().endswith(".onnxc") or is_container_file(path)
 
 
+DECODE_MODES = ("host", "onnxruntime")
+
+
 def load(
     path: str | os.PathLike[str],
     providers: Any = None,
     *,
+    decode: str = "host",
     cache_dir: str | os.PathLike[str] | None = None,
     **session_options: Any,
 ) -> ort.InferenceSession:
     """An ``InferenceSession`` for a ``.onnx`` model or an ``.onnxc`` container.
+
+    ``decode="host"`` (default) rebuilds the compressed weights with numpy before onnxruntime sees
+    the model (:mod:`onnxcompress.passes.host_decode`): the same weights bit for bit, in a fraction
+    of the time and memory onnxruntime's constant folding needs. ``decode="onnxruntime"`` loads
+    the model as a stock ``InferenceSession`` would. A model without decode nodes is handed to
+    onnxruntime as a path either way.
 
     ``cache_dir`` keeps a *decoded cache*: the first load decodes the weights (onnxruntime folds
     the decode functions) and saves onnxruntime's optimized model there; later loads of the same
     file with the same onnxruntime read that instead and skip the decode entirely. Extra keyword
     arguments go to ``make_session`` (``threads``, ``optimization_level``...).
     """
+    from onnxcompress.errors import ConfigError
     from onnxcompress.sessions import make_session
 
+    if decode not in DECODE_MODES:
+        raise ConfigError(f"unknown decode mode {decode!r}: use one of {', '.join(DECODE_MODES)}")
     if cache_dir is not None:
         cached = decoded_cache(path, cache_dir)
         return make_session(cached, providers=providers, **session_options)
+    folder = os.path.dirname(os.path.abspath(path))
+    container = _is_container(path)
+    if decode == "host":
+        from onnxcompress.passes.host_decode import decode_on_host, has_decode_nodes
 
-    if _is_container(path) and not str(path).lower().endswith(".onnxc"):
+        if container or has_decode_nodes(_graph_only(path)):
+            decoded = decode_on_host(load_model(path))
+            return make_session(
+                decoded.model,
+                providers=providers,
+                external_data_dir=folder,
+                external_initializers=decoded.arrays,
+                **session_options,
+            )
+    if container and not str(path).lower().endswith(".onnxc"):
         model: Any = load_model(path)  # a container under another extension: expand it here
-        return make_session(
-            model,
-            providers=providers,
-            external_data_dir=os.path.dirname(os.path.abspath(path)),
-            **session_options,
-        )
+        return make_session(model, providers=providers, external_data_dir=folder, **session_options)
     return make_session(path, providers=providers, **session_options)
+
+
+def _graph_only(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """The model without its external data (enough to see whether it has decode nodes)."""
+    from onnxcompress.model_io import load_model as _load
+
+    return _load(path, load_external=False)
 
 
 def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:

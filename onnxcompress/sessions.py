@@ -30,6 +30,10 @@ wrong in ways that are easy to miss:
   falls back to CPU *silently* when, e.g., the CUDA libraries fail to load: after creation we
   compare ``session.get_providers()`` with the request and apply the same rule. Callers report
   ``session.get_providers()`` (what actually ran), never the request.
+* **Host-decoded weights.** ``onnxcompress.load`` decodes the weights in numpy
+  (:mod:`onnxcompress.passes.host_decode`) and passes them as ``external_initializers``: they
+  reach ORT through ``SessionOptions.add_external_initializers`` (in place, no protobuf copy),
+  so ORT has nothing left to fold.
 * **Errors.** Any ORT load failure becomes one ``InvalidModelError`` line naming the model.
 
 Log severity defaults to errors only: ORT's warnings (e.g. about serializing optimized models) are
@@ -47,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from onnxcompress.errors import ConfigError, ContainerError, InvalidModelError
 
 if TYPE_CHECKING:  # onnx / onnxruntime are imported lazily: `onnxcompress --help` stays fast
+    import numpy as np
     import onnx
     import onnxruntime as ort
 
@@ -278,6 +283,7 @@ def make_session(
     optimized_model_path: str | os.PathLike[str] | None = None,
     log_severity: int = 3,
     config: Mapping[str, str] | None = None,
+    external_initializers: Mapping[str, np.ndarray] | None = None,
 ) -> ort.InferenceSession:
     """Create an ``InferenceSession`` configured for compressed models.
 
@@ -285,7 +291,9 @@ def make_session(
     serialized bytes, or an ``onnx.ModelProto``. ``providers`` accepts short names (``"cuda"``);
     default CPU only. ``threads`` sets intra-op threads (inter-op 1). ``folding_limit_bytes=None``
     keeps ORT's 1 GiB default. ``optimized_model_path`` saves ORT's optimized (decoded) model, a
-    fast-loading cache. ``config`` adds raw session config entries.
+    fast-loading cache. ``config`` adds raw session config entries. ``external_initializers``
+    supplies the data of placeholder initializers from memory (host-decoded weights, see
+    :mod:`onnxcompress.passes.host_decode`); the session keeps the arrays alive.
 
     Raises ``InvalidModelError`` (load failure, one line), ``ConfigError`` (unknown or unavailable
     provider, bad option), ``ContainerError`` (``.onnxc`` without container support).
@@ -326,12 +334,31 @@ def make_session(
             log_severity=log_severity,
             config=config,
         )
+        kept: list[Any] = []
+        if external_initializers:
+            import numpy as np
+
+            ort = _ort()
+            names = list(external_initializers)
+            kept = [_ortvalue(ort, np.ascontiguousarray(external_initializers[n])) for n in names]
+            so.add_external_initializers(names, kept)
         session = _create(model_arg, so, resolved, label)
+        if kept:  # onnxruntime reads these buffers in place: they must live as long as the session
+            session._onnxcompress_external_initializers = kept
     finally:
         if tmp is not None:  # ORT has read the weights into memory: the temporary copy can go
             tmp.cleanup()
     _check_providers_ran(session, resolved, allow_fallback)
     return session
+
+
+def _ortvalue(ort: Any, arr: np.ndarray) -> Any:
+    """An OrtValue over ``arr``'s memory; numpy has no bfloat16, so ml_dtypes arrays go by bits."""
+    if arr.dtype.name == "bfloat16":
+        import onnx
+
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(arr.view("uint16"), onnx.TensorProto.BFLOAT16)
+    return ort.OrtValue.ortvalue_from_numpy(arr)
 
 
 def _check_providers_ran(session, requested, allow_fallback: bool) -> None:

@@ -106,3 +106,20 @@ def test_worker_peak_rss_is_its_own_not_the_parents():
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     )
     assert 0 < child < ballast.nbytes
+
+
+def test_bench_host_decode_of_a_compressed_model(two_models, tmp_path, capsys):
+    """--decode host measures the onnxcompress.load path; its output is the table's footer."""
+    from onnxcompress.cli import main
+
+    a, _ = two_models
+    c = tmp_path / "c.onnx"
+    assert main(["compress", str(a), "-o", str(c), "--bits", "4", "--min-elements", "16", "--quiet"]) == 0
+    report = bench([a, c], runs=2, warmup=0, rounds=1, progress=False, decode="host")
+    assert report.config["decode"] == "host" and all(m.p50_ms > 0 for m in report.models)
+    assert "decode by host" in render_bench_table(report)
+    with pytest.raises(ConfigError, match="decode mode"):
+        bench([a], decode="numpy", progress=False)
+    capsys.readouterr()
+    assert main(["bench", str(c), "--runs", "2", "--rounds", "1", "--decode", "host", "-q"]) == 0
+    assert "decode by host" in capsys.readouterr().out

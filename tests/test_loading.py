@@ -52,3 +52,49 @@ def test_decoded_cache_of_a_container(tmp_path):
     write_container(onnx.load(_compressed(tmp_path)), container)
     out = oc.load(container, cache_dir=tmp_path / "cache").run(None, X)[0]
     np.testing.assert_array_equal(out, oc.load(container).run(None, X)[0])
+
+
+def test_host_and_onnxruntime_decode_agree_for_onnx_and_container(tmp_path):
+    """load()'s default numpy decode gives the exact outputs of onnxruntime's own folding."""
+    model = _compressed(tmp_path)
+    container = tmp_path / "c.onnxc"
+    write_container(onnx.load(model), container)
+    ref = oc.load(model, decode="onnxruntime").run(None, X)[0]
+    for path in (model, container):
+        session = oc.load(path)  # decode="host"
+        np.testing.assert_array_equal(session.run(None, X)[0], ref)
+        assert session._onnxcompress_external_initializers  # decoded weights came from numpy
+
+
+def test_uncompressed_model_is_loaded_from_its_path(tmp_path, monkeypatch):
+    import onnxcompress.passes.host_decode as hd
+
+    monkeypatch.setattr(hd, "decode_on_host", lambda m: (_ for _ in ()).throw(AssertionError("decoded")))
+    out = oc.load(LENET).run(None, X)[0]
+    assert out.shape == (4, 10)
+
+
+def test_bad_decode_mode():
+    import pytest
+
+    from onnxcompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="decode mode"):
+        oc.load(LENET, decode="gpu")
+
+
+def test_reference_lookups_are_exact_across_chunks(tmp_path, monkeypatch):
+    """The chunked numpy lookups (bounded temporaries) give the same weights at any chunk size."""
+    from onnxcompress.ops import reference
+    from onnxcompress.passes.host_decode import decode_on_host
+
+    for preset in ("small", "safe", "deep-compression"):
+        path = tmp_path / f"{preset}.onnx"
+        oc.compress(LENET, path, oc.preset(preset))
+        want = decode_on_host(onnx.load(path)).arrays
+        monkeypatch.setattr(reference, "CHUNK", 7)
+        got = decode_on_host(onnx.load(path)).arrays
+        monkeypatch.setattr(reference, "CHUNK", 1 << 20)
+        assert set(got) == set(want)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])

@@ -11,6 +11,9 @@ import numpy as np
 
 from onnxcompress.errors import EncodingError
 
+# codes per chunk in decompress (a multiple of 8, so every chunk starts on a byte boundary)
+_DECOMPRESS_CHUNK_CODES = 1 << 20
+
 
 def packed_size(count: int, bits: int) -> int:
     """Bytes a stream of ``count`` codes of ``bits`` bits occupies."""
@@ -43,6 +46,13 @@ def decompress(stream: np.ndarray, bits: int, count: int) -> np.ndarray:
         )
     if bits == 8:
         return stream[:count].copy()
-    bitmat = np.unpackbits(stream, bitorder="little").reshape(-1, bits)
     weights = (1 << np.arange(bits)).astype(np.uint8)
-    return (bitmat @ weights).astype(np.uint8)[:count]
+    out = np.empty(count, dtype=np.uint8)
+    # 8 codes fill `bits` whole bytes: chunks of whole groups keep the bit matrix (8x the stream) small
+    step = _DECOMPRESS_CHUNK_CODES
+    for a in range(0, count, step):
+        b = min(a + step, count)
+        chunk = stream[a * bits // 8 : (b + 7) // 8 * bits]
+        bitmat = np.unpackbits(chunk, bitorder="little").reshape(-1, bits)
+        out[a:b] = (bitmat @ weights)[: b - a]
+    return out

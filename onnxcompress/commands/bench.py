@@ -57,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--opt-level", choices=OPTIMIZATION_LEVELS, default="all", help="graph optimization level"
     )
+    parser.add_argument(
+        "--decode",
+        choices=("onnxruntime", "host"),
+        default="onnxruntime",
+        help="how compressed weights are rebuilt at load: onnxruntime (a stock InferenceSession folds the "
+        "decode functions; default) or host (numpy first, as onnxcompress.load does)",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
@@ -78,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         optimization_level=args.opt_level,
         allow_fallback=args.allow_fallback,
         progress=not args.quiet,
+        decode=args.decode,
     )
     print(render_bench_table(report))
     if args.json:

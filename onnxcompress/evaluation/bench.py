@@ -10,7 +10,8 @@ included, identical for all models, so compare differences). Models alternate ov
 over rounds plus the spread (min, max, IQR) of the per-round p50 latency.
 
 Per round: ``create_s`` is the ``InferenceSession`` creation time (which includes constant-folding
-the decode functions of a compressed model, and for ``.onnxc`` the container's entropy decode),
+the decode functions of a compressed model, or with ``decode="host"`` the numpy decode of
+``onnxcompress.load``, and for ``.onnxc`` the container's entropy decode),
 ``first_run_s`` the first ``run``, then ``warmup``
 untimed runs and ``runs`` timed runs give p50/p90/p99 latency. Throughput is
 ``batch_size / p50`` samples/s. Inputs are synthetic from the input spec (same seed for every
@@ -238,14 +239,19 @@ def measure(config: Mapping[str, Any]) -> dict[str, Any]:
     from onnxcompress.evaluation.data import input_specs, open_data
     from onnxcompress.sessions import make_session
 
+    options = {
+        "providers": config.get("providers"),
+        "threads": config.get("threads"),
+        "optimization_level": config.get("optimization_level", "all"),
+        "allow_fallback": config.get("allow_fallback", False),
+    }
     t0 = time.perf_counter()
-    session = make_session(
-        config["model"],
-        providers=config.get("providers"),
-        threads=config.get("threads"),
-        optimization_level=config.get("optimization_level", "all"),
-        allow_fallback=config.get("allow_fallback", False),
-    )
+    if config.get("decode", "onnxruntime") == "host":
+        from onnxcompress.loading import load
+
+        session = load(config["model"], decode="host", **options)
+    else:
+        session = make_session(config["model"], **options)
     create_s = time.perf_counter() - t0
     specs = input_specs(session)
     shapes = {k: tuple(v) for k, v in (config.get("shapes") or {}).items()}
@@ -352,9 +358,19 @@ def bench(
     allow_fallback: bool = False,
     seed: int = 0,
     progress: bool = True,
+    decode: str = "onnxruntime",
 ) -> BenchReport:
-    """Benchmark ``models`` (paths), each measurement in a fresh subprocess; see the module docstring."""
+    """Benchmark ``models`` (paths), each measurement in a fresh subprocess; see the module docstring.
+
+    ``decode="onnxruntime"`` loads compressed models as a stock ``InferenceSession`` does (the
+    decode functions are constant-folded by onnxruntime); ``"host"`` as ``onnxcompress.load`` does
+    (weights decoded in numpy first).
+    """
+    from onnxcompress.loading import DECODE_MODES
     from onnxcompress.sessions import OPTIMIZATION_LEVELS, resolve_providers
+
+    if decode not in DECODE_MODES:
+        raise ConfigError(f"unknown decode mode {decode!r}: use one of {', '.join(DECODE_MODES)}")
 
     if not models:
         raise ConfigError("bench needs at least one model")
@@ -381,6 +397,7 @@ def bench(
         "int_range": {k: list(v) for k, v in (int_range or {}).items()},
         "data": str(data) if data is not None else None,
         "seed": seed,
+        "decode": decode,
     }
     per_model: list[list[dict[str, Any]]] = [[] for _ in models]
     show = progress and sys.stderr.isatty()
@@ -473,7 +490,8 @@ def render_bench_table(report: BenchReport) -> str:
     foot = (
         f"providers: {' | '.join(sorted(provs))}; batch {report.models[0].batch_size}; {cfg.get('runs')} runs after "
         f"{cfg.get('warmup')} warm-up, median of {cfg.get('rounds')} rounds, each in a fresh process; "
-        f"threads {cfg.get('threads') or 'default'}; opt level {cfg.get('optimization_level')}"
+        f"threads {cfg.get('threads') or 'default'}; opt level {cfg.get('optimization_level')}; "
+        f"decode by {cfg.get('decode', 'onnxruntime')}"
     )
     return format_table(header, rows) + "\n" + foot
 

@@ -17,13 +17,28 @@ def _np_type(to: int) -> np.dtype:
     return helper.tensor_dtype_to_np_dtype(to)
 
 
-def segment_ids(segments: np.ndarray, size: int) -> np.ndarray:
-    seg = np.asarray(segments, dtype=np.int64)
-    return np.repeat(np.arange(seg.size - 1), np.diff(seg))[:size]
+# positions per chunk in the lookups: bounds the index temporaries on groups of 10^7+ weights
+CHUNK = 1 << 20
 
 
-def _lookup(codebook: np.ndarray, seg: np.ndarray, codes: np.ndarray, to: int) -> np.ndarray:
-    return codebook[seg, codes].astype(_np_type(to))
+def _lookup(
+    codebook: np.ndarray, segments: np.ndarray, pos: np.ndarray | None, codes: np.ndarray, to: int
+) -> np.ndarray:
+    """``codebook[seg(pos[i]), codes[i]]`` cast to ``to`` (``pos`` None: every position in order).
+
+    Chunked, so the temporaries (segment ids, flat indices) stay a few MB however large the group:
+    ``onnxcompress.load`` decodes whole models with these functions.
+    """
+    seg_bounds = np.asarray(segments, dtype=np.int64)
+    k = codebook.shape[1]
+    flat = np.asarray(codebook).reshape(-1)
+    out = np.empty(codes.size, dtype=_np_type(to))
+    for a in range(0, codes.size, CHUNK):
+        b = min(a + CHUNK, codes.size)
+        p = np.arange(a, b, dtype=np.int64) if pos is None else pos[a:b]
+        seg = np.searchsorted(seg_bounds, p, side="right") - 1
+        out[a:b] = flat[seg * k + codes[a:b]]
+    return out
 
 
 def _scatter(size: int, pos: np.ndarray, values: np.ndarray, to: int) -> np.ndarray:
@@ -34,7 +49,7 @@ def _scatter(size: int, pos: np.ndarray, values: np.ndarray, to: int) -> np.ndar
 
 def codebook_dense(codes, codebook, segments, *, bits: int, size: int, to: int) -> np.ndarray:
     c = bitpack.decompress(codes, bits, size)
-    return _lookup(codebook, segment_ids(segments, size), c, to)
+    return _lookup(codebook, segments, None, c, to)
 
 
 def codebook_relative(
@@ -43,13 +58,13 @@ def codebook_relative(
     pos, real = decode_relative(bitpack.decompress(gaps, gap_bits, entries), gap_bits)
     pos = pos[real]
     c = bitpack.decompress(codes, bits, kept)
-    return _scatter(size, pos, _lookup(codebook, segment_ids(segments, size)[pos], c, to), to)
+    return _scatter(size, pos, _lookup(codebook, segments, pos, c, to), to)
 
 
 def codebook_mask(codes, mask, codebook, segments, *, bits, entries, size, to) -> np.ndarray:
     pos = decode_mask(bitpack.decompress(mask, 1, size))
     c = bitpack.decompress(codes, bits, entries)
-    return _scatter(size, pos, _lookup(codebook, segment_ids(segments, size)[pos], c, to), to)
+    return _scatter(size, pos, _lookup(codebook, segments, pos, c, to), to)
 
 
 def sparse_relative(values, gaps, *, gap_bits, entries, kept, size, to) -> np.ndarray:
