@@ -40,8 +40,8 @@ def load(
     the model as a stock ``InferenceSession`` would. A model without decode nodes is handed to
     onnxruntime as a path either way.
 
-    ``cache_dir`` keeps a *decoded cache*: the first load decodes the weights (onnxruntime folds
-    the decode functions) and saves onnxruntime's optimized model there; later loads of the same
+    ``cache_dir`` keeps a *decoded cache*: the first load decodes the weights (in numpy) and saves
+    onnxruntime's optimized model there; later loads of the same
     file with the same onnxruntime read that instead and skip the decode entirely. Extra keyword
     arguments go to ``make_session`` (``threads``, ``optimization_level``...).
     """
@@ -95,7 +95,8 @@ def decoded_cache(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str
     """Path of the decoded (constant-folded) form of ``path`` in ``cache_dir``, built if missing.
 
     The key is the file's content hash and the onnxruntime version, so an edited model or an
-    upgraded runtime never reads a stale cache. The optimized model is saved at BASIC level
+    upgraded runtime never reads a stale cache. The weights are decoded on the host (as ``load``
+    does; onnxruntime writes them out with the rest). The optimized model is saved at BASIC level
     (constant folding only: portable across machines, unlike fused kernels) with its weights in
     a ``.data`` file beside it, written into a temporary folder and moved into place atomically.
     """
@@ -123,9 +124,17 @@ def decoded_cache(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str
     data_name = target.name + ".data"
     tmp = Path(tempfile.mkdtemp(prefix=".decode-", dir=cache))
     try:
-        source: Any = load_model(src) if _is_container(src) else src
+        from onnxcompress.passes.host_decode import decode_on_host, has_decode_nodes
+
+        source: Any = src
+        arrays = None
+        if _is_container(src) or has_decode_nodes(_graph_only(src)):
+            decoded = decode_on_host(load_model(src))  # numpy decode: far less time and memory
+            source, arrays = decoded.model, decoded.arrays
         make_session(
             source,
+            external_data_dir=src.parent,
+            external_initializers=arrays,
             optimization_level="basic",
             optimized_model_path=tmp / target.name,
             config={
