@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -203,29 +204,72 @@ def stages(model: onnx.ModelProto, targets: Sequence[Target]) -> list[list[Targe
     return out
 
 
+def _copy_fields(dst: Any, src: Any, skip: set[str]) -> None:
+    """Copy the set fields of protobuf message ``src`` into ``dst``, except those named in ``skip``."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        if hasattr(value, "extend"):  # a repeated field
+            getattr(dst, fd.name).extend(value)
+        elif hasattr(value, "CopyFrom"):  # a message
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+#: Initializers up to this many elements are kept for type inference (shape constants may matter);
+#: larger ones become typed graph inputs, so inference never copies the weights.
+_INFER_KEEP_ELEMENTS = 1024
+
+
+def infer_value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Value infos (graph inputs included) from shape inference of ``model``; best effort: ``{}``
+    when inference fails.
+
+    Inference runs on a copy in which every large initializer is a graph input of the same type and
+    shape: ``onnx.shape_inference`` would otherwise serialize the whole model and parse it back
+    (three copies of the weights at once). Element types never depend on tensor values, so what the
+    callers read (the element type, and whether a value is a tensor at all) is the same.
+    """
+    g = model.graph
+    light = onnx.ModelProto()
+    _copy_fields(light, model, {"graph"})
+    _copy_fields(light.graph, g, {"initializer"})
+    listed = {i.name for i in g.input}
+    for t in g.initializer:
+        if int(np.prod(t.dims, dtype=np.int64)) <= _INFER_KEEP_ELEMENTS:
+            light.graph.initializer.append(t)
+        elif t.name not in listed:
+            light.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False)
+    except Exception:  # inference is best effort
+        return {}
+    return {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+
+
 def probe_model(
     model: onnx.ModelProto, outputs: Sequence[str], index_outputs: Iterable[str] = ()
 ) -> onnx.ModelProto:
-    """A copy of ``model`` whose only outputs are ``outputs``, without the nodes they do not need."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
+    """A copy of ``model`` whose only outputs are ``outputs``, without the nodes they do not need
+    (and without the initializers those nodes do not read: they are never copied)."""
+    g0 = model.graph
     types: dict[str, onnx.ValueInfoProto] = {
-        v.name: v for v in list(g.value_info) + list(g.output) + list(g.input)
+        v.name: v for v in list(g0.value_info) + list(g0.output) + list(g0.input)
     }
     needed = set(outputs)
     keep: list[onnx.NodeProto] = []
-    for node in reversed(list(g.node)):
+    for node in reversed(list(g0.node)):
         if any(o in needed for o in node.output):
             keep.append(node)
             needed |= _node_inputs(node)
     keep.reverse()
-    del g.node[:]
+    m = onnx.ModelProto()
+    _copy_fields(m, model, {"graph"})
+    g = m.graph
+    _copy_fields(g, g0, {"node", "initializer", "output", "value_info"})
     g.node.extend(keep)
-    used_inits = [t for t in g.initializer if t.name in needed]
-    del g.initializer[:]
-    g.initializer.extend(used_inits)
-    del g.output[:]
+    g.initializer.extend(t for t in g0.initializer if t.name in needed)
     for name in outputs:
         if name in types and types[name].type.HasField("tensor_type"):
             vi = onnx.ValueInfoProto()
@@ -233,7 +277,6 @@ def probe_model(
             g.output.append(vi)
         else:
             g.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None))
-    del g.value_info[:]
     _fill_output_types(m, model, set(index_outputs))
     return m
 
@@ -243,14 +286,7 @@ def _fill_output_types(model: onnx.ModelProto, source: onnx.ModelProto, index_ou
     for embedding indices, float for activations when inference cannot tell)."""
     if all(o.type.tensor_type.elem_type for o in model.graph.output):
         return
-    try:
-        inferred = onnx.shape_inference.infer_shapes(source, strict_mode=False)
-        types = {
-            v.name: v.type.tensor_type.elem_type
-            for v in list(inferred.graph.value_info) + list(inferred.graph.input)
-        }
-    except Exception:  # inference is best effort; the fallback below is right for activations
-        types = {}
+    types = {v.name: v.type.tensor_type.elem_type for v in infer_value_types(source).values()}
     for o in model.graph.output:
         if not o.type.tensor_type.elem_type:
             default = onnx.TensorProto.INT64 if o.name in index_outputs else onnx.TensorProto.FLOAT

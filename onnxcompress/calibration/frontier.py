@@ -25,6 +25,12 @@ Constants. Tensors computed from initializers alone (``Constant`` nodes, ``Shape
 dynamic...) are never cached: their nodes are rerun from the current weights in every run that
 needs them, so a weight stored as a ``Constant`` is always seen with its current value.
 
+Weights. The compressed weights of earlier stages reach the runs either written into ``model``
+(:func:`~.capture.set_tensor`) or through :meth:`FrontierCapture.update`, which keeps them beside an
+untouched ``model``: no second copy of the model is needed, and a value is dropped as soon as no
+later run can read it (its readers all sit before the next run's start), so only the last few
+stages' weights are held.
+
 Memory. A frontier is one dict per batch. Entries stay in RAM while all kept frontiers together
 stay under :data:`FRONTIER_RAM_BYTES`; beyond that they are written to a temporary folder (``.npy``
 files, read back memory-mapped), removed when the capture closes, also on error.
@@ -44,8 +50,18 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from onnxcompress.calibration.capture import LayerStats, Target, _node_inputs, accumulate, finish, new_stats
+from onnxcompress.calibration.capture import (
+    LayerStats,
+    Target,
+    _node_inputs,
+    _np_dtype,
+    accumulate,
+    finish,
+    infer_value_types,
+    new_stats,
+)
 from onnxcompress.errors import DataError
 
 #: RAM for all cached frontier batches together (bytes); beyond it batches are spilled to disk.
@@ -79,9 +95,9 @@ class FrontierCapture:
     """Stage-by-stage statistics of ``groups`` (from :func:`~.capture.stages`) for sequential mode.
 
     Call :meth:`capture` with ``s = 0, 1, 2, ...`` in order, each time after the decoded weights
-    (and corrected biases) of the stages before ``s`` were written into ``model``; :meth:`close`
-    (or ``with``) removes spilled files. ``nodes_run`` counts the nodes of the sessions built
-    (nodes executed per batch, summed over runs).
+    (and corrected biases) of the stages before ``s`` were written into ``model`` or given to
+    :meth:`update`; :meth:`close` (or ``with``) removes spilled files. ``nodes_run`` counts the
+    nodes of the sessions built (nodes executed per batch, summed over runs).
     """
 
     def __init__(
@@ -104,6 +120,8 @@ class FrontierCapture:
         self._dir: str | None = None
         self._files = 0
         self._inferred: dict[str, onnx.ValueInfoProto] | None = None
+        self._values: dict[str, np.ndarray] = {}  # new values of initializers / Constants (update)
+        self._dropped: set[str] = set()  # update()d values no later run reads, already released
         self._analyse()
 
     # ------------------------------------------------------------------------------------ analysis
@@ -126,6 +144,13 @@ class FrontierCapture:
                 if o:
                     producer[o] = i
         self.static_names = static
+        # the last node reading each name (static readers can join any run: they count as n)
+        self.last_reader: dict[str, int] = {}
+        for i in range(n):
+            at = n if self.static[i] else i
+            for x in self.node_inputs[i]:
+                if self.last_reader.get(x, -1) < at:
+                    self.last_reader[x] = at
 
         def dynamic_index(name: str) -> int:
             """Index of the node making a non-constant tensor; -1 for graph inputs and constants."""
@@ -181,16 +206,41 @@ class FrontierCapture:
         return {v.name: v for v in list(g.value_info) + list(g.output) + list(g.input)}
 
     def _inferred_types(self) -> dict[str, onnx.ValueInfoProto]:
-        """Value infos from shape inference of the whole model (once; best effort)."""
+        """Value infos from shape inference of the whole model (once; best effort; without copying
+        the weights, see :func:`~.capture.infer_value_types`)."""
         if self._inferred is None:
-            try:
-                inferred = onnx.shape_inference.infer_shapes(self.model, strict_mode=False)
-                self._inferred = {
-                    v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input)
-                }
-            except Exception:  # inference is best effort, like probe_model's
-                self._inferred = {}
+            self._inferred = infer_value_types(self.model)
         return self._inferred
+
+    # ------------------------------------------------------------------------------------ weights
+
+    def _start(self, s: int) -> int:
+        """Index of the first node run ``s`` may run (constant nodes aside)."""
+        return self.cuts[s - 2] if s >= 2 else 0
+
+    def update(self, name: str, value: np.ndarray) -> None:
+        """Use ``value`` for the initializer (or ``Constant``) ``name`` in every later run, instead of
+        the one in ``model`` (which stays untouched). Kept only while a later run can read it."""
+        if self._next >= len(self.groups):  # no run left
+            return
+        self._values[name] = value
+        self._dropped.discard(name)
+
+    def _drop_unread(self, s: int) -> None:
+        """Release the updated values that no run from ``s`` on can read."""
+        start = self._start(s)
+        for name in [x for x in self._values if self.last_reader.get(x, -1) < start]:
+            del self._values[name]
+            self._dropped.add(name)
+
+    def _tensor(self, name: str, proto: onnx.TensorProto) -> onnx.TensorProto:
+        """``proto`` (an initializer or a Constant's value), or its updated value."""
+        if name in self._dropped:  # cannot happen (see _drop_unread); never run on a stale weight
+            raise FrontierUnsupported(f"{name!r} is read after its updated value was released")
+        value = self._values.get(name)
+        if value is None:
+            return proto
+        return numpy_helper.from_array(np.asarray(value, dtype=_np_dtype(proto)), name)
 
     def _check_types(self, names: set[str]) -> None:
         types = self._types()
@@ -227,6 +277,9 @@ class FrontierCapture:
             keep.append(i)
             needed |= self.node_inputs[i]
         keep.reverse()
+        kept_nodes = [nodes[i] for i in keep]
+        if self._values or self._dropped:
+            kept_nodes = [self._constant(nd) for nd in kept_nodes]
         originals = {v.name: v for v in g.input}
         in_vis = []
         for name, dtype in inputs.items():
@@ -240,7 +293,7 @@ class FrontierCapture:
             except Exception as exc:
                 raise FrontierUnsupported(f"frontier tensor {name!r} has dtype {dtype}") from exc
             in_vis.append(onnx.helper.make_tensor_value_info(name, elem, None))
-        inits = [t for t in g.initializer if t.name in needed]
+        inits = [self._tensor(t.name, t) for t in g.initializer if t.name in needed]
         # initializers listed as graph inputs too (required before IR version 4) stay listed
         in_vis += [originals[t.name] for t in inits if t.name in originals and t.name not in inputs]
         types = self._types()
@@ -258,7 +311,7 @@ class FrontierCapture:
             default = onnx.TensorProto.INT64 if name in index_outputs else onnx.TensorProto.FLOAT
             out_vis.append(onnx.helper.make_tensor_value_info(name, elem or default, None))
         graph = onnx.helper.make_graph(
-            [nodes[i] for i in keep],
+            kept_nodes,
             g.name or "frontier",
             in_vis,
             out_vis,
@@ -271,6 +324,18 @@ class FrontierCapture:
         m.functions.extend(self.model.functions)
         return m
 
+    def _constant(self, node: onnx.NodeProto) -> onnx.NodeProto:
+        """``node``, or a copy with its updated value when it is a ``Constant`` that was updated."""
+        name = node.output[0] if node.op_type == "Constant" and node.output else None
+        if name is None or (name not in self._values and name not in self._dropped):
+            return node
+        out = onnx.NodeProto()
+        out.CopyFrom(node)
+        for a in out.attribute:
+            if a.name == "value":
+                a.t.CopyFrom(self._tensor(name, a.t))
+        return out
+
     # ------------------------------------------------------------------------------------ runs
 
     def capture(self, s: int) -> dict[str, LayerStats]:
@@ -279,9 +344,10 @@ class FrontierCapture:
 
         if s != self._next:
             raise ValueError(f"stages must be captured in order: expected {self._next}, got {s}")
+        self._drop_unread(s)
         stage = self.groups[s]
         acts = list(dict.fromkeys(t.act for t in stage))
-        start = self.cuts[s - 2] if s >= 2 else 0
+        start = self._start(s)
         in_names = self.frontiers[s - 2] if s >= 2 else self.graph_inputs
         in_set = set(in_names)
         keep = self.frontiers[s - 1] if 1 <= s <= len(self.groups) - 2 else []
@@ -385,8 +451,9 @@ class FrontierCapture:
         entries.clear()
 
     def close(self) -> None:
-        """Drop the kept frontier and remove the spill folder."""
+        """Drop the kept frontier and the updated weights, and remove the spill folder."""
         self._release(self._entries)
+        self._values.clear()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

@@ -17,6 +17,13 @@ place (biases are never compressed), so compress the same ModelProto afterwards.
 Per weight the report gives the relative output error ``sqrt(tr(dW H dW^T) / tr(W H W^T))`` of the
 plain algorithm and of the calibrated one, both on the same ``H`` (in sequential mode, the ``H`` of
 inputs produced by the already-compressed earlier layers).
+
+Memory. Besides ``model`` itself, a run holds one weight's working arrays at a time (its ``H`` and
+float64 views), the frontier cache, the compressed values of the last few stages (which later
+stages must see; the frontier capture releases them when no later run reads them), and per
+calibrated weight a :class:`CalibratedEncoding`: uint8 codes, about one byte per weight. The
+encoding and the decoded array are rebuilt from it when ``compress_model`` asks for them. No copy
+of the model is made unless the capture falls back to rerunning the graph prefix.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +69,73 @@ from onnxcompress.inventory import WeightInfo, build_inventory
 from onnxcompress.progress import track
 
 
+@dataclass(frozen=True, eq=False)
+class CalibratedEncoding:
+    """What calibration keeps of one calibrated weight: enough to rebuild its encoding and decoded
+    array bit for bit, in about a byte per weight.
+
+    Keeping the :class:`EncodedWeight` and the decoded array instead costs 4 bytes per weight for the
+    decoded float32 array plus 8 per *kept* weight for the int64 positions of a pruned encoding:
+    over twice the model's own size for the whole run. A codebook weight keeps its
+    :class:`~onnxcompress.algorithms.codebook.CodebookTensor` (uint8 codes); a pruned-only weight keeps
+    its decoded array and its mask as bits.
+    """
+
+    name: str
+    axis: int
+    encoding: str
+    gap_bits: int | None
+    table: Any = None  # CodebookTensor (codebook methods)
+    dense: np.ndarray | None = None  # pruned-only: the decoded weight, in its own dtype
+    keep_bits: np.ndarray | None = None  # pruned-only: np.packbits of the channel-major keep mask
+
+    def decoded(self) -> np.ndarray:
+        """The decoded weight (original layout and dtype)."""
+        if self.table is not None:
+            from onnxcompress.algorithms.codebook import decompress
+
+            return decompress(self.table)
+        assert self.dense is not None
+        return self.dense
+
+    def build(self) -> tuple[EncodedWeight, np.ndarray]:
+        """``(encoding, decoded array)``, as ``compress_model``'s weight hook returns them."""
+        if self.table is not None:
+            enc = encode_codebook(self.name, self.table, encoding=self.encoding, gap_bits=self.gap_bits)
+            return enc, self.decoded()
+        assert self.dense is not None and self.keep_bits is not None
+        moved = np.ascontiguousarray(np.moveaxis(self.dense, self.axis, 0))
+        keep = np.unpackbits(self.keep_bits, count=moved.size).view(bool).reshape(moved.shape)
+        enc = encode_pruned(
+            self.name, pruning.compress(moved, keep), self.axis, shape=tuple(self.dense.shape),
+            encoding=self.encoding, gap_bits=self.gap_bits,
+        )  # fmt: skip
+        return enc, self.dense
+
+
+class CalibratedEncodings(Mapping[str, tuple[EncodedWeight, np.ndarray]]):
+    """``name -> (EncodedWeight, decoded array)`` of the calibrated weights, rebuilt on every access
+    from the compact :class:`CalibratedEncoding` records (see :meth:`record`)."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, CalibratedEncoding] = {}
+
+    def __getitem__(self, name: str) -> tuple[EncodedWeight, np.ndarray]:
+        return self._records[name].build()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def record(self, name: str) -> CalibratedEncoding:
+        return self._records[name]
+
+    def add(self, rec: CalibratedEncoding) -> None:
+        self._records[rec.name] = rec
+
+
 @dataclass
 class WeightCalibration:
     """One calibrated weight: what was done and the output error it gave."""
@@ -83,7 +157,8 @@ class CalibrationResult:
     """Per-weight calibrated encodings and what calibration measured; ``hook`` feeds compress."""
 
     config: CalibrationConfig
-    encoded: dict[str, tuple[EncodedWeight, np.ndarray]] = field(default_factory=dict)
+    # (encoding, decoded array) per calibrated weight, rebuilt on access from compact records
+    encoded: CalibratedEncodings = field(default_factory=CalibratedEncodings)
     settings: dict[str, WeightConfig] = field(default_factory=dict)
     weights: list[WeightCalibration] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -102,10 +177,9 @@ class CalibrationResult:
     ) -> tuple[EncodedWeight, np.ndarray] | None:
         """``compress_model``'s weight hook: the calibrated encoding, or None (plain algorithm) when
         this weight was not calibrated or is asked for with different settings."""
-        got = self.encoded.get(info.name)
-        if got is None or self.settings.get(info.name) != cfg:
+        if info.name not in self.encoded or self.settings.get(info.name) != cfg:
             return None
-        return got
+        return self.encoded[info.name]
 
     def apply_bias_updates(self, model: onnx.ModelProto) -> int:
         """Write the corrected biases into another copy of the model; returns how many were set."""
@@ -170,8 +244,9 @@ def calibrate_weight(
     *,
     global_t: float | None = None,
     seed: int = 0,
-) -> tuple[EncodedWeight, np.ndarray, np.ndarray, str]:
-    """Calibrated compression of one weight: ``(encoding, decoded array, decoded W2 view, method)``."""
+) -> tuple[CalibratedEncoding, np.ndarray, np.ndarray, str]:
+    """Calibrated compression of one weight: ``(record, decoded array, decoded W2 view, method)``;
+    ``record.build()`` gives the encoding."""
     from onnxcompress.algorithms.codebook import store_dtype
     from onnxcompress.compressor import pruning_mask
 
@@ -183,13 +258,20 @@ def calibrate_weight(
     embedding = stats.kind == "embedding"
     if cfg.prunes:
         if ccfg.prune_method == "obs" and not embedding:
-            work = np.empty_like(w2)
-            keep = np.empty(w2.shape, dtype=bool)
             nm = cfg.pruning == "nm"
             sp = None if nm else _sparsity_for(w, info, cfg, global_t)
-            for sl, h in stats.blocks:
-                kw = {"n": cfg.n, "m": cfg.m} if nm else {"sparsity": sp}
-                work[sl], keep[sl] = obs_prune(w2[sl], h, damp=ccfg.damp, block_size=ccfg.block_size, **kw)
+            kw = {"n": cfg.n, "m": cfg.m} if nm else {"sparsity": sp}
+            if len(stats.blocks) == 1 and stats.blocks[0][0] == slice(0, rows):
+                work, keep = obs_prune(
+                    w2, stats.blocks[0][1], damp=ccfg.damp, block_size=ccfg.block_size, **kw
+                )
+            else:  # one H per group
+                work = np.empty_like(w2)
+                keep = np.empty(w2.shape, dtype=bool)
+                for sl, h in stats.blocks:
+                    work[sl], keep[sl] = obs_prune(
+                        w2[sl], h, damp=ccfg.damp, block_size=ccfg.block_size, **kw
+                    )
             steps.append("obs")
         elif ccfg.prune_method == "obs" and embedding and cfg.pruning in ("magnitude", "global", "std"):
             # diagonal H: the OBS saliency is lookups x w^2
@@ -203,19 +285,18 @@ def calibrate_weight(
             keep = _w2(mask.astype(np.float64), info.axis) > 0
             work = np.where(keep, w2, 0.0)
             steps.append("magnitude")
+    unpruned = work is w2
+    if not unpruned:  # the refit recomputes it: two float64 copies of the weight at a time, not three
+        del w2
     if cfg.method == "prune":
         assert keep is not None
         dec2 = np.where(keep, work, 0.0)
-        moved = np.moveaxis(_from_w2(dec2, info.shape, info.axis, w.dtype), info.axis, 0)
-        p = pruning.compress(
-            np.ascontiguousarray(moved),
-            np.moveaxis(_from_w2(keep, info.shape, info.axis, bool), info.axis, 0),
-        )
-        enc = encode_pruned(
-            info.name, p, info.axis, shape=tuple(w.shape), encoding=cfg.encoding, gap_bits=cfg.gap_bits
-        )
         dec = _from_w2(dec2, info.shape, info.axis, w.dtype)
-        return enc, dec, dec2.astype(np.float64), " + ".join(steps)
+        rec = CalibratedEncoding(
+            info.name, info.axis, cfg.encoding, cfg.gap_bits, dense=dec,
+            keep_bits=np.packbits(keep.reshape(-1)),  # keep is [rows, cols]: the channel-major order
+        )  # fmt: skip
+        return rec, dec, dec2.astype(np.float64), " + ".join(steps)
 
     sdt = store_dtype(w.dtype, cfg.codebook_dtype)
     seg = row_segments(rows, cfg.granularity, cfg.group_size)
@@ -234,29 +315,36 @@ def calibrate_weight(
         steps.append("kmeans")
     book = book.astype(sdt).astype(np.float64)
     if ccfg.quant_method == "gptq" and not embedding:
-        codes = np.empty((rows, cols), dtype=np.int64)
-        for sl, h in stats.blocks:
-            codes[sl] = gptq_codebook(
-                work[sl], h, book, seg[sl], keep=None if kp is None else kp[sl], damp=ccfg.damp,
-                block_size=ccfg.block_size,
-            )  # fmt: skip
+        if len(stats.blocks) == 1 and stats.blocks[0][0] == slice(0, rows):
+            codes = gptq_codebook(
+                work, stats.blocks[0][1], book, seg, keep=kp, damp=ccfg.damp, block_size=ccfg.block_size
+            )
+        else:  # one H per group
+            codes = np.empty((rows, cols), dtype=np.int64)
+            for sl, h in stats.blocks:
+                codes[sl] = gptq_codebook(
+                    work[sl], h, book, seg[sl], keep=None if kp is None else kp[sl], damp=ccfg.damp,
+                    block_size=ccfg.block_size,
+                )  # fmt: skip
         steps[-1] = "gptq"
     else:
         codes = nearest_codes(work, book, seg, kp)
+    del work
     if ccfg.refit and not embedding:
-        book = ls_refit(w2, stats.blocks, codes, book, seg, pruned=pruned, codebook_dtype=str(sdt)).astype(
-            np.float64
-        )
+        target = w2 if unpruned else _w2(w, info.axis)
+        book = ls_refit(target, stats.blocks, codes, book, seg, pruned=pruned, codebook_dtype=str(sdt))
+        book = book.astype(np.float64)
+        del target
         steps.append("refit")
     ct = to_codebook_tensor(
         codes, book, seg, shape=tuple(w.shape), dtype=w.dtype, axis=info.axis, bits=cfg.bits, pruned=pruned,
         codebook_dtype=str(sdt),
     )  # fmt: skip
-    enc = encode_codebook(info.name, ct, encoding=cfg.encoding, gap_bits=cfg.gap_bits)
+    rec = CalibratedEncoding(info.name, info.axis, cfg.encoding, cfg.gap_bits, table=ct)
     dec2 = decode_codes(codes, book, seg)
     if pruned:
         dec2 = np.where(codes == 0, 0.0, dec2)
-    return enc, _from_w2(dec2, info.shape, info.axis, w.dtype), dec2, " + ".join(steps)
+    return rec, _from_w2(dec2, info.shape, info.axis, w.dtype), dec2, " + ".join(steps)
 
 
 def _error(w2: np.ndarray, dec2: np.ndarray, stats: LayerStats) -> float:
@@ -322,6 +410,16 @@ def open_calibration_data(
 
 # ------------------------------------------------------------------------------------------ driver
 
+
+def _compressed_copy(model: onnx.ModelProto, encoded: CalibratedEncodings) -> onnx.ModelProto:
+    """A copy of ``model`` with the weights calibrated so far replaced by their decoded values."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    for name in encoded:
+        set_tensor(work, name, encoded.record(name).decoded())
+    return work
+
+
 #: Sequential mode captures each stage from the activations cached at the previous cut (linear in
 #: depth, see :mod:`.frontier`); False reruns the graph prefix from the model inputs for every stage
 #: (the reference the tests compare against).
@@ -373,7 +471,6 @@ def calibrate(
     if not targets:
         result.seconds = time.perf_counter() - t0
         return result
-    arrays = {t.info.name: get_tensor(model, t.info.name) for t in targets}
     global_t = None
     glob = [info.name for info, c in planned if c.prunes and c.pruning == "global"]
     if glob:
@@ -387,15 +484,17 @@ def calibrate(
     )
     groups = stages(model, targets) if ccfg.sequential else [list(targets)]
     result.stages = len(groups)
-    work = model
-    if ccfg.sequential and len(groups) > 1:
-        work = onnx.ModelProto()
-        work.CopyFrom(model)
+    sequential = ccfg.sequential and len(groups) > 1
+    # Later stages must see the compressed weights of the earlier ones. The frontier capture gets
+    # them through update() and drops them once no later run reads them; ``model`` keeps its
+    # weights (only corrected biases are written into it). The prefix capture reruns a copy of the
+    # model with the compressed weights written in, made only when that capture is used.
+    work: onnx.ModelProto | None = None if sequential else model
     frontier: FrontierCapture | None = None
     result.capture_mode = "prefix"
-    if _FRONTIER_CAPTURE and len(groups) > 1:
+    if _FRONTIER_CAPTURE and sequential:
         try:
-            frontier = FrontierCapture(work, groups, batches, threads=threads)
+            frontier = FrontierCapture(model, groups, batches, threads=threads)
             result.capture_mode = "frontier"
         except FrontierUnsupported as exc:
             result.capture_mode = f"prefix (frontier capture unsupported: {exc})"
@@ -411,6 +510,8 @@ def calibrate(
                     frontier = None
                     result.capture_mode = f"frontier, prefix from stage {si} ({exc})"
             if stats is None:
+                if work is None:
+                    work = _compressed_copy(model, result.encoded)
                 stats = capture(work, stage, batches, threads=threads)
             result.capture_seconds += time.perf_counter() - tc
             for t in stage:
@@ -418,9 +519,9 @@ def calibrate(
                 name = t.info.name
                 cfg = by_cfg[name]
                 lc = ccfg.resolve(name)
-                w = arrays[name]
-                st = stats[name]
-                enc, dec, dec2, method = calibrate_weight(
+                w = get_tensor(model, name)  # model keeps the original weights: one array at a time
+                st = stats.pop(name)  # its H goes with this weight, not with the stage
+                rec, dec, dec2, method = calibrate_weight(
                     w, t.info, cfg, st, lc, global_t=global_t, seed=config.seed
                 )
                 w2 = _w2(w, t.info.axis)
@@ -429,19 +530,23 @@ def calibrate(
                 if baseline:
                     _, plain_dec = compress_weight(w, t.info, cfg, global_t=global_t, seed=config.seed)
                     err_plain = _error(w2, _w2(plain_dec, t.info.axis), st)
+                    del plain_dec
                 corrected = False
                 if lc.bias_correction and t.bias is not None and st.kind != "embedding":
                     b = get_tensor(model, t.bias)
                     shift = bias_shift(w2, dec2, st.means)
                     nb = (b.astype(np.float64).reshape(-1) + shift).astype(b.dtype).reshape(b.shape)
                     set_tensor(model, t.bias, nb)
-                    if work is not model:
+                    if work is not None and work is not model:
                         set_tensor(work, t.bias, nb)
                     result.bias_updates[t.bias] = nb
                     corrected = True
-                if work is not model:
-                    set_tensor(work, name, dec)
-                result.encoded[name] = (enc, dec)
+                if sequential:
+                    if frontier is not None:
+                        frontier.update(name, dec)
+                    if work is not None and work is not model:
+                        set_tensor(work, name, dec)
+                result.encoded.add(rec)
                 result.settings[name] = cfg
                 result.weights.append(
                     WeightCalibration(
@@ -450,6 +555,9 @@ def calibrate(
                         seconds=time.perf_counter() - tw,
                     )
                 )  # fmt: skip
+                # of this weight only its record outlives the loop (and dec, while the frontier needs it)
+                del w, w2, dec, dec2, st
+            del stats
     finally:
         if frontier is not None:
             frontier.close()

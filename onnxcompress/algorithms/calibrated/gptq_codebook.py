@@ -147,17 +147,18 @@ def gptq_codebook(
     every codebook row. ``act_order`` processes columns by decreasing ``diag(H)``, GPTQ's heuristic
     that quantizes the most important inputs while the most freedom to compensate remains.
     """
-    w = np.array(w2, dtype=np.float64, copy=True)
+    w = np.asarray(w2, dtype=np.float64)
     rows, cols = w.shape
     if h.shape != (cols, cols):
         raise ConfigError(f"H must be [{cols}, {cols}], got {h.shape}")
     if keep is not None and np.any(codebook[:, 0] != 0):
         raise ConfigError("with a pruning mask, code 0 of every codebook row must be exactly zero")
     perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(cols)
-    w = w[:, perm]
+    w = w[:, perm]  # a copy (fancy indexing): the caller's w2 is never written
     hp = h[np.ix_(perm, perm)]
     kp = None if keep is None else keep[:, perm]
     u, _ = inverse_cholesky_upper(hp, damp)
+    del hp
     near = _Nearest(codebook, seg_of_row)
     codes = np.zeros((rows, cols), dtype=np.int64)
     for i1 in range(0, cols, block_size):

@@ -204,11 +204,17 @@ def inverse_cholesky_upper(h: np.ndarray, damp: float, *, tries: int = 8) -> tup
     d = float(damp)
     for _ in range(tries):
         try:
+            # each [cols, cols] intermediate is released as soon as the next one exists: two of
+            # them at a time, not five (8 MiB each at 1024 features, 32 MiB at 2048)
             hd = dampen(h, d)
             lower = np.linalg.cholesky(hd)
+            del hd
             linv = np.linalg.inv(lower)
+            del lower
             hinv = linv.T @ linv
+            del linv
             u = np.linalg.cholesky(hinv).T
+            del hinv
             if np.isfinite(u).all():
                 return u, d
         except np.linalg.LinAlgError:
