@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from onnx.external_data_helper import load_external_data_for_model
 
 from onnxcompress import __version__
 from onnxcompress.algorithms import codebook, pruning
@@ -25,6 +26,7 @@ from onnxcompress.encoding import EncodedWeight, build_groups, encode_codebook, 
 from onnxcompress.errors import NoCompressibleWeightsError
 from onnxcompress.inventory import Inventory, WeightInfo, build_inventory, iter_graphs
 from onnxcompress.passes import CheckModelPass, EncodeWeightsPass, PassManager, RaiseVersionsPass
+from onnxcompress.passes.base import Pass, PassResult
 from onnxcompress.progress import track
 
 
@@ -104,22 +106,42 @@ class CompressionReport:
 class CompressionResult:
     model: onnx.ModelProto
     report: CompressionReport
-    decoded: dict[str, np.ndarray]  # what each compressed weight decodes to (numpy reference)
+    decoded: dict[str, np.ndarray]  # what each weight decodes to (numpy reference), if keep_decoded
     container: Any = None  # ContainerStats when written as .onnxc (the entropy-coding staircase)
 
 
-def _arrays(model: onnx.ModelProto, names: set[str]) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
+def _tensors(model: onnx.ModelProto, names: set[str]) -> dict[str, onnx.TensorProto]:
+    """The TensorProto defining each of ``names`` (first definition found, initializers before
+    Constant nodes, main graph first): references, not copies, so that each weight can be read
+    into numpy only while it is being compressed."""
+    out: dict[str, onnx.TensorProto] = {}
     for _, g in iter_graphs(model.graph):
         for t in g.initializer:
             if t.name in names and t.name not in out:
-                out[t.name] = numpy_helper.to_array(t)
+                out[t.name] = t
         for n in g.node:
             if n.op_type == "Constant" and n.output and n.output[0] in names and n.output[0] not in out:
                 for a in n.attribute:
                     if a.name == "value":
-                        out[n.output[0]] = numpy_helper.to_array(a.t)
+                        out[n.output[0]] = a.t
     return out
+
+
+def _read(tensor: onnx.TensorProto, external_dir: str | os.PathLike[str] | None) -> np.ndarray:
+    """A weight as a numpy array. The external data of a model loaded without it is read from its
+    file (``to_array`` leaves the TensorProto as it is), so it never sits in the ModelProto."""
+    return numpy_helper.to_array(tensor, base_dir=str(external_dir) if external_dir is not None else "")
+
+
+def _rel_error(w: np.ndarray, dec: np.ndarray) -> float:
+    """``||w - dec|| / ||w||`` in float64 with one float64 copy of ``w`` (``dec`` is subtracted in
+    place) instead of three temporaries; the same operations in the same order, so the same value."""
+    wf = w.astype(np.float64)
+    denom = float(np.linalg.norm(wf))
+    if not denom > 0:
+        return 0.0
+    np.subtract(wf, dec, out=wf)
+    return float(np.linalg.norm(wf) / denom)
 
 
 def pruning_mask(
@@ -203,11 +225,22 @@ def compress_model(
     *,
     progress: bool = False,
     weight_hook: WeightHook | None = None,
+    keep_decoded: bool = True,
+    external_dir: str | os.PathLike[str] | None = None,
 ) -> CompressionResult:
     """Compress ``model`` in place and return it with its report.
 
     ``weight_hook`` lets calibration-aware methods take over a weight: it returns the encoding
     and decoded array, or None to fall back to the plain algorithm.
+
+    Memory: weights are read from the ModelProto one at a time and released once compressed, so
+    the peak is the model plus its compressed streams plus one weight's working set. The decoded
+    arrays (``result.decoded``, 4 bytes per weight for fp32) are kept only with ``keep_decoded``
+    (tests and verification compare against them); otherwise ``result.decoded`` is empty.
+    ``external_dir``: the folder of a model loaded *without* its external data
+    (``load_model(..., load_external=False)``); weights are then read straight from the data files,
+    so they never sit in the ModelProto, and the data of the tensors left alone is loaded into the
+    model once the compressed weights are gone from it.
     """
     t0 = time.perf_counter()
     config = config or preset("safe")
@@ -219,61 +252,92 @@ def compress_model(
             "no compressible weight found (" + "; ".join(sorted(reasons))[:300] + "); "
             "lower --min-elements or check --exclude and the config"
         )
-    arrays = _arrays(model, {info.name for info, _ in planned})
-    global_weights = [arrays[i.name] for i, c in planned if c.prunes and c.pruning == "global"]
+    tensors = _tensors(model, {info.name for info, _ in planned})
     global_t = None
-    if global_weights:
+    glob = [i.name for i, c in planned if c.prunes and c.pruning == "global"]
+    if glob:
         sparsities = {c.sparsity for i, c in planned if c.prunes and c.pruning == "global"}
-        global_t = pruning.global_threshold(global_weights, max(sparsities))
+        global_t = pruning.global_threshold((_read(tensors[n], external_dir) for n in glob), max(sparsities))
 
     encoded: list[EncodedWeight] = []
     decoded: dict[str, np.ndarray] = {}
     reports: list[WeightReport] = []
     notes: list[str] = []
     for info, cfg in track(planned, "compressing weights", enabled=progress):
-        w = arrays[info.name]
-        out = weight_hook(w, info, cfg) if weight_hook is not None else None
-        enc, dec = (
-            out if out is not None else compress_weight(w, info, cfg, global_t=global_t, seed=config.seed)
+        out = _compress_one(
+            _read(tensors[info.name], external_dir), info, cfg, weight_hook, global_t, config.seed
         )
-        before = w.nbytes
-        if enc.nbytes >= before:
-            skipped.append(
-                (info.name, f"compressed form ({enc.nbytes} B) would not be smaller than {before} B")
-            )
+        if isinstance(out, str):
+            skipped.append((info.name, out))
             continue
+        enc, dec, report = out
         encoded.append(enc)
-        decoded[info.name] = dec
+        reports.append(report)
+        if keep_decoded:
+            decoded[info.name] = dec
+        del out, dec  # this weight's arrays go before the next is read (dec stays only in `decoded`)
         note = _codebook_overhead_note(enc, cfg)
         if note:
             notes.append(note)
-        wf = w.astype(np.float64)
-        denom = float(np.linalg.norm(wf))
-        err = float(np.linalg.norm(wf - dec.astype(np.float64)) / denom) if denom > 0 else 0.0
-        reports.append(
-            WeightReport(
-                name=info.name, op_types=info.op_types, role=info.role, shape=info.shape, params=info.size,
-                setting=cfg.describe(), sparsity=float(np.mean(dec == 0)), bits=enc.bits, encoding=enc.kind,
-                bytes_before=before, bytes_after=enc.nbytes, rel_error=err,
-            )
-        )  # fmt: skip
+    del tensors
     if not encoded:
         raise NoCompressibleWeightsError(
             "no weight became smaller under this plan (all weights are tiny or the settings keep too much); "
             "use fewer bits or more sparsity"
         )
+    # Each compressed weight's arrays live in `encoded`, then in its group's streams, then in an
+    # initializer: every step lets go of the one before, so the compressed model is held once.
     groups = build_groups(encoded)
-    model, results = PassManager([RaiseVersionsPass(), EncodeWeightsPass(groups), CheckModelPass()])(model)
+    del encoded
+    n_groups = len(groups)
+    passes: list[Pass] = [RaiseVersionsPass(), EncodeWeightsPass(groups, consume=True)]
+    del groups
+    if external_dir is not None:
+        passes.append(_LoadExternalDataPass(external_dir))
+    model, results = PassManager([*passes, CheckModelPass()])(model)
     _stamp(model, config)
     report = CompressionReport(
         weights=reports,
         skipped=skipped,
-        groups=len(groups),
+        groups=n_groups,
         seconds=time.perf_counter() - t0,
-        passes={name: r.details for name, r in results},
+        passes={name: r.details for name, r in results if name != _LoadExternalDataPass.name},
         notes=notes,
     )
     return CompressionResult(model=model, report=report, decoded=decoded)
+
+
+def _compress_one(
+    w: np.ndarray, info: WeightInfo, cfg: WeightConfig, weight_hook: WeightHook | None,
+    global_t: float | None, seed: int,
+) -> tuple[EncodedWeight, np.ndarray, WeightReport] | str:  # fmt: skip
+    """One weight: (encoding, decoded array, report row), or why it is left alone. A function of
+    its own so that the weight and its temporaries are released when it returns."""
+    out = weight_hook(w, info, cfg) if weight_hook is not None else None
+    enc, dec = out if out is not None else compress_weight(w, info, cfg, global_t=global_t, seed=seed)
+    before = w.nbytes
+    if enc.nbytes >= before:
+        return f"compressed form ({enc.nbytes} B) would not be smaller than {before} B"
+    report = WeightReport(
+        name=info.name, op_types=info.op_types, role=info.role, shape=info.shape, params=info.size,
+        setting=cfg.describe(), sparsity=float(np.mean(dec == 0)), bits=enc.bits, encoding=enc.kind,
+        bytes_before=before, bytes_after=enc.nbytes, rel_error=_rel_error(w, dec),
+    )  # fmt: skip
+    return enc, dec, report
+
+
+class _LoadExternalDataPass(Pass):
+    """Load the external data of the tensors left in the model (after the compressed weights have
+    been replaced, so their data is never read into the ModelProto)."""
+
+    name = "load-external-data"
+
+    def __init__(self, base_dir: str | os.PathLike[str]) -> None:
+        self.base_dir = str(base_dir)
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        load_external_data_for_model(model, self.base_dir)
+        return PassResult(model, True)
 
 
 # per-channel/group codebooks whose own bytes exceed this share of the weight's payload get a note
@@ -316,20 +380,31 @@ def compress_file(
     progress: bool = False,
     weight_hook: WeightHook | None = None,
     hook_factory: Callable[[onnx.ModelProto], WeightHook | None] | None = None,
+    keep_decoded: bool = False,
 ) -> CompressionResult:
     """Load, compress and atomically save; ``.onnxc`` outputs go through the entropy-coded container.
 
     ``hook_factory`` builds the weight hook from the loaded model (calibration needs the model,
     and may edit its biases in place: it gets the very ModelProto that is then compressed).
+    ``keep_decoded``: fill ``result.decoded`` (4 bytes per compressed fp32 weight held to the end;
+    off by default, the saved file is the result).
+
+    Without a ``hook_factory`` the external data is not loaded up front: each weight is read from
+    its data file when it is compressed (see :func:`compress_model`), so a model with external data
+    never has all its weights in memory at once.
     """
     from onnxcompress.model_io import check_output_path, load_model, model_file_size, save_model
 
     t0 = time.perf_counter()
     check_output_path(input_path, output_path, overwrite=overwrite)
-    model = load_model(input_path)
+    lazy = hook_factory is None  # a factory (calibration) may run the model: it needs all the data
+    model = load_model(input_path, load_external=not lazy)
     if hook_factory is not None:
         weight_hook = hook_factory(model) or weight_hook
-    result = compress_model(model, config, progress=progress, weight_hook=weight_hook)
+    result = compress_model(
+        model, config, progress=progress, weight_hook=weight_hook, keep_decoded=keep_decoded,
+        external_dir=Path(input_path).parent if lazy else None,
+    )  # fmt: skip
     out = Path(output_path)
     if out.suffix == ".onnxc":
         from onnxcompress.container import write_container

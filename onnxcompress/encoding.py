@@ -9,6 +9,7 @@ one decode node reconstructs: onnxruntime's load time grows with the number of d
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +20,7 @@ from onnxcompress.algorithms.pruning import PrunedTensor
 from onnxcompress.errors import EncodingError
 
 MAX_GROUP_ELEMENTS = 1 << 26  # 256 MiB of fp32 per decode output: far below ORT's 1 GiB fold limit
+_CHUNK = 1 << 20  # positions found per step in _nonzero_positions
 
 
 def itemsize(dtype: np.dtype | str) -> int:
@@ -42,7 +44,7 @@ class EncodedWeight:
     size: int
     bits: int | None
     gap_bits: int | None
-    positions: np.ndarray | None  # int64 kept positions (relative/mask)
+    positions: np.ndarray | None  # kept positions (relative/mask): int32, int64 from 2^31 elements
     codes: np.ndarray | None  # uint8: [size] for dense, [len(positions)] otherwise
     codebook: np.ndarray | None  # [S, 2**bits]
     segments: np.ndarray | None  # int64 [S+1], local
@@ -97,13 +99,31 @@ def _choose(
     return kind, g, nbytes
 
 
+def position_dtype(size: int) -> np.dtype:
+    """The narrowest index type for a tensor of ``size`` elements: kept positions are held until
+    the groups are built, and int32 halves them for every tensor below 2^31 elements."""
+    return np.dtype(np.int32 if size < 2**31 else np.int64)
+
+
+def _nonzero_positions(codes: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero(codes)`` in :func:`position_dtype`, chunk by chunk (no full int64 copy)."""
+    out = np.empty(np.count_nonzero(codes), dtype=position_dtype(codes.size))
+    at = 0
+    for a in range(0, codes.size, _CHUNK):
+        nz = np.flatnonzero(codes[a : a + _CHUNK])
+        nz += a
+        out[at : at + nz.size] = nz
+        at += nz.size
+    return out
+
+
 def encode_codebook(
     name: str, t: CodebookTensor, *, encoding: str = "auto", gap_bits: int | None = None
 ) -> EncodedWeight:
     size = int(t.codes.size)
     side = t.codebook.nbytes + t.segments.size * 4
     if t.pruned:
-        positions = np.flatnonzero(t.codes)
+        positions = _nonzero_positions(t.codes)
         kind, g, nbytes = _choose(
             size, positions, t.bits, encoding, gap_bits, bitpack.packed_size(size, t.bits)
         )
@@ -153,7 +173,7 @@ def encode_pruned(
         size=size,
         bits=None,
         gap_bits=g,
-        positions=np.asarray(p.positions, dtype=np.int64),
+        positions=np.asarray(p.positions, dtype=position_dtype(size)),
         codes=None,
         codebook=None,
         segments=None,
@@ -177,7 +197,12 @@ class Group:
 
 
 def build_groups(weights: list[EncodedWeight], max_elements: int = MAX_GROUP_ELEMENTS) -> list[Group]:
-    """Partition weights by group key, chunk each partition, and assemble each chunk's streams."""
+    """Partition weights by group key, chunk each partition, and assemble each chunk's streams.
+
+    The groups' weights keep their metadata but not their per-element arrays (positions, codes,
+    values): those are in the group's streams now, and a caller that drops ``weights`` afterwards
+    frees them instead of holding the compressed model twice.
+    """
     by_key: dict[tuple, list[EncodedWeight]] = {}
     # weights sharing trailing dims sit next to each other, so the graph can cut a whole run of
     # them with one Reshape + one Split instead of a Reshape per weight
@@ -215,25 +240,37 @@ def _assemble(ws: list[EncodedWeight]) -> Group:
         group.inputs["codebook"] = codebook
         group.inputs["segments"] = segments.astype(np.int32)
     if first.kind == "dense":
-        group.inputs["codes"] = bitpack.compress(np.concatenate([w.codes for w in ws]), first.bits)
+        group.inputs["codes"] = bitpack.compress_parts([w.codes for w in ws], first.bits)
     else:
-        positions = np.concatenate([w.positions + off for w, off in zip(ws, offsets, strict=True)])
-        payload = np.concatenate([w.codes if w.codes is not None else w.values for w in ws])
+        # the group's positions are each weight's plus its offset: the encoders take them per
+        # weight, chunk by chunk, instead of one group-wide int64 array
+        parts = [(w.positions, int(off)) for w, off in zip(ws, offsets, strict=True)]
+        kept = sum(int(w.positions.size) for w in ws)
         if first.kind == "relative":
-            rel = sparse.encode_relative(positions, first.gap_bits)
-            group.inputs["gaps"] = bitpack.compress(rel.gaps, first.gap_bits)
+            gaps = sparse.relative_gaps(parts, first.gap_bits)
+            group.inputs["gaps"] = bitpack.compress(gaps, first.gap_bits)
             attrs["gap_bits"] = int(first.gap_bits)
-            attrs["entries"] = rel.entries
-            attrs["kept"] = int(positions.size)
+            attrs["entries"] = int(gaps.size)
+            attrs["kept"] = kept
+            del gaps
         else:
-            group.inputs["mask"] = bitpack.compress(sparse.encode_mask(positions, size), 1)
-            attrs["entries"] = int(positions.size)
+            group.inputs["mask"] = sparse.packed_mask(parts, size)
+            attrs["entries"] = kept
+        payload = [w.codes if w.codes is not None else w.values for w in ws]
         if first.codebook is not None:
-            group.inputs["codes"] = bitpack.compress(payload, first.bits)
+            group.inputs["codes"] = bitpack.compress_parts(payload, first.bits)
         else:
-            group.inputs["values"] = payload
+            group.inputs["values"] = np.concatenate(payload)
     group.attrs = attrs
+    # the streams hold the data now; keep only what the graph needs to know of each weight
+    group.weights = [_metadata_only(w) for w in ws]
     return group
+
+
+def _metadata_only(w: EncodedWeight) -> EncodedWeight:
+    """``w`` without its per-element arrays (``values`` keeps its dtype, part of the group key)."""
+    values = None if w.values is None else w.values[:0].copy()
+    return dataclasses.replace(w, positions=None, codes=None, values=values)
 
 
 def decode_group_reference(group: Group) -> np.ndarray:

@@ -29,7 +29,11 @@ def _iter_all_tensors(model: onnx.ModelProto):
 
 
 def load_model(path: str | os.PathLike[str], *, load_external: bool = True) -> onnx.ModelProto:
-    """Read and sanity-check an ONNX model, with its external data when it has some."""
+    """Read and sanity-check an ONNX model, with its external data when it has some.
+
+    ``load_external=False`` leaves external tensors as references to their (checked) files:
+    :func:`~onnxcompress.compressor.compress_file` then reads each weight only while compressing it.
+    """
     path = Path(path)
     if not path.exists():
         raise InvalidModelError(f"{path}: no such file")
@@ -45,6 +49,7 @@ def load_model(path: str | os.PathLike[str], *, load_external: bool = True) -> o
         raise InvalidModelError(
             f"{path}: not an ONNX model (the protobuf does not parse; the file may be truncated or of another format)"
         ) from None
+    del data  # the parsed model holds its own copy: release the file's bytes before the external data
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise InvalidModelError(f"{path}: not an ONNX model (no graph found; truncated or another format)")
     if not model.opset_import:

@@ -15,6 +15,7 @@ Pure numpy (plus ml_dtypes for bfloat16); never imports onnx or onnxruntime.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -76,8 +77,14 @@ class CodebookTensor:
 
 
 def decompress(t: CodebookTensor) -> np.ndarray:
-    """Exact reference decoder; the ONNX decode function must reproduce this bit for bit."""
-    flat = t.codebook[t.segment_ids(), t.codes].astype(t.dtype)
+    """Exact reference decoder; the ONNX decode function must reproduce this bit for bit.
+
+    ``codebook[segment_ids(), codes].astype(dtype)``, gathered chunk by chunk straight into the
+    output, so the only full-size array is the result (no int64 segment ids, no second copy).
+    """
+    flat = np.empty(t.codes.size, dtype=t.dtype)
+    for a, b in _element_chunks(flat.size):
+        flat[a:b] = t.codebook[_segment_ids(t.segments, a, b), t.codes[a:b]]
     return np.moveaxis(flat.reshape(t.moved_shape), 0, t.axis)
 
 
@@ -159,9 +166,17 @@ def _check_same_shape(a: np.ndarray | None, shape: tuple[int, ...], name: str) -
 
 def f32_key(v32: np.ndarray) -> np.ndarray:
     """Map float32 values to int64 keys with the same order (``-0.0`` sorts just below ``+0.0``)."""
+    return _f32_key32(v32).astype(np.int64)
+
+
+def _f32_key32(v32: np.ndarray) -> np.ndarray:
+    """:func:`f32_key` as uint32 (the keys fit in 32 bits): half the memory where no segment id
+    has to be packed above them."""
     u = np.ascontiguousarray(v32, dtype=np.float32).view(np.uint32)
-    flip = (u.view(np.int32) >> 31).view(np.uint32) | np.uint32(0x80000000)
-    return (u ^ flip).astype(np.int64)
+    flip = (u.view(np.int32) >> 31).view(np.uint32)
+    flip |= np.uint32(0x80000000)
+    flip ^= u
+    return flip
 
 
 def f32_from_key(key: np.ndarray) -> np.ndarray:
@@ -169,6 +184,15 @@ def f32_from_key(key: np.ndarray) -> np.ndarray:
     k = (key & 0xFFFFFFFF).astype(np.uint32)
     flip = ((k >> np.uint32(31)) - np.uint32(1)) | np.uint32(0x80000000)
     return (k ^ flip).view(np.float32)
+
+
+def _f32_from_key32(k: np.ndarray) -> np.ndarray:
+    """:func:`f32_from_key` of uint32 keys, computed in place: ``k`` is consumed."""
+    flip = k >> np.uint32(31)
+    flip -= np.uint32(1)
+    flip |= np.uint32(0x80000000)
+    k ^= flip
+    return k.view(np.float32)
 
 
 def _f32_above(t: np.ndarray) -> np.ndarray:
@@ -182,18 +206,56 @@ def _f32_above(t: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------- the core
 
 
+# Working memory: quantize handles the weight in chunks of about this many elements (whole segments
+# where the segments matter), so its int64 temporaries (sort keys, segment ids) stay a few tens of
+# MB however large the weight; only a few arrays of the full size are ever alive at once.
+_CHUNK = 1 << 20
+
+
+def _element_chunks(n: int) -> list[tuple[int, int]]:
+    return [(a, min(a + _CHUNK, n)) for a in range(0, n, _CHUNK)]
+
+
+def _segment_chunks(segments: np.ndarray) -> list[tuple[int, int]]:
+    """Runs ``[s0, s1)`` of whole segments of about ``_CHUNK`` elements (a bigger segment alone)."""
+    chunk = _CHUNK
+    out: list[tuple[int, int]] = []
+    s, s0 = segments.size - 1, 0
+    while s0 < s:
+        s1 = int(np.searchsorted(segments, segments[s0] + chunk, side="right")) - 1
+        s1 = min(max(s1, s0 + 1), s)
+        out.append((s0, s1))
+        s0 = s1
+    return out
+
+
+def _segment_ids(segments: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Segment index (int64) of the flat positions ``a .. b-1``."""
+    lo = int(np.searchsorted(segments, a, side="right")) - 1
+    hi = int(np.searchsorted(segments, b, side="left"))
+    lengths = np.diff(np.clip(segments[lo : hi + 1], a, b))
+    return np.repeat(np.arange(lo, hi, dtype=np.int64), lengths)
+
+
 @dataclass
 class _Layout:
     flat32: np.ndarray  # float32 [n], channel-major, -0.0 folded into +0.0
-    seg: np.ndarray  # int64 [n] segment id
     keep: np.ndarray | None  # bool [n] or None (= all kept)
     segments: np.ndarray
     axis: int
 
+    @functools.cached_property
+    def seg(self) -> np.ndarray:
+        """int64 [n] segment id of every position (8 bytes per weight: built only when asked for;
+        :func:`quantize` works chunk by chunk without it)."""
+        return np.repeat(np.arange(self.segments.size - 1, dtype=np.int64), np.diff(self.segments))
+
 
 def _layout(w: np.ndarray, mask: np.ndarray | None, axis: int, segments: np.ndarray) -> _Layout:
-    flat32 = np.moveaxis(w, axis, 0).reshape(-1).astype(np.float32) + np.float32(0.0)
-    seg = np.repeat(np.arange(segments.size - 1, dtype=np.int64), np.diff(segments))
+    moved = np.moveaxis(w, axis, 0)
+    flat32 = np.empty(w.size, dtype=np.float32)
+    flat32.reshape(moved.shape)[...] = moved  # one copy, cast on the way
+    flat32 += np.float32(0.0)
     keep = None
     if mask is not None:
         if mask.dtype != np.bool_:
@@ -201,42 +263,95 @@ def _layout(w: np.ndarray, mask: np.ndarray | None, axis: int, segments: np.ndar
         keep = np.moveaxis(mask, axis, 0).reshape(-1)
         if keep.all():
             keep = None
-    return _Layout(flat32, seg, keep, segments, axis)
+    return _Layout(flat32, keep, segments, axis)
 
 
-def _row_data(
-    lay: _Layout, sample_weight: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct kept values per segment with multiplicities: (vals, wts, row_ptr, composite keys)."""
+def _row_data(lay: _Layout, sample_weight: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct kept values per segment with multiplicities: (vals, wts, row_ptr).
+
+    Computed over runs of whole segments (:func:`_segment_chunks`): composite (segment, value) keys
+    never cross a segment, so sorting each run and concatenating equals sorting everything at once.
+    A run of one segment sorts 4-byte value keys without a segment part.
+    """
     s = lay.segments.size - 1
-    idx = np.flatnonzero(lay.keep) if lay.keep is not None else None
-    x = lay.flat32 if idx is None else lay.flat32[idx]
-    sg = lay.seg if idx is None else lay.seg[idx]
-    keys = (sg << 32) | f32_key(x)
-    if sample_weight is None:
-        ks = np.sort(keys)
-        starts = (
-            np.flatnonzero(np.concatenate([[True], ks[1:] != ks[:-1]])) if ks.size else np.zeros(0, np.int64)
-        )
-        wts = np.diff(np.append(starts, ks.size)).astype(np.float64)
+    sw_all = None
+    if sample_weight is not None:
+        sw_all = np.moveaxis(sample_weight, lay.axis, 0).reshape(-1).astype(np.float64)
+    vals: list[np.ndarray] = []
+    wts: list[np.ndarray] = []
+    counts = np.zeros(s, dtype=np.int64)
+    for s0, s1 in _segment_chunks(lay.segments):
+        v, wt, c = _run_rows(lay, s0, s1, sw_all)
+        vals.append(v)
+        wts.append(wt)
+        counts[s0:s1] = c
+    row_ptr = np.zeros(s + 1, dtype=np.int64)
+    np.cumsum(counts, out=row_ptr[1:])
+    return _join(vals), _join(wts), row_ptr
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate and empty ``parts`` (one part: no copy)."""
+    out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    parts.clear()
+    return out
+
+
+def _run_rows(
+    lay: _Layout, s0: int, s1: int, sw_all: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_row_data` of segments ``s0 .. s1-1``: (vals, wts, distinct count per segment)."""
+    a, b = int(lay.segments[s0]), int(lay.segments[s1])
+    x = lay.flat32[a:b]
+    idx = None if lay.keep is None else np.flatnonzero(lay.keep[a:b])
+    if idx is not None:
+        x = x[idx]
+    sg = None  # local segment ids; None for a single segment
+    if s1 - s0 > 1 or sw_all is not None:
+        sg = _segment_ids(lay.segments, a, b) - s0
+        if idx is not None:
+            sg = sg[idx]
+    keys = _f32_key32(x)
+    if sg is not None:
+        keys = keys.astype(np.int64)
+        keys |= sg << 32
+    if sw_all is None:
+        keys.sort()
+        ks = keys
     else:
-        sw = np.moveaxis(sample_weight, lay.axis, 0).reshape(-1).astype(np.float64)
-        sw = sw if idx is None else sw[idx]
+        assert sg is not None
+        sw = sw_all[a:b] if idx is None else sw_all[a:b][idx]
         # A segment whose kept weights all have zero importance falls back to plain k-means.
-        dead = np.bincount(sg, weights=sw, minlength=s) <= 0
+        dead = np.bincount(sg, weights=sw, minlength=s1 - s0) <= 0
         sw = np.where(dead[sg], 1.0, sw)
         pos = sw > 0
         keys, sw = keys[pos], sw[pos]
         order = np.argsort(keys, kind="stable")
         ks, sw = keys[order], sw[order]
-        starts = (
-            np.flatnonzero(np.concatenate([[True], ks[1:] != ks[:-1]])) if ks.size else np.zeros(0, np.int64)
-        )
-        wts = np.add.reduceat(sw, starts) if starts.size else np.zeros(0)
+    del keys, x, idx
+    if not ks.size:
+        return np.zeros(0), np.zeros(0), np.zeros(s1 - s0, dtype=np.int64)
+    first = np.empty(ks.size, dtype=bool)
+    first[0] = True
+    np.not_equal(ks[1:], ks[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    del first
+    if sw_all is None:
+        wts = np.empty(starts.size)
+        np.subtract(starts[1:], starts[:-1], out=wts[:-1])
+        wts[-1] = ks.size - starts[-1]
+    else:
+        wts = np.add.reduceat(sw, starts)
     ukeys = ks[starts]
-    vals = f32_from_key(ukeys).astype(np.float64)
-    row_ptr = np.searchsorted(ukeys, np.arange(s + 1, dtype=np.int64) << 32, side="left").astype(np.int64)
-    return vals, wts, row_ptr, ukeys
+    del ks, starts
+    if s1 - s0 == 1:
+        counts = np.array([ukeys.size], dtype=np.int64)
+    else:
+        counts = np.bincount((ukeys >> 32).astype(np.int64), minlength=s1 - s0)
+    k32 = ukeys if ukeys.dtype == np.uint32 else (ukeys & 0xFFFFFFFF).astype(np.uint32)
+    del ukeys
+    vals = _f32_from_key32(k32).astype(np.float64)
+    return vals, wts, counts
 
 
 def _round_table(cent: np.ndarray, sdt: np.ndarray) -> np.ndarray:
@@ -261,12 +376,9 @@ def _compact_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(col < nd[:, None], out, last), nd
 
 
-def assign_nearest(flat32: np.ndarray, seg: np.ndarray, table: np.ndarray, nd: np.ndarray) -> np.ndarray:
-    """Index of the nearest entry of each element's row (ties: lower), for compacted sorted rows.
-
-    Exact for float32-representable values: thresholds are the smallest float32 above each midpoint,
-    compared through order-preserving integer keys, so one global searchsorted serves all rows.
-    """
+def _thresholds(table: np.ndarray, nd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted composite (row, value) keys of every row's decision thresholds, and the index where
+    each row's thresholds start."""
     s, L = table.shape
     j = np.arange(L - 1)[None, :]
     valid = j < (nd - 1)[:, None]
@@ -274,8 +386,47 @@ def assign_nearest(flat32: np.ndarray, seg: np.ndarray, table: np.ndarray, nd: n
     rows = np.broadcast_to(np.arange(s, dtype=np.int64)[:, None], mids.shape)[valid]
     tkeys = (rows << 32) | f32_key(_f32_above(mids[valid]))
     tstart = np.searchsorted(tkeys, np.arange(s, dtype=np.int64) << 32, side="left")
+    return tkeys, tstart
+
+
+def assign_nearest(flat32: np.ndarray, seg: np.ndarray, table: np.ndarray, nd: np.ndarray) -> np.ndarray:
+    """Index of the nearest entry of each element's row (ties: lower), for compacted sorted rows.
+
+    Exact for float32-representable values: thresholds are the smallest float32 above each midpoint,
+    compared through order-preserving integer keys, so one global searchsorted serves all rows.
+    """
+    tkeys, tstart = _thresholds(table, nd)
     ekeys = (seg << 32) | f32_key(flat32)
     return np.searchsorted(tkeys, ekeys, side="right") - tstart[seg]
+
+
+def _assign_codes(lay: _Layout, table: np.ndarray, nd: np.ndarray) -> np.ndarray:
+    """uint8 codes of the whole weight: :func:`assign_nearest` chunk by chunk (shifted by one past
+    the zero entry and written only at kept positions when pruned), without full-size int64 keys."""
+    tkeys, tstart = _thresholds(table, nd)
+    n = lay.flat32.size
+    codes = np.zeros(n, dtype=np.uint8)
+    for a, b in _element_chunks(n):
+        x, sg = lay.flat32[a:b], _segment_ids(lay.segments, a, b)
+        sel = None if lay.keep is None else lay.keep[a:b]
+        if sel is not None:
+            x, sg = x[sel], sg[sel]
+        ekeys = f32_key(x)
+        ekeys |= sg << 32
+        c = np.searchsorted(tkeys, ekeys, side="right")
+        c -= tstart[sg]
+        if sel is None:
+            codes[a:b] = c
+        else:
+            codes[a:b][sel] = c + 1
+    return codes
+
+
+def _book(learned: np.ndarray, bits: int, pruned: bool) -> np.ndarray:
+    """The stored table [S, 2**bits]: the learned entries, after an exact zero when pruned."""
+    book = np.zeros((learned.shape[0], 1 << bits), dtype=learned.dtype)
+    book[:, int(pruned) :] = learned
+    return book
 
 
 def build(
@@ -289,15 +440,11 @@ def build(
     keep: np.ndarray | None,
 ) -> CodebookTensor:
     """Assemble a CodebookTensor from per-row learned entries (already in the store dtype)."""
-    s = segments.size - 1
-    size = 1 << bits
-    book = np.zeros((s, size), dtype=learned.dtype)
+    book = _book(learned, bits, pruned)
     if pruned:
-        book[:, 1:] = learned
         codes = np.zeros(w.size, dtype=np.uint8)
         codes[keep] = (codes_learned + 1).astype(np.uint8)
     else:
-        book[:] = learned
         codes = codes_learned.astype(np.uint8)
     return CodebookTensor(
         shape=tuple(w.shape),
@@ -351,15 +498,15 @@ def quantize(
     lay = _layout(w, mask, axis, segments)
     pruned = lay.keep is not None
     levels = (1 << bits) - int(pruned)
-    vals, wts, row_ptr, ukeys = _row_data(lay, sample_weight)
+    vals, wts, row_ptr = _row_data(lay, sample_weight)
+    del lay  # a float32 copy of the weight: rebuilt below rather than held through k-means
 
     cent = _lloyd_rows(vals, wts, row_ptr, levels, init=init, max_iter=300, tol=0.0, seed=seed)
+    del vals, wts
     table, nd = _compact_rows(_round_table(cent, sdt))
-    learned = table.astype(sdt)
-    if pruned:
-        kidx = np.flatnonzero(lay.keep)
-        codes_l = assign_nearest(lay.flat32[kidx], lay.seg[kidx], table, nd)
-    else:
-        kidx = None
-        codes_l = assign_nearest(lay.flat32, lay.seg, table, nd)
-    return build(w, axis, segments, bits, pruned, learned, codes_l, kidx)
+    lay = _layout(w, mask, axis, segments)
+    return CodebookTensor(
+        shape=tuple(w.shape), dtype=w.dtype, axis=axis, segments=segments,
+        codebook=_book(table.astype(sdt), bits, pruned), codes=_assign_codes(lay, table, nd),
+        bits=bits, pruned=pruned,
+    )  # fmt: skip

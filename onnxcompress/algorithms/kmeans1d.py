@@ -264,8 +264,13 @@ def _lloyd_rows(
     centroids [S, k]; an empty row gets zeros.
     """
     s = row_ptr.size - 1
-    cumw = np.concatenate([[0.0], np.cumsum(wts)])
-    cumwx = np.concatenate([[0.0], np.cumsum(wts * vals)])
+    # prefix sums written straight into their arrays (no product/concatenate temporaries: for a
+    # weight of all-distinct fp32 values each of those is 8 bytes per weight)
+    cumw = np.zeros(vals.size + 1)
+    np.cumsum(wts, out=cumw[1:])
+    cumwx = np.zeros(vals.size + 1)
+    np.multiply(wts, vals, out=cumwx[1:])
+    np.cumsum(cumwx[1:], out=cumwx[1:])
     lo_all, hi_all = row_ptr[:-1], row_ptr[1:]
     dcount = hi_all - lo_all
 
@@ -338,15 +343,18 @@ def _lloyd_rows(
 
     # Final centroids: direct means of the last assignment (no prefix-sum cancellation).
     # Rows whose last update re-seeded clusters keep that update as is.
+    del cumw, cumwx
     rows = np.flatnonzero(assigned & ~reloc)
     if rows.size:
         b = bounds[rows]
         nonempty = b[:, 1:] > b[:, :-1]
-        # Interleave [start, end) pairs; the appended 0 makes end == len(vals) a valid index and
+        # Interleave [start, end) pairs (ascending) and drop the last end: reduceat then sums
+        # each [start, end) and the last start up to the end of the slice, which is its own end;
         # the odd (gap) pieces are dropped, so rows not iterated in between are never summed in.
         idx = np.stack([b[:, :-1][nonempty], b[:, 1:][nonempty]], axis=1).reshape(-1)
-        sw = np.add.reduceat(np.append(wts, 0.0), idx)[::2]
-        swx = np.add.reduceat(np.append(wts * vals, 0.0), idx)[::2]
+        end = int(idx[-1])
+        sw = np.add.reduceat(wts[:end], idx[:-1])[::2]
+        swx = np.add.reduceat(wts[:end] * vals[:end], idx[:-1])[::2]
         cr = last[rows]
         cr[nonempty] = swx / sw
         cr.sort(axis=1)

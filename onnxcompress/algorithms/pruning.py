@@ -11,7 +11,7 @@ Pure numpy; never imports onnx or onnxruntime.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,8 +50,13 @@ def _check_float_array(w: np.ndarray, name: str = "w") -> np.ndarray:
     return w
 
 
-def _abs_f64(w: np.ndarray) -> np.ndarray:
-    a = np.abs(np.asarray(w, dtype=np.float64)).reshape(-1)
+def _abs_flat(w: np.ndarray) -> np.ndarray:
+    """``|w|`` flattened, for ranking magnitudes: float32 for weights of at most 4 bytes (fp32,
+    fp16, bf16 convert to it exactly, so order, ties and the k-th value are those of float64) at
+    half the memory of float64, computed in place on one copy; wider weights stay float64."""
+    dtype = np.float32 if np.dtype(w.dtype).itemsize <= 4 else np.float64
+    a = np.asarray(w).astype(dtype).reshape(-1)  # a copy: abs in place
+    np.abs(a, out=a)
     if np.isnan(a).any():
         raise ConfigError(
             "weights contain NaN; magnitude pruning needs finite weights -- fix the model first"
@@ -72,7 +77,7 @@ def _smallest_k_mask(a: np.ndarray, k: int) -> np.ndarray:
     if k >= n:
         keep[:] = False
         return keep
-    t = np.partition(a, k - 1)[k - 1]
+    t = np.partition(a, k - 1)[k - 1]  # a copy: ``a`` stays in index order
     below = a < t
     keep[below] = False
     need = k - int(np.count_nonzero(below))
@@ -90,7 +95,7 @@ def magnitude_mask(w: np.ndarray, sparsity: float) -> np.ndarray:
     w = _check_float_array(w)
     s = _check_sparsity(sparsity)
     k = int(round(s * w.size))
-    return _smallest_k_mask(_abs_f64(w), k).reshape(w.shape)
+    return _smallest_k_mask(_abs_flat(w), k).reshape(w.shape)
 
 
 def threshold_mask(w: np.ndarray, threshold: float) -> np.ndarray:
@@ -99,10 +104,12 @@ def threshold_mask(w: np.ndarray, threshold: float) -> np.ndarray:
     t = float(threshold)
     if math.isnan(t):
         raise ConfigError("threshold is NaN; pass a finite magnitude threshold")
-    return (np.abs(np.asarray(w, dtype=np.float64)) > t).reshape(w.shape)
+    a = np.asarray(w).astype(np.float64)  # compared in float64 like the threshold; abs in place
+    np.abs(a, out=a)
+    return (a > t).reshape(w.shape)
 
 
-def global_threshold(weights: Sequence[np.ndarray], sparsity: float) -> float:
+def global_threshold(weights: Iterable[np.ndarray], sparsity: float) -> float:
     """One magnitude threshold shared by several layers (global magnitude pruning).
 
     Returns the ``k``-th smallest magnitude over all elements, ``k = round(sparsity * N)``, so at
@@ -110,17 +117,22 @@ def global_threshold(weights: Sequence[np.ndarray], sparsity: float) -> float:
     Apply it with :func:`threshold_mask`. When nothing should be pruned (``k == 0``) it returns
     ``-1.0`` so that ``threshold_mask`` keeps everything, including exact zeros; a finite value keeps
     the result JSON-serializable.
+
+    ``weights`` may be a generator: each weight is needed only while its magnitudes are taken, so
+    the peak is the magnitudes (4 bytes per fp32 weight, twice while they are concatenated) rather
+    than the weights plus float64 copies.
     """
     s = _check_sparsity(sparsity)
-    ws = list(weights)
-    if not ws:
+    parts = [_abs_flat(_check_float_array(w, "weights[i]")) for w in weights]
+    if not parts:
         raise ConfigError("global_threshold needs at least one weight tensor")
-    parts = [_abs_f64(_check_float_array(w, "weights[i]")) for w in ws]
     a = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    del parts
     k = int(round(s * a.size))
     if k == 0:
         return -1.0
-    return float(np.partition(a, k - 1)[k - 1])
+    a.partition(k - 1)  # in place: ``a`` is our own copy
+    return float(a[k - 1])
 
 
 def std_threshold(w: np.ndarray, quality: float) -> float:

@@ -25,6 +25,11 @@ from onnxcompress.passes.base import Pass, PassResult
 from onnxcompress.passes.versions import default_opset
 
 PREFIX = "onnxcompress"
+_SUB_BYTE = {
+    getattr(onnx.TensorProto, t)
+    for t in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2", "FLOAT6E2M3", "FLOAT6E3M2")
+    if hasattr(onnx.TensorProto, t)
+}
 
 
 def _all_names(model: onnx.ModelProto) -> set[str]:
@@ -72,8 +77,11 @@ class EncodeWeightsPass(Pass):
             )
         return helper.make_node("Split", [x], outputs, axis=0, split=sizes, name=name)
 
-    def __init__(self, groups: Sequence[Group]) -> None:
+    def __init__(self, groups: Sequence[Group], *, consume: bool = False) -> None:
+        """``consume``: take each stream out of its group's ``inputs`` as it becomes an
+        initializer, so that it is held once, not twice (for a caller done with the groups)."""
         self.groups = list(groups)
+        self.consume = consume
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         opset = default_opset(model)
@@ -91,17 +99,29 @@ class EncodeWeightsPass(Pass):
             return name
 
         new_nodes: list[onnx.NodeProto] = []
-        new_inits: list[onnx.TensorProto] = []
         shape_consts: dict[tuple[int, ...], str] = {}
+        graph = model.graph
 
         def const(arr: np.ndarray, base: str) -> str:
+            # Added at once (after the kept initializers, in creation order), and written in place
+            # the way numpy_helper.from_array writes it: a list of TensorProtos extended at the end
+            # held every stream twice more, and append() copies a temporary TensorProto.
             name = fresh(base)
-            new_inits.append(numpy_helper.from_array(arr, name))
+            dtype = helper.np_dtype_to_tensor_dtype(arr.dtype)
+            if dtype in _SUB_BYTE:  # from_array packs these first
+                graph.initializer.append(numpy_helper.from_array(arr, name))
+                return name
+            t = graph.initializer.add()
+            t.dims.extend(arr.shape)
+            t.name = name
+            t.raw_data = numpy_helper.tobytes_little_endian(arr)
+            t.data_type = dtype
             return name
 
         for gi, group in enumerate(self.groups):
             base = f"{PREFIX}/g{gi}"
-            inputs = [const(group.inputs[k], f"{base}/{k}") for k in INPUTS[group.op_type]]
+            get = group.inputs.pop if self.consume else group.inputs.__getitem__
+            inputs = [const(get(k), f"{base}/{k}") for k in INPUTS[group.op_type]]
             to = helper.np_dtype_to_tensor_dtype(np.dtype(group.weights[0].dtype))
             decoded = fresh(f"{base}/decoded")
             new_nodes.append(
@@ -160,11 +180,9 @@ class EncodeWeightsPass(Pass):
                             )
                         )
 
-        graph = model.graph
         existing = list(graph.node)
         del graph.node[:]
         graph.node.extend(new_nodes + existing)
-        graph.initializer.extend(new_inits)
         used = sorted({g.op_type for g in self.groups})
         have = {(f.domain, f.name) for f in model.functions}
         for fn in functions_for(used, opset):
