@@ -150,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
         config,
         overwrite=args.overwrite,
         progress=not args.quiet,
-        hook_factory=calibration_hook,
+        # without calibration data there is no hook, and compress_file can read weights one by one
+        hook_factory=calibration_hook if getattr(args, "calibration_data", None) else None,
     )
     report = result.report
     hook = hooks[0] if hooks else None
