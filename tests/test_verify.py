@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcompress.errors import DataError, InvalidModelError
+from onnxcompress.errors import ConfigError, DataError, InvalidModelError
 from onnxcompress.evaluation.data import (
     DirectorySource,
     SyntheticSource,
@@ -349,3 +349,27 @@ def test_model_input_specs_symbolic_integer_and_initializer_inputs():
         ("bias", np.dtype(np.float16), (1, 3), "tensor(float16)"),
     ]
     assert specs == input_specs(make_session(model))
+
+
+def test_host_decode_gives_the_same_verdict_and_metrics(tmp_path):
+    """verify --decode host (numpy-rebuilt weights) reports exactly what the stock session gives,
+    for a path and for an in-memory ModelProto, which it leaves untouched."""
+    from onnxcompress.compressor import compress_model
+    from onnxcompress.config import preset
+
+    root = Path(__file__).resolve().parents[1] / "models"
+    original = onnx.load(str(root / "lenet5.onnx"))
+    compressed = compress_model(onnx.load(str(root / "lenet5.onnx")), preset("small")).model
+    path = tmp_path / "c.onnx"
+    onnx.save(compressed, path)
+    before = compressed.SerializeToString()
+    data = root / "digits_test.npz"
+    gates = Gates(max_accuracy_drop=1.0)
+    stock = verify(original, path, data, gates=gates, progress=False)
+    for candidate in (path, compressed):
+        host = verify(original, candidate, data, gates=gates, progress=False, decode="host")
+        assert host.passed == stock.passed
+        assert host.to_dict()["outputs"] == stock.to_dict()["outputs"]
+    assert compressed.SerializeToString() == before
+    with pytest.raises(ConfigError, match="decode mode"):
+        verify(original, path, data, progress=False, decode="cpu")

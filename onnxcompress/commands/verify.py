@@ -137,6 +137,13 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--threads", type=_positive_int, metavar="N", help="intra-op threads per session")
     g.add_argument(
+        "--decode",
+        choices=("onnxruntime", "host"),
+        default="onnxruntime",
+        help="how compressed weights are rebuilt: onnxruntime folds the decode functions (a stock session; "
+        "default) or host (numpy first, as onnxcompress.load: same weights, less time and memory)",
+    )
+    g.add_argument(
         "--quiet", "-q", action="store_true", help="no progress and no table: only the summary line"
     )
 
@@ -183,6 +190,7 @@ def verify_from_args(reference: Any, candidate: Any, args: argparse.Namespace) -
         samples=getattr(args, "samples", None),
         class_outputs=names,
         seed=getattr(args, "seed", 0) or 0,
+        decode=getattr(args, "decode", "onnxruntime"),
     )
 
 

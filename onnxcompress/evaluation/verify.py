@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxcompress.errors import DataError, InvalidModelError
+from onnxcompress.errors import ConfigError, DataError, InvalidModelError
 from onnxcompress.evaluation.data import DataSource, input_specs, open_data
 from onnxcompress.evaluation.metrics import OutputAccumulator, OutputMetrics, _json_float
 from onnxcompress.sessions import make_session, model_label
@@ -258,8 +258,28 @@ def _is_session(obj: object) -> bool:
     return hasattr(obj, "run") and hasattr(obj, "get_inputs") and hasattr(obj, "get_outputs")
 
 
-def _session(model: Any, providers, threads) -> Any:
-    return model if _is_session(model) else make_session(model, providers=providers, threads=threads)
+def _session(model: Any, providers, threads, decode: str = "onnxruntime") -> Any:
+    """A session for ``model``; ``decode="host"`` rebuilds compressed weights in numpy first (as
+    ``onnxcompress.load`` does: the same weights bit for bit, far less load time and memory)."""
+    if _is_session(model):
+        return model
+    if decode == "host":
+        import onnx
+
+        if isinstance(model, onnx.ModelProto):
+            from onnxcompress.passes.host_decode import decode_on_host
+
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)  # decode_on_host edits in place; the caller's model stays as it was
+            decoded = decode_on_host(copy)
+            return make_session(
+                decoded.model, providers=providers, threads=threads, external_initializers=decoded.arrays
+            )
+        if isinstance(model, (str, os.PathLike)):
+            from onnxcompress.loading import load
+
+            return load(model, providers=providers, threads=threads)
+    return make_session(model, providers=providers, threads=threads)
 
 
 def verify(
@@ -278,6 +298,7 @@ def verify(
     samples: int | None = None,
     class_outputs: Sequence[str] | None = None,
     seed: int = 0,
+    decode: str = "onnxruntime",
 ) -> VerifyResult:
     """Compare ``candidate`` with ``reference`` on ``data`` and check ``gates``.
 
@@ -285,12 +306,17 @@ def verify(
     None (synthetic from the input spec), an ``.npz``/``.npy`` file, a folder, a dict of arrays or a
     :class:`~onnxcompress.evaluation.data.DataSource`. ``samples`` caps how many samples are used
     (default: all of the data, 64 synthetic). ``class_outputs`` overrides which outputs are
-    class-like. Raises DataError / InvalidModelError / ConfigError on bad input (never on a failed
-    gate: check ``result.passed``).
+    class-like. ``decode``: ``"onnxruntime"`` (a stock session folds the decode functions) or
+    ``"host"`` (as ``onnxcompress.load``). Raises DataError / InvalidModelError / ConfigError on bad
+    input (never on a failed gate: check ``result.passed``).
     """
+    from onnxcompress.loading import DECODE_MODES
+
+    if decode not in DECODE_MODES:
+        raise ConfigError(f"unknown decode mode {decode!r}: use one of {', '.join(DECODE_MODES)}")
     start = time.perf_counter()
-    ref = _session(reference, providers, threads)
-    cand = _session(candidate, providers, threads)
+    ref = _session(reference, providers, threads, decode)
+    cand = _session(candidate, providers, threads, decode)
     ref_specs = input_specs(ref)
     cand_specs = {s.name: s for s in input_specs(cand)}
     for s in ref_specs:
