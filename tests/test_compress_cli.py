@@ -304,3 +304,17 @@ def test_note_when_per_channel_codebooks_dominate_a_weight(tmp_path, capsys):
         ]
     )
     assert rc == 0 and json.loads((tmp_path / "t.json").read_text())["notes"] == []
+
+
+@pytest.mark.parametrize("name", ["safe", "deep-compression", "balanced"])
+def test_metadata_stamp_holds_only_overrides_and_rebuilds_the_plan(name):
+    import onnxcompress as oc
+    from onnxcompress.compressor import compress_model
+    from onnxcompress.config import from_dict
+
+    cfg = oc.preset(name)
+    out = compress_model(zoo_model(), cfg).model
+    (stamp,) = [json.loads(p.value) for p in out.metadata_props if p.key == "onnxcompress"]
+    assert stamp["version"] == oc.__version__
+    assert "codebook_dtype" not in stamp["config"].get("weight", {})  # defaults are left out
+    assert from_dict(stamp["config"]) == cfg

@@ -22,6 +22,7 @@ INPUTS = {
     "CodebookMask": ["codes", "mask", "codebook", "segments"],
     "SparseRelative": ["values", "gaps"],
     "SparseMask": ["values", "mask"],
+    "Unpack": ["stream"],
 }
 ATTRIBUTES = {
     "CodebookDense": ["bits", "size", "to"],
@@ -29,7 +30,10 @@ ATTRIBUTES = {
     "CodebookMask": ["bits", "entries", "size", "to"],
     "SparseRelative": ["gap_bits", "entries", "kept", "size", "to"],
     "SparseMask": ["entries", "size", "to"],
+    "Unpack": ["bits", "count"],
 }
+#: the helper every decode body calls to read a bit-packed stream (one body per model, not one per use)
+HELPERS = ("Unpack",)
 
 
 class _Body:
@@ -87,8 +91,24 @@ class _Body:
         """Scalar -> 1-D tensor of one element (Reshape works at every opset, Unsqueeze does not)."""
         return self.op("Reshape", scalar, self.const([1], np.int64))
 
+    def call_unpack(self, stream: str, bits_attr: str | None, count_attr: str) -> str:
+        """uint8 [count] codes of a bit-packed stream through the ``Unpack`` helper function
+        (``bits_attr`` None means a 1-bit stream); the caller's attributes are passed by reference."""
+        out = self._fresh()
+        node = helper.make_node("Unpack", [stream], [out], domain=DOMAIN)
+        for name, ref in (("bits", bits_attr), ("count", count_attr)):
+            if ref is None:
+                node.attribute.append(helper.make_attribute(name, 1))
+                continue
+            a = onnx.AttributeProto()
+            a.name, a.ref_attr_name, a.type = name, ref, onnx.AttributeProto.INT
+            node.attribute.append(a)
+        self.nodes.append(node)
+        return out
+
     def unpack(self, stream: str, bits_attr: str | None, count_attr: str) -> str:
-        """uint8 [count] codes of a bit-packed stream (``bits_attr`` None means a 1-bit stream).
+        """uint8 [count] codes of a bit-packed stream (``bits_attr`` None means a 1-bit stream): the
+        body of ``Unpack``.
 
         8 codes of k bits fill k bytes, so code c of a group starts at byte c*k div 8, bit
         s = c*k mod 8, and reaches into the next byte only when s + k > 8. Everything runs on
@@ -96,8 +116,9 @@ class _Body:
         temporary costs a byte per weight rather than four): low = byte >> s; the spill-over
         byte (or a zero column when there is none) << (8 - s); their bits are disjoint, so Add
         combines them; masking to k bits is a left then a right shift by 8 - k. No shift ever
-        reaches 8. (Inlined rather than a nested function: onnx's ReferenceEvaluator cannot call
-        a model-local function from inside another.)
+        reaches 8. It is a function of its own because Relative and Mask bodies read two streams
+        and a model holds several decode ops: one copy of these ~30 nodes per model, not per use
+        (onnx's ReferenceEvaluator and onnxruntime both run nested model-local functions).
         """
         bits64 = self.const(1, np.int64) if bits_attr is None else self.attr_int(bits_attr)
         count = self.vec1(self.attr_int(count_attr))
@@ -143,7 +164,7 @@ class _Body:
         return self.op("Slice", flat, self.const([0], np.int64), count)
 
     def codes_int32(self, stream: str, bits_attr: str | None, count_attr: str) -> str:
-        return self.op("Cast", self.unpack(stream, bits_attr, count_attr), to=TensorProto.INT32)
+        return self.op("Cast", self.call_unpack(stream, bits_attr, count_attr), to=TensorProto.INT32)
 
     def segment_offsets(self, segments: str, size: str, bits_attr: str) -> str:
         """int32 [size]: seg(p) * 2^bits, the offset of each position's codebook row in the flat
@@ -198,6 +219,9 @@ def build_function(op_type: str, opset: int) -> onnx.FunctionProto:
     if opset < MIN_OPSET:
         raise ValueError(f"decode functions need opset >= {MIN_OPSET}, got {opset}")
     b = _Body(opset)
+    if op_type == "Unpack":
+        b.nodes.append(helper.make_node("Identity", [b.unpack("stream", "bits", "count")], ["Y"]))
+        return _function(op_type, b, opset)
     size = b.vec1(b.attr_int("size"))
     if op_type == "CodebookDense":
         codes = b.codes_int32("codes", "bits", "size")
@@ -239,11 +263,13 @@ def _function(op_type: str, b: _Body, opset: int) -> onnx.FunctionProto:
         INPUTS[op_type],
         ["Y"],
         b.nodes,
-        opset_imports=[helper.make_opsetid("", opset)],
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)],
         attributes=ATTRIBUTES[op_type],
     )
 
 
 def functions_for(op_types: Iterable[str], opset: int) -> list[onnx.FunctionProto]:
-    """Function protos a model using ``op_types`` needs."""
-    return [build_function(op, opset) for op in sorted(set(op_types))]
+    """Function protos a model using ``op_types`` needs (the ``Unpack`` helper they call included)."""
+    ops = sorted(set(op_types) - set(HELPERS))
+    helpers = list(HELPERS) if ops else []  # listed first: evaluators resolve callees in order
+    return [build_function(op, opset) for op in helpers + ops]
