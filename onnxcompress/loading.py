@@ -24,6 +24,14 @@ def _is_container(path: str | os.PathLike[str]) -> bool:
 DECODE_MODES = ("host", "onnxruntime")
 
 
+def check_decode_mode(decode: str) -> None:
+    """Refuse an unknown ``decode`` (for load, bench and verify alike)."""
+    if decode not in DECODE_MODES:
+        from onnxcompress.errors import ConfigError
+
+        raise ConfigError(f"unknown decode mode {decode!r}: use one of {', '.join(DECODE_MODES)}")
+
+
 def load(
     path: str | os.PathLike[str],
     providers: Any = None,
@@ -45,39 +53,53 @@ def load(
     file with the same onnxruntime read that instead and skip the decode entirely. Extra keyword
     arguments go to ``make_session`` (``threads``, ``optimization_level``...).
     """
-    from onnxcompress.errors import ConfigError
     from onnxcompress.sessions import make_session
 
-    if decode not in DECODE_MODES:
-        raise ConfigError(f"unknown decode mode {decode!r}: use one of {', '.join(DECODE_MODES)}")
+    check_decode_mode(decode)
     if cache_dir is not None:
         cached = decoded_cache(path, cache_dir)
         return make_session(cached, providers=providers, **session_options)
     folder = os.path.dirname(os.path.abspath(path))
-    container = _is_container(path)
     if decode == "host":
-        from onnxcompress.passes.host_decode import decode_on_host, has_decode_nodes
-
-        if container or has_decode_nodes(_graph_only(path)):
-            decoded = decode_on_host(load_model(path))
-            return make_session(
-                decoded.model,
-                providers=providers,
-                external_data_dir=folder,
-                external_initializers=decoded.arrays,
-                **session_options,
-            )
-    if container and not str(path).lower().endswith(".onnxc"):
-        model: Any = load_model(path)  # a container under another extension: expand it here
+        model = _compressed_model(path)
+        if model is not None:
+            return host_session(model, providers=providers, external_data_dir=folder, **session_options)
+    if _is_container(path) and not str(path).lower().endswith(".onnxc"):
+        model = load_model(path)  # a container under another extension: expand it here
         return make_session(model, providers=providers, external_data_dir=folder, **session_options)
     return make_session(path, providers=providers, **session_options)
 
 
-def _graph_only(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """The model without its external data (enough to see whether it has decode nodes)."""
+def host_session(
+    model: onnx.ModelProto, providers: Any = None, **session_options: Any
+) -> ort.InferenceSession:
+    """A session for ``model`` (edited in place) whose weights were rebuilt in numpy first."""
+    from onnxcompress.passes.host_decode import decode_on_host
+    from onnxcompress.sessions import make_session
+
+    decoded = decode_on_host(model)
+    return make_session(
+        decoded.model, providers=providers, external_initializers=decoded.arrays, **session_options
+    )
+
+
+def _compressed_model(path: str | os.PathLike[str]) -> onnx.ModelProto | None:
+    """The ModelProto of ``path`` with its data when it holds decode nodes, else None (the caller
+    hands the path to onnxruntime). The file is parsed once; external data is read only if needed."""
+    from onnxcompress.passes.host_decode import has_decode_nodes
+
+    if _is_container(path):
+        from onnxcompress.container import read_model
+
+        return read_model(path)
+    from onnxcompress.model_io import load_external_data
     from onnxcompress.model_io import load_model as _load
 
-    return _load(path, load_external=False)
+    model = _load(path, load_external=False)
+    if not has_decode_nodes(model):
+        return None
+    load_external_data(model, path)
+    return model
 
 
 def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -124,12 +146,13 @@ def decoded_cache(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str
     data_name = target.name + ".data"
     tmp = Path(tempfile.mkdtemp(prefix=".decode-", dir=cache))
     try:
-        from onnxcompress.passes.host_decode import decode_on_host, has_decode_nodes
+        from onnxcompress.passes.host_decode import decode_on_host
 
         source: Any = src
         arrays = None
-        if _is_container(src) or has_decode_nodes(_graph_only(src)):
-            decoded = decode_on_host(load_model(src))  # numpy decode: far less time and memory
+        model = _compressed_model(src)
+        if model is not None:
+            decoded = decode_on_host(model)  # numpy decode: far less time and memory
             source, arrays = decoded.model, decoded.arrays
         make_session(
             source,

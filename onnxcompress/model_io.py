@@ -58,11 +58,17 @@ def load_model(path: str | os.PathLike[str], *, load_external: bool = True) -> o
         )
     check_external_data(model, path.parent)
     if load_external:
-        try:
-            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-        except Exception as exc:  # checked above, so this is an I/O problem
-            raise InvalidModelError(f"{path}: cannot read external data: {exc}") from None
+        load_external_data(model, path)
     return model
+
+
+def load_external_data(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
+    """Read the external data of ``model``, loaded from ``path`` with ``load_external=False``
+    (which already checked the locations), into the ModelProto."""
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(Path(path).parent))
+    except Exception as exc:  # the locations were checked at load, so this is an I/O problem
+        raise InvalidModelError(f"{path}: cannot read external data: {exc}") from None
 
 
 def check_external_data(model: onnx.ModelProto, base_dir: str | os.PathLike[str]) -> None:

@@ -366,11 +366,10 @@ def bench(
     decode functions are constant-folded by onnxruntime); ``"host"`` as ``onnxcompress.load`` does
     (weights decoded in numpy first).
     """
-    from onnxcompress.loading import DECODE_MODES
+    from onnxcompress.loading import check_decode_mode
     from onnxcompress.sessions import OPTIMIZATION_LEVELS, resolve_providers
 
-    if decode not in DECODE_MODES:
-        raise ConfigError(f"unknown decode mode {decode!r}: use one of {', '.join(DECODE_MODES)}")
+    check_decode_mode(decode)
 
     if not models:
         raise ConfigError("bench needs at least one model")

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxcompress.errors import ConfigError, DataError, InvalidModelError
+from onnxcompress.errors import DataError, InvalidModelError
 from onnxcompress.evaluation.data import DataSource, input_specs, open_data
 from onnxcompress.evaluation.metrics import OutputAccumulator, OutputMetrics, _json_float
 from onnxcompress.sessions import make_session, model_label
@@ -266,18 +266,13 @@ def _session(model: Any, providers, threads, decode: str = "onnxruntime") -> Any
     if decode == "host":
         import onnx
 
+        from onnxcompress.loading import host_session, load
+
         if isinstance(model, onnx.ModelProto):
-            from onnxcompress.passes.host_decode import decode_on_host
-
             copy = onnx.ModelProto()
-            copy.CopyFrom(model)  # decode_on_host edits in place; the caller's model stays as it was
-            decoded = decode_on_host(copy)
-            return make_session(
-                decoded.model, providers=providers, threads=threads, external_initializers=decoded.arrays
-            )
+            copy.CopyFrom(model)  # host decode edits in place; the caller's model stays as it was
+            return host_session(copy, providers=providers, threads=threads)
         if isinstance(model, (str, os.PathLike)):
-            from onnxcompress.loading import load
-
             return load(model, providers=providers, threads=threads)
     return make_session(model, providers=providers, threads=threads)
 
@@ -310,10 +305,9 @@ def verify(
     ``"host"`` (as ``onnxcompress.load``). Raises DataError / InvalidModelError / ConfigError on bad
     input (never on a failed gate: check ``result.passed``).
     """
-    from onnxcompress.loading import DECODE_MODES
+    from onnxcompress.loading import check_decode_mode
 
-    if decode not in DECODE_MODES:
-        raise ConfigError(f"unknown decode mode {decode!r}: use one of {', '.join(DECODE_MODES)}")
+    check_decode_mode(decode)
     start = time.perf_counter()
     ref = _session(reference, providers, threads, decode)
     cand = _session(candidate, providers, threads, decode)

@@ -25,11 +25,6 @@ from onnxcompress.passes.base import Pass, PassResult
 from onnxcompress.passes.versions import default_opset
 
 PREFIX = "onnxcompress"
-_SUB_BYTE = {
-    getattr(onnx.TensorProto, t)
-    for t in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2", "FLOAT6E2M3", "FLOAT6E3M2")
-    if hasattr(onnx.TensorProto, t)
-}
 
 
 def _all_names(model: onnx.ModelProto) -> set[str]:
@@ -105,17 +100,14 @@ class EncodeWeightsPass(Pass):
         def const(arr: np.ndarray, base: str) -> str:
             # Added at once (after the kept initializers, in creation order), and written in place
             # the way numpy_helper.from_array writes it: a list of TensorProtos extended at the end
-            # held every stream twice more, and append() copies a temporary TensorProto.
+            # held every stream twice more, and append() copies a temporary TensorProto. (Streams
+            # are uint8/int32/int64/float arrays: no sub-byte type that from_array packs first.)
             name = fresh(base)
-            dtype = helper.np_dtype_to_tensor_dtype(arr.dtype)
-            if dtype in _SUB_BYTE:  # from_array packs these first
-                graph.initializer.append(numpy_helper.from_array(arr, name))
-                return name
             t = graph.initializer.add()
             t.dims.extend(arr.shape)
             t.name = name
             t.raw_data = numpy_helper.tobytes_little_endian(arr)
-            t.data_type = dtype
+            t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
             return name
 
         for gi, group in enumerate(self.groups):

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxcompress.inventory import iter_graphs
 from onnxcompress.ops import DOMAIN
 from onnxcompress.ops.reference import REFERENCE
 
@@ -76,18 +77,6 @@ FOLDABLE: dict[str, Callable[..., list[np.ndarray]]] = {
 }
 
 
-def _consumed(graph: onnx.GraphProto, names: set[str]) -> None:
-    """Add every tensor name ``graph``'s nodes read, subgraphs (outer-scope reads) included."""
-    for node in graph.node:
-        names.update(i for i in node.input if i)
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                _consumed(a.g, names)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    _consumed(g, names)
-
-
 def has_decode_nodes(model: onnx.ModelProto) -> bool:
     """Whether the main graph holds ``ai.onnxcompress`` decode nodes (the encoder puts them there)."""
     return any(n.domain == DOMAIN for n in model.graph.node)
@@ -103,7 +92,8 @@ def decode_on_host(model: onnx.ModelProto) -> HostDecoded:
     """
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    cache: dict[str, np.ndarray] = {}
+    cache: dict[str, np.ndarray] = {}  # initializers read so far
+    known: dict[str, np.ndarray] = {}  # outputs computed here
 
     def const(name: str) -> np.ndarray | None:
         if name in known:
@@ -114,7 +104,6 @@ def decode_on_host(model: onnx.ModelProto) -> HostDecoded:
             return cache[name]
         return None
 
-    known: dict[str, np.ndarray] = {}  # outputs computed here
     kept: list[onnx.NodeProto] = []
     result = HostDecoded(model)
     for node in graph.node:
@@ -140,8 +129,10 @@ def decode_on_host(model: onnx.ModelProto) -> HostDecoded:
         return result
     del graph.node[:]
     graph.node.extend(kept)
-    needed: set[str] = {o.name for o in graph.output}
-    _consumed(graph, needed)
+    needed: set[str] = {o.name for o in graph.output}  # read by a remaining node, subgraphs included
+    for _, g in iter_graphs(graph):
+        for n in g.node:
+            needed.update(i for i in n.input if i)
     graph_inputs = {i.name for i in graph.input}
     survivors = [t for t in graph.initializer if t.name in needed or t.name in graph_inputs]
     del graph.initializer[:]
@@ -152,21 +143,11 @@ def decode_on_host(model: onnx.ModelProto) -> HostDecoded:
         arr = np.ascontiguousarray(arr)  # a Transpose or Split leaves views; onnxruntime reads raw memory
         result.arrays[name] = arr
         graph.initializer.append(_placeholder(name, arr))
-    if not any(n.domain == DOMAIN for n in kept) and not _subgraphs_use_domain(graph):
+    if not any(n.domain == DOMAIN for _, g in iter_graphs(graph) for n in g.node):
         keep_fns = [f for f in model.functions if f.domain != DOMAIN]
         del model.functions[:]
         model.functions.extend(keep_fns)
     return result
-
-
-def _subgraphs_use_domain(graph: onnx.GraphProto) -> bool:
-    for node in graph.node:
-        for a in node.attribute:
-            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
-            for g in subs:
-                if any(n.domain == DOMAIN for n in g.node) or _subgraphs_use_domain(g):
-                    return True
-    return False
 
 
 def _placeholder(name: str, arr: np.ndarray) -> onnx.TensorProto:
