@@ -251,7 +251,7 @@ def digits_case(name: str, samples: int) -> Case:
 
 def minilm_case(samples: int) -> Case:
     from models.export_minilm import ensure_minilm
-    from onnxcompress.model_io import load_model
+    from onnxcompress.model_io import open_model
 
     paths = ensure_minilm()
     with np.load(paths["data"]) as z:
@@ -275,7 +275,7 @@ def minilm_case(samples: int) -> Case:
         return fid["cosine"] >= MIN_COSINE and fid["nn_agreement"] >= MIN_NN
 
     return Case(
-        "minilm", Path(paths["model"]), file_bytes(paths["model"]), lambda: load_model(paths["model"]),
+        "minilm", Path(paths["model"]), file_bytes(paths["model"]), lambda: open_model(paths["model"]),
         {k: v[idx] for k, v in inputs.items()}, fidelity, passes,
         f"calibration: {len(idx)} of the 500 sentences (evenly spread); fidelity vs fp32 ONNX embeddings over all "
         f"500 (cosine_unseen: the {len(unseen)} not used for calibration)",

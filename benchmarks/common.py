@@ -366,9 +366,9 @@ def file_bytes(path: str | os.PathLike[str]) -> int:
     """Bytes on disk, external data included (the same rule as ``onnxcompress bench``)."""
     p = Path(path)
     if p.suffix in (".onnx", ".onnxc"):
-        from onnxcompress.evaluation.bench import model_size_on_disk
+        from onnxcompress.model_io import size_on_disk
 
-        return model_size_on_disk(p)
+        return size_on_disk(p)
     return p.stat().st_size
 
 

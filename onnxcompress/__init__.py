@@ -23,7 +23,8 @@ _API = {
     "Gates": ("onnxcompress.evaluation.verify", "Gates"),
     "bench": ("onnxcompress.evaluation.bench", "bench"),
     "load": ("onnxcompress.loading", "load"),
-    "load_model": ("onnxcompress.loading", "load_model"),
+    "load_model": ("onnxcompress.model_io", "open_model"),
+    "open_model": ("onnxcompress.model_io", "open_model"),
     "make_session": ("onnxcompress.sessions", "make_session"),
 }
 

@@ -1,8 +1,12 @@
-"""Command-line entry point.
+"""Command-line entry point (``onnxcompress`` and ``python -m onnxcompress``).
 
 Each sub-command lives in its own module ``onnxcompress.commands.<name>`` exposing ``HELP`` (one
 line), ``add_arguments(parser)`` and ``run(args) -> int``. This module only dispatches and turns our
 own exceptions into one clear error line plus a non-zero exit code (never a traceback).
+
+Start-up stays fast (``--version`` and ``--help`` import neither onnx nor onnxruntime): only the
+chosen sub-command's arguments are built, and the command modules import heavy packages inside
+their functions.
 """
 
 from __future__ import annotations
@@ -12,8 +16,6 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from onnxcompress.errors import OnnxCompressError
-
 # Order is the order shown by --help.
 COMMANDS: tuple[str, ...] = ("compress", "inspect", "verify", "bench", "pack", "unpack")
 
@@ -22,7 +24,16 @@ def _load(name: str):
     return importlib.import_module(f"onnxcompress.commands.{name}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The sub-command named on the command line (the first word that is not an option)."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``argv``, only the sub-command it names gets its arguments (fast start)."""
     from onnxcompress import __version__
 
     parser = argparse.ArgumentParser(
@@ -32,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"onnxcompress {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    chosen = _chosen(argv) if argv is not None else None
     for name in COMMANDS:
+        if argv is not None and "--version" in argv[:1]:
+            break  # nothing but the version is needed
         try:
             module = _load(name)
         except ModuleNotFoundError as exc:  # a command whose module is not installed yet
@@ -40,15 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
+        if argv is None or name == chosen:
+            module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    from onnxcompress.errors import OnnxCompressError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        args = build_parser(argv).parse_args(argv)
         return int(args._run(args) or 0)
     except OnnxCompressError as exc:
         print(f"onnxcompress: error: {exc}", file=sys.stderr)

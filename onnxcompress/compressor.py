@@ -23,7 +23,7 @@ from onnxcompress import __version__
 from onnxcompress.algorithms import codebook, pruning
 from onnxcompress.config import CompressionConfig, WeightConfig, preset
 from onnxcompress.encoding import EncodedWeight, build_groups, encode_codebook, encode_pruned
-from onnxcompress.errors import NoCompressibleWeightsError
+from onnxcompress.errors import InvalidModelError, NoCompressibleWeightsError
 from onnxcompress.inventory import Inventory, WeightInfo, build_inventory, iter_graphs
 from onnxcompress.passes import CheckModelPass, EncodeWeightsPass, PassManager, RaiseVersionsPass
 from onnxcompress.passes.base import Pass, PassResult
@@ -238,7 +238,7 @@ def compress_model(
     arrays (``result.decoded``, 4 bytes per weight for fp32) are kept only with ``keep_decoded``
     (tests and verification compare against them); otherwise ``result.decoded`` is empty.
     ``external_dir``: the folder of a model loaded *without* its external data
-    (``load_model(..., load_external=False)``); weights are then read straight from the data files,
+    (``open_model(..., load_external=False)``); weights are then read straight from the data files,
     so they never sit in the ModelProto, and the data of the tensors left alone is loaded into the
     model once the compressed weights are gone from it.
     """
@@ -402,27 +402,33 @@ def compress_file(
     its data file when it is compressed (see :func:`compress_model`), so a model with external data
     never has all its weights in memory at once.
     """
-    from onnxcompress.model_io import check_output_path, load_model, model_file_size, save_model
+    from onnxcompress import model_io
+    from onnxcompress.passes.host_decode import has_decode_nodes
 
     t0 = time.perf_counter()
-    check_output_path(input_path, output_path, overwrite=overwrite)
+    out = model_io.check_output(output_path, inputs=[input_path], overwrite=overwrite)
     lazy = hook_factory is None  # a factory (calibration) may run the model: it needs all the data
-    model = load_model(input_path, load_external=not lazy)
+    model = model_io.open_model(input_path, load_external=not lazy)
+    if has_decode_nodes(model):
+        raise InvalidModelError(
+            f"{input_path}: already compressed by onnxcompress (it has ai.onnxcompress decode nodes); "
+            "compress the original model instead"
+        )
     if hook_factory is not None:
         weight_hook = hook_factory(model) or weight_hook
     result = compress_model(
         model, config, progress=progress, weight_hook=weight_hook, keep_decoded=keep_decoded,
         external_dir=Path(input_path).parent if lazy else None,
     )  # fmt: skip
-    out = Path(output_path)
+    size_before = model_io.size_on_disk(input_path)
     if out.suffix == ".onnxc":
         from onnxcompress.container import write_container
 
-        stats = write_container(result.model, out)
+        stats = write_container(result.model, out, original_bytes=size_before)
         result.container = stats
         result.report.extra["container"] = _plain(stats)
     else:
-        save_model(result.model, out)
+        model_io.save(result.model, out)
         if "deferred" in result.report.passes.get("check", {}):
             from onnxcompress.passes.check import check_saved_model
 
@@ -432,8 +438,8 @@ def compress_file(
                 out.unlink(missing_ok=True)
                 Path(str(out) + ".data").unlink(missing_ok=True)
                 raise
-    result.report.file_bytes_before = model_file_size(input_path)
-    result.report.file_bytes_after = model_file_size(out) if out.suffix != ".onnxc" else out.stat().st_size
+    result.report.file_bytes_before = size_before
+    result.report.file_bytes_after = model_io.size_on_disk(out)
     result.report.output = str(out)
     result.report.seconds = time.perf_counter() - t0  # the whole job: loading, calibration, saving
     return result

@@ -1,8 +1,10 @@
-"""``onnxcompress.load`` / ``load_model``: open a compressed model whether ``.onnx`` or ``.onnxc``.
+"""``onnxcompress.load``: a session for a compressed model, whether ``.onnx`` or ``.onnxc``.
 
-Sessions are built only through :func:`onnxcompress.sessions.make_session` (one place configures
-constant folding limits, providers and external-data folders); it expands containers itself.
-Imports are lazy so that importing onnxcompress stays cheap.
+Files are opened only through :mod:`onnxcompress.model_io` (``onnxcompress.load_model`` is
+:func:`onnxcompress.model_io.open_model`), sessions are built only through
+:func:`onnxcompress.sessions.make_session` (one place configures constant folding limits,
+providers and external-data folders; it expands containers itself). Imports are lazy so that
+importing onnxcompress stays cheap.
 """
 
 from __future__ import annotations
@@ -13,12 +15,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import onnx
     import onnxruntime as ort
-
-
-def _is_container(path: str | os.PathLike[str]) -> bool:
-    from onnxcompress.container import is_container_file
-
-    return str(path).lower().endswith(".onnxc") or is_container_file(path)
 
 
 DECODE_MODES = ("host", "onnxruntime")
@@ -59,14 +55,11 @@ def load(
     if cache_dir is not None:
         cached = decoded_cache(path, cache_dir)
         return make_session(cached, providers=providers, **session_options)
-    folder = os.path.dirname(os.path.abspath(path))
     if decode == "host":
         model = _compressed_model(path)
         if model is not None:
+            folder = os.path.dirname(os.path.abspath(path))
             return host_session(model, providers=providers, external_data_dir=folder, **session_options)
-    if _is_container(path) and not str(path).lower().endswith(".onnxc"):
-        model = load_model(path)  # a container under another extension: expand it here
-        return make_session(model, providers=providers, external_data_dir=folder, **session_options)
     return make_session(path, providers=providers, **session_options)
 
 
@@ -85,32 +78,18 @@ def host_session(
 
 def _compressed_model(path: str | os.PathLike[str]) -> onnx.ModelProto | None:
     """The ModelProto of ``path`` with its data when it holds decode nodes, else None (the caller
-    hands the path to onnxruntime). The file is parsed once; external data is read only if needed."""
+    hands the path to onnxruntime). The file is parsed once; external data is read only if needed.
+    A container is always returned: it is expanded already, onnxruntime cannot read it."""
+    from onnxcompress.model_io import is_container, load_external_data, open_model
     from onnxcompress.passes.host_decode import has_decode_nodes
 
-    if _is_container(path):
-        from onnxcompress.container import read_model
-
-        return read_model(path)
-    from onnxcompress.model_io import load_external_data
-    from onnxcompress.model_io import load_model as _load
-
-    model = _load(path, load_external=False)
+    model = open_model(path, load_external=False)
+    if is_container(path):
+        return model
     if not has_decode_nodes(model):
         return None
     load_external_data(model, path)
     return model
-
-
-def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """The ``onnx.ModelProto`` of a ``.onnx`` model (external data loaded) or an ``.onnxc`` container."""
-    if _is_container(path):
-        from onnxcompress.container import read_model
-
-        return read_model(path)
-    from onnxcompress.model_io import load_model as _load
-
-    return _load(path)
 
 
 def decoded_cache(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str]) -> str:
@@ -123,15 +102,15 @@ def decoded_cache(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str
     a ``.data`` file beside it, written into a temporary folder and moved into place atomically.
     """
     import hashlib
-    import shutil
-    import tempfile
     from pathlib import Path
 
     import onnxruntime
 
+    from onnxcompress.model_io import atomic_files, check_input
+    from onnxcompress.passes.host_decode import decode_on_host
     from onnxcompress.sessions import make_session
 
-    src = Path(path)
+    src = check_input(path)
     digest = hashlib.sha256()
     with open(src, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -139,35 +118,26 @@ def decoded_cache(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str
     digest.update(onnxruntime.__version__.encode())
     key = digest.hexdigest()[:24]
     cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
     target = cache / f"{src.stem}.{key}.decoded.onnx"
     if target.exists():
         return str(target)
     data_name = target.name + ".data"
-    tmp = Path(tempfile.mkdtemp(prefix=".decode-", dir=cache))
-    try:
-        from onnxcompress.passes.host_decode import decode_on_host
-
-        source: Any = src
-        arrays = None
-        model = _compressed_model(src)
-        if model is not None:
-            decoded = decode_on_host(model)  # numpy decode: far less time and memory
-            source, arrays = decoded.model, decoded.arrays
+    source: Any = src
+    arrays = None
+    model = _compressed_model(src)
+    if model is not None:
+        decoded = decode_on_host(model)  # numpy decode: far less time and memory
+        source, arrays = decoded.model, decoded.arrays
+    with atomic_files(cache / data_name, target) as (_, tmp_model):
         make_session(
             source,
             external_data_dir=src.parent,
             external_initializers=arrays,
             optimization_level="basic",
-            optimized_model_path=tmp / target.name,
+            optimized_model_path=tmp_model,
             config={
                 "session.optimized_model_external_initializers_file_name": data_name,
                 "session.optimized_model_external_initializers_min_size_in_bytes": "1024",
             },
         )
-        if (tmp / data_name).exists():
-            os.replace(tmp / data_name, cache / data_name)
-        os.replace(tmp / target.name, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return str(target)

@@ -1,10 +1,50 @@
-"""Load and save ONNX models safely.
+"""Every model file onnxcompress reads or writes goes through this module: the rules, stated once.
 
-Loading validates what a user can get wrong (not ONNX, truncated, missing or escaping external
-data) and turns it into one clear :class:`InvalidModelError`. Saving is atomic: everything is
-written into a temporary folder beside the destination and moved into place only when complete,
-so a failure never leaves a partial output, and a stale ``.data`` file is replaced, never appended
-to (``onnx.save`` appends to an existing external-data file).
+Reading (:func:`open_model`, :func:`check_input`, :func:`model_bytes`, :func:`size_on_disk`)
+  * A path must name an existing, non-empty regular file: a missing path, a folder or an empty
+    file is refused with one :class:`~onnxcompress.errors.InvalidModelError` line naming the path.
+  * An ``.onnxc`` container is recognised by its magic bytes (:func:`is_container`), never by its
+    extension: a container renamed ``.onnx`` and a plain model named ``.onnxc`` both open. A
+    container is expanded (every checksum verified) to the exact model that was packed; a corrupt
+    one is a :class:`~onnxcompress.errors.ContainerError` naming the file.
+  * Anything else must parse as an ONNX ``ModelProto`` with a graph and an opset import;
+    otherwise "not an ONNX model" (truncated files and other formats land here).
+  * External data is checked once, before a byte of it is read: every location must be a relative
+    path that stays inside the model's folder after resolving ``..`` and symlinks (absolute paths
+    and escapes are an :class:`~onnxcompress.errors.UnsafeExternalDataError`), and the file must
+    exist and be long enough for the tensor's offset and length.
+  * Sessions (:mod:`onnxcompress.sessions`) hand an ``.onnx`` path straight to onnxruntime (it
+    applies the same location rules); when onnxruntime refuses a file, the file is diagnosed here
+    so the user sees the same message as from every other subcommand.
+
+Writing (:func:`save`, :func:`write_bytes`, :func:`write_report`, :func:`atomic_files`)
+  * One atomic writer, :func:`atomic_files`: files are written into a temporary folder beside
+    the destination and moved into place with ``os.replace`` only when complete, so a failure never
+    leaves a partial output; files are created with ``open``, so their mode follows the umask (0644
+    under umask 022) for models, external data, containers and reports alike.
+  * A model is written as one protobuf up to :data:`PROTOBUF_LIMIT`, the one protobuf limit of
+    the package; above it (or when asked) its tensors go to ``<name>.data`` beside it. A stale
+    ``<name>.data`` from an earlier run is replaced or removed, never appended to.
+  * Parent folders of an output are created when it is written, never earlier, so a failed run
+    leaves the file system as it was.
+
+Output paths (:func:`check_output`, :func:`check_report_path`), checked before any work:
+  * an existing folder at the output path is refused first ("is a folder");
+  * the output may not be an input (same file after resolving links);
+  * a model output that exists needs ``--overwrite`` (``overwrite=True``); a report file (``--json``,
+    ``--report``, ``--markdown``, ``--junit``) is replaced, as CI reruns expect;
+  * the nearest existing ancestor of the output must be a writable folder.
+
+Input data files (:func:`check_data_path`): an ``.npz``/``.npy`` file (checked by its magic bytes)
+or a folder; anything else is a :class:`~onnxcompress.errors.DataError` naming the file and flag.
+A plan file (``--config``, :func:`check_plan_path`) must be an existing file. Commands check every
+input path before any work, so a wrong one never leaves an output behind.
+
+Sizes (:func:`size_on_disk`): the real bytes on disk, the model file plus every distinct external
+data file it references; a container is its file size. Every table and ratio uses it.
+
+onnx is imported inside the functions, so that importing this module (and the CLI's ``--help``
+and ``--version``) stays cheap.
 """
 
 from __future__ import annotations
@@ -12,36 +52,73 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
-from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+from onnxcompress.errors import (
+    DataError,
+    InvalidModelError,
+    OutputExistsError,
+    UnsafeExternalDataError,
+)
 
-from onnxcompress.errors import InvalidModelError, OutputExistsError, UnsafeExternalDataError
+if TYPE_CHECKING:
+    import onnx
 
-# protobuf refuses to serialize messages of 2 GiB or more; stay clear of it.
+PathLike = str | os.PathLike[str]
+
+#: The one protobuf size limit. protobuf refuses to serialize (or parse) a message of 2 GiB or
+#: more; models above this many bytes are written with external data, the checker runs on the
+#: saved file, sessions load them from a temporary external-data copy, and containers (which hold
+#: one protobuf) refuse them.
 PROTOBUF_LIMIT = 2**31 - 2**24
-EXTERNAL_THRESHOLD = 1024  # tensors above this many bytes go to the .data file when external
+#: Tensors above this many bytes go to the ``.data`` file when a model is saved with external data.
+EXTERNAL_THRESHOLD = 1024
+
+#: First bytes of the files :func:`check_data_path` accepts (.npz is a zip archive).
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 
 
-def _iter_all_tensors(model: onnx.ModelProto):
-    yield from onnx.external_data_helper._get_all_tensors(model)
+# --------------------------------------------------------------------------- reading
 
 
-def load_model(path: str | os.PathLike[str], *, load_external: bool = True) -> onnx.ModelProto:
-    """Read and sanity-check an ONNX model, with its external data when it has some.
+def check_input(path: PathLike) -> Path:
+    """``path`` as a :class:`Path` if it names a non-empty regular file; else one clear error."""
+    p = Path(path)
+    if p.is_dir():
+        raise InvalidModelError(f"{p}: is a folder, not a model file")
+    if not p.exists():
+        raise InvalidModelError(f"{p}: no such file")
+    if not p.is_file():
+        raise InvalidModelError(f"{p}: not a regular file")
+    try:
+        size = p.stat().st_size
+        with open(p, "rb"):
+            pass
+    except OSError as exc:
+        raise InvalidModelError(f"{p}: cannot read it ({exc.strerror or exc})") from None
+    if size == 0:
+        raise InvalidModelError(f"{p}: the file is empty, not an ONNX model")
+    return p
 
-    ``load_external=False`` leaves external tensors as references to their (checked) files:
-    :func:`~onnxcompress.compressor.compress_file` then reads each weight only while compressing it.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InvalidModelError(f"{path}: no such file")
-    if not path.is_file():
-        raise InvalidModelError(f"{path}: not a file")
-    data = path.read_bytes()
-    if not data:
-        raise InvalidModelError(f"{path}: the file is empty, not an ONNX model")
+
+def is_container(path: PathLike) -> bool:
+    """Whether ``path`` is an ``.onnxc`` container: the one test, by magic bytes (not extension)."""
+    from onnxcompress.container.format import MAGIC, looks_like_container
+
+    try:
+        with open(path, "rb") as fh:
+            return looks_like_container(fh.read(len(MAGIC)))
+    except OSError:
+        return False
+
+
+def _parse(data: bytes, path: Path) -> onnx.ModelProto:
+    import onnx
+
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
@@ -49,32 +126,107 @@ def load_model(path: str | os.PathLike[str], *, load_external: bool = True) -> o
         raise InvalidModelError(
             f"{path}: not an ONNX model (the protobuf does not parse; the file may be truncated or of another format)"
         ) from None
-    del data  # the parsed model holds its own copy: release the file's bytes before the external data
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise InvalidModelError(f"{path}: not an ONNX model (no graph found; truncated or another format)")
     if not model.opset_import:
         raise InvalidModelError(
             f"{path}: the model declares no opset import; re-export it with a current exporter"
         )
-    check_external_data(model, path.parent)
-    if load_external:
-        load_external_data(model, path)
     return model
 
 
-def load_external_data(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
-    """Read the external data of ``model``, loaded from ``path`` with ``load_external=False``
+def _expand_container(path: Path) -> bytes:
+    from onnxcompress.container import read_model_bytes
+
+    return read_model_bytes(path)  # ContainerError messages name the file
+
+
+def open_model(path: PathLike, *, load_external: bool = True) -> onnx.ModelProto:
+    """The validated ``ModelProto`` of an ``.onnx`` file or ``.onnxc`` container (by magic bytes).
+
+    ``load_external=False`` leaves external tensors as references to their (checked) files:
+    :func:`~onnxcompress.compressor.compress_file` then reads each weight only while compressing
+    it, and :func:`load_external_data` reads the rest later. See the module docstring for the rules.
+    """
+    p = check_input(path)
+    if is_container(p):
+        return _parse(_expand_container(p), p)  # containers hold one self-contained protobuf
+    model = _parse(p.read_bytes(), p)
+    check_external_data(model, p.parent)
+    if load_external:
+        load_external_data(model, p)
+    return model
+
+
+def model_bytes(path: PathLike) -> bytes:
+    """The exact serialized model a file stands for (what a container packs and unpacks to).
+
+    An ``.onnx`` without external data: its bytes as they are (byte identity with the file). A
+    container: the model it holds. A model with external data: loaded with its (checked) data and
+    re-serialized with the data inline, so the result is one self-contained protobuf (refused
+    above :data:`PROTOBUF_LIMIT`).
+    """
+    p = check_input(path)
+    if is_container(p):
+        data = _expand_container(p)
+        _parse(data, p)
+        return data
+    data = p.read_bytes()
+    model = _parse(data, p)
+    if not has_external_data(model):
+        return data
+    del data
+    check_external_data(model, p.parent)
+    load_external_data(model, p)
+    inline_external_data(model)
+    if model.ByteSize() > PROTOBUF_LIMIT:
+        raise InvalidModelError(
+            f"{p}: the model with its external data is 2 GB or larger and cannot be held in one protobuf"
+        )
+    return model.SerializeToString()
+
+
+def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    from onnx.external_data_helper import _get_all_tensors
+
+    yield from _get_all_tensors(model)
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    """Whether any tensor of ``model`` (subgraphs included) keeps its data in an external file."""
+    import onnx
+
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model))
+
+
+def inline_external_data(model: onnx.ModelProto) -> None:
+    """Drop the external-data records of tensors whose data has been loaded into ``model``."""
+    import onnx
+
+    for t in _all_tensors(model):
+        # onnx leaves an explicit DEFAULT location behind: drop it, the data is inline now.
+        if t.HasField("data_location") and t.data_location == onnx.TensorProto.DEFAULT:
+            t.ClearField("data_location")
+        del t.external_data[:]
+
+
+def load_external_data(model: onnx.ModelProto, path: PathLike) -> None:
+    """Read the external data of ``model``, opened from ``path`` with ``load_external=False``
     (which already checked the locations), into the ModelProto."""
+    import onnx
+
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(Path(path).parent))
-    except Exception as exc:  # the locations were checked at load, so this is an I/O problem
+    except Exception as exc:  # the locations were checked at open, so this is an I/O problem
         raise InvalidModelError(f"{path}: cannot read external data: {exc}") from None
 
 
-def check_external_data(model: onnx.ModelProto, base_dir: str | os.PathLike[str]) -> None:
+def check_external_data(model: onnx.ModelProto, base_dir: PathLike) -> None:
     """Refuse external-data locations outside the model's folder and missing or short files."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
     base = Path(base_dir).resolve()
-    for tensor in _iter_all_tensors(model):
+    for tensor in _all_tensors(model):
         if not uses_external_data(tensor):
             continue
         info = ExternalDataInfo(tensor)
@@ -103,82 +255,197 @@ def check_external_data(model: onnx.ModelProto, base_dir: str | os.PathLike[str]
             )
 
 
-def model_file_size(path: str | os.PathLike[str]) -> int:
-    """Bytes on disk of a model, its external data files included."""
-    path = Path(path)
-    total = path.stat().st_size
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:
+def size_on_disk(path: PathLike) -> int:
+    """Bytes on disk of a model: the file plus every distinct external-data file it references
+    (validated as :func:`open_model` does; a container is just its file)."""
+    p = check_input(path)
+    total = p.stat().st_size
+    if is_container(p):
         return total
-    seen: set[str] = set()
-    for tensor in _iter_all_tensors(model):
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    model = _parse(p.read_bytes(), p)
+    check_external_data(model, p.parent)
+    seen: set[Path] = set()
+    for tensor in _all_tensors(model):
         if uses_external_data(tensor):
-            loc = ExternalDataInfo(tensor).location
-            if loc and loc not in seen:
-                seen.add(loc)
-                f = path.parent / loc
-                if f.is_file():
-                    total += f.stat().st_size
+            f = (p.parent / (ExternalDataInfo(tensor).location or "")).resolve()
+            if f not in seen:
+                seen.add(f)
+                total += f.stat().st_size
     return total
 
 
-def check_output_path(
-    inp: str | os.PathLike[str] | None, out: str | os.PathLike[str], *, overwrite: bool
-) -> None:
-    """Never overwrite the input, nor an existing file unless asked."""
-    out_p = Path(out)
-    if inp is not None and out_p.exists() and Path(inp).exists() and out_p.resolve() == Path(inp).resolve():
-        raise OutputExistsError(f"{out}: the output is the input; choose another output path")
-    if out_p.exists() and not overwrite:
-        raise OutputExistsError(f"{out}: already exists; pass --overwrite (overwrite=True) to replace it")
-    if out_p.exists() and out_p.is_dir():
-        raise OutputExistsError(f"{out}: is a folder; give a file path")
-    if not out_p.parent.exists():
-        raise OutputExistsError(f"{out}: folder {out_p.parent} does not exist")
+def check_data_path(path: PathLike, flag: str = "--data") -> Path:
+    """An input data path (``--data``, ``--verify-data``, ``--calibration-data``): an existing
+    folder, or an ``.npz``/``.npy`` file recognised by its first bytes."""
+    p = Path(path)
+    if p.is_dir():
+        return p
+    if not p.exists():
+        raise DataError(f"{flag} {p}: no such file or folder")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(len(_NPY_MAGIC))
+    except OSError as exc:
+        raise DataError(f"{flag} {p}: cannot read it ({exc.strerror or exc})") from None
+    if not (head.startswith(_NPY_MAGIC) or head.startswith(_ZIP_MAGICS)):
+        raise DataError(
+            f"{flag} {p}: not an .npz or .npy file (save arrays with numpy.savez or numpy.save, "
+            "or give a folder of them)"
+        )
+    return p
 
 
-def save_model(
+def check_plan_path(path: PathLike, flag: str = "--config") -> Path:
+    """A YAML/JSON plan file: it must exist and be a file (its content is read by the config)."""
+    from onnxcompress.errors import ConfigError
+
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {p}: is a folder; give a YAML or JSON plan file")
+    if not p.is_file():
+        raise ConfigError(f"{flag} {p}: no such file")
+    return p
+
+
+# --------------------------------------------------------------------------- output paths
+
+
+def _check_ancestor(p: Path) -> None:
+    anc = p.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise OutputExistsError(f"{p}: {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise OutputExistsError(f"{p}: cannot write in folder {anc} (permission denied)")
+
+
+def check_output(out: PathLike, *, inputs: Iterable[PathLike] = (), overwrite: bool = False) -> Path:
+    """The one check of a model output path, before any work (rules in the module docstring)."""
+    p = Path(out)
+    if p.is_dir():
+        raise OutputExistsError(f"{p}: is a folder; give a file path for the output")
+    if p.exists():
+        for inp in inputs:
+            try:
+                same = os.path.samefile(p, inp)
+            except OSError:
+                same = False
+            if same:
+                raise OutputExistsError(f"{p}: the output is the input; choose another output path")
+        if not overwrite:
+            raise OutputExistsError(f"{p}: already exists; pass --overwrite to replace it")
+    _check_ancestor(p)
+    return p
+
+
+def check_report_path(path: PathLike, *, inputs: Iterable[PathLike] = ()) -> Path:
+    """A report file path (``--json``, ``--report``...), checked before any work: not a folder,
+    not an input; an existing file is replaced and missing parent folders are created on write."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputExistsError(f"{p}: is a folder; give a file path for the report")
+    if p.exists():
+        for inp in inputs:
+            try:
+                if os.path.samefile(p, inp):
+                    raise OutputExistsError(f"{p}: the report would replace an input; choose another path")
+            except OSError:
+                pass
+    _check_ancestor(p)
+    return p
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextmanager
+def atomic_files(*targets: PathLike) -> Iterator[list[Path]]:
+    """The one atomic writer: yields a temporary path for each target (all in one folder).
+
+    Write the files there (with ``open``, so the umask applies); when the block ends without an
+    exception, each temporary file that was written is moved onto its target with ``os.replace``,
+    in order (put a model after its data file, so it never points at missing data). Missing
+    parent folders are created here, at write time. The temporary folder is always removed.
+    """
+    paths = [Path(t) for t in targets]
+    folder = paths[0].parent
+    if any(p.parent != folder for p in paths):
+        raise ValueError("atomic_files: all targets must share one folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputExistsError(
+            f"{paths[0]}: cannot create folder {folder} ({exc.strerror or exc})"
+        ) from None
+    tmpdir = Path(tempfile.mkdtemp(prefix=".onnxcompress-", dir=folder))
+    try:
+        temps = [tmpdir / p.name for p in paths]
+        yield temps
+        for tmp, target in zip(temps, paths, strict=True):
+            if tmp.exists():
+                os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_files`)."""
+    p = Path(path)
+    with atomic_files(p) as (tmp,):
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return p
+
+
+def write_report(path: PathLike, text: str) -> Path:
+    """Write a report file (UTF-8 text): parent folders created, replaced atomically; an OS
+    failure is one :class:`~onnxcompress.errors.OutputExistsError` line naming the file."""
+    p = check_report_path(path)
+    try:
+        return write_bytes(p, text.encode("utf-8"))
+    except OSError as exc:
+        raise OutputExistsError(f"cannot write report {p}: {exc.strerror or exc}") from None
+
+
+def save(
     model: onnx.ModelProto,
-    path: str | os.PathLike[str],
+    path: PathLike,
     *,
     external_data: bool | None = None,
 ) -> list[Path]:
     """Write ``model`` atomically; returns the files written.
 
     ``external_data=None`` decides automatically: external data only when the model would not fit
-    in one protobuf. The data file is ``<name>.data`` beside the model.
+    in one protobuf (:data:`PROTOBUF_LIMIT`). The data file is ``<name>.data`` beside the model.
     """
-    path = Path(path)
+    import onnx
+
+    p = Path(path)
     if external_data is None:
         external_data = model.ByteSize() > PROTOBUF_LIMIT
-    data_name = path.name + ".data"
-    tmpdir = Path(tempfile.mkdtemp(prefix=".onnxcompress-", dir=path.parent))
-    try:
-        tmp_model = tmpdir / path.name
+    data_path = p.parent / (p.name + ".data")
+    with atomic_files(data_path, p) as (tmp_data, tmp_model):
         if external_data:
             onnx.save_model(
                 model,
                 str(tmp_model),
                 save_as_external_data=True,
                 all_tensors_to_one_file=True,
-                location=data_name,
+                location=data_path.name,
                 size_threshold=EXTERNAL_THRESHOLD,
             )
             # save_model converts the tensors in place; bring the data back so the caller's
             # ModelProto stays self-contained.
-            onnx.external_data_helper.load_external_data_for_model(model, str(tmpdir))
+            onnx.external_data_helper.load_external_data_for_model(model, str(tmp_model.parent))
         else:
             with open(tmp_model, "wb") as fh:
                 fh.write(model.SerializeToString())
-        written = [path]
-        if external_data:
-            os.replace(tmpdir / data_name, path.parent / data_name)
-            written.append(path.parent / data_name)
-        elif (path.parent / data_name).exists():
-            # a stale data file from an earlier run would be confusing; it belongs to this output
-            (path.parent / data_name).unlink()
-        os.replace(tmp_model, path)
-        return written
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+            if data_path.exists():
+                # a stale data file from an earlier run would be confusing; it belongs to this output
+                data_path.unlink()
+    return [p, data_path] if external_data else [p]

@@ -20,9 +20,11 @@ wrong in ways that are easy to miss:
   external files, pass ``external_data_dir`` and we set
   ``session.model_external_initializers_file_folder_path``. A proto above protobuf's 2 GiB limit is
   written to a temporary folder with external data and loaded from there.
-* **Containers.** Paths ending in ``.onnxc`` are entropy-coded containers: they are expanded with
-  ``onnxcompress.container.read_model`` (imported lazily, so the rest works without it) and the
-  resulting proto is loaded with the container's folder as external-data folder.
+* **Paths.** A path is checked by :func:`onnxcompress.model_io.check_input` (missing, folder,
+  empty). An ``.onnxc`` container (recognised by its magic bytes, whatever its extension) is
+  expanded by :func:`onnxcompress.model_io.open_model`; any other path goes to ORT as is. When ORT
+  refuses a file, ``model_io`` diagnoses it, so a non-ONNX file or unsafe external data gives the
+  same one-line message as every other subcommand.
 * **Providers.** Short names are accepted (``cpu``, ``cuda``, ``tensorrt``/``trt``, ``rocm``,
   ``openvino``, ``dml``, ``coreml``, ``qnn``...). The default is CPU only, for reproducible numbers.
   A requested provider that this onnxruntime build lacks is an error (``ConfigError``, exit 2:
@@ -34,7 +36,7 @@ wrong in ways that are easy to miss:
   (:mod:`onnxcompress.passes.host_decode`) and passes them as ``external_initializers``: they
   reach ORT through ``SessionOptions.add_external_initializers`` (in place, no protobuf copy),
   so ORT has nothing left to fold.
-* **Errors.** Any ORT load failure becomes one ``InvalidModelError`` line naming the model.
+* **Errors.** Any other ORT load failure becomes one ``InvalidModelError`` line naming the model.
 
 Log severity defaults to errors only: ORT's warnings (e.g. about serializing optimized models) are
 noise for our users.
@@ -48,7 +50,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxcompress.errors import ConfigError, ContainerError, InvalidModelError
+from onnxcompress import model_io
+from onnxcompress.errors import ConfigError, InvalidModelError
 
 if TYPE_CHECKING:  # onnx / onnxruntime are imported lazily: `onnxcompress --help` stays fast
     import numpy as np
@@ -86,8 +89,6 @@ PROVIDER_ALIASES: dict[str, str] = {
 }
 
 OPTIMIZATION_LEVELS = ("all", "extended", "basic", "disable")
-
-_PROTOBUF_LIMIT = (2 << 30) - (64 << 20)  # stay clear of protobuf's hard 2 GiB serialization limit
 
 
 def _ort():
@@ -209,51 +210,6 @@ def model_label(model: object) -> str:
     return f"<ModelProto {name}>"
 
 
-def read_container(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """Expand an ``.onnxc`` container through ``onnxcompress.container.read_model`` (lazy import)."""
-    try:
-        from onnxcompress.container import read_model  # type: ignore[import-not-found]
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("onnxcompress.container",):
-            raise
-        raise ContainerError(
-            f"cannot open {path}: .onnxc container support (onnxcompress.container) is not available in "
-            "this installation"
-        ) from None
-    except ImportError as exc:  # module exists but has no read_model yet
-        raise ContainerError(
-            f"cannot open {path}: onnxcompress.container has no read_model ({exc})"
-        ) from None
-    return read_model(path)
-
-
-def is_container(model: object) -> bool:
-    return isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnxc")
-
-
-def load_model_proto(
-    model: str | os.PathLike[str] | bytes | onnx.ModelProto, *, load_external_data: bool = True
-):
-    """Return an ``onnx.ModelProto`` for any accepted model form (paths, containers, bytes, protos)."""
-    import onnx
-
-    if isinstance(model, onnx.ModelProto):
-        return model
-    try:
-        if isinstance(model, (bytes, bytearray)):
-            return onnx.load_from_string(bytes(model))
-        path = Path(model)
-        if not path.is_file():
-            raise InvalidModelError(f"model file not found: {path}")
-        if is_container(path):
-            return read_container(path)
-        return onnx.load(str(path), load_external_data=load_external_data)
-    except (InvalidModelError, ContainerError):
-        raise
-    except Exception as exc:  # noqa: BLE001 -- protobuf/onnx raise many types; one line for the user
-        raise InvalidModelError(f"cannot read {model_label(model)} as ONNX: {_one_line(exc)}") from None
-
-
 def _one_line(exc: BaseException, limit: int = 400) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -296,7 +252,7 @@ def make_session(
     :mod:`onnxcompress.passes.host_decode`); the session keeps the arrays alive.
 
     Raises ``InvalidModelError`` (load failure, one line), ``ConfigError`` (unknown or unavailable
-    provider, bad option), ``ContainerError`` (``.onnxc`` without container support).
+    provider, bad option), ``ContainerError`` (a corrupt ``.onnxc``).
     Check ``session.get_providers()`` for what actually runs.
     """
     import onnx
@@ -304,17 +260,17 @@ def make_session(
     resolved = resolve_providers(providers, allow_fallback=allow_fallback)
     label = model_label(model)
     tmp: tempfile.TemporaryDirectory[str] | None = None
+    path: Path | None = None
+    onnxruntime_reads_file: Path | None = None
     if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        if not path.is_file():
-            raise InvalidModelError(f"model file not found: {path}")
-        if is_container(path):
-            model = read_container(path)
+        path = model_io.check_input(model)
+        if model_io.is_container(path):
+            model = model_io.open_model(path)
             if external_data_dir is None:
                 external_data_dir = path.parent
     try:
         if isinstance(model, onnx.ModelProto):
-            if model.ByteSize() > _PROTOBUF_LIMIT:
+            if model.ByteSize() > model_io.PROTOBUF_LIMIT:
                 tmp = tempfile.TemporaryDirectory(prefix="onnxcompress-")
                 target = Path(tmp.name) / "model.onnx"
                 onnx.save(model, str(target), save_as_external_data=True, location="model.onnx.data")
@@ -325,6 +281,7 @@ def make_session(
             model_arg = bytes(model)
         else:
             model_arg = str(model)
+            onnxruntime_reads_file = path
         so = session_options(
             threads=threads,
             optimization_level=optimization_level,
@@ -342,7 +299,12 @@ def make_session(
             names = list(external_initializers)
             kept = [_ortvalue(ort, np.ascontiguousarray(external_initializers[n])) for n in names]
             so.add_external_initializers(names, kept)
-        session = _create(model_arg, so, resolved, label)
+        try:
+            session = _create(model_arg, so, resolved, label)
+        except InvalidModelError:
+            if onnxruntime_reads_file is not None:  # our message for what ORT refused, if ours
+                model_io.open_model(onnxruntime_reads_file, load_external=False)
+            raise
         if kept:  # onnxruntime reads these buffers in place: they must live as long as the session
             session._onnxcompress_external_initializers = kept
     finally:

@@ -10,7 +10,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcompress.errors import ConfigError, InvalidModelError
-from onnxcompress.evaluation.bench import bench, bench_to_json, model_size_on_disk, render_bench_table
+from onnxcompress.evaluation.bench import bench, bench_to_json, render_bench_table
+from onnxcompress.model_io import size_on_disk
 
 
 def _model(n: int, seed: int) -> onnx.ModelProto:
@@ -38,10 +39,10 @@ def two_models(tmp_path_factory):
 
 def test_size_includes_external_data(two_models):
     a, b = two_models
-    assert model_size_on_disk(a) > 64 * 64 * 4
-    assert model_size_on_disk(b) == b.stat().st_size + (b.parent / "b.data").stat().st_size
-    with pytest.raises(InvalidModelError, match="not found"):
-        model_size_on_disk(b.parent / "missing.onnx")
+    assert size_on_disk(a) > 64 * 64 * 4
+    assert size_on_disk(b) == b.stat().st_size + (b.parent / "b.data").stat().st_size
+    with pytest.raises(InvalidModelError, match="no such file"):
+        size_on_disk(b.parent / "missing.onnx")
 
 
 def test_bench_two_models_side_by_side(two_models, tmp_path):

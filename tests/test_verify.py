@@ -236,7 +236,7 @@ def test_data_mismatch_errors(files, tmp_path):
         np.savez(tmp_path / name, **arrays)
         with pytest.raises(DataError, match=message):
             verify(files["ref"], files["noisy"], tmp_path / name, progress=False)
-    with pytest.raises(DataError, match="data not found"):
+    with pytest.raises(DataError, match="no such file"):
         verify(files["ref"], files["noisy"], tmp_path / "missing.npz", progress=False)
     float64 = tmp_path / "f64.npz"
     np.savez(float64, input=files["x"].astype(np.float64))  # floats convert within kind

@@ -101,9 +101,9 @@ def hook_from_args(model: Any, args: argparse.Namespace, config: CompressionConf
     if not data:
         return None
     if not hasattr(model, "graph"):
-        from onnxcompress.model_io import load_model
+        from onnxcompress.model_io import open_model
 
-        model = load_model(model)
+        model = open_model(model)
     ccfg = calibration_config_from_args(args)
     result = calibrate(model, data, config, calibration=ccfg, progress=not getattr(args, "quiet", False))
     return CalibrationHook(result)

@@ -7,10 +7,8 @@ medians with ratios against the first model (see :mod:`onnxcompress.evaluation.b
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from onnxcompress.commands.verify import _positive_int
-from onnxcompress.errors import DataError
+from onnxcompress.commands.verify import _positive_int, check_paths
 from onnxcompress.evaluation.data import parse_int_range, parse_shape_overrides
 from onnxcompress.sessions import OPTIMIZATION_LEVELS, parse_providers
 
@@ -70,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from onnxcompress.evaluation.bench import bench, bench_to_json, render_bench_table
+    from onnxcompress.model_io import write_report
+
+    check_paths(args, args.models)
 
     report = bench(
         args.models,
@@ -89,10 +90,5 @@ def run(args: argparse.Namespace) -> int:
     )
     print(render_bench_table(report))
     if args.json:
-        p = Path(args.json)
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(bench_to_json(report), encoding="utf-8")
-        except OSError as exc:
-            raise DataError(f"cannot write {p}: {exc.strerror or exc}") from None
+        write_report(args.json, bench_to_json(report))
     return 0

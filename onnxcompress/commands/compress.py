@@ -26,7 +26,9 @@ HELP = "compress a model's weights (pruning + k-means / CLIP-Q codebooks) into a
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="input ONNX model (.onnx, with or without external data)")
+    p.add_argument(
+        "model", help="input ONNX model (.onnx, with or without external data; an .onnxc is expanded first)"
+    )
     p.add_argument(
         "-o",
         "--output",
@@ -69,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--report", metavar="JSON", help="write the per-weight report as JSON")
-    p.add_argument("--quiet", action="store_true", help="print only the totals")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only the totals")
     from onnxcompress.calibration.cli import add_calibration_arguments
 
     add_calibration_arguments(p)
@@ -129,12 +131,29 @@ def default_output(model: str) -> str:
     return str(p.with_name(p.stem + ".cmp.onnx"))
 
 
+def check_paths(args: argparse.Namespace, output: str) -> None:
+    """Every input and output path, before any work: nothing is written when one is wrong."""
+    from onnxcompress import model_io
+
+    model_io.check_input(args.model)
+    if args.config:
+        model_io.check_plan_path(args.config)
+    for flag in ("calibration_data", "verify_data"):
+        if getattr(args, flag, None):
+            model_io.check_data_path(getattr(args, flag), "--" + flag.replace("_", "-"))
+    model_io.check_output(output, inputs=[args.model], overwrite=args.overwrite)
+    if args.report:
+        model_io.check_report_path(args.report, inputs=[args.model])
+
+
 def run(args: argparse.Namespace) -> int:
     from onnxcompress.compressor import compress_file
+    from onnxcompress.model_io import write_report
     from onnxcompress.report import format_report
 
-    config = config_from_args(args)
     output = args.output or default_output(args.model)
+    check_paths(args, output)
+    config = config_from_args(args)
     hooks: list = []
 
     def calibration_hook(model):
@@ -169,8 +188,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_staircase(result.container))
     print(f"wrote {output}")
     if args.report:
-        with open(args.report, "w", encoding="utf-8") as fh:
-            json.dump(report.to_dict(), fh, indent=2, default=str)
+        write_report(args.report, json.dumps(report.to_dict(), indent=2, default=str))
     if args.verify_data:
         from onnxcompress.commands.verify import run_verification
 

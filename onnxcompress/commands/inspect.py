@@ -5,26 +5,31 @@ from __future__ import annotations
 import argparse
 import json
 
-from onnxcompress.inventory import build_inventory
-from onnxcompress.model_io import load_model
-from onnxcompress.report import format_inventory
-
 HELP = "list the model's weights, their roles and whether they would be compressed"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="ONNX model (.onnx)")
+    p.add_argument("model", help="ONNX model (.onnx, or an .onnxc container)")
     p.add_argument("--min-elements", type=int, default=256, help="smallest tensor to compress (default 256)")
     p.add_argument(
         "--compressible", action="store_true", help="show only the tensors that would be compressed"
     )
     p.add_argument("--json", metavar="PATH", help="also write the inventory as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only the summary line")
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load_model(args.model, load_external=False)
+    # imported here: `onnxcompress --help` must not pay for onnx
+    from onnxcompress import model_io
+    from onnxcompress.inventory import build_inventory
+    from onnxcompress.report import format_inventory
+
+    if args.json:
+        model_io.check_report_path(args.json, inputs=[args.model])
+    model = model_io.open_model(args.model, load_external=False)
     inv = build_inventory(model, min_elements=args.min_elements)
-    print(format_inventory(inv, show_all=not args.compressible))
+    text = format_inventory(inv, show_all=not args.compressible)
+    print(text if not args.quiet else text.strip().splitlines()[-1])
     if args.json:
         data = [
             {
@@ -33,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
             }
             for w in inv.weights
         ]  # fmt: skip
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"quantized_model": inv.quantized_model, "tensors": data}, fh, indent=2)
+        model_io.write_report(
+            args.json, json.dumps({"quantized_model": inv.quantized_model, "tensors": data}, indent=2)
+        )
     return 0

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxcompress.errors import InvalidModelError, OutputExistsError
-
 HELP = "entropy-code a compressed .onnx model into an .onnxc container (Deep Compression's third stage)"
 
 
@@ -20,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="entropy coder for code/gap/mask streams (default: auto, the smallest per stream)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--quiet", action="store_true", help="print only the output path")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only the output path")
 
 
 def output_path(model: Path, output: str | None, suffix: str) -> Path:
@@ -29,17 +27,11 @@ def output_path(model: Path, output: str | None, suffix: str) -> Path:
 
 
 def check_paths(inp: Path, out: Path, overwrite: bool) -> None:
-    """Never touch the input; never overwrite unless asked; the output folder must exist."""
-    if not inp.is_file():
-        raise InvalidModelError(f"{inp}: no such file")
-    if out.exists() and out.resolve() == inp.resolve():
-        raise OutputExistsError(f"{out}: the output is the input; choose another output path")
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out}: already exists; pass --overwrite to replace it")
-    if out.is_dir():
-        raise OutputExistsError(f"{out}: is a folder; give a file path")
-    if not out.parent.exists():
-        raise OutputExistsError(f"{out}: folder {out.parent} does not exist")
+    """The input must be a readable file, the output pass :func:`onnxcompress.model_io.check_output`."""
+    from onnxcompress.model_io import check_input, check_output
+
+    check_input(inp)
+    check_output(out, inputs=[inp], overwrite=overwrite)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,10 +11,10 @@ HELP = "expand an .onnxc container into the byte-identical .onnx model that was 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("container", help="an .onnxc container")
+    p.add_argument("container", help="an .onnxc container (recognised by its header, whatever its name)")
     p.add_argument("-o", "--output", help="output .onnx (default: CONTAINER.onnx)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--quiet", action="store_true", help="print only the output path")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only the output path")
 
 
 def run(args: argparse.Namespace) -> int:

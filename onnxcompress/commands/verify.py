@@ -221,5 +221,19 @@ def run_verification(reference: Any, candidate: Any, args: argparse.Namespace) -
     return 0
 
 
+def check_paths(args: argparse.Namespace, models: list[str]) -> None:
+    """Models, data and report paths, before any work (rules: :mod:`onnxcompress.model_io`)."""
+    from onnxcompress import model_io
+
+    for m in models:
+        model_io.check_input(m)
+    if getattr(args, "data", None):
+        model_io.check_data_path(args.data)
+    for flag in ("json", "markdown", "junit"):
+        if getattr(args, flag, None):
+            model_io.check_report_path(getattr(args, flag), inputs=models)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_paths(args, [args.reference, args.candidate])
     return run_verification(args.reference, args.candidate, args)

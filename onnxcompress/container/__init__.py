@@ -7,16 +7,16 @@ raw, whichever is smallest per stream) and the rest compressed with zstd (lzma w
 
 Public API: :func:`write_container`, :func:`read_model`, :func:`read_model_bytes`,
 :func:`unpack_to_file`, :func:`staircase`, :class:`ContainerStats`. Format: ``docs/format.md`` Part 2.
+Files are read and written through :mod:`onnxcompress.model_io` (which also tells a container
+from a plain model, by its magic bytes).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from onnxcompress.container.format import FORMAT_VERSION, MAGIC, MAX_MODEL_BYTES, looks_like_container
+from onnxcompress.container.format import FORMAT_VERSION, MAGIC, MAX_MODEL_BYTES
 from onnxcompress.container.pack import (
     ContainerStats,
     Step,
@@ -42,32 +42,19 @@ __all__ = [
     "Step",
     "StreamStats",
     "format_report",
-    "is_container_file",
     "read_model",
     "read_model_bytes",
     "staircase",
     "unpack_to_file",
-    "write_atomic",
     "write_container",
 ]
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and move it into place (never partial)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def write_container(
@@ -76,6 +63,7 @@ def write_container(
     *,
     coder: str = "auto",
     verify: bool = True,
+    original_bytes: int | None = None,
 ) -> ContainerStats:
     """Pack ``model`` (a compressed model: proto, path or serialized bytes) into ``path``.
 
@@ -83,14 +71,22 @@ def write_container(
     streams. With ``verify`` (default) the container is expanded once in memory and compared with
     the model before anything is written. The file is written atomically and replaces ``path``;
     refusing to overwrite is the caller's (CLI's) policy, except that the input is never replaced.
+    ``original_bytes``: the real size on disk of the uncompressed model when known (``compress``);
+    the staircase then starts from it instead of its estimate, so every ratio shown agrees.
     """
-    if isinstance(model, (str, os.PathLike)) and Path(model).exists() and Path(path).exists():
-        if Path(model).resolve() == Path(path).resolve():
-            raise ContainerError(f"{path}: the output is the input; choose another output path")
+    from onnxcompress.model_io import write_bytes
+
+    if isinstance(model, (str, os.PathLike)) and _same_file(model, path):
+        raise ContainerError(f"{path}: the output is the input; choose another output path")
     data = model_bytes_of(model)
     blob, stats = pack_bytes(data, coder=coder, verify=verify)
-    write_atomic(path, blob)
+    write_bytes(path, blob)
     stats.path = str(path)
+    if original_bytes is not None and stats.steps:
+        stats.steps = [
+            Step(s.name, original_bytes if i == 0 else s.bytes, original_bytes / max(1, s.bytes))
+            for i, s in enumerate(stats.steps)
+        ]
     return stats
 
 
@@ -101,12 +97,18 @@ def read_model_bytes(
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         blob = bytes(path_or_bytes)
     else:
-        p = Path(path_or_bytes)
-        if not p.is_file():
-            raise ContainerError(f"{p}: no such container file")
+        from onnxcompress.model_io import check_input, is_container
+
+        p = check_input(path_or_bytes)
+        if not is_container(p):
+            raise ContainerError(f"{p}: not an .onnxc container (no container header); open it as an .onnx model")
         if p.stat().st_size > MAX_CONTAINER_BYTES:
             raise ContainerError(f"{p}: {p.stat().st_size} bytes is larger than any valid container")
         blob = p.read_bytes()
+        try:
+            return expand(blob, max_model_bytes=max_model_bytes)
+        except ContainerError as exc:  # name the file: the user may have passed several
+            raise ContainerError(f"{p}: {exc}") from None
     return expand(blob, max_model_bytes=max_model_bytes)
 
 
@@ -129,18 +131,10 @@ def unpack_to_file(container: str | os.PathLike[str] | bytes, out_path: str | os
     The output is byte-identical to the ``.onnx`` file that was packed (for a model with external
     data: to that model re-serialized with its data inline, as one file).
     """
-    if isinstance(container, (str, os.PathLike)) and Path(out_path).exists():
-        if Path(container).resolve() == Path(out_path).resolve():
-            raise ContainerError(f"{out_path}: the output is the input; choose another output path")
+    from onnxcompress.model_io import write_bytes
+
+    if isinstance(container, (str, os.PathLike)) and _same_file(container, out_path):
+        raise ContainerError(f"{out_path}: the output is the input; choose another output path")
     data = read_model_bytes(container)
-    write_atomic(out_path, data)
+    write_bytes(out_path, data)
     return len(data)
-
-
-def is_container_file(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` starts with the ``.onnxc`` magic bytes."""
-    try:
-        with open(path, "rb") as f:
-            return looks_like_container(f.read(len(MAGIC)))
-    except OSError:
-        return False

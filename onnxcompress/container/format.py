@@ -20,6 +20,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from onnxcompress.errors import ContainerError
+from onnxcompress.model_io import PROTOBUF_LIMIT
 
 MAGIC = b"\x89ONNXC\r\n"
 FORMAT_VERSION = 1
@@ -31,8 +32,8 @@ _STREAM = struct.Struct(
 )  # offset length kind bits coder role count alphabet name_len payload_len crc
 _TRAILER = struct.Struct("<16sI")
 
-#: protobuf cannot hold a model of 2 GiB or more, so no legitimate container expands beyond this.
-MAX_MODEL_BYTES = 2**31 - 1
+#: No legitimate container expands beyond the one protobuf limit (a container holds one protobuf).
+MAX_MODEL_BYTES = PROTOBUF_LIMIT
 MAX_STREAMS = 1 << 20
 MAX_NAME_BYTES = 4096
 

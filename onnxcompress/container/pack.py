@@ -23,7 +23,6 @@ import os
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -426,16 +425,15 @@ def _entropy_of(kind: int, bits: int, data: bytes, count: int) -> tuple[int, flo
 def model_bytes_of(model: onnx.ModelProto | str | os.PathLike[str] | bytes) -> bytes:
     """The exact serialized model the container will reproduce.
 
-    A path is read as is (byte identity with the file). A model with external data is loaded with
-    its data (paths escaping its folder are refused) and re-serialized with the data inline: the
-    container is self-contained and unpacks to that single file (models of 2 GB or more cannot be
-    held in one protobuf and are refused).
+    A path is read through :func:`onnxcompress.model_io.model_bytes` (as is, for byte identity
+    with the file; a model with external data comes back re-serialized with its checked data
+    inline, so the container is self-contained). Models above the protobuf limit are refused.
     """
-    import onnx
-
-    from onnxcompress.model_io import load_model
+    from onnxcompress.model_io import model_bytes
 
     if isinstance(model, (bytes, bytearray, memoryview)):
+        import onnx
+
         data = bytes(model)
         proto = onnx.ModelProto()
         try:
@@ -448,17 +446,7 @@ def model_bytes_of(model: onnx.ModelProto | str | os.PathLike[str] | bytes) -> b
             )
         return data
     if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        proto = load_model(path, load_external=False)
-        if not _has_external(proto):
-            return path.read_bytes()
-        proto = load_model(path, load_external=True)
-        for t in onnx.external_data_helper._get_all_tensors(proto):
-            # onnx leaves an explicit DEFAULT location behind: drop it, the data is inline now.
-            if t.HasField("data_location") and t.data_location == onnx.TensorProto.DEFAULT:
-                t.ClearField("data_location")
-            del t.external_data[:]
-        model = proto
+        return model_bytes(model)
     if _has_external(model):
         raise InvalidModelError("the model refers to external data that is not loaded: pass the model's path")
     if model.ByteSize() >= fmt.MAX_MODEL_BYTES:
@@ -469,12 +457,9 @@ def model_bytes_of(model: onnx.ModelProto | str | os.PathLike[str] | bytes) -> b
 
 
 def _has_external(proto: onnx.ModelProto) -> bool:
-    import onnx
+    from onnxcompress.model_io import has_external_data
 
-    return any(
-        t.data_location == onnx.TensorProto.EXTERNAL
-        for t in onnx.external_data_helper._get_all_tensors(proto)
-    )
+    return has_external_data(proto)
 
 
 def pack_bytes(data: bytes, *, coder: str = "auto", verify: bool = True) -> tuple[bytes, ContainerStats]:
@@ -613,7 +598,9 @@ def staircase(
         proto.ParseFromString(bytes(model))
         model_bytes = model_bytes or len(model)
     elif isinstance(model, (str, os.PathLike)):
-        raw_bytes = Path(model).read_bytes()
+        from onnxcompress.model_io import model_bytes as read_bytes
+
+        raw_bytes = read_bytes(model)
         proto = onnx.ModelProto()
         proto.ParseFromString(raw_bytes)
         model_bytes = model_bytes or len(raw_bytes)

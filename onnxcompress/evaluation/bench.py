@@ -40,39 +40,9 @@ from onnxcompress.errors import (
     OnnxCompressError,
 )
 from onnxcompress.formatting import human_bytes
+from onnxcompress.model_io import check_data_path, size_on_disk
 
 RESULT_PREFIX = "ONNXCOMPRESS_BENCH_RESULT "
-
-
-# --------------------------------------------------------------------------- sizes
-
-
-def model_size_on_disk(path: str | os.PathLike[str]) -> int:
-    """Bytes on disk: the model file plus every distinct external-data file it references."""
-    p = Path(path)
-    if not p.is_file():
-        raise InvalidModelError(f"model file not found: {p}")
-    size = p.stat().st_size
-    if p.suffix.lower() == ".onnxc":
-        return size
-    import onnx
-    from onnx.external_data_helper import _get_all_tensors
-
-    try:
-        model = onnx.load(str(p), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 -- protobuf decode errors have many types
-        raise InvalidModelError(f"cannot read {p} as ONNX: {' '.join(str(exc).split())[:300]}") from None
-    locations = set()
-    for tensor in _get_all_tensors(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    locations.add(entry.value)
-    for loc in sorted(locations):
-        f = (p.parent / loc).resolve()
-        if f.is_file():
-            size += f.stat().st_size
-    return size
 
 
 # --------------------------------------------------------------------------- results
@@ -381,9 +351,9 @@ def bench(
         )
     resolved = resolve_providers(providers, allow_fallback=allow_fallback)  # fail fast, before any spawn
     names = [e[0] if isinstance(e, tuple) else e for e in resolved]
-    sizes = [model_size_on_disk(m) for m in models]
-    if data is not None and not Path(data).exists():
-        raise DataError(f"data not found: {data}")
+    sizes = [size_on_disk(m) for m in models]  # validates every model before any work
+    if data is not None:
+        check_data_path(data)
     base = {
         "providers": names,
         "threads": threads,

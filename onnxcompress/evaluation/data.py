@@ -662,11 +662,11 @@ def open_data(
         )
     if isinstance(data, Mapping):
         return ArraySource(data, specs, labels_key=labels_key)
-    path = Path(data)
+    from onnxcompress.model_io import check_data_path
+
+    path = check_data_path(data)  # missing, or not an .npz/.npy: one message everywhere
     if path.is_dir():
         return DirectorySource(path, specs, labels_key=labels_key)
-    if not path.exists():
-        raise DataError(f"data not found: {path}")
     if path.suffix.lower() == ".npy":
         if len(specs) != 1:
             raise DataError(

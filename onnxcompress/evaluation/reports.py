@@ -16,7 +16,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
-from onnxcompress.errors import DataError
 from onnxcompress.evaluation.metrics import OutputMetrics
 from onnxcompress.evaluation.verify import VerifyResult
 
@@ -198,16 +197,13 @@ def write_reports(
     markdown_path: str | os.PathLike[str] | None = None,
     junit_path: str | os.PathLike[str] | None = None,
 ) -> list[Path]:
-    """Write the requested reports (parent folders created); returns the paths written."""
+    """Write the requested reports (:func:`onnxcompress.model_io.write_report`: parent folders
+    created, replaced atomically); returns the paths written."""
+    from onnxcompress.model_io import write_report
+
     written = []
     for path, render in ((json_path, to_json), (markdown_path, to_markdown), (junit_path, to_junit_xml)):
         if path is None:
             continue
-        p = Path(path)
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(render(result), encoding="utf-8")
-        except OSError as exc:
-            raise DataError(f"cannot write report {p}: {exc.strerror or exc}") from None
-        written.append(p)
+        written.append(write_report(path, render(result)))
     return written
