@@ -152,7 +152,7 @@ def open_model(path: PathLike, *, load_external: bool = True) -> onnx.ModelProto
     if is_container(p):
         return _parse(_expand_container(p), p)  # containers hold one self-contained protobuf
     model = _parse(p.read_bytes(), p)
-    check_external_data(model, p.parent)
+    check_external_data(model, p)
     if load_external:
         load_external_data(model, p)
     return model
@@ -176,7 +176,7 @@ def model_bytes(path: PathLike) -> bytes:
     if not has_external_data(model):
         return data
     del data
-    check_external_data(model, p.parent)
+    check_external_data(model, p)
     load_external_data(model, p)
     inline_external_data(model)
     if model.ByteSize() > PROTOBUF_LIMIT:
@@ -221,11 +221,12 @@ def load_external_data(model: onnx.ModelProto, path: PathLike) -> None:
         raise InvalidModelError(f"{path}: cannot read external data: {exc}") from None
 
 
-def check_external_data(model: onnx.ModelProto, base_dir: PathLike) -> None:
-    """Refuse external-data locations outside the model's folder and missing or short files."""
+def check_external_data(model: onnx.ModelProto, path: PathLike) -> None:
+    """Refuse external-data locations outside the folder of the model file ``path``, and missing
+    or short data files."""
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-    base = Path(base_dir).resolve()
+    base = Path(path).parent.resolve()
     for tensor in _all_tensors(model):
         if not uses_external_data(tensor):
             continue
@@ -233,39 +234,47 @@ def check_external_data(model: onnx.ModelProto, base_dir: PathLike) -> None:
         location = info.location or ""
         if not location or os.path.isabs(location) or Path(location).drive:
             raise UnsafeExternalDataError(
-                f"tensor {tensor.name!r}: external data location {location!r} must be a relative path inside the model's folder"
+                f"{path}: tensor {tensor.name!r}: external data location {location!r} must be a relative path inside the model's folder"
             )
         target = (base / location).resolve()
         if base != target and base not in target.parents:
             raise UnsafeExternalDataError(
-                f"tensor {tensor.name!r}: external data location {location!r} points outside the model's folder; "
+                f"{path}: tensor {tensor.name!r}: external data location {location!r} points outside the model's folder; "
                 "move the data file next to the model"
             )
         if not target.is_file():
             raise InvalidModelError(
-                f"tensor {tensor.name!r}: external data file {location!r} is missing; keep it next to the model"
+                f"{path}: tensor {tensor.name!r}: external data file {location!r} is missing; keep it next to the model"
             )
         size = target.stat().st_size
         offset = info.offset or 0
         length = info.length if info.length is not None else size - offset
         if offset < 0 or length < 0 or offset + length > size:
             raise InvalidModelError(
-                f"tensor {tensor.name!r}: external data {location!r} is truncated "
+                f"{path}: tensor {tensor.name!r}: external data {location!r} is truncated "
                 f"(needs bytes {offset}..{offset + length}, file has {size})"
             )
 
 
 def size_on_disk(path: PathLike) -> int:
     """Bytes on disk of a model: the file plus every distinct external-data file it references
-    (validated as :func:`open_model` does; a container is just its file)."""
+    (validated as :func:`open_model` does; a container is its file, whose layout and checksums
+    are verified without decoding it)."""
     p = check_input(path)
     total = p.stat().st_size
     if is_container(p):
+        from onnxcompress.container.format import parse
+        from onnxcompress.errors import ContainerError
+
+        try:
+            parse(p.read_bytes())  # layout and checksums (cheap: nothing is decoded)
+        except ContainerError as exc:
+            raise ContainerError(f"{p}: {exc}") from None
         return total
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
     model = _parse(p.read_bytes(), p)
-    check_external_data(model, p.parent)
+    check_external_data(model, p)
     seen: set[Path] = set()
     for tensor in _all_tensors(model):
         if uses_external_data(tensor):

@@ -309,9 +309,9 @@ def test_fuzz_mutations_never_load(packed: bytes, hand_bytes: bytes, data: st.Da
 
 @pytest.mark.skipif(not LENET.exists(), reason="models/lenet_300_100.onnx not present")
 def test_compressed_lenet_loads_through_container(tmp_path: Path) -> None:
+    from onnxcompress import load, load_model
     from onnxcompress.compressor import compress_model
     from onnxcompress.config import from_dict
-    from onnxcompress import load, load_model
 
     cfg = from_dict({"weight": {"sparsity": 0.9, "bits": 5}})
     model = compress_model(onnx.load(LENET), cfg).model

@@ -83,9 +83,12 @@ def write_container(
     write_bytes(path, blob)
     stats.path = str(path)
     if original_bytes is not None and stats.steps:
+        # the first two steps (original, pruned) are estimates from the compressed model: move
+        # both by the same amount, so that an unpruned model's "pruned" equals its original
+        delta = original_bytes - stats.steps[0].bytes
+        sizes = [s.bytes + delta if i < 2 else s.bytes for i, s in enumerate(stats.steps)]
         stats.steps = [
-            Step(s.name, original_bytes if i == 0 else s.bytes, original_bytes / max(1, s.bytes))
-            for i, s in enumerate(stats.steps)
+            Step(s.name, n, original_bytes / max(1, n)) for s, n in zip(stats.steps, sizes, strict=True)
         ]
     return stats
 
@@ -101,7 +104,9 @@ def read_model_bytes(
 
         p = check_input(path_or_bytes)
         if not is_container(p):
-            raise ContainerError(f"{p}: not an .onnxc container (no container header); open it as an .onnx model")
+            raise ContainerError(
+                f"{p}: not an .onnxc container (no container header); open it as an .onnx model"
+            )
         if p.stat().st_size > MAX_CONTAINER_BYTES:
             raise ContainerError(f"{p}: {p.stat().st_size} bytes is larger than any valid container")
         blob = p.read_bytes()
