@@ -116,7 +116,9 @@ def is_container(path: PathLike) -> bool:
         return False
 
 
-def _parse(data: bytes, path: Path) -> onnx.ModelProto:
+def parse_model(data: bytes, label: PathLike) -> onnx.ModelProto:
+    """Parse serialized bytes into a ``ModelProto`` with a graph and an opset import, or raise
+    "``label``: not an ONNX model" (``label``: the file or a description of the bytes)."""
     import onnx
 
     model = onnx.ModelProto()
@@ -124,13 +126,13 @@ def _parse(data: bytes, path: Path) -> onnx.ModelProto:
         model.ParseFromString(data)
     except Exception:
         raise InvalidModelError(
-            f"{path}: not an ONNX model (the protobuf does not parse; the file may be truncated or of another format)"
+            f"{label}: not an ONNX model (the protobuf does not parse; the file may be truncated or of another format)"
         ) from None
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
-        raise InvalidModelError(f"{path}: not an ONNX model (no graph found; truncated or another format)")
+        raise InvalidModelError(f"{label}: not an ONNX model (no graph found; truncated or another format)")
     if not model.opset_import:
         raise InvalidModelError(
-            f"{path}: the model declares no opset import; re-export it with a current exporter"
+            f"{label}: the model declares no opset import; re-export it with a current exporter"
         )
     return model
 
@@ -150,8 +152,8 @@ def open_model(path: PathLike, *, load_external: bool = True) -> onnx.ModelProto
     """
     p = check_input(path)
     if is_container(p):
-        return _parse(_expand_container(p), p)  # containers hold one self-contained protobuf
-    model = _parse(p.read_bytes(), p)
+        return parse_model(_expand_container(p), p)  # containers hold one self-contained protobuf
+    model = parse_model(p.read_bytes(), p)
     check_external_data(model, p)
     if load_external:
         load_external_data(model, p)
@@ -169,10 +171,10 @@ def model_bytes(path: PathLike) -> bytes:
     p = check_input(path)
     if is_container(p):
         data = _expand_container(p)
-        _parse(data, p)
+        parse_model(data, p)
         return data
     data = p.read_bytes()
-    model = _parse(data, p)
+    model = parse_model(data, p)
     if not has_external_data(model):
         return data
     del data
@@ -273,7 +275,7 @@ def size_on_disk(path: PathLike) -> int:
         return total
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-    model = _parse(p.read_bytes(), p)
+    model = parse_model(p.read_bytes(), p)
     check_external_data(model, p)
     seen: set[Path] = set()
     for tensor in _all_tensors(model):

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from onnxcompress.config import (
     DEFAULT_PRESET,
@@ -95,7 +96,7 @@ def config_from_args(args: argparse.Namespace) -> CompressionConfig:
     cfg = preset(args.preset or DEFAULT_PRESET)
     if args.config:
         cfg = load_config(args.config, cfg)
-    overrides: dict[str, object] = {}
+    overrides: dict[str, Any] = {}
     for name in ("method", "bits", "sparsity", "pruning", "quality", "granularity", "group_size", "init",
                  "codebook_dtype", "encoding"):  # fmt: skip
         value = getattr(args, name, None)

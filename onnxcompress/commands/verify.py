@@ -86,7 +86,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, data_flag: str = "--d
     g.add_argument("--seed", type=int, default=0, help="seed of synthetic inputs (default 0)")
 
 
-def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+def add_gate_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """Gate options (dest names: max_accuracy_drop, min_agreement, min_cosine, max_rel_error).
 
     ``parser`` may be a parser or an argument group.
@@ -172,8 +172,9 @@ def verify_from_args(reference: Any, candidate: Any, args: argparse.Namespace) -
     names = [n.strip() for n in class_outputs.split(",") if n.strip()] if class_outputs else None
     from onnxcompress.sessions import resolve_providers
 
-    providers = parse_providers(getattr(args, "providers", None))
-    providers = resolve_providers(providers, allow_fallback=getattr(args, "allow_fallback", False))
+    providers = resolve_providers(
+        parse_providers(getattr(args, "providers", None)), allow_fallback=getattr(args, "allow_fallback", False)
+    )
     quiet = getattr(args, "quiet", False)
     return verify(
         reference,

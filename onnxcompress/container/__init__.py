@@ -27,7 +27,7 @@ from onnxcompress.container.pack import (
     pack_bytes,
     staircase,
 )
-from onnxcompress.errors import ContainerError, InvalidModelError
+from onnxcompress.errors import ContainerError
 
 if TYPE_CHECKING:
     import onnx
@@ -119,15 +119,11 @@ def read_model_bytes(
 
 def read_model(path_or_bytes: str | os.PathLike[str] | bytes) -> onnx.ModelProto:
     """Expand a container into the ``onnx.ModelProto`` it holds (the exact compressed model)."""
-    import onnx
+    from onnxcompress.model_io import parse_model
 
     data = read_model_bytes(path_or_bytes)
-    model = onnx.ModelProto()
-    try:
-        model.ParseFromString(data)
-    except Exception:  # the digest matched, so the packer was given something that is not ONNX
-        raise InvalidModelError("the container holds bytes that are not an ONNX model") from None
-    return model
+    label = "the container" if isinstance(path_or_bytes, (bytes, bytearray, memoryview)) else path_or_bytes
+    return parse_model(data, label)  # the digest matched: junk here means junk was packed
 
 
 def unpack_to_file(container: str | os.PathLike[str] | bytes, out_path: str | os.PathLike[str]) -> int:

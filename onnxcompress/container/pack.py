@@ -429,18 +429,11 @@ def model_bytes_of(model: onnx.ModelProto | str | os.PathLike[str] | bytes) -> b
     with the file; a model with external data comes back re-serialized with its checked data
     inline, so the container is self-contained). Models above the protobuf limit are refused.
     """
-    from onnxcompress.model_io import model_bytes
+    from onnxcompress.model_io import model_bytes, parse_model
 
     if isinstance(model, (bytes, bytearray, memoryview)):
-        import onnx
-
         data = bytes(model)
-        proto = onnx.ModelProto()
-        try:
-            proto.ParseFromString(data)
-        except Exception:
-            raise InvalidModelError("the given bytes are not a serialized ONNX model") from None
-        if _has_external(proto):
+        if _has_external(parse_model(data, "the given bytes")):
             raise InvalidModelError(
                 "the model refers to external data: pass its path so the data can be read"
             )
