@@ -28,11 +28,12 @@ Writing (:func:`save`, :func:`write_bytes`, :func:`write_report`, :func:`atomic_
   * Parent folders of an output are created when it is written, never earlier, so a failed run
     leaves the file system as it was.
 
-Output paths (:func:`check_output`, :func:`check_report_path`), checked before any work:
+Output paths (:func:`check_output`, the one check), before any work:
   * an existing folder at the output path is refused first ("is a folder");
   * the output may not be an input (same file after resolving links);
   * a model output that exists needs ``--overwrite`` (``overwrite=True``); a report file (``--json``,
-    ``--report``, ``--markdown``, ``--junit``) is replaced, as CI reruns expect;
+    ``--report``, ``--markdown``, ``--junit``) is replaced, as CI reruns expect (commands check it
+    with ``overwrite=True``);
   * the nearest existing ancestor of the output must be a writable folder.
 
 Input data files (:func:`check_data_path`): an ``.npz``/``.npy`` file (checked by its magic bytes)
@@ -334,10 +335,11 @@ def _check_ancestor(p: Path) -> None:
 
 
 def check_output(out: PathLike, *, inputs: Iterable[PathLike] = (), overwrite: bool = False) -> Path:
-    """The one check of a model output path, before any work (rules in the module docstring)."""
+    """The one check of an output path (model, container or report), before any work: refuses a
+    folder, an input, an existing file unless ``overwrite``, and a parent that cannot be a folder."""
     p = Path(out)
     if p.is_dir():
-        raise OutputExistsError(f"{p}: is a folder; give a file path for the output")
+        raise OutputExistsError(f"{p}: is a folder; give a file path")
     if p.exists():
         for inp in inputs:
             try:
@@ -348,23 +350,6 @@ def check_output(out: PathLike, *, inputs: Iterable[PathLike] = (), overwrite: b
                 raise OutputExistsError(f"{p}: the output is the input; choose another output path")
         if not overwrite:
             raise OutputExistsError(f"{p}: already exists; pass --overwrite to replace it")
-    _check_ancestor(p)
-    return p
-
-
-def check_report_path(path: PathLike, *, inputs: Iterable[PathLike] = ()) -> Path:
-    """A report file path (``--json``, ``--report``...), checked before any work: not a folder,
-    not an input; an existing file is replaced and missing parent folders are created on write."""
-    p = Path(path)
-    if p.is_dir():
-        raise OutputExistsError(f"{p}: is a folder; give a file path for the report")
-    if p.exists():
-        for inp in inputs:
-            try:
-                if os.path.samefile(p, inp):
-                    raise OutputExistsError(f"{p}: the report would replace an input; choose another path")
-            except OSError:
-                pass
     _check_ancestor(p)
     return p
 
@@ -416,7 +401,7 @@ def write_bytes(path: PathLike, data: bytes) -> Path:
 def write_report(path: PathLike, text: str) -> Path:
     """Write a report file (UTF-8 text): parent folders created, replaced atomically; an OS
     failure is one :class:`~onnxcompress.errors.OutputExistsError` line naming the file."""
-    p = check_report_path(path)
+    p = check_output(path, overwrite=True)
     try:
         return write_bytes(p, text.encode("utf-8"))
     except OSError as exc:

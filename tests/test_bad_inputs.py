@@ -158,7 +158,7 @@ def _tree(*folders: Path) -> dict[str, str]:
 def _argvs(bad: Path, good: Path, out: Path) -> dict[str, list[str]]:
     return {
         "compress": ["compress", str(bad), "-o", str(out / "c.onnx"), "--report", str(out / "r.json")],
-        "compress-onnxc": ["compress", str(bad), "-o", str(out / "c.onnxc")],
+        "compress-onnxc": ["compress", str(bad), "-o", str(out / "new" / "c.onnxc")],  # no folder made
         "inspect": ["inspect", str(bad), "--json", str(out / "i.json")],
         "verify": ["verify", str(good), str(bad), "--json", str(out / "v.json"), "-q"],
         "verify-ref": ["verify", str(bad), str(good), "-q"],
@@ -302,6 +302,9 @@ def test_report_paths_create_their_folders_everywhere(good: Path, tmp_path: Path
         assert (r / f).stat().st_size > 0, f
     json.loads((r / "a" / "i.json").read_text())
     assert main(["inspect", str(good), "-q", "--json", str(r / "a" / "i.json")]) == 0  # replaced
+    # model outputs follow the same rule: their folders are created when they are written
+    assert main(["compress", str(good), "-o", str(r / "g" / "h" / "c.onnx"), "-q"]) == 0
+    assert main(["pack", str(r / "g" / "h" / "c.onnx"), "-o", str(r / "i" / "c.onnxc"), "-q"]) == 0
 
 
 def test_outputs_follow_the_umask(good: Path, tmp_path: Path) -> None:

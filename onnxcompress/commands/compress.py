@@ -144,7 +144,7 @@ def check_paths(args: argparse.Namespace, output: str) -> None:
             model_io.check_data_path(getattr(args, flag), "--" + flag.replace("_", "-"))
     model_io.check_output(output, inputs=[args.model], overwrite=args.overwrite)
     if args.report:
-        model_io.check_report_path(args.report, inputs=[args.model])
+        model_io.check_output(args.report, inputs=[args.model], overwrite=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from onnxcompress.report import format_inventory
 
     if args.json:
-        model_io.check_report_path(args.json, inputs=[args.model])
+        model_io.check_output(args.json, inputs=[args.model], overwrite=True)
     model = model_io.open_model(args.model, load_external=False)
     inv = build_inventory(model, min_elements=args.min_elements)
     text = format_inventory(inv, show_all=not args.compressible)

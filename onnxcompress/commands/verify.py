@@ -173,7 +173,8 @@ def verify_from_args(reference: Any, candidate: Any, args: argparse.Namespace) -
     from onnxcompress.sessions import resolve_providers
 
     providers = resolve_providers(
-        parse_providers(getattr(args, "providers", None)), allow_fallback=getattr(args, "allow_fallback", False)
+        parse_providers(getattr(args, "providers", None)),
+        allow_fallback=getattr(args, "allow_fallback", False),
     )
     quiet = getattr(args, "quiet", False)
     return verify(
@@ -232,7 +233,7 @@ def check_paths(args: argparse.Namespace, models: list[str]) -> None:
         model_io.check_data_path(args.data)
     for flag in ("json", "markdown", "junit"):
         if getattr(args, flag, None):
-            model_io.check_report_path(getattr(args, flag), inputs=models)
+            model_io.check_output(getattr(args, flag), inputs=models, overwrite=True)
 
 
 def run(args: argparse.Namespace) -> int:
