@@ -42,7 +42,13 @@ A plan file (``--config``, :func:`check_plan_path`) must be an existing file. Co
 input path before any work, so a wrong one never leaves an output behind.
 
 Sizes (:func:`size_on_disk`): the real bytes on disk, the model file plus every distinct external
-data file it references; a container is its file size. Every table and ratio uses it.
+data file it references; a container is its file size (its checksums verified). Every table and
+ratio uses it, the container's staircase included.
+
+Messages: one per failure kind, the same from every subcommand and from ``oc.load`` /
+``oc.load_model``; each starts with the path it is about and says what to do. The CLI prints it as
+one ``onnxcompress: error:`` line and exits 2. ``compress`` also refuses a model that already
+holds ``ai.onnxcompress`` decode nodes ("already compressed"); ``inspect`` accepts one.
 
 onnx is imported inside the functions, so that importing this module (and the CLI's ``--help``
 and ``--version``) stays cheap.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from onnxcompress.commands.pack import check_paths, output_path
 
@@ -19,8 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from onnxcompress.container import unpack_to_file
+    from onnxcompress.errors import ContainerError
+    from onnxcompress.model_io import check_input, is_container
 
-    inp = Path(args.container)
+    inp = check_input(args.container)
+    if not is_container(inp):  # before the output check: the default output would be the input
+        raise ContainerError(f"{inp}: not an .onnxc container (no container header); it needs no unpacking")
     out = output_path(inp, args.output, ".onnx")
     check_paths(inp, out, args.overwrite)
     n = unpack_to_file(inp, out)
