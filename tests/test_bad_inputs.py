@@ -273,11 +273,13 @@ def test_input_paths_are_checked_before_any_work(good: Path, tmp_path: Path, cap
 def test_output_on_an_existing_folder_is_refused_first(good: Path, tmp_path: Path, capsys) -> None:
     folder = tmp_path / "taken.onnx"
     folder.mkdir()
+    packed = tmp_path / "packed.onnxc"
+    write_container(good, packed)
     for argv in (
         ["compress", str(good), "-o", str(folder)],
         ["compress", str(good), "-o", str(folder), "--overwrite"],
         ["pack", str(good), "-o", str(folder)],
-        ["unpack", str(good), "-o", str(folder)],
+        ["unpack", str(packed), "-o", str(folder)],
     ):
         assert main(argv) == 2
         assert "is a folder" in capsys.readouterr().err, argv
