@@ -69,10 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from onnxcompress.evaluation.bench import bench, bench_to_json, render_bench_table
+    from onnxcompress.commands.display import terminal_progress
+    from onnxcompress.commands.render import format_bench
+    from onnxcompress.evaluation.bench import BenchOptions, bench, bench_to_json
 
-    report = bench(
-        args.models,
+    providers = parse_providers(args.providers)
+    options = BenchOptions(
         runs=args.runs,
         warmup=args.warmup,
         rounds=args.rounds,
@@ -80,14 +82,15 @@ def run(args: argparse.Namespace) -> int:
         shapes=parse_shape_overrides(args.shape),
         int_range=parse_int_range(args.int_range),
         data=args.data,
-        providers=parse_providers(args.providers),
+        providers=tuple(providers) if providers is not None else None,
         threads=args.threads,
         optimization_level=args.opt_level,
         allow_fallback=args.allow_fallback,
-        progress=not args.quiet,
         decode=args.decode,
     )
-    print(render_bench_table(report))
+    with terminal_progress(enabled=not args.quiet) as progress:
+        report = bench(args.models, options, progress=progress)
+    print(format_bench(report))
     if args.json:
         p = Path(args.json)
         try:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from onnxcompress.commands.render import format_inventory
 from onnxcompress.inventory import build_inventory
 from onnxcompress.model_io import load_model
-from onnxcompress.report import format_inventory
 
 HELP = "list the model's weights, their roles and whether they would be compressed"
 
