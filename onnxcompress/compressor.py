@@ -1,4 +1,9 @@
-"""The compression pipeline: inventory -> plan -> algorithms -> encode -> passes -> report.
+"""The compression pipeline: inventory -> plan -> methods -> encode -> passes -> report.
+
+It only wires the stages: the plan is :func:`onnxcompress.config.plan`, each weight goes through
+its method from :data:`onnxcompress.methods.METHODS` (or a calibration ``weight_hook``), the
+groups are written into the graph by :mod:`onnxcompress.passes` (including the metadata stamp),
+and the report types are in :mod:`onnxcompress.report`.
 
 :func:`compress_model` works on an in-memory ModelProto and never touches files;
 :func:`compress_file` adds loading, atomic saving (``.onnx`` or an ``.onnxc`` container) and the

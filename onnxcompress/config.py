@@ -17,10 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from onnxcompress import methods
 from onnxcompress.algorithms.codebook import CODEBOOK_DTYPES, GRANULARITIES
 from onnxcompress.algorithms.kmeans1d import INITS
 from onnxcompress.errors import ConfigError
-from onnxcompress import methods
 from onnxcompress.methods import METHODS
 from onnxcompress.methods.masks import PRUNINGS
 

@@ -9,36 +9,28 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxcompress.commands.verify import _positive_int
+from onnxcompress.commands.arguments import non_negative_int, positive_int
 from onnxcompress.errors import DataError
+from onnxcompress.evaluation.bench import BenchOptions
 from onnxcompress.evaluation.data import parse_int_range, parse_shape_overrides
 from onnxcompress.sessions import OPTIMIZATION_LEVELS, parse_providers
 
 HELP = "Benchmark models side by side: size, session creation, latency p50/p90/p99, throughput, memory."
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "models", nargs="+", metavar="MODEL", help=".onnx or .onnxc files; the first is the baseline"
     )
-    parser.add_argument("--runs", type=_positive_int, default=100, help="timed runs per round (default 100)")
+    d = BenchOptions()  # the defaults are the library's, stated once
+    parser.add_argument("--runs", type=positive_int, default=d.runs, help=f"timed runs per round (default {d.runs})")
     parser.add_argument(
-        "--warmup", type=_non_negative_int, default=10, help="untimed runs first (default 10)"
+        "--warmup", type=non_negative_int, default=d.warmup, help=f"untimed runs first (default {d.warmup})"
     )
     parser.add_argument(
-        "--rounds", type=_positive_int, default=3, help="fresh processes per model (default 3)"
+        "--rounds", type=positive_int, default=d.rounds, help=f"fresh processes per model (default {d.rounds})"
     )
-    parser.add_argument("--batch-size", type=_positive_int, metavar="B", help="samples per run (default 1)")
+    parser.add_argument("--batch-size", type=positive_int, metavar="B", help="samples per run (default 1)")
     parser.add_argument(
         "--shape",
         action="append",
@@ -52,15 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-fallback", action="store_true", help="drop unavailable providers instead of failing"
     )
     parser.add_argument(
-        "--threads", type=_positive_int, metavar="N", help="intra-op threads (default: ORT's)"
+        "--threads", type=positive_int, metavar="N", help="intra-op threads (default: ORT's)"
     )
     parser.add_argument(
-        "--opt-level", choices=OPTIMIZATION_LEVELS, default="all", help="graph optimization level"
+        "--opt-level", choices=OPTIMIZATION_LEVELS, default=d.optimization_level, help="graph optimization level"
     )
     parser.add_argument(
         "--decode",
         choices=("onnxruntime", "host"),
-        default="onnxruntime",
+        default=d.decode,
         help="how compressed weights are rebuilt at load: onnxruntime (a stock InferenceSession folds the "
         "decode functions; default) or host (numpy first, as onnxcompress.load does)",
     )
@@ -71,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from onnxcompress.commands.display import terminal_progress
     from onnxcompress.commands.render import format_bench
-    from onnxcompress.evaluation.bench import BenchOptions, bench, bench_to_json
+    from onnxcompress.evaluation.bench import bench, bench_to_json
 
     providers = parse_providers(args.providers)
     options = BenchOptions(

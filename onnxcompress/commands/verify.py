@@ -15,6 +15,7 @@ import argparse
 import sys
 from typing import Any
 
+from onnxcompress.commands.arguments import bounded_float, positive_int
 from onnxcompress.errors import DataError
 from onnxcompress.evaluation.data import parse_int_range, parse_shape_overrides
 from onnxcompress.evaluation.gates import GATES, GateNotApplicableError, Gates, gate
@@ -22,29 +23,6 @@ from onnxcompress.evaluation.verify import VerifyOptions, VerifyResult, verify
 from onnxcompress.sessions import parse_providers
 
 HELP = "Compare a compressed model with its reference on data; exit 1 when a quality gate fails."
-
-
-def _fraction(lo: float, hi: float):
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (lo <= v <= hi):
-            raise argparse.ArgumentTypeError(f"must be between {lo:g} and {hi:g}, got {text}")
-        return v
-
-    return parse
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
 
 
 def _group(parser: argparse.ArgumentParser | argparse._ArgumentGroup, title: str) -> Any:
@@ -69,7 +47,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, data_flag: str = "--d
         "of .npy/.npz files; default: synthetic inputs from the model's input spec",
     )
     g.add_argument("--labels", metavar="KEY", help="labels array in the data (default: 'labels' if present)")
-    g.add_argument("--batch-size", type=_positive_int, metavar="N", help="samples per run (default 32)")
+    g.add_argument("--batch-size", type=positive_int, metavar="N", help="samples per run (default 32)")
     g.add_argument(
         "--shape",
         action="append",
@@ -83,7 +61,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, data_flag: str = "--d
         metavar="LO:HI",
         help="range [LO, HI) of synthetic integer inputs, e.g. 0:30522, or per input ids=0:30522 (default 0:10)",
     )
-    g.add_argument("--samples", type=_positive_int, metavar="N", help="use at most N samples (synthetic: 64)")
+    g.add_argument("--samples", type=positive_int, metavar="N", help="use at most N samples (synthetic: 64)")
     g.add_argument("--seed", type=int, default=0, help="seed of synthetic inputs (default 0)")
 
 
@@ -93,7 +71,7 @@ def add_gate_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     g = _group(parser, "gates (exit 1 when one fails)")
     for spec in GATES:
         g.add_argument(
-            spec.flag, dest=spec.name, type=_fraction(spec.lo, spec.hi), metavar=spec.metavar, help=spec.help
+            spec.flag, dest=spec.name, type=bounded_float(spec.lo, spec.hi), metavar=spec.metavar, help=spec.help
         )
 
 
@@ -117,7 +95,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--allow-fallback", action="store_true", help="drop requested providers that are unavailable"
     )
-    g.add_argument("--threads", type=_positive_int, metavar="N", help="intra-op threads per session")
+    g.add_argument("--threads", type=positive_int, metavar="N", help="intra-op threads per session")
     g.add_argument(
         "--decode",
         choices=("onnxruntime", "host"),
