@@ -46,6 +46,8 @@ def get(name: str) -> Method:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {name!r}") from None
 
 
-def compress(w: np.ndarray, info: WeightInfo, cfg: WeightConfig, ctx: Context = DEFAULT_CONTEXT) -> Compressed:
+def compress(
+    w: np.ndarray, info: WeightInfo, cfg: WeightConfig, ctx: Context = DEFAULT_CONTEXT
+) -> Compressed:
     """Compress one weight with the method its plan names."""
     return get(cfg.method).compress(w, info, cfg, ctx)

@@ -24,7 +24,16 @@ if TYPE_CHECKING:  # config reads the method table: importing it here at run tim
     from onnxcompress.config import WeightConfig
     from onnxcompress.inventory import WeightInfo
 
-__all__ = ["DEFAULT_CONTEXT", "Compressed", "Context", "Method", "Pruned", "codebook_axis", "decompress", "encode"]
+__all__ = [
+    "DEFAULT_CONTEXT",
+    "Compressed",
+    "Context",
+    "Method",
+    "Pruned",
+    "codebook_axis",
+    "decompress",
+    "encode",
+]
 
 
 @dataclass(frozen=True)

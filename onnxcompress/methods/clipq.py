@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from onnxcompress.inventory import WeightInfo
 
 
-def compress(w: np.ndarray, info: WeightInfo, cfg: WeightConfig, ctx: Context = DEFAULT_CONTEXT) -> CodebookTensor:
+def compress(
+    w: np.ndarray, info: WeightInfo, cfg: WeightConfig, ctx: Context = DEFAULT_CONTEXT
+) -> CodebookTensor:
     """Clip and quantize in one step (deterministic: ``ctx`` is not needed)."""
     return clipq.compress(
         w, sparsity=cfg.sparsity, bits=cfg.bits, granularity=cfg.granularity, axis=codebook_axis(info, cfg),

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from onnxcompress.inventory import WeightInfo
 
 
-def compress(w: np.ndarray, info: WeightInfo, cfg: WeightConfig, ctx: Context = DEFAULT_CONTEXT) -> CodebookTensor:
+def compress(
+    w: np.ndarray, info: WeightInfo, cfg: WeightConfig, ctx: Context = DEFAULT_CONTEXT
+) -> CodebookTensor:
     """Prune by the plan's rule, then fit the codebook to the kept weights (code 0 = exact zero)."""
     return codebook.quantize(
         w, bits=cfg.bits, mask=keep_mask(w, info, cfg, ctx.global_threshold), granularity=cfg.granularity,
@@ -32,8 +34,18 @@ METHOD = Method(
     summary="Deep Compression weight sharing: pruning + a k-means codebook",
     compress=compress,
     fields=(
-        "bits", "sparsity", "pruning", "quality", "n", "m", "granularity", "group_size", "init",
-        "codebook_dtype", "encoding", "gap_bits",
-    ),  # fmt: skip
+        "bits",
+        "sparsity",
+        "pruning",
+        "quality",
+        "n",
+        "m",
+        "granularity",
+        "group_size",
+        "init",
+        "codebook_dtype",
+        "encoding",
+        "gap_bits",
+    ),
     calibrated=True,
 )
