@@ -1,4 +1,9 @@
-"""The compression pipeline: inventory -> plan -> algorithms -> encode -> passes -> report.
+"""The compression pipeline: inventory -> plan -> methods -> encode -> passes -> report.
+
+It only wires the stages: the plan is :func:`onnxcompress.config.plan`, each weight goes through
+its method from :data:`onnxcompress.methods.METHODS` (or a calibration ``weight_hook``), the
+groups are written into the graph by :mod:`onnxcompress.passes` (including the metadata stamp),
+and the report types are in :mod:`onnxcompress.report`.
 
 :func:`compress_model` works on an in-memory ModelProto and never touches files;
 :func:`compress_file` adds loading, atomic saving (``.onnx`` or an ``.onnxc`` container) and the
@@ -10,104 +15,27 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
-from onnx.external_data_helper import load_external_data_for_model
 
-from onnxcompress import __version__
-from onnxcompress.algorithms import codebook, pruning
-from onnxcompress.config import CompressionConfig, WeightConfig, preset
-from onnxcompress.encoding import EncodedWeight, build_groups, encode_codebook, encode_pruned
+from onnxcompress import methods
+from onnxcompress.config import CompressionConfig, WeightConfig, plan, preset
+from onnxcompress.encoding import EncodedWeight, build_groups
 from onnxcompress.errors import InvalidModelError, NoCompressibleWeightsError
-from onnxcompress.inventory import Inventory, WeightInfo, build_inventory, iter_graphs
+from onnxcompress.inventory import WeightInfo, build_inventory, iter_graphs
+from onnxcompress.methods.masks import global_threshold
 from onnxcompress.passes import CheckModelPass, EncodeWeightsPass, PassManager, RaiseVersionsPass
-from onnxcompress.passes.base import Pass, PassResult
-from onnxcompress.progress import track
+from onnxcompress.passes.base import Pass
+from onnxcompress.passes.check import CheckResult
+from onnxcompress.passes.metadata import LoadExternalDataPass, StampMetadataPass
+from onnxcompress.progress import ProgressCallback, track
+from onnxcompress.report import CompressionReport, CompressionResult, WeightReport
 
-
-@dataclass(frozen=True)
-class WeightReport:
-    name: str
-    op_types: tuple[str, ...]
-    role: str
-    shape: tuple[int, ...]
-    params: int
-    setting: str
-    sparsity: float  # fraction of exact zeros after compression
-    bits: int | None
-    encoding: str
-    bytes_before: int
-    bytes_after: int
-    rel_error: float  # ||W - W_hat|| / ||W||
-
-
-@dataclass
-class CompressionReport:
-    weights: list[WeightReport]
-    skipped: list[tuple[str, str]]
-    groups: int
-    seconds: float
-    passes: dict[str, Any] = field(default_factory=dict)
-    file_bytes_before: int | None = None
-    file_bytes_after: int | None = None
-    output: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)  # advice on the plan (printed under the table)
-
-    @property
-    def params(self) -> int:
-        return sum(w.params for w in self.weights)
-
-    @property
-    def weight_bytes_before(self) -> int:
-        return sum(w.bytes_before for w in self.weights)
-
-    @property
-    def weight_bytes_after(self) -> int:
-        return sum(w.bytes_after for w in self.weights)
-
-    @property
-    def ratio(self) -> float | None:
-        if self.file_bytes_before and self.file_bytes_after:
-            return self.file_bytes_before / self.file_bytes_after
-        return None
-
-    @property
-    def bits_per_weight(self) -> float:
-        return 8 * self.weight_bytes_after / max(self.params, 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "onnxcompress_version": __version__,
-            "output": self.output,
-            "file_bytes_before": self.file_bytes_before,
-            "file_bytes_after": self.file_bytes_after,
-            "ratio": self.ratio,
-            "params_compressed": self.params,
-            "weight_bytes_before": self.weight_bytes_before,
-            "weight_bytes_after": self.weight_bytes_after,
-            "bits_per_weight": self.bits_per_weight,
-            "decode_groups": self.groups,
-            "seconds": self.seconds,
-            "weights": [asdict(w) for w in self.weights],
-            "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
-            "passes": self.passes,
-            "notes": list(self.notes),
-            **self.extra,
-        }
-
-
-@dataclass
-class CompressionResult:
-    model: onnx.ModelProto
-    report: CompressionReport
-    decoded: dict[str, np.ndarray]  # what each weight decodes to (numpy reference), if keep_decoded
-    container: Any = None  # ContainerStats when written as .onnxc (the entropy-coding staircase)
+__all__ = ["WeightHook", "compress_file", "compress_model", "compress_weight"]
 
 
 def _tensors(model: onnx.ModelProto, names: set[str]) -> dict[str, onnx.TensorProto]:
@@ -133,6 +61,13 @@ def _read(tensor: onnx.TensorProto, external_dir: str | os.PathLike[str] | None)
     return numpy_helper.to_array(tensor, base_dir=str(external_dir) if external_dir is not None else "")
 
 
+def _reader(
+    tensors: dict[str, onnx.TensorProto], external_dir: str | os.PathLike[str] | None
+) -> Callable[[str], np.ndarray]:
+    """``name -> array`` over ``tensors`` (for the global pruning threshold's one pass)."""
+    return lambda name: _read(tensors[name], external_dir)
+
+
 def _rel_error(w: np.ndarray, dec: np.ndarray) -> float:
     """``||w - dec|| / ||w||`` in float64 with one float64 copy of ``w`` (``dec`` is subtracted in
     place) instead of three temporaries; the same operations in the same order, so the same value."""
@@ -144,76 +79,12 @@ def _rel_error(w: np.ndarray, dec: np.ndarray) -> float:
     return float(np.linalg.norm(wf) / denom)
 
 
-def pruning_mask(
-    w: np.ndarray, info: WeightInfo, cfg: WeightConfig, global_t: float | None
-) -> np.ndarray | None:
-    """The keep-mask the plain algorithms use for ``w`` (None when ``cfg`` does not prune)."""
-    if not cfg.prunes:
-        return None
-    if cfg.pruning == "magnitude":
-        return pruning.magnitude_mask(w, cfg.sparsity)
-    if cfg.pruning == "global":
-        assert global_t is not None
-        return pruning.threshold_mask(w, global_t)
-    if cfg.pruning == "std":
-        return pruning.threshold_mask(w, pruning.std_threshold(w, cfg.quality))
-    if info.role in ("conv", "conv_transpose") and w.ndim > 2:
-        # the reduction runs over input channels x kernel window: N:M blocks along that flattened dim
-        moved = np.moveaxis(w, info.axis, 0)
-        mask = pruning.nm_mask(moved.reshape(moved.shape[0], -1), cfg.n, cfg.m, axis=1)
-        return np.moveaxis(mask.reshape(moved.shape), 0, info.axis)
-    return pruning.nm_mask(w, cfg.n, cfg.m, axis=info.input_axis)
-
-
 def compress_weight(
-    w: np.ndarray, info: WeightInfo, cfg: WeightConfig, *, global_t: float | None = None, seed: int = 0,
-    mask: np.ndarray | None = None,
-) -> tuple[EncodedWeight, np.ndarray]:  # fmt: skip
-    """Compress one weight; returns its encoding and the exact array it decodes to."""
-    if mask is None:
-        mask = pruning_mask(w, info, cfg, global_t)
-    # Only per-channel/group codebooks need the channel axis in front (contiguous segments); other
-    # weights decode in their natural order, which saves a Transpose per weight at load time.
-    axis = info.axis if cfg.quantizes and cfg.granularity != "tensor" else 0
-    if cfg.method == "prune":
-        assert mask is not None
-        p = pruning.compress(w, mask)
-        enc = encode_pruned(
-            info.name, p, 0, shape=tuple(w.shape), encoding=cfg.encoding, gap_bits=cfg.gap_bits
-        )
-        return enc, pruning.decompress(p)
-    if cfg.method == "clipq":
-        from onnxcompress.algorithms import clipq
-
-        ct = clipq.compress(
-            w, sparsity=cfg.sparsity, bits=cfg.bits, granularity=cfg.granularity, axis=axis,
-            group_size=cfg.group_size, codebook_dtype=cfg.codebook_dtype,
-        )  # fmt: skip
-    else:
-        ct = codebook.quantize(
-            w, bits=cfg.bits, mask=mask, granularity=cfg.granularity, axis=axis, group_size=cfg.group_size,
-            init=cfg.init, codebook_dtype=cfg.codebook_dtype, seed=seed,
-        )  # fmt: skip
-    enc = encode_codebook(info.name, ct, encoding=cfg.encoding, gap_bits=cfg.gap_bits)
-    return enc, codebook.decompress(ct)
-
-
-def plan(
-    inventory: Inventory, config: CompressionConfig
-) -> tuple[list[tuple[WeightInfo, WeightConfig]], list[tuple[str, str]]]:
-    """Resolve the config for every compressible weight; the rest with the reason they are skipped."""
-    planned: list[tuple[WeightInfo, WeightConfig]] = []
-    skipped: list[tuple[str, str]] = []
-    for info in inventory.weights:
-        if not info.compressible:
-            skipped.append((info.name, info.skip_reason or ""))
-            continue
-        cfg = config.resolve(info.name, info.op_types)
-        if cfg is None:
-            skipped.append((info.name, "excluded by the plan"))
-        else:
-            planned.append((info, cfg))
-    return planned, skipped
+    w: np.ndarray, info: WeightInfo, cfg: WeightConfig, *, global_t: float | None = None, seed: int = 0
+) -> tuple[EncodedWeight, np.ndarray]:
+    """Compress one weight with its plan's method: its encoding and the exact array it decodes to."""
+    c = methods.compress(w, info, cfg, methods.Context(seed=seed, global_threshold=global_t))
+    return methods.encode(info.name, c, encoding=cfg.encoding, gap_bits=cfg.gap_bits), methods.decompress(c)
 
 
 WeightHook = Callable[[np.ndarray, WeightInfo, WeightConfig], "tuple[EncodedWeight, np.ndarray] | None"]
@@ -223,7 +94,7 @@ def compress_model(
     model: onnx.ModelProto,
     config: CompressionConfig | None = None,
     *,
-    progress: bool = False,
+    progress: ProgressCallback | None = None,
     weight_hook: WeightHook | None = None,
     keep_decoded: bool = True,
     external_dir: str | os.PathLike[str] | None = None,
@@ -250,29 +121,25 @@ def compress_model(
         reasons = {r for _, r in skipped} or {"the model has no float tensors"}
         raise NoCompressibleWeightsError(
             "no compressible weight found (" + "; ".join(sorted(reasons))[:300] + "); "
-            "lower --min-elements or check --exclude and the config"
+            "lower min_elements or check the exclude patterns and the plan"
         )
     tensors = _tensors(model, {info.name for info, _ in planned})
-    global_t = None
-    glob = [i.name for i, c in planned if c.prunes and c.pruning == "global"]
-    if glob:
-        sparsities = {c.sparsity for i, c in planned if c.prunes and c.pruning == "global"}
-        global_t = pruning.global_threshold((_read(tensors[n], external_dir) for n in glob), max(sparsities))
+    global_t = global_threshold(planned, _reader(tensors, external_dir))
 
     encoded: list[EncodedWeight] = []
     decoded: dict[str, np.ndarray] = {}
     reports: list[WeightReport] = []
     notes: list[str] = []
-    for info, cfg in track(planned, "compressing weights", enabled=progress):
+    for info, cfg in track(planned, "compressing weights", progress):
         out = _compress_one(
             _read(tensors[info.name], external_dir), info, cfg, weight_hook, global_t, config.seed
         )
         if isinstance(out, str):
             skipped.append((info.name, out))
             continue
-        enc, dec, report = out
+        enc, dec, row = out
         encoded.append(enc)
-        reports.append(report)
+        reports.append(row)
         if keep_decoded:
             decoded[info.name] = dec
         del out, dec  # this weight's arrays go before the next is read (dec stays only in `decoded`)
@@ -293,18 +160,21 @@ def compress_model(
     passes: list[Pass] = [RaiseVersionsPass(), EncodeWeightsPass(groups, consume=True)]
     del groups
     if external_dir is not None:
-        passes.append(_LoadExternalDataPass(external_dir))
-    model, results = PassManager([*passes, CheckModelPass()])(model)
-    _stamp(model, config)
+        passes.append(LoadExternalDataPass(external_dir))
+    passes += [CheckModelPass(), StampMetadataPass(config)]
+    model, results = PassManager(passes)(model)
+    reported = {p.name for p in passes if p.reported}
     report = CompressionReport(
         weights=reports,
         skipped=skipped,
         groups=n_groups,
         seconds=time.perf_counter() - t0,
-        passes={name: r.details for name, r in results if name != _LoadExternalDataPass.name},
+        passes={name: r.to_dict() for name, r in results if name in reported},
         notes=notes,
     )
-    return CompressionResult(model=model, report=report, decoded=decoded)
+    return CompressionResult(
+        model=model, report=report, decoded=decoded, passes=tuple(r for _, r in results)
+    )
 
 
 def _compress_one(
@@ -326,20 +196,6 @@ def _compress_one(
     return enc, dec, report
 
 
-class _LoadExternalDataPass(Pass):
-    """Load the external data of the tensors left in the model (after the compressed weights have
-    been replaced, so their data is never read into the ModelProto)."""
-
-    name = "load-external-data"
-
-    def __init__(self, base_dir: str | os.PathLike[str]) -> None:
-        self.base_dir = str(base_dir)
-
-    def call(self, model: onnx.ModelProto) -> PassResult:
-        load_external_data_for_model(model, self.base_dir)
-        return PassResult(model, True)
-
-
 # per-channel/group codebooks whose own bytes exceed this share of the weight's payload get a note
 CODEBOOK_OVERHEAD_NOTE = 0.25
 
@@ -359,34 +215,13 @@ def _codebook_overhead_note(enc: EncodedWeight, cfg: WeightConfig) -> str | None
     )
 
 
-def _stamp(model: onnx.ModelProto, config: CompressionConfig) -> None:
-    """Record the producing tool and plan in metadata, keeping the user's own entries."""
-    import json
-
-    entries = {p.key: p for p in model.metadata_props}
-    # only what differs from the defaults of this version: `from_dict` rebuilds the full plan, and
-    # small models feel every byte (the full record is ~370 B, 1% of a 25x LeNet-300-100)
-    plan, default = config.to_dict(), CompressionConfig().to_dict()
-    diff: dict[str, object] = {k: v for k, v in plan.items() if v != default[k] and k != "weight"}
-    weight = {k: v for k, v in plan["weight"].items() if v != default["weight"][k]}
-    if weight:
-        diff["weight"] = weight
-    value = json.dumps(
-        {"version": __version__, "config": diff}, sort_keys=True, default=str, separators=(",", ":")
-    )
-    if "onnxcompress" in entries:
-        entries["onnxcompress"].value = value
-    else:
-        model.metadata_props.add(key="onnxcompress", value=value)
-
-
 def compress_file(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
     config: CompressionConfig | None = None,
     *,
     overwrite: bool = False,
-    progress: bool = False,
+    progress: ProgressCallback | None = None,
     weight_hook: WeightHook | None = None,
     hook_factory: Callable[[onnx.ModelProto], WeightHook | None] | None = None,
     keep_decoded: bool = False,
@@ -429,7 +264,7 @@ def compress_file(
         result.report.extra["container"] = _plain(stats)
     else:
         model_io.save(result.model, out)
-        if "deferred" in result.report.passes.get("check", {}):
+        if any(isinstance(r, CheckResult) and r.deferred for r in result.passes):
             from onnxcompress.passes.check import check_saved_model
 
             try:

@@ -15,29 +15,37 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from onnxcompress import methods
+from onnxcompress.algorithms.codebook import CODEBOOK_DTYPES, GRANULARITIES
+from onnxcompress.algorithms.kmeans1d import INITS
 from onnxcompress.errors import ConfigError
+from onnxcompress.methods import METHODS
+from onnxcompress.methods.masks import PRUNINGS
 
-Method = Literal["kmeans", "clipq", "prune"]
-Pruning = Literal["magnitude", "global", "std", "nm"]
-Granularity = Literal["tensor", "channel", "group"]
-Init = Literal["linear", "density", "random", "kmeans++"]
-Encoding = Literal["auto", "dense", "relative", "mask"]
+if TYPE_CHECKING:
+    from onnxcompress.inventory import Inventory, WeightInfo
 
-METHODS = ("kmeans", "clipq", "prune")
-PRUNINGS = ("magnitude", "global", "std", "nm")
-GRANULARITIES = ("tensor", "channel", "group")
-INITS = ("linear", "density", "random", "kmeans++")
 ENCODINGS = ("auto", "dense", "relative", "mask")
-CODEBOOK_DTYPES = ("float32", "float16")
+
+#: The allowed values of every WeightConfig field that is a choice, each defined once beside the
+#: code that implements it; plan validation and the CLI's ``choices=`` both read this.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method": tuple(METHODS),
+    "pruning": PRUNINGS,
+    "granularity": GRANULARITIES,
+    "init": INITS,
+    "encoding": ENCODINGS,
+    "codebook_dtype": CODEBOOK_DTYPES,
+}
 
 
 @dataclass(frozen=True)
 class WeightConfig:
     """How one weight is compressed.
 
-    ``method``: ``kmeans`` (Deep Compression weight sharing), ``clipq`` (CLIP-Q clip-and-quantize:
+    ``method``: a name in :data:`onnxcompress.methods.METHODS`: ``kmeans`` (Deep Compression weight sharing), ``clipq`` (CLIP-Q clip-and-quantize:
     the pruning fraction is ``sparsity`` and the range of the rest is split into equal intervals),
     or ``prune`` (pruning only, kept values stored raw). ``sparsity`` is the fraction of weights set
     to zero, chosen by ``pruning``: ``magnitude`` (per layer), ``global`` (one threshold across all
@@ -45,27 +53,25 @@ class WeightConfig:
     ``nm`` (``n`` of every ``m`` consecutive weights along the input axis kept).
     """
 
-    method: Method = "kmeans"
+    method: str = "kmeans"
     bits: int = 8
     sparsity: float = 0.0
-    pruning: Pruning = "magnitude"
+    pruning: str = "magnitude"
     quality: float = 1.0
     n: int = 2
     m: int = 4
-    granularity: Granularity = "tensor"
+    granularity: str = "tensor"
     group_size: int = 8
-    init: Init = "linear"
-    codebook_dtype: Literal["float32", "float16"] = "float32"
-    encoding: Encoding = "auto"
+    init: str = "linear"
+    codebook_dtype: str = "float32"
+    encoding: str = "auto"
     gap_bits: int | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("method", self.method, METHODS)
-        _check_choice("pruning", self.pruning, PRUNINGS)
-        _check_choice("granularity", self.granularity, GRANULARITIES)
-        _check_choice("init", self.init, INITS)
-        _check_choice("encoding", self.encoding, ENCODINGS)
-        _check_choice("codebook_dtype", self.codebook_dtype, CODEBOOK_DTYPES)
+        method = methods.get(self.method)  # the live table, so a row added at run time counts too
+        for name, choices in CHOICES.items():
+            if name != "method":
+                _check_choice(name, getattr(self, name), choices)
         _check_int("bits", self.bits, 1, 8)
         if not isinstance(self.sparsity, (int, float)) or not 0.0 <= float(self.sparsity) < 1.0:
             raise ConfigError(
@@ -78,8 +84,10 @@ class WeightConfig:
         _check_int("group_size", self.group_size, 1, 1 << 30)
         if self.gap_bits is not None:
             _check_int("gap_bits", self.gap_bits, 1, 8)
-        if self.method == "prune" and not self.prunes:
-            raise ConfigError("method 'prune' needs pruning: set sparsity > 0 (or pruning: std / nm)")
+        if method.needs_pruning and not self.prunes:
+            raise ConfigError(
+                f"method {self.method!r} needs pruning: set sparsity > 0 (or pruning: std / nm)"
+            )
 
     @property
     def prunes(self) -> bool:
@@ -87,7 +95,7 @@ class WeightConfig:
 
     @property
     def quantizes(self) -> bool:
-        return self.method != "prune"
+        return methods.get(self.method).quantizes
 
     def describe(self) -> str:
         parts = [self.method]
@@ -190,6 +198,24 @@ class CompressionConfig:
 
 
 _MISSING = object()
+
+
+def plan(
+    inventory: Inventory, config: CompressionConfig
+) -> tuple[list[tuple[WeightInfo, WeightConfig]], list[tuple[str, str]]]:
+    """Resolve the setting of every compressible weight; the rest with the reason they are skipped."""
+    planned: list[tuple[WeightInfo, WeightConfig]] = []
+    skipped: list[tuple[str, str]] = []
+    for info in inventory.weights:
+        if not info.compressible:
+            skipped.append((info.name, info.skip_reason or ""))
+            continue
+        cfg = config.resolve(info.name, info.op_types)
+        if cfg is None:
+            skipped.append((info.name, "excluded by the plan"))
+        else:
+            planned.append((info, cfg))
+    return planned, skipped
 
 
 def _apply(cfg: WeightConfig | None, override: Mapping[str, Any] | None) -> WeightConfig | None:

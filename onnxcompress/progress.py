@@ -1,34 +1,30 @@
-"""Progress display for long work: rich when installed and stderr is a terminal, else quiet.
-
-Kept deliberately tiny so that library code can always call it; the CLI decides whether to show it.
+"""Progress reporting for long work, as data: the library calls a :data:`ProgressCallback`; it never
+draws anything. ``onnxcompress.commands.display.terminal_progress`` is the one display (rich when
+installed and stderr is a terminal, else a plain line) and is what the CLI passes in.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import TypeVar
+
+__all__ = ["ProgressCallback", "track"]
 
 T = TypeVar("T")
 
+#: ``progress(task, done, total)``: ``done`` of ``total`` units of ``task`` are finished (called
+#: with ``done == 0`` when a task starts, and with ``done == total`` when it ends).
+ProgressCallback = Callable[[str, int, int], None]
 
-def track(
-    items: Iterable[T], description: str, *, total: int | None = None, enabled: bool = True
-) -> Iterator[T]:
-    if not enabled or not sys.stderr.isatty():
+
+def track(items: Iterable[T], task: str, progress: ProgressCallback | None) -> Iterator[T]:
+    """Yield ``items``, reporting each one as done once the caller has finished with it."""
+    if not progress:
         yield from items
         return
-    try:
-        from rich.progress import Progress
-    except ImportError:  # plain fallback: one updating line
-        items = list(items)
-        for i, item in enumerate(items, 1):
-            print(f"\r{description}: {i}/{len(items)}", end="", file=sys.stderr, flush=True)
-            yield item
-        print(file=sys.stderr)
-        return
-    with Progress(transient=True) as progress:
-        task = progress.add_task(description, total=total if total is not None else len(items))  # type: ignore[arg-type]
-        for item in items:
-            yield item
-            progress.advance(task)
+    seq = items if isinstance(items, Sized) else list(items)
+    total = len(seq)
+    progress(task, 0, total)
+    for i, item in enumerate(seq, 1):
+        yield item
+        progress(task, i, total)

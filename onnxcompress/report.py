@@ -1,102 +1,110 @@
-"""Human-readable tables of the inventory and of a compression report (plain text, no deps)."""
+"""What a compression run returns: one :class:`WeightReport` per compressed weight, the
+:class:`CompressionReport` of the run and the :class:`CompressionResult` that carries the model.
+
+Data only: ``to_dict`` is the ``--report`` JSON schema; the terminal tables are drawn by
+:mod:`onnxcompress.commands.render`.
+"""
 
 from __future__ import annotations
 
-from onnxcompress.compressor import CompressionReport
-from onnxcompress.formatting import human_bytes, table
-from onnxcompress.inventory import Inventory
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from onnxcompress import __version__
+
+if TYPE_CHECKING:
+    import onnx
+
+    from onnxcompress.passes.base import PassResult
+
+__all__ = ["CompressionReport", "CompressionResult", "WeightReport"]
 
 
-def _shorten(name: str, width: int = 48) -> str:
-    return name if len(name) <= width else "..." + name[-(width - 3) :]
+@dataclass(frozen=True)
+class WeightReport:
+    """One compressed weight: what it became and what it cost."""
+
+    name: str
+    op_types: tuple[str, ...]
+    role: str
+    shape: tuple[int, ...]
+    params: int
+    setting: str
+    sparsity: float  # fraction of exact zeros after compression
+    bits: int | None
+    encoding: str
+    bytes_before: int
+    bytes_after: int
+    rel_error: float  # ||W - W_hat|| / ||W||
 
 
-def format_report(report: CompressionReport, *, max_rows: int = 60) -> str:
-    rows = []
-    ws = report.weights
-    shown = ws if len(ws) <= max_rows else sorted(ws, key=lambda w: -w.bytes_before)[:max_rows]
-    for w in shown:
-        rows.append(
-            [
-                _shorten(w.name),
-                "/".join(w.op_types),
-                "x".join(map(str, w.shape)),
-                f"{w.params:,}",
-                f"{w.sparsity:.1%}",
-                w.bits if w.bits is not None else "raw",
-                w.encoding,
-                human_bytes(w.bytes_before),
-                human_bytes(w.bytes_after),
-                f"{w.bytes_before / max(w.bytes_after, 1):.1f}x",
-                f"{w.rel_error:.4f}",
-            ]
-        )
-    out = [
-        table(
-            [
-                "weight",
-                "op",
-                "shape",
-                "params",
-                "sparsity",
-                "bits",
-                "encoding",
-                "before",
-                "after",
-                "ratio",
-                "rel L2 err",
-            ],
-            rows,
-            "lllrrrlrrrr",
-        )
-    ]
-    if len(ws) > len(shown):
-        out.append(f"... {len(ws) - len(shown)} smaller weights not shown (see --report JSON)")
-    out.append("")
-    out.append(
-        f"weights: {len(ws)} compressed ({report.params:,} params) in {report.groups} decode group(s), "
-        f"{len(report.skipped)} left alone; {human_bytes(report.weight_bytes_before)} -> "
-        f"{human_bytes(report.weight_bytes_after)} ({report.bits_per_weight:.2f} bits/weight)"
-    )
-    if report.file_bytes_before is not None and report.file_bytes_after is not None:
-        out.append(
-            f"file: {human_bytes(report.file_bytes_before)} -> {human_bytes(report.file_bytes_after)}  "
-            f"ratio {report.ratio:.2f}x  ({report.file_bytes_before:,} -> {report.file_bytes_after:,} bytes)"
-        )
-    out.append(f"time: {report.seconds:.2f} s")
-    out += [f"note: {n}" for n in report.notes]
-    return "\n".join(out)
+@dataclass
+class CompressionReport:
+    """The whole run. ``passes``: each graph pass's report (``PassResult.to_dict``) by pass name;
+    ``extra``: sections other stages add (``calibration``, ``container``)."""
+
+    weights: list[WeightReport]
+    skipped: list[tuple[str, str]]
+    groups: int
+    seconds: float
+    passes: dict[str, Any] = field(default_factory=dict)
+    file_bytes_before: int | None = None
+    file_bytes_after: int | None = None
+    output: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # advice on the plan (printed under the table)
+
+    @property
+    def params(self) -> int:
+        return sum(w.params for w in self.weights)
+
+    @property
+    def weight_bytes_before(self) -> int:
+        return sum(w.bytes_before for w in self.weights)
+
+    @property
+    def weight_bytes_after(self) -> int:
+        return sum(w.bytes_after for w in self.weights)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.file_bytes_before and self.file_bytes_after:
+            return self.file_bytes_before / self.file_bytes_after
+        return None
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.weight_bytes_after / max(self.params, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "onnxcompress_version": __version__,
+            "output": self.output,
+            "file_bytes_before": self.file_bytes_before,
+            "file_bytes_after": self.file_bytes_after,
+            "ratio": self.ratio,
+            "params_compressed": self.params,
+            "weight_bytes_before": self.weight_bytes_before,
+            "weight_bytes_after": self.weight_bytes_after,
+            "bits_per_weight": self.bits_per_weight,
+            "decode_groups": self.groups,
+            "seconds": self.seconds,
+            "weights": [asdict(w) for w in self.weights],
+            "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
+            "passes": self.passes,
+            "notes": list(self.notes),
+            **self.extra,
+        }
 
 
-def format_inventory(inv: Inventory, *, show_all: bool = True) -> str:
-    rows = []
-    for w in inv.weights:
-        if not show_all and not w.compressible:
-            continue
-        rows.append(
-            [
-                _shorten(w.name),
-                w.source + (f" in {w.graph}" if w.graph else ""),
-                "/".join(w.op_types) or "-",
-                w.role if w.compressible else "-",
-                w.axis if w.compressible else "-",
-                "x".join(map(str, w.shape)) or "scalar",
-                w.dtype,
-                f"{w.size:,}",
-                "compress" if w.compressible else f"skip: {w.skip_reason}",
-            ]
-        )
-    comp = inv.compressible()
-    lines = [
-        table(
-            ["tensor", "source", "op", "role", "axis", "shape", "dtype", "elements", "decision"],
-            rows,
-            "llllrllrl",
-        ),
-        "",
-        f"{len(comp)} compressible tensors ({sum(w.size for w in comp):,} elements, "
-        f"{human_bytes(sum(w.nbytes for w in comp))}), {len(inv.weights) - len(comp)} left alone",
-    ]
-    if inv.quantized_model:
-        lines.append("note: the model already contains quantized operators; their weights are left alone")
-    return "\n".join(lines)
+@dataclass
+class CompressionResult:
+    """The compressed model, its report, and (with ``keep_decoded``) what each weight decodes to."""
+
+    model: onnx.ModelProto
+    report: CompressionReport
+    decoded: dict[str, np.ndarray]  # what each weight decodes to (numpy reference), if keep_decoded
+    container: Any = None  # ContainerStats when written as .onnxc (the entropy-coding staircase)
+    passes: tuple[PassResult, ...] = ()  # the graph passes' typed results, in the order they ran

@@ -9,8 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxcompress.commands.render import format_bench
 from onnxcompress.errors import ConfigError, InvalidModelError
-from onnxcompress.evaluation.bench import bench, bench_to_json, render_bench_table
+from onnxcompress.evaluation.bench import bench, bench_to_json
 from onnxcompress.model_io import size_on_disk
 
 
@@ -57,7 +58,7 @@ def test_bench_two_models_side_by_side(two_models, tmp_path):
         assert m.peak_rss_bytes is None or m.peak_rss_bytes > 10 << 20
         spread = m.p50_spread
         assert spread["min"] <= m.p50_ms <= spread["max"]
-    table = render_bench_table(report)
+    table = format_bench(report)
     assert "session create (s)" in table and "p50 latency (ms)" in table and "(x" in table
     assert "CPUExecutionProvider" in table
     data = json.loads(bench_to_json(report))
@@ -118,7 +119,7 @@ def test_bench_host_decode_of_a_compressed_model(two_models, tmp_path, capsys):
     assert main(["compress", str(a), "-o", str(c), "--bits", "4", "--min-elements", "16", "--quiet"]) == 0
     report = bench([a, c], runs=2, warmup=0, rounds=1, progress=False, decode="host")
     assert report.config["decode"] == "host" and all(m.p50_ms > 0 for m in report.models)
-    assert "decode by host" in render_bench_table(report)
+    assert "decode by host" in format_bench(report)
     with pytest.raises(ConfigError, match="decode mode"):
         bench([a], decode="numpy", progress=False)
     capsys.readouterr()

@@ -126,14 +126,14 @@ def test_calibration_config_validation_and_overrides():
 def test_cli_hook_none_without_data():
     import argparse
 
-    from onnxcompress.calibration.cli import add_calibration_arguments, hook_from_args
+    from onnxcompress.commands._calibration_args import add_calibration_arguments, calibrate_from_args
 
     p = argparse.ArgumentParser()
     add_calibration_arguments(p)
     args = p.parse_args([])
-    assert hook_from_args(tiny_model(), args, from_dict({})) is None
+    assert calibrate_from_args(tiny_model(), args, from_dict({})) is None
     args = p.parse_args(["--calibration-data", "x.npz", "--calibration-samples", "32", "--no-sequential"])
-    from onnxcompress.calibration.cli import calibration_config_from_args
+    from onnxcompress.commands._calibration_args import calibration_config_from_args
 
     c = calibration_config_from_args(args)
     assert c.samples == 32 and c.sequential is False

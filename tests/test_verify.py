@@ -135,7 +135,7 @@ def test_gate_without_applicable_output_is_usage_error(files):
     with pytest.raises(DataError, match="needs labels"):
         verify(files["ref"], files["noisy"], gates=Gates(max_accuracy_drop=1), progress=False)
     scalar = classifier(np.ones((20, 1), np.float32))  # [N, 1]: not class-like
-    with pytest.raises(DataError, match="--min-agreement cannot be checked"):
+    with pytest.raises(DataError, match="min_agreement cannot be checked"):
         verify(scalar, scalar, gates=Gates(min_agreement=0.5), progress=False)
 
 

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxcompress import methods
 from onnxcompress.algorithms import pruning
 from onnxcompress.algorithms.calibrated.bias_correction import bias_shift
 from onnxcompress.algorithms.calibrated.gptq_codebook import (
@@ -62,11 +63,12 @@ from onnxcompress.calibration.capture import (
 )
 from onnxcompress.calibration.config import CalibrationConfig
 from onnxcompress.calibration.frontier import FrontierCapture, FrontierUnsupported
-from onnxcompress.config import CompressionConfig, WeightConfig, preset
-from onnxcompress.encoding import EncodedWeight, encode_codebook, encode_pruned
+from onnxcompress.config import CompressionConfig, WeightConfig, plan, preset
+from onnxcompress.encoding import EncodedWeight
 from onnxcompress.errors import DataError
-from onnxcompress.inventory import WeightInfo, build_inventory
-from onnxcompress.progress import track
+from onnxcompress.inventory import WeightInfo, build_inventory, tensor_array
+from onnxcompress.methods.masks import global_threshold, keep_mask
+from onnxcompress.progress import ProgressCallback, track
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,15 +103,13 @@ class CalibratedEncoding:
     def build(self) -> tuple[EncodedWeight, np.ndarray]:
         """``(encoding, decoded array)``, as ``compress_model``'s weight hook returns them."""
         if self.table is not None:
-            enc = encode_codebook(self.name, self.table, encoding=self.encoding, gap_bits=self.gap_bits)
+            enc = methods.encode(self.name, self.table, encoding=self.encoding, gap_bits=self.gap_bits)
             return enc, self.decoded()
         assert self.dense is not None and self.keep_bits is not None
         moved = np.ascontiguousarray(np.moveaxis(self.dense, self.axis, 0))
         keep = np.unpackbits(self.keep_bits, count=moved.size).view(bool).reshape(moved.shape)
-        enc = encode_pruned(
-            self.name, pruning.compress(moved, keep), self.axis, shape=tuple(self.dense.shape),
-            encoding=self.encoding, gap_bits=self.gap_bits,
-        )  # fmt: skip
+        pruned = methods.Pruned(pruning.compress(moved, keep), self.axis, tuple(self.dense.shape))
+        enc = methods.encode(self.name, pruned, encoding=self.encoding, gap_bits=self.gap_bits)
         return enc, self.dense
 
 
@@ -203,14 +203,6 @@ class CalibrationResult:
             "bias_corrected": sorted(self.bias_updates),
         }
 
-    def format(self) -> str:
-        """A per-weight text table: output error before and after calibration."""
-        lines = [f"{'weight':40s} {'method':26s} {'plain':>8s} {'calib':>8s}"]
-        for w in self.weights:
-            plain = "-" if w.error_plain is None else f"{w.error_plain:.4f}"
-            lines.append(f"{w.name[:40]:40s} {w.method[:26]:26s} {plain:>8s} {w.error_calibrated:8.4f}")
-        return "\n".join(lines)
-
 
 # ------------------------------------------------------------------------------------------ per weight
 
@@ -229,9 +221,7 @@ def _sparsity_for(w: np.ndarray, info: WeightInfo, cfg: WeightConfig, global_t: 
     """The per-layer pruning fraction the plain rule would give (for rules that are not a fraction)."""
     if cfg.pruning == "magnitude":
         return float(cfg.sparsity)
-    from onnxcompress.compressor import pruning_mask
-
-    mask = pruning_mask(w, info, cfg, global_t)
+    mask = keep_mask(w, info, cfg, global_t)
     return float(1.0 - mask.mean()) if mask is not None else 0.0
 
 
@@ -248,7 +238,6 @@ def calibrate_weight(
     """Calibrated compression of one weight: ``(record, decoded array, decoded W2 view, method)``;
     ``record.build()`` gives the encoding."""
     from onnxcompress.algorithms.codebook import store_dtype
-    from onnxcompress.compressor import pruning_mask
 
     w2 = _w2(w, info.axis)
     rows, cols = w2.shape
@@ -276,19 +265,21 @@ def calibrate_weight(
         elif ccfg.prune_method == "obs" and embedding and cfg.pruning in ("magnitude", "global", "std"):
             # diagonal H: the OBS saliency is lookups x w^2
             sp = _sparsity_for(w, info, cfg, global_t)
+            assert stats.counts is not None  # an embedding's statistics are its lookup counts
             sal = (w2**2) * (stats.counts[:, None] + 1e-3 * max(float(stats.counts.mean()), 1e-12))
             keep = pruning.magnitude_mask(np.sqrt(sal), sp)
             work = np.where(keep, w2, 0.0)
             steps.append("obs")
         else:
-            mask = pruning_mask(w, info, cfg, global_t)
+            mask = keep_mask(w, info, cfg, global_t)
+            assert mask is not None
             keep = _w2(mask.astype(np.float64), info.axis) > 0
             work = np.where(keep, w2, 0.0)
             steps.append("magnitude")
     unpruned = work is w2
     if not unpruned:  # the refit recomputes it: two float64 copies of the weight at a time, not three
         del w2
-    if cfg.method == "prune":
+    if not cfg.quantizes:
         assert keep is not None
         dec2 = np.where(keep, work, 0.0)
         dec = _from_w2(dec2, info.shape, info.axis, w.dtype)
@@ -304,7 +295,7 @@ def calibrate_weight(
     kp = keep if pruned else None
     if ccfg.quant_method == "weighted-kmeans" or (embedding and ccfg.quant_method == "gptq"):
         sens = (
-            row_sensitivity(stats.counts, cols)
+            row_sensitivity(_counts(stats), cols)
             if embedding
             else hessian_sensitivity(rows, [(sl, np.diag(h)) for sl, h in stats.blocks])
         )
@@ -347,9 +338,14 @@ def calibrate_weight(
     return rec, _from_w2(dec2, info.shape, info.axis, w.dtype), dec2, " + ".join(steps)
 
 
+def _counts(stats: LayerStats) -> np.ndarray:
+    assert stats.counts is not None  # an embedding's statistics are its lookup counts
+    return stats.counts
+
+
 def _error(w2: np.ndarray, dec2: np.ndarray, stats: LayerStats) -> float:
     if stats.kind == "embedding":
-        return row_weighted_error(w2, dec2, stats.counts)
+        return row_weighted_error(w2, dec2, _counts(stats))
     return relative_output_error(w2, dec2, stats.blocks)
 
 
@@ -434,7 +430,7 @@ def calibrate(
     calibration: CalibrationConfig | None = None,
     samples: int | None = None,
     sequential: bool | None = None,
-    progress: bool = False,
+    progress: ProgressCallback | None = None,
     labels_key: str | None = None,
     threads: int | None = None,
     baseline: bool = True,
@@ -453,16 +449,15 @@ def calibrate(
         ccfg = dataclasses.replace(ccfg, samples=int(samples))
     if sequential is not None:
         ccfg = dataclasses.replace(ccfg, sequential=bool(sequential))
-    from onnxcompress.compressor import compress_weight, plan
-
     inventory = build_inventory(model, min_elements=config.min_elements)
     planned, _ = plan(inventory, config)
     result = CalibrationResult(config=ccfg)
     by_cfg: dict[str, WeightConfig] = {}
     infos = []
     for info, cfg in planned:
-        if cfg.method == "clipq":
-            result.skipped[info.name] = "CLIP-Q has no calibrated variant (plain algorithm used)"
+        plain = methods.get(cfg.method)
+        if not plain.calibrated:
+            result.skipped[info.name] = f"{plain.label} has no calibrated variant (plain algorithm used)"
             continue
         by_cfg[info.name] = cfg
         infos.append(info)
@@ -471,13 +466,7 @@ def calibrate(
     if not targets:
         result.seconds = time.perf_counter() - t0
         return result
-    global_t = None
-    glob = [info.name for info, c in planned if c.prunes and c.pruning == "global"]
-    if glob:
-        from onnxcompress.inventory import tensor_array
-
-        sp = max(c.sparsity for _, c in planned if c.prunes and c.pruning == "global")
-        global_t = pruning.global_threshold([tensor_array(model, n) for n in glob], sp)
+    global_t = global_threshold(planned, lambda name: tensor_array(model, name))
 
     batches, result.samples = open_calibration_data(
         model, data, samples=ccfg.samples, batch_size=ccfg.batch_size, labels_key=labels_key
@@ -499,7 +488,7 @@ def calibrate(
         except FrontierUnsupported as exc:
             result.capture_mode = f"prefix (frontier capture unsupported: {exc})"
     try:
-        for si, stage in enumerate(track(groups, "calibrating", enabled=progress)):
+        for si, stage in enumerate(track(groups, "calibrating", progress)):
             tc = time.perf_counter()
             stats = None
             if frontier is not None:
@@ -528,7 +517,8 @@ def calibrate(
                 err_cal = _error(w2, dec2, st)
                 err_plain = None
                 if baseline:
-                    _, plain_dec = compress_weight(w, t.info, cfg, global_t=global_t, seed=config.seed)
+                    ctx = methods.Context(seed=config.seed, global_threshold=global_t)
+                    plain_dec = methods.decompress(methods.compress(w, t.info, cfg, ctx))
                     err_plain = _error(w2, _w2(plain_dec, t.info.axis), st)
                     del plain_dec
                 corrected = False

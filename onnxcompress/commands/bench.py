@@ -8,35 +8,28 @@ from __future__ import annotations
 
 import argparse
 
-from onnxcompress.commands.verify import _positive_int, check_paths
+from onnxcompress.commands.arguments import non_negative_int, positive_int
+from onnxcompress.commands.verify import check_paths
+from onnxcompress.evaluation.bench import BenchOptions
 from onnxcompress.evaluation.data import parse_int_range, parse_shape_overrides
 from onnxcompress.sessions import OPTIMIZATION_LEVELS, parse_providers
 
 HELP = "Benchmark models side by side: size, session creation, latency p50/p90/p99, throughput, memory."
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "models", nargs="+", metavar="MODEL", help=".onnx or .onnxc files; the first is the baseline"
     )
-    parser.add_argument("--runs", type=_positive_int, default=100, help="timed runs per round (default 100)")
+    d = BenchOptions()  # the defaults are the library's, stated once
+    parser.add_argument("--runs", type=positive_int, default=d.runs, help=f"timed runs per round (default {d.runs})")
     parser.add_argument(
-        "--warmup", type=_non_negative_int, default=10, help="untimed runs first (default 10)"
+        "--warmup", type=non_negative_int, default=d.warmup, help=f"untimed runs first (default {d.warmup})"
     )
     parser.add_argument(
-        "--rounds", type=_positive_int, default=3, help="fresh processes per model (default 3)"
+        "--rounds", type=positive_int, default=d.rounds, help=f"fresh processes per model (default {d.rounds})"
     )
-    parser.add_argument("--batch-size", type=_positive_int, metavar="B", help="samples per run (default 1)")
+    parser.add_argument("--batch-size", type=positive_int, metavar="B", help="samples per run (default 1)")
     parser.add_argument(
         "--shape",
         action="append",
@@ -50,15 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-fallback", action="store_true", help="drop unavailable providers instead of failing"
     )
     parser.add_argument(
-        "--threads", type=_positive_int, metavar="N", help="intra-op threads (default: ORT's)"
+        "--threads", type=positive_int, metavar="N", help="intra-op threads (default: ORT's)"
     )
     parser.add_argument(
-        "--opt-level", choices=OPTIMIZATION_LEVELS, default="all", help="graph optimization level"
+        "--opt-level", choices=OPTIMIZATION_LEVELS, default=d.optimization_level, help="graph optimization level"
     )
     parser.add_argument(
         "--decode",
         choices=("onnxruntime", "host"),
-        default="onnxruntime",
+        default=d.decode,
         help="how compressed weights are rebuilt at load: onnxruntime (a stock InferenceSession folds the "
         "decode functions; default) or host (numpy first, as onnxcompress.load does)",
     )
@@ -67,13 +60,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from onnxcompress.evaluation.bench import bench, bench_to_json, render_bench_table
+    from onnxcompress.commands.display import terminal_progress
+    from onnxcompress.commands.render import format_bench
+    from onnxcompress.evaluation.bench import bench, bench_to_json
     from onnxcompress.model_io import write_report
 
     check_paths(args, args.models)
 
-    report = bench(
-        args.models,
+    providers = parse_providers(args.providers)
+    options = BenchOptions(
         runs=args.runs,
         warmup=args.warmup,
         rounds=args.rounds,
@@ -81,14 +76,15 @@ def run(args: argparse.Namespace) -> int:
         shapes=parse_shape_overrides(args.shape),
         int_range=parse_int_range(args.int_range),
         data=args.data,
-        providers=parse_providers(args.providers),
+        providers=tuple(providers) if providers is not None else None,
         threads=args.threads,
         optimization_level=args.opt_level,
         allow_fallback=args.allow_fallback,
-        progress=not args.quiet,
         decode=args.decode,
     )
-    print(render_bench_table(report))
+    with terminal_progress(enabled=not args.quiet) as progress:
+        report = bench(args.models, options, progress=progress)
+    print(format_bench(report))
     if args.json:
         write_report(args.json, bench_to_json(report))
     return 0

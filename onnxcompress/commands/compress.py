@@ -9,19 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from onnxcompress.config import (
-    DEFAULT_PRESET,
-    ENCODINGS,
-    GRANULARITIES,
-    INITS,
-    METHODS,
-    PRESETS,
-    PRUNINGS,
-    CompressionConfig,
-    load_config,
-    preset,
-)  # fmt: skip
-from onnxcompress.errors import ConfigError
+from onnxcompress.config import CHOICES, DEFAULT_PRESET, PRESETS, CompressionConfig, load_config, preset
+from onnxcompress.errors import ConfigError, NoCompressibleWeightsError
+from onnxcompress.methods import METHODS
 
 HELP = "compress a model's weights (pruning + k-means / CLIP-Q codebooks) into a smaller ONNX model"
 
@@ -40,11 +30,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--config", metavar="PLAN", help="YAML/JSON plan: global, op_types and names overrides")
     g = p.add_argument_group("global settings (override the preset and the plan's global section)")
-    g.add_argument("--method", choices=METHODS)
+    g.add_argument(
+        "--method", choices=CHOICES["method"],
+        help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + f" (default: {next(iter(METHODS))})",
+    )  # fmt: skip
     g.add_argument("--bits", type=int, help="codebook bits per weight, 1-8")
     g.add_argument("--sparsity", type=float, help="fraction of weights pruned, e.g. 0.9")
     g.add_argument(
-        "--pruning", choices=PRUNINGS, help="how pruned weights are chosen (default: magnitude per layer)"
+        "--pruning", choices=CHOICES["pruning"], help="how pruned weights are chosen (default: magnitude per layer)"
     )
     g.add_argument(
         "--quality", type=float, help="Deep Compression's threshold = quality x std (with --pruning std)"
@@ -52,14 +45,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nm", metavar="N:M", help="N:M structured sparsity along the input axis, e.g. 2:4")
     g.add_argument(
         "--granularity",
-        choices=GRANULARITIES,
+        choices=CHOICES["granularity"],
         help="one codebook per tensor, per output channel or per group",
     )
     g.add_argument("--group-size", type=int, help="output channels per codebook with --granularity group")
-    g.add_argument("--init", choices=INITS, help="k-means initialization (default: linear, the paper's best)")
-    g.add_argument("--codebook-dtype", choices=["float32", "float16"])
+    g.add_argument("--init", choices=CHOICES["init"], help="k-means initialization (default: linear, the paper's best)")
+    g.add_argument("--codebook-dtype", choices=CHOICES["codebook_dtype"])
     g.add_argument(
-        "--encoding", choices=ENCODINGS, help="sparse position encoding (default: smallest per tensor)"
+        "--encoding", choices=CHOICES["encoding"], help="sparse position encoding (default: smallest per tensor)"
     )
     p.add_argument(
         "--exclude",
@@ -73,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--report", metavar="JSON", help="write the per-weight report as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the totals")
-    from onnxcompress.calibration.cli import add_calibration_arguments
+    from onnxcompress.commands._calibration_args import add_calibration_arguments
 
     add_calibration_arguments(p)
     v = p.add_argument_group("verification after compressing (needs onnxruntime)")
@@ -148,37 +141,45 @@ def check_paths(args: argparse.Namespace, output: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from onnxcompress.calibration import CalibrationResult
+    from onnxcompress.commands.display import terminal_progress
+    from onnxcompress.commands.render import format_calibration, format_report
     from onnxcompress.compressor import compress_file
     from onnxcompress.model_io import write_report
-    from onnxcompress.report import format_report
 
     output = args.output or default_output(args.model)
     check_paths(args, output)
     config = config_from_args(args)
-    hooks: list = []
+    calibrations: list[CalibrationResult] = []
 
-    def calibration_hook(model):
-        from onnxcompress.calibration.cli import hook_from_args
+    with terminal_progress(enabled=not args.quiet) as progress:
 
-        hook = hook_from_args(model, args, config)
-        hooks.append(hook)
-        return hook
+        def calibration_hook(model: Any) -> Any:
+            from onnxcompress.commands._calibration_args import calibrate_from_args
 
-    result = compress_file(
-        args.model,
-        output,
-        config,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        # without calibration data there is no hook, and compress_file can read weights one by one
-        hook_factory=calibration_hook if getattr(args, "calibration_data", None) else None,
-    )
+            calibration = calibrate_from_args(model, args, config, progress)
+            if calibration is None:
+                return None
+            calibrations.append(calibration)
+            return calibration.hook
+
+        try:
+            result = compress_file(
+                args.model,
+                output,
+                config,
+                overwrite=args.overwrite,
+                progress=progress,
+                # without calibration data there is no hook, and compress_file can read weights one by one
+                hook_factory=calibration_hook if getattr(args, "calibration_data", None) else None,
+            )
+        except NoCompressibleWeightsError as exc:
+            raise NoCompressibleWeightsError(f"{exc} (--min-elements, --exclude, --config)") from None
     report = result.report
-    hook = hooks[0] if hooks else None
-    if hook is not None:
-        report.extra["calibration"] = hook.result.to_dict()
+    if calibrations:
+        report.extra["calibration"] = calibrations[0].to_dict()
         if not args.quiet:
-            print(hook.result.format())
+            print(format_calibration(calibrations[0]))
             print()
     text = format_report(report)
     print(text if not args.quiet else "\n".join(text.splitlines()[-3:]))

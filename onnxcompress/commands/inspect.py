@@ -21,8 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # imported here: `onnxcompress --help` must not pay for onnx
     from onnxcompress import model_io
+    from onnxcompress.commands.render import format_inventory
     from onnxcompress.inventory import build_inventory
-    from onnxcompress.report import format_inventory
 
     if args.json:
         model_io.check_output(args.json, inputs=[args.model], overwrite=True)

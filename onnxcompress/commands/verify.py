@@ -5,7 +5,7 @@ by how much), 2 usage or input error (one line, no traceback).
 
 Reusable pieces for other commands (``compress --verify-data`` calls them after compressing):
 :func:`add_data_arguments`, :func:`add_gate_arguments`, :func:`add_report_arguments`,
-:func:`gates_from_args`, :func:`run_verification`. They read ``args`` with ``getattr`` defaults, so a
+:func:`gates_from_args`, :func:`options_from_args`, :func:`run_verification`. They read ``args`` with ``getattr`` defaults, so a
 command may add only some of the argument groups.
 """
 
@@ -15,35 +15,14 @@ import argparse
 import sys
 from typing import Any
 
+from onnxcompress.commands.arguments import bounded_float, positive_int
 from onnxcompress.errors import DataError
 from onnxcompress.evaluation.data import parse_int_range, parse_shape_overrides
-from onnxcompress.evaluation.verify import Gates, VerifyResult, verify
+from onnxcompress.evaluation.gates import GATES, GateNotApplicableError, Gates, gate
+from onnxcompress.evaluation.verify import VerifyOptions, VerifyResult, verify
 from onnxcompress.sessions import parse_providers
 
 HELP = "Compare a compressed model with its reference on data; exit 1 when a quality gate fails."
-
-
-def _fraction(lo: float, hi: float):
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (lo <= v <= hi):
-            raise argparse.ArgumentTypeError(f"must be between {lo:g} and {hi:g}, got {text}")
-        return v
-
-    return parse
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
 
 
 def _group(parser: argparse.ArgumentParser | argparse._ArgumentGroup, title: str) -> Any:
@@ -68,7 +47,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, data_flag: str = "--d
         "of .npy/.npz files; default: synthetic inputs from the model's input spec",
     )
     g.add_argument("--labels", metavar="KEY", help="labels array in the data (default: 'labels' if present)")
-    g.add_argument("--batch-size", type=_positive_int, metavar="N", help="samples per run (default 32)")
+    g.add_argument("--batch-size", type=positive_int, metavar="N", help="samples per run (default 32)")
     g.add_argument(
         "--shape",
         action="append",
@@ -82,37 +61,18 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, data_flag: str = "--d
         metavar="LO:HI",
         help="range [LO, HI) of synthetic integer inputs, e.g. 0:30522, or per input ids=0:30522 (default 0:10)",
     )
-    g.add_argument("--samples", type=_positive_int, metavar="N", help="use at most N samples (synthetic: 64)")
+    g.add_argument("--samples", type=positive_int, metavar="N", help="use at most N samples (synthetic: 64)")
     g.add_argument("--seed", type=int, default=0, help="seed of synthetic inputs (default 0)")
 
 
 def add_gate_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """Gate options (dest names: max_accuracy_drop, min_agreement, min_cosine, max_rel_error).
-
-    ``parser`` may be a parser or an argument group.
-    """
+    """One flag per row of :data:`onnxcompress.evaluation.gates.GATES` (``--max-accuracy-drop``...;
+    dest = the gate name). ``parser`` may be a parser or an argument group."""
     g = _group(parser, "gates (exit 1 when one fails)")
-    g.add_argument(
-        "--max-accuracy-drop",
-        type=_fraction(-100.0, 100.0),
-        metavar="PTS",
-        help="largest allowed top-1 accuracy drop in percentage points (0.5 = half a point); needs labels",
-    )
-    g.add_argument(
-        "--min-agreement",
-        type=_fraction(0.0, 1.0),
-        metavar="F",
-        help="smallest allowed top-1 agreement with the reference on class-like outputs (0..1)",
-    )
-    g.add_argument(
-        "--min-cosine", type=_fraction(-1.0, 1.0), metavar="F", help="smallest allowed mean cosine similarity"
-    )
-    g.add_argument(
-        "--max-rel-error",
-        type=_fraction(0.0, float("inf")),
-        metavar="F",
-        help="largest allowed relative L2 error ||cand - ref|| / ||ref||",
-    )
+    for spec in GATES:
+        g.add_argument(
+            spec.flag, dest=spec.name, type=bounded_float(spec.lo, spec.hi), metavar=spec.metavar, help=spec.help
+        )
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,7 +95,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--allow-fallback", action="store_true", help="drop requested providers that are unavailable"
     )
-    g.add_argument("--threads", type=_positive_int, metavar="N", help="intra-op threads per session")
+    g.add_argument("--threads", type=positive_int, metavar="N", help="intra-op threads per session")
     g.add_argument(
         "--decode",
         choices=("onnxruntime", "host"),
@@ -158,42 +118,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def gates_from_args(args: argparse.Namespace) -> Gates:
     """The :class:`Gates` named on the command line (absent options = unchecked)."""
-    return Gates(
-        max_accuracy_drop=getattr(args, "max_accuracy_drop", None),
-        min_agreement=getattr(args, "min_agreement", None),
-        min_cosine=getattr(args, "min_cosine", None),
-        max_rel_error=getattr(args, "max_rel_error", None),
+    return Gates(**{g.name: getattr(args, g.name, None) for g in GATES})
+
+
+def options_from_args(args: argparse.Namespace) -> VerifyOptions:
+    """The :class:`VerifyOptions` the flags in ``args`` ask for."""
+    from onnxcompress.sessions import resolve_providers
+
+    class_outputs = getattr(args, "class_outputs", None)
+    names = tuple(n.strip() for n in class_outputs.split(",") if n.strip()) if class_outputs else None
+    providers = parse_providers(getattr(args, "providers", None))
+    return VerifyOptions(
+        gates=gates_from_args(args),
+        labels_key=getattr(args, "labels", None),
+        batch_size=getattr(args, "batch_size", None),
+        samples=getattr(args, "samples", None),
+        shapes=parse_shape_overrides(getattr(args, "shape", None)),
+        int_range=parse_int_range(getattr(args, "int_range", None)),
+        seed=getattr(args, "seed", 0) or 0,
+        class_outputs=names,
+        providers=resolve_providers(providers, allow_fallback=getattr(args, "allow_fallback", False)),
+        threads=getattr(args, "threads", None),
+        decode=getattr(args, "decode", "onnxruntime"),
     )
+
+
+#: what to do when a gate cannot be checked, by GateNotApplicableError.reason
+_GATE_HINTS = {
+    "no-labels": " (name the labels array with --labels KEY)",
+    "no-class-output": " (name outputs with --class-outputs)",
+}
 
 
 def verify_from_args(reference: Any, candidate: Any, args: argparse.Namespace) -> VerifyResult:
-    """Run :func:`~onnxcompress.evaluation.verify.verify` with the options in ``args``."""
-    class_outputs = getattr(args, "class_outputs", None)
-    names = [n.strip() for n in class_outputs.split(",") if n.strip()] if class_outputs else None
-    from onnxcompress.sessions import resolve_providers
+    """Run :func:`~onnxcompress.evaluation.verify.verify` with the options in ``args``; errors
+    about a gate name its flag and the flag that helps."""
+    from onnxcompress.commands.display import terminal_progress
 
-    providers = resolve_providers(
-        parse_providers(getattr(args, "providers", None)),
-        allow_fallback=getattr(args, "allow_fallback", False),
-    )
-    quiet = getattr(args, "quiet", False)
-    return verify(
-        reference,
-        candidate,
-        getattr(args, "data", None),
-        labels_key=getattr(args, "labels", None),
-        batch_size=getattr(args, "batch_size", None),
-        gates=gates_from_args(args),
-        providers=providers,
-        threads=getattr(args, "threads", None),
-        progress=not quiet,
-        shapes=parse_shape_overrides(getattr(args, "shape", None)),
-        int_range=parse_int_range(getattr(args, "int_range", None)),
-        samples=getattr(args, "samples", None),
-        class_outputs=names,
-        seed=getattr(args, "seed", 0) or 0,
-        decode=getattr(args, "decode", "onnxruntime"),
-    )
+    options = options_from_args(args)
+    try:
+        with terminal_progress(enabled=not getattr(args, "quiet", False)) as progress:
+            return verify(reference, candidate, getattr(args, "data", None), options, progress=progress)
+    except GateNotApplicableError as exc:
+        flag = gate(exc.gate).flag
+        message = str(exc).replace(exc.gate, flag, 1) + _GATE_HINTS.get(exc.reason, "")
+        raise GateNotApplicableError(message, gate=exc.gate, reason=exc.reason) from None
 
 
 def run_verification(reference: Any, candidate: Any, args: argparse.Namespace) -> int:

@@ -2,12 +2,15 @@
 
 Public entry points (import from here):
 
-* :func:`verify`, :class:`Gates`, :class:`VerifyResult`, :class:`GateOutcome` - compare a
-  compressed model with its reference (``onnxcompress verify``);
+* :func:`verify`, :class:`VerifyOptions`, :class:`VerifyResult` - compare a compressed model with
+  its reference (``onnxcompress verify``);
+* :data:`GATES`, :class:`Gate`, :class:`Gates`, :class:`GateOutcome` - the quality gates, one
+  table (``onnxcompress.evaluation.gates``);
 * :class:`OutputMetrics`, :func:`compare_outputs` - the metrics on their own;
 * :func:`open_data` and the data sources - streamed batches from npz / folders / synthetic inputs;
 * ``onnxcompress.evaluation.reports`` - text / JSON / Markdown / JUnit renderers;
-* ``onnxcompress.evaluation.bench`` - latency / load / memory benchmark in fresh subprocesses.
+* :class:`BenchOptions` and ``onnxcompress.evaluation.bench.bench`` - latency / load / memory
+  benchmark in fresh subprocesses.
 
 Submodules are imported lazily so ``import onnxcompress.evaluation`` stays cheap.
 """
@@ -18,9 +21,14 @@ from typing import Any
 
 _EXPORTS = {
     "verify": "onnxcompress.evaluation.verify",
-    "Gates": "onnxcompress.evaluation.verify",
+    "VerifyOptions": "onnxcompress.evaluation.verify",
     "VerifyResult": "onnxcompress.evaluation.verify",
-    "GateOutcome": "onnxcompress.evaluation.verify",
+    "GATES": "onnxcompress.evaluation.gates",
+    "Gate": "onnxcompress.evaluation.gates",
+    "Gates": "onnxcompress.evaluation.gates",
+    "GateOutcome": "onnxcompress.evaluation.gates",
+    "GateNotApplicableError": "onnxcompress.evaluation.gates",
+    "BenchOptions": "onnxcompress.evaluation.bench",
     "OutputMetrics": "onnxcompress.evaluation.metrics",
     "compare_outputs": "onnxcompress.evaluation.metrics",
     "open_data": "onnxcompress.evaluation.data",

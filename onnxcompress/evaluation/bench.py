@@ -20,6 +20,7 @@ model, so identical) or the first batch of ``data``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -27,7 +28,6 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,13 +39,74 @@ from onnxcompress.errors import (
     InvalidModelError,
     OnnxCompressError,
 )
-from onnxcompress.formatting import human_bytes
 from onnxcompress.model_io import check_data_path, size_on_disk
+from onnxcompress.progress import ProgressCallback
 
 RESULT_PREFIX = "ONNXCOMPRESS_BENCH_RESULT "
 
 
 # --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """How :func:`bench` measures (every field optional; the defaults are the CLI's).
+
+    Per round and model: ``warmup`` untimed runs, then ``runs`` timed runs; ``rounds`` fresh
+    processes per model. ``batch_size``: samples per run (default 1, or a fixed batch dimension).
+    Inputs: the first batch of ``data``, else synthetic from the input spec (``shapes`` for
+    symbolic dims, ``int_range`` for integer inputs, ``seed``). ``providers`` / ``allow_fallback``
+    / ``threads`` / ``optimization_level``: the session. ``decode``: ``"onnxruntime"`` (a stock
+    ``InferenceSession`` constant-folds the decode functions) or ``"host"`` (as
+    ``onnxcompress.load``: weights decoded in numpy first).
+    """
+
+    runs: int = 100
+    warmup: int = 10
+    rounds: int = 3
+    batch_size: int | None = None
+    shapes: Mapping[str, Sequence[int]] | None = None
+    int_range: Mapping[str, tuple[int, int]] | None = None
+    data: str | None = None
+    providers: tuple[str, ...] | None = None
+    threads: int | None = None
+    optimization_level: str = "all"
+    allow_fallback: bool = False
+    seed: int = 0
+    decode: str = "onnxruntime"
+
+    def __post_init__(self) -> None:
+        from onnxcompress.loading import check_decode_mode
+        from onnxcompress.sessions import OPTIMIZATION_LEVELS
+
+        check_decode_mode(self.decode)
+        if self.runs < 1 or self.rounds < 1 or self.warmup < 0:
+            raise ConfigError(
+                f"need runs >= 1, rounds >= 1, warmup >= 0 (got {self.runs}, {self.rounds}, {self.warmup})"
+            )
+        if self.optimization_level not in OPTIMIZATION_LEVELS:
+            raise ConfigError(
+                f"unknown optimization level {self.optimization_level!r}: use {', '.join(OPTIMIZATION_LEVELS)}"
+            )
+        if self.data is not None:
+            object.__setattr__(self, "data", os.fspath(self.data))
+        if self.providers is not None:
+            object.__setattr__(self, "providers", tuple(self.providers))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (what the worker receives, and the report's ``config``)."""
+        d = dataclasses.asdict(self)
+        d["providers"] = list(self.providers) if self.providers is not None else None
+        d["shapes"] = {k: list(v) for k, v in (self.shapes or {}).items()}
+        d["int_range"] = {k: list(v) for k, v in (self.int_range or {}).items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BenchOptions:
+        d = dict(data)
+        d["shapes"] = {k: tuple(v) for k, v in (d.get("shapes") or {}).items()}
+        d["int_range"] = {k: tuple(v) for k, v in (d.get("int_range") or {}).items()}
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -144,14 +205,14 @@ class BenchReport:
         for m in self.models:
             d = m.to_dict()
             d["ratios_vs_first"] = {
-                "size": _ratio(m.size_bytes, base.size_bytes),
-                "create_s": _ratio(m.create_s, base.create_s),
-                "first_run_s": _ratio(m.first_run_s, base.first_run_s),
-                "p50_ms": _ratio(m.p50_ms, base.p50_ms),
-                "p90_ms": _ratio(m.p90_ms, base.p90_ms),
-                "p99_ms": _ratio(m.p99_ms, base.p99_ms),
-                "throughput": _ratio(m.throughput, base.throughput),
-                "peak_rss": _ratio(m.peak_rss_bytes, base.peak_rss_bytes),
+                "size": ratio(m.size_bytes, base.size_bytes),
+                "create_s": ratio(m.create_s, base.create_s),
+                "first_run_s": ratio(m.first_run_s, base.first_run_s),
+                "p50_ms": ratio(m.p50_ms, base.p50_ms),
+                "p90_ms": ratio(m.p90_ms, base.p90_ms),
+                "p99_ms": ratio(m.p99_ms, base.p99_ms),
+                "throughput": ratio(m.throughput, base.throughput),
+                "peak_rss": ratio(m.peak_rss_bytes, base.peak_rss_bytes),
             }
             paired = paired_p50_ratios(m, base)
             d["ratios_vs_first"]["p50_paired_by_round"] = {
@@ -170,7 +231,7 @@ def paired_p50_ratios(model: ModelBench, base: ModelBench) -> list[float]:
     return [m.p50_ms / b.p50_ms for m, b in zip(model.rounds, base.rounds, strict=False) if b.p50_ms > 0]
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
+def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
     return float(a) / float(b)
@@ -201,7 +262,7 @@ def peak_rss_bytes() -> int | None:
     return int(rss) if sys.platform == "darwin" else int(rss) * 1024
 
 
-def measure(config: Mapping[str, Any]) -> dict[str, Any]:
+def measure(model: str, options: BenchOptions) -> dict[str, Any]:
     """Measure one model in *this* process (the worker calls this; keep it the only work done)."""
     import onnx  # noqa: F401 -- imported before the clock starts: import time is not load time
     import onnxruntime  # noqa: F401
@@ -209,37 +270,34 @@ def measure(config: Mapping[str, Any]) -> dict[str, Any]:
     from onnxcompress.evaluation.data import input_specs, open_data
     from onnxcompress.sessions import make_session
 
-    options = {
-        "providers": config.get("providers"),
-        "threads": config.get("threads"),
-        "optimization_level": config.get("optimization_level", "all"),
-        "allow_fallback": config.get("allow_fallback", False),
+    session_options: dict[str, Any] = {
+        "providers": list(options.providers) if options.providers is not None else None,
+        "threads": options.threads,
+        "optimization_level": options.optimization_level,
+        "allow_fallback": options.allow_fallback,
     }
     t0 = time.perf_counter()
-    if config.get("decode", "onnxruntime") == "host":
+    if options.decode == "host":
         from onnxcompress.loading import load
 
-        session = load(config["model"], decode="host", **options)
+        session = load(model, decode="host", **session_options)
     else:
-        session = make_session(config["model"], **options)
+        session = make_session(model, **session_options)
     create_s = time.perf_counter() - t0
     specs = input_specs(session)
-    shapes = {k: tuple(v) for k, v in (config.get("shapes") or {}).items()}
-    int_range = {k: tuple(v) for k, v in (config.get("int_range") or {}).items()}
     source = open_data(
-        config.get("data"), specs, shapes=shapes, int_range=int_range, seed=config.get("seed", 0)
+        options.data, specs, shapes=options.shapes, int_range=options.int_range, seed=options.seed
     )
-    batch_size = source.batch_size_for(config.get("batch_size"), 1)
+    batch_size = source.batch_size_for(options.batch_size, 1)
     batch = next(source.batches(batch_size, limit=batch_size))
     feed = batch.inputs
     t0 = time.perf_counter()
     session.run(None, feed)
     first_run_s = time.perf_counter() - t0
-    for _ in range(int(config.get("warmup", 10))):
+    for _ in range(options.warmup):
         session.run(None, feed)
-    runs = int(config.get("runs", 100))
-    lat = np.empty(runs)
-    for i in range(runs):
+    lat = np.empty(options.runs)
+    for i in range(options.runs):
         t0 = time.perf_counter()
         session.run(None, feed)
         lat[i] = time.perf_counter() - t0
@@ -262,7 +320,7 @@ def worker_main() -> int:
     """Entry of the measuring subprocess: JSON config on stdin, one result line on stdout."""
     config = json.loads(sys.stdin.read())
     try:
-        result: dict[str, Any] = {"ok": measure(config)}
+        result: dict[str, Any] = {"ok": measure(config["model"], BenchOptions.from_dict(config["options"]))}
     except OnnxCompressError as exc:
         result = {"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}}
     except Exception as exc:  # noqa: BLE001 -- report anything else as a model failure, one line
@@ -285,7 +343,8 @@ _ERRORS: dict[str, type[OnnxCompressError]] = {
 }
 
 
-def _run_worker(config: dict[str, Any]) -> dict[str, Any]:
+def _run_worker(model: str, options: BenchOptions) -> dict[str, Any]:
+    config = {"model": model, "options": options.to_dict()}
     env = dict(os.environ)
     proc = subprocess.run(
         [sys.executable, "-m", "onnxcompress.evaluation.bench"],
@@ -314,74 +373,42 @@ def _run_worker(config: dict[str, Any]) -> dict[str, Any]:
 
 def bench(
     models: Sequence[str | os.PathLike[str]],
+    options: BenchOptions | None = None,
     *,
-    runs: int = 100,
-    warmup: int = 10,
-    rounds: int = 3,
-    batch_size: int | None = None,
-    shapes: Mapping[str, Sequence[int]] | None = None,
-    int_range: Mapping[str, tuple[int, int]] | None = None,
-    data: str | os.PathLike[str] | None = None,
-    providers: Sequence[str] | None = None,
-    threads: int | None = None,
-    optimization_level: str = "all",
-    allow_fallback: bool = False,
-    seed: int = 0,
-    progress: bool = True,
-    decode: str = "onnxruntime",
+    progress: ProgressCallback | None = None,
+    **fields: Any,
 ) -> BenchReport:
     """Benchmark ``models`` (paths), each measurement in a fresh subprocess; see the module docstring.
 
-    ``decode="onnxruntime"`` loads compressed models as a stock ``InferenceSession`` does (the
-    decode functions are constant-folded by onnxruntime); ``"host"`` as ``onnxcompress.load`` does
-    (weights decoded in numpy first).
+    ``options``: a :class:`BenchOptions`; keyword arguments named like its fields (``runs=``,
+    ``rounds=``...) override it. ``progress`` is called once per measurement (task ``"bench"``).
     """
-    from onnxcompress.loading import check_decode_mode
-    from onnxcompress.sessions import OPTIMIZATION_LEVELS, resolve_providers
+    from onnxcompress.sessions import resolve_providers
 
-    check_decode_mode(decode)
-
+    try:
+        opts = dataclasses.replace(options or BenchOptions(), **fields)
+    except TypeError as exc:  # an unknown keyword
+        known = ", ".join(f.name for f in dataclasses.fields(BenchOptions))
+        raise TypeError(f"bench(): {exc}; options are {known}") from None
     if not models:
         raise ConfigError("bench needs at least one model")
-    if runs < 1 or rounds < 1 or warmup < 0:
-        raise ConfigError(f"need runs >= 1, rounds >= 1, warmup >= 0 (got {runs}, {rounds}, {warmup})")
-    if optimization_level not in OPTIMIZATION_LEVELS:
-        raise ConfigError(
-            f"unknown optimization level {optimization_level!r}: use {', '.join(OPTIMIZATION_LEVELS)}"
-        )
-    resolved = resolve_providers(providers, allow_fallback=allow_fallback)  # fail fast, before any spawn
-    names = [e[0] if isinstance(e, tuple) else e for e in resolved]
+    resolved = resolve_providers(opts.providers, allow_fallback=opts.allow_fallback)  # fail fast, before any spawn
+    opts = dataclasses.replace(opts, providers=tuple(e[0] if isinstance(e, tuple) else e for e in resolved))
     sizes = [size_on_disk(m) for m in models]  # validates every model before any work
-    if data is not None:
-        check_data_path(data)
-    base = {
-        "providers": names,
-        "threads": threads,
-        "optimization_level": optimization_level,
-        "allow_fallback": allow_fallback,
-        "runs": runs,
-        "warmup": warmup,
-        "batch_size": batch_size,
-        "shapes": {k: list(v) for k, v in (shapes or {}).items()},
-        "int_range": {k: list(v) for k, v in (int_range or {}).items()},
-        "data": str(data) if data is not None else None,
-        "seed": seed,
-        "decode": decode,
-    }
+    if opts.data is not None:
+        check_data_path(opts.data)
     per_model: list[list[dict[str, Any]]] = [[] for _ in models]
-    show = progress and sys.stderr.isatty()
-    for r in range(rounds):
+    total = opts.rounds * len(models)
+    if progress:
+        progress("bench", 0, total)
+    for r in range(opts.rounds):
         order = list(range(len(models)))
         if r % 2 == 1:
             order.reverse()
         for i in order:
-            if show:
-                print(
-                    f"\rbench: round {r + 1}/{rounds}, {models[i]}\033[K", end="", file=sys.stderr, flush=True
-                )
-            per_model[i].append(_run_worker({**base, "model": str(models[i])}))
-    if show:
-        print("\r\033[K", end="", file=sys.stderr, flush=True)
+            per_model[i].append(_run_worker(str(models[i]), opts))
+            if progress:
+                progress("bench", sum(map(len, per_model)), total)
     results = []
     for m, size, meas in zip(models, sizes, per_model, strict=True):
         rr = tuple(
@@ -399,8 +426,7 @@ def bench(
             for x in meas
         )
         results.append(ModelBench(str(m), size, rr[0].providers, int(meas[0]["batch_size"]), rr))
-    config = {k: v for k, v in base.items() if k not in ("allow_fallback",)}
-    config["rounds"] = rounds
+    config = {k: v for k, v in opts.to_dict().items() if k != "allow_fallback"}
     config["python"] = sys.version.split()[0]
     try:
         import onnxruntime
@@ -410,59 +436,6 @@ def bench(
         pass
     config["cpu_count"] = os.cpu_count()
     return BenchReport(tuple(results), config)
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def render_bench_table(report: BenchReport) -> str:
-    """Metrics as rows, models as columns; every model after the first shows its ratio to the first."""
-    from onnxcompress.evaluation.reports import format_table
-
-    base = report.models[0]
-    rows_spec: list[tuple[str, Any, Any]] = [
-        ("size on disk", lambda m: m.size_bytes, human_bytes),
-        ("session create (s)", lambda m: m.create_s, lambda v: f"{v:.3f}"),
-        ("first run (ms)", lambda m: m.first_run_s * 1e3, lambda v: f"{v:.3f}"),
-        ("p50 latency (ms)", lambda m: m.p50_ms, lambda v: f"{v:.4f}"),
-        ("p50 min..max (ms)", None, None),
-        ("p50 IQR (ms)", lambda m: m.p50_spread["iqr"], lambda v: f"{v:.4f}"),
-        ("p50 ratio paired by round", None, None),
-        ("p90 latency (ms)", lambda m: m.p90_ms, lambda v: f"{v:.4f}"),
-        ("p99 latency (ms)", lambda m: m.p99_ms, lambda v: f"{v:.4f}"),
-        ("throughput (samples/s)", lambda m: m.throughput, lambda v: f"{v:,.1f}"),
-        ("peak RSS", lambda m: m.peak_rss_bytes, human_bytes),
-    ]
-    header = ["", *[Path(m.model).name for m in report.models]]
-    rows = []
-    for label, get, fmt in rows_spec:
-        row = [label]
-        for m in report.models:
-            if label == "p50 ratio paired by round":
-                r = paired_p50_ratios(m, base)
-                row.append("-" if m is base else f"x{np.median(r):.3f} (x{min(r):.3f}..x{max(r):.3f})")
-                continue
-            if get is None:
-                s = m.p50_spread
-                row.append(f"{s['min']:.4f}..{s['max']:.4f}")
-                continue
-            v = get(m)
-            cell = fmt(v)
-            if m is not base and label != "p50 IQR (ms)":
-                r = _ratio(v, get(base))
-                if r is not None:
-                    cell += f" (x{r:.3f})"
-            row.append(cell)
-        rows.append(row)
-    provs = {", ".join(m.providers) for m in report.models}
-    cfg = report.config
-    foot = (
-        f"providers: {' | '.join(sorted(provs))}; batch {report.models[0].batch_size}; {cfg.get('runs')} runs after "
-        f"{cfg.get('warmup')} warm-up, median of {cfg.get('rounds')} rounds, each in a fresh process; "
-        f"threads {cfg.get('threads') or 'default'}; opt level {cfg.get('optimization_level')}; "
-        f"decode by {cfg.get('decode', 'onnxruntime')}"
-    )
-    return format_table(header, rows) + "\n" + foot
 
 
 def bench_to_json(report: BenchReport) -> str:

@@ -13,11 +13,11 @@ import json
 import math
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
 from pathlib import Path
 
 from onnxcompress.evaluation.metrics import OutputMetrics
 from onnxcompress.evaluation.verify import VerifyResult
+from onnxcompress.formatting import table
 
 
 def _f(v: float | None, digits: int = 4) -> str:
@@ -67,21 +67,6 @@ def metric_rows(result: VerifyResult) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned first column, right-aligned numbers, two spaces between columns."""
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [
-            str(c).ljust(w) if i == 0 else str(c).rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=False))
-        ]
-        return "  ".join(parts).rstrip()
-
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), sep, *(line(r) for r in rows)])
-
-
 def render_text(result: VerifyResult) -> str:
     """The terminal report: context, metric table, gate lines, verdict."""
     prov = ", ".join(result.reference_providers)
@@ -94,7 +79,7 @@ def render_text(result: VerifyResult) -> str:
         + (f", labels {result.labels_key!r}" if result.labels_key else ""),
         f"providers: {prov}",
         "",
-        format_table(*metric_rows(result)),
+        table(*metric_rows(result)),
     ]
     if result.skipped_outputs:
         lines.append(f"(not compared, non-tensor outputs: {', '.join(result.skipped_outputs)})")

@@ -2,30 +2,16 @@
 
 :func:`verify` streams batches through both models (each built by
 :func:`onnxcompress.sessions.make_session`), accumulates :mod:`~onnxcompress.evaluation.metrics`
-per output, then checks the :class:`Gates`. The result is a frozen :class:`VerifyResult` that the
-reports module renders as a terminal table, JSON, Markdown or JUnit XML.
-
-Gates (each ``None`` = not checked); a gate that applies to no output is a usage error (DataError,
-exit 2), because a CI job that silently checks nothing is worse than one that fails:
-
-==================  ======================================================  ================
-gate                metric, per applicable output                           passes when
-==================  ======================================================  ================
-max_accuracy_drop   top-1 accuracy drop in percentage points (needs labels)  drop <= limit
-min_agreement       top-1 agreement with the reference (class-like outputs)  value >= limit
-min_cosine          mean per-sample cosine similarity (every output)        value >= limit
-max_rel_error       relative L2 error (every output)                        value <= limit
-==================  ======================================================  ================
-
-A margin is reported for every gate: positive = slack left, negative = by how much it failed.
-NaN metrics (non-finite outputs) fail every gate they meet.
+per output, then checks the gates (:mod:`onnxcompress.evaluation.gates`, one table of gate
+definitions). The options are one frozen :class:`VerifyOptions`; the result is a frozen
+:class:`VerifyResult` that :mod:`~onnxcompress.evaluation.reports` renders as a terminal table,
+JSON, Markdown or JUnit XML.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,88 +19,66 @@ from typing import Any
 
 import numpy as np
 
-from onnxcompress.errors import DataError, InvalidModelError
+from onnxcompress.errors import ConfigError, DataError, InvalidModelError
 from onnxcompress.evaluation.data import DataSource, input_specs, open_data
-from onnxcompress.evaluation.metrics import OutputAccumulator, OutputMetrics, _json_float
+from onnxcompress.evaluation.gates import GATES, Gate, GateNotApplicableError, GateOutcome, Gates, check_gates
+from onnxcompress.evaluation.metrics import OutputAccumulator, OutputMetrics
+from onnxcompress.progress import ProgressCallback
 from onnxcompress.sessions import make_session, model_label
+
+__all__ = [
+    "GATES",
+    "Gate",
+    "GateNotApplicableError",
+    "GateOutcome",
+    "Gates",
+    "VerifyOptions",
+    "VerifyResult",
+    "check_gates",
+    "verify",
+]
 
 DEFAULT_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)
-class Gates:
-    """Pass/fail thresholds. Accuracy drop is in percentage points (0.5 = half a point)."""
+class VerifyOptions:
+    """How :func:`verify` compares two models (every field optional).
 
-    max_accuracy_drop: float | None = None
-    min_agreement: float | None = None
-    min_cosine: float | None = None
-    max_rel_error: float | None = None
+    ``gates``: the thresholds to check. ``labels_key``: the labels array in the data (default
+    ``labels`` when present). ``batch_size``: samples per run (default 32, or what a fixed batch
+    dimension demands). ``samples``: at most this many samples (default all of the data, 64
+    synthetic). ``shapes``/``int_range``/``seed``: synthetic inputs for symbolic dims and integer
+    inputs. ``class_outputs``: the outputs treated as class scores (default: 2-D ``[N, C]`` with
+    ``C >= 2``). ``providers``/``threads``: the sessions' execution providers and intra-op threads.
+    ``decode``: ``"onnxruntime"`` (a stock session folds the decode functions) or ``"host"`` (as
+    ``onnxcompress.load``: weights rebuilt in numpy first).
+    """
 
-    def any(self) -> bool:
-        return any(v is not None for v in self.to_dict().values())
+    gates: Gates = field(default_factory=Gates)
+    labels_key: str | None = None
+    batch_size: int | None = None
+    samples: int | None = None
+    shapes: Mapping[str, Sequence[int]] | None = None
+    int_range: Mapping[str, tuple[int, int]] | tuple[int, int] | None = None
+    seed: int = 0
+    class_outputs: tuple[str, ...] | None = None
+    providers: Any = None
+    threads: int | None = None
+    decode: str = "onnxruntime"
 
-    def to_dict(self) -> dict[str, float | None]:
-        return {
-            "max_accuracy_drop": self.max_accuracy_drop,
-            "min_agreement": self.min_agreement,
-            "min_cosine": self.min_cosine,
-            "max_rel_error": self.max_rel_error,
-        }
+    def __post_init__(self) -> None:
+        from onnxcompress.loading import check_decode_mode
 
-
-# gate name -> (metric attribute, "max"/"min", human metric name, unit)
-GATE_SPECS: dict[str, tuple[str, str, str, str]] = {
-    "max_accuracy_drop": ("top1_drop_pts", "max", "top-1 accuracy drop", " pts"),
-    "min_agreement": ("top1_agreement", "min", "top-1 agreement", ""),
-    "min_cosine": ("mean_cosine", "min", "mean cosine", ""),
-    "max_rel_error": ("rel_l2_error", "max", "relative L2 error", ""),
-}
-
-
-@dataclass(frozen=True)
-class GateOutcome:
-    """One gate checked on one output."""
-
-    gate: str  # e.g. "max_accuracy_drop"
-    output: str
-    metric: str  # OutputMetrics attribute
-    value: float
-    threshold: float
-    passed: bool
-    margin: float  # >= 0: slack; < 0: by how much it failed (in the metric's unit)
-
-    @property
-    def cli_name(self) -> str:
-        return "--" + self.gate.replace("_", "-")
-
-    def describe(self) -> str:
-        _, kind, human, unit = GATE_SPECS[self.gate]
-        op = "<=" if kind == "max" else ">="
-        status = "passed" if self.passed else "FAILED"
-        text = f"{self.cli_name} {status} on {self.output!r}: {human} {_fmt(self.value)}{unit} (limit {op} "
-        text += f"{_fmt(self.threshold)}{unit}"
-        if math.isnan(self.value):
-            return text + "; metric is NaN: the outputs hold NaN/inf)"
-        word = "slack" if self.passed else "off by"
-        return text + f"; {word} {_fmt(abs(self.margin))}{unit})"
-
-    def to_dict(self) -> dict:
-        return {
-            "gate": self.gate,
-            "output": self.output,
-            "metric": self.metric,
-            "value": _json_float(self.value),
-            "threshold": self.threshold,
-            "passed": self.passed,
-            "margin": _json_float(self.margin),
-            "description": self.describe(),
-        }
-
-
-def _fmt(v: float) -> str:
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return f"{v:.6g}" if abs(v) < 1e4 else f"{v:.4e}"
+        check_decode_mode(self.decode)
+        if not isinstance(self.gates, Gates):
+            raise ConfigError(f"gates must be a Gates, got {type(self.gates).__name__}")
+        for name in ("batch_size", "samples", "threads"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise DataError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.class_outputs is not None:
+            object.__setattr__(self, "class_outputs", tuple(self.class_outputs) or None)
 
 
 @dataclass(frozen=True)
@@ -157,7 +121,7 @@ class VerifyResult:
             return f"verify: PASS, all {len(self.gates)} gate check(s) passed on {self.samples} samples"
         return "verify: FAIL: " + "; ".join(g.describe() for g in self.failures)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
             "summary": self.summary(),
@@ -177,81 +141,6 @@ class VerifyResult:
             "skipped_outputs": list(self.skipped_outputs),
             "elapsed_s": round(self.elapsed_s, 3),
         }
-
-
-def check_gates(
-    outputs: Sequence[OutputMetrics], gates: Gates, *, has_labels: bool
-) -> tuple[GateOutcome, ...]:
-    """Evaluate ``gates`` on each applicable output. A gate that applies nowhere raises DataError."""
-    outcomes: list[GateOutcome] = []
-    for gate, threshold in gates.to_dict().items():
-        if threshold is None:
-            continue
-        attr, kind, human, _ = GATE_SPECS[gate]
-        applicable = [o for o in outputs if getattr(o, attr) is not None]
-        if not applicable:
-            flag = "--" + gate.replace("_", "-")
-            if gate == "max_accuracy_drop" and not has_labels:
-                why = "the data has no labels (name them with --labels KEY)"
-            elif gate in ("max_accuracy_drop", "min_agreement"):
-                why = "no output is class-like ([N, C], C >= 2; name outputs with --class-outputs)"
-            else:
-                why = "no numeric output was compared"
-            raise DataError(f"{flag} cannot be checked: {why}")
-        for o in applicable:
-            value = float(getattr(o, attr))
-            if math.isnan(value):
-                passed, margin = False, math.nan
-            elif kind == "max":
-                passed, margin = value <= threshold, threshold - value
-            else:
-                passed, margin = value >= threshold, value - threshold
-            outcomes.append(GateOutcome(gate, o.name, attr, value, float(threshold), bool(passed), margin))
-    return tuple(outcomes)
-
-
-class _Progress:
-    """Progress on stderr: rich when installed, else a plain line; off when not a TTY or disabled."""
-
-    def __init__(self, total: int, enabled: bool, label: str = "verify") -> None:
-        self.total = total
-        self.done = 0
-        self.enabled = enabled and sys.stderr.isatty()
-        self._rich = None
-        self._task = None
-        self.label = label
-        self._last = 0.0
-
-    def __enter__(self) -> _Progress:
-        if not self.enabled:
-            return self
-        try:
-            from rich.progress import Progress
-
-            self._rich = Progress(transient=True, console=None)
-            self._rich.start()
-            self._task = self._rich.add_task(self.label, total=self.total)
-        except ImportError:
-            self._rich = None
-        return self
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        if self._rich is not None:
-            self._rich.update(self._task, completed=self.done)
-        elif time.monotonic() - self._last > 0.2 or self.done >= self.total:
-            self._last = time.monotonic()
-            print(f"\r{self.label}: {self.done}/{self.total} samples", end="", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.enabled:
-            return
-        if self._rich is not None:
-            self._rich.stop()
-        else:
-            print(file=sys.stderr)
 
 
 def _is_session(obj: object) -> bool:
@@ -281,36 +170,30 @@ def verify(
     reference: Any,
     candidate: Any,
     data: str | os.PathLike[str] | Mapping[str, np.ndarray] | DataSource | None = None,
+    options: VerifyOptions | None = None,
     *,
-    labels_key: str | None = None,
-    batch_size: int | None = None,
-    gates: Gates = Gates(),
-    providers: Any = None,
-    threads: int | None = None,
-    progress: bool = True,
-    shapes: Mapping[str, Sequence[int]] | None = None,
-    int_range: Mapping[str, tuple[int, int]] | tuple[int, int] | None = None,
-    samples: int | None = None,
-    class_outputs: Sequence[str] | None = None,
-    seed: int = 0,
-    decode: str = "onnxruntime",
+    progress: ProgressCallback | None = None,
+    **fields: Any,
 ) -> VerifyResult:
-    """Compare ``candidate`` with ``reference`` on ``data`` and check ``gates``.
+    """Compare ``candidate`` with ``reference`` on ``data`` and check the gates.
 
     Models: paths (``.onnx``, ``.onnxc``), bytes, ``onnx.ModelProto`` or ready sessions. ``data``:
     None (synthetic from the input spec), an ``.npz``/``.npy`` file, a folder, a dict of arrays or a
-    :class:`~onnxcompress.evaluation.data.DataSource`. ``samples`` caps how many samples are used
-    (default: all of the data, 64 synthetic). ``class_outputs`` overrides which outputs are
-    class-like. ``decode``: ``"onnxruntime"`` (a stock session folds the decode functions) or
-    ``"host"`` (as ``onnxcompress.load``). Raises DataError / InvalidModelError / ConfigError on bad
-    input (never on a failed gate: check ``result.passed``).
+    :class:`~onnxcompress.evaluation.data.DataSource`. ``options``: a :class:`VerifyOptions`;
+    keyword arguments named like its fields (``gates=``, ``samples=``...) override it.
+    ``progress`` is called as samples go through. Raises DataError / InvalidModelError /
+    ConfigError on bad input (never on a failed gate: check ``result.passed``).
     """
-    from onnxcompress.loading import check_decode_mode
-
-    check_decode_mode(decode)
+    try:
+        opts = dataclasses.replace(options or VerifyOptions(), **fields)
+    except TypeError as exc:  # an unknown keyword
+        known = ", ".join(f.name for f in dataclasses.fields(VerifyOptions))
+        raise TypeError(f"verify(): {exc}; options are {known}") from None
+    gates = opts.gates
+    class_outputs = opts.class_outputs
     start = time.perf_counter()
-    ref = _session(reference, providers, threads, decode)
-    cand = _session(candidate, providers, threads, decode)
+    ref = _session(reference, opts.providers, opts.threads, opts.decode)
+    cand = _session(candidate, opts.providers, opts.threads, opts.decode)
     ref_specs = input_specs(ref)
     cand_specs = {s.name: s for s in input_specs(cand)}
     for s in ref_specs:
@@ -335,38 +218,37 @@ def verify(
     if class_outputs:
         unknown = [n for n in class_outputs if n not in numeric]
         if unknown:
-            raise DataError(f"--class-outputs names unknown output(s) {unknown}; outputs: {numeric}")
-    if samples is not None and samples < 1:
-        raise DataError(f"--samples must be >= 1, got {samples}")
+            raise DataError(f"class outputs name unknown output(s) {unknown}; outputs: {numeric}")
 
+    samples = opts.samples
     source = open_data(
-        data, ref_specs, labels_key=labels_key, shapes=shapes, int_range=int_range, samples=samples, seed=seed
-    )
+        data, ref_specs, labels_key=opts.labels_key, shapes=opts.shapes, int_range=opts.int_range,
+        samples=samples, seed=opts.seed,
+    )  # fmt: skip
     if gates.max_accuracy_drop is not None and not source.has_labels:
-        raise DataError(
-            "--max-accuracy-drop needs labels: "
-            + (
-                "no data was given (synthetic inputs have none)"
-                if data is None
-                else f"{source.description} has none"
-            )
-            + " (name the labels array with --labels KEY)"
-        )
-    bs = source.batch_size_for(batch_size, DEFAULT_BATCH_SIZE)
+        raise GateNotApplicableError(
+            "max_accuracy_drop needs labels: "
+            + ("no data was given (synthetic inputs have none)" if data is None else f"{source.description} has none"),
+            gate="max_accuracy_drop",
+            reason="no-labels",
+        )  # fmt: skip
+    bs = source.batch_size_for(opts.batch_size, DEFAULT_BATCH_SIZE)
     total = len(source) if samples is None else min(samples, len(source))
     accs = {
         n: OutputAccumulator(n, class_like=(n in class_outputs) if class_outputs else None) for n in numeric
     }
     seen = 0
-    with _Progress(total, progress) as bar:
-        for batch in source.batches(bs, limit=samples):
-            r_out = _run(ref, numeric, batch.inputs, "reference")
-            c_out = _run(cand, numeric, batch.inputs, "candidate")
-            labels = None if batch.labels is None else batch.labels[: batch.valid]
-            for name, r, c in zip(numeric, r_out, c_out, strict=True):
-                accs[name].update(np.asarray(r)[: batch.valid], np.asarray(c)[: batch.valid], labels)
-            seen += batch.valid
-            bar.advance(batch.valid)
+    if progress:
+        progress("verify", 0, total)
+    for batch in source.batches(bs, limit=samples):
+        r_out = _run(ref, numeric, batch.inputs, "reference")
+        c_out = _run(cand, numeric, batch.inputs, "candidate")
+        labels = None if batch.labels is None else batch.labels[: batch.valid]
+        for name, r, c in zip(numeric, r_out, c_out, strict=True):
+            accs[name].update(np.asarray(r)[: batch.valid], np.asarray(c)[: batch.valid], labels)
+        seen += batch.valid
+        if progress:
+            progress("verify", seen, total)
     if seen == 0:
         raise DataError(f"{source.description}: no samples to verify")
     outputs = tuple(a.result() for a in accs.values())

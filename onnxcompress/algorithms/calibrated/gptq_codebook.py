@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from onnxcompress.algorithms.calibrated.hessian import inverse_cholesky_upper
+from onnxcompress.algorithms.codebook import GRANULARITIES
 from onnxcompress.algorithms.kmeans1d import kmeans_1d
 from onnxcompress.errors import ConfigError
 
@@ -32,7 +33,7 @@ def row_segments(rows: int, granularity: str, group_size: int = 8) -> np.ndarray
         return np.arange(rows, dtype=np.int64)
     if granularity == "group":
         return np.arange(rows, dtype=np.int64) // max(int(group_size), 1)
-    raise ConfigError(f"granularity must be tensor, channel or group, got {granularity!r}")
+    raise ConfigError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
 
 
 def segment_offsets(seg_of_row: np.ndarray, cols: int) -> np.ndarray:

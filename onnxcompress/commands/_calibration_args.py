@@ -1,16 +1,9 @@
-"""Command-line glue for calibration: flags for ``compress`` and a weight hook built from them.
+"""Calibration flags of ``compress`` and the calibration they ask for.
 
-Wiring (in ``onnxcompress/commands/compress.py``)::
-
-    add_calibration_arguments(parser)                 # in add_arguments
-    hook = hook_from_args(model, args, config)        # model: the ModelProto that will be compressed
-    result = compress_model(model, config, weight_hook=hook, ...)
-    if hook is not None:
-        result.report.extra["calibration"] = hook.result.to_dict()
-
-``hook_from_args`` returns None without ``--calibration-data``: behaviour is then unchanged.
-Bias correction edits the biases of ``model`` in place, so pass the same ModelProto to
-``compress_model``; with ``compress_file`` (which loads its own copy) they would be lost.
+``add_calibration_arguments(parser)`` in ``add_arguments``; ``calibrate_from_args(model, args,
+config, progress)`` returns the :class:`~onnxcompress.calibration.CalibrationResult` (whose
+``hook`` feeds ``compress_model``), or None without ``--calibration-data``. Bias correction edits
+the biases of ``model`` in place, so compress that same ModelProto afterwards.
 """
 
 from __future__ import annotations
@@ -18,8 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from typing import Any
-
-import numpy as np
 
 from onnxcompress.calibration.config import (
     PRUNE_METHODS,
@@ -29,6 +20,7 @@ from onnxcompress.calibration.config import (
 )
 from onnxcompress.calibration.pipeline import CalibrationResult, calibrate
 from onnxcompress.config import CompressionConfig
+from onnxcompress.progress import ProgressCallback
 
 
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,19 +76,11 @@ def calibration_config_from_args(args: argparse.Namespace) -> CalibrationConfig:
     return dataclasses.replace(cfg, **ov)
 
 
-class CalibrationHook:
-    """A ``compress_model`` weight hook that also carries the calibration report (``.result``)."""
-
-    def __init__(self, result: CalibrationResult) -> None:
-        self.result = result
-
-    def __call__(self, w: np.ndarray, info: Any, cfg: Any) -> Any:
-        return self.result.hook(w, info, cfg)
-
-
-def hook_from_args(model: Any, args: argparse.Namespace, config: CompressionConfig) -> CalibrationHook | None:
+def calibrate_from_args(
+    model: Any, args: argparse.Namespace, config: CompressionConfig, progress: ProgressCallback | None = None
+) -> CalibrationResult | None:
     """Calibrate ``model`` (a ModelProto, or a path that is loaded) when ``--calibration-data`` is
-    given; None otherwise. Prints nothing; progress follows ``--quiet``."""
+    given; None otherwise. Prints nothing."""
     data = getattr(args, "calibration_data", None)
     if not data:
         return None
@@ -105,5 +89,4 @@ def hook_from_args(model: Any, args: argparse.Namespace, config: CompressionConf
 
         model = open_model(model)
     ccfg = calibration_config_from_args(args)
-    result = calibrate(model, data, config, calibration=ccfg, progress=not getattr(args, "quiet", False))
-    return CalibrationHook(result)
+    return calibrate(model, data, config, calibration=ccfg, progress=progress)

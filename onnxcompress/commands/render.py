@@ -1,0 +1,175 @@
+"""Terminal renderings of what the library returns: the compression report, the inventory, the
+calibration table, the verification table and the benchmark table. Plain text drawn with the one
+table formatter (:func:`onnxcompress.formatting.table`), so it reads the same in a CI log.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from onnxcompress.formatting import human_bytes, table
+from onnxcompress.report import CompressionReport
+
+if TYPE_CHECKING:
+    from onnxcompress.calibration.pipeline import CalibrationResult
+    from onnxcompress.evaluation.bench import BenchReport
+    from onnxcompress.inventory import Inventory
+
+__all__ = ["format_bench", "format_calibration", "format_inventory", "format_report"]
+
+
+def _shorten(name: str, width: int = 48) -> str:
+    return name if len(name) <= width else "..." + name[-(width - 3) :]
+
+
+def format_report(report: CompressionReport, *, max_rows: int = 60) -> str:
+    rows = []
+    ws = report.weights
+    shown = ws if len(ws) <= max_rows else sorted(ws, key=lambda w: -w.bytes_before)[:max_rows]
+    for w in shown:
+        rows.append(
+            [
+                _shorten(w.name),
+                "/".join(w.op_types),
+                "x".join(map(str, w.shape)),
+                f"{w.params:,}",
+                f"{w.sparsity:.1%}",
+                w.bits if w.bits is not None else "raw",
+                w.encoding,
+                human_bytes(w.bytes_before),
+                human_bytes(w.bytes_after),
+                f"{w.bytes_before / max(w.bytes_after, 1):.1f}x",
+                f"{w.rel_error:.4f}",
+            ]
+        )
+    out = [
+        table(
+            [
+                "weight",
+                "op",
+                "shape",
+                "params",
+                "sparsity",
+                "bits",
+                "encoding",
+                "before",
+                "after",
+                "ratio",
+                "rel L2 err",
+            ],
+            rows,
+            "lllrrrlrrrr",
+        )
+    ]
+    if len(ws) > len(shown):
+        out.append(f"... {len(ws) - len(shown)} smaller weights not shown (see --report JSON)")
+    out.append("")
+    out.append(
+        f"weights: {len(ws)} compressed ({report.params:,} params) in {report.groups} decode group(s), "
+        f"{len(report.skipped)} left alone; {human_bytes(report.weight_bytes_before)} -> "
+        f"{human_bytes(report.weight_bytes_after)} ({report.bits_per_weight:.2f} bits/weight)"
+    )
+    if report.file_bytes_before is not None and report.file_bytes_after is not None:
+        out.append(
+            f"file: {human_bytes(report.file_bytes_before)} -> {human_bytes(report.file_bytes_after)}  "
+            f"ratio {report.ratio:.2f}x  ({report.file_bytes_before:,} -> {report.file_bytes_after:,} bytes)"
+        )
+    out.append(f"time: {report.seconds:.2f} s")
+    out += [f"note: {n}" for n in report.notes]
+    return "\n".join(out)
+
+
+def format_inventory(inv: Inventory, *, show_all: bool = True) -> str:
+    rows = []
+    for w in inv.weights:
+        if not show_all and not w.compressible:
+            continue
+        rows.append(
+            [
+                _shorten(w.name),
+                w.source + (f" in {w.graph}" if w.graph else ""),
+                "/".join(w.op_types) or "-",
+                w.role if w.compressible else "-",
+                w.axis if w.compressible else "-",
+                "x".join(map(str, w.shape)) or "scalar",
+                w.dtype,
+                f"{w.size:,}",
+                "compress" if w.compressible else f"skip: {w.skip_reason}",
+            ]
+        )
+    comp = inv.compressible()
+    lines = [
+        table(
+            ["tensor", "source", "op", "role", "axis", "shape", "dtype", "elements", "decision"],
+            rows,
+            "llllrllrl",
+        ),
+        "",
+        f"{len(comp)} compressible tensors ({sum(w.size for w in comp):,} elements, "
+        f"{human_bytes(sum(w.nbytes for w in comp))}), {len(inv.weights) - len(comp)} left alone",
+    ]
+    if inv.quantized_model:
+        lines.append("note: the model already contains quantized operators; their weights are left alone")
+    return "\n".join(lines)
+
+
+def format_calibration(result: CalibrationResult) -> str:
+    """A per-weight text table: output error before and after calibration."""
+    lines = [f"{'weight':40s} {'method':26s} {'plain':>8s} {'calib':>8s}"]
+    for w in result.weights:
+        plain = "-" if w.error_plain is None else f"{w.error_plain:.4f}"
+        lines.append(f"{w.name[:40]:40s} {w.method[:26]:26s} {plain:>8s} {w.error_calibrated:8.4f}")
+    return "\n".join(lines)
+
+
+def format_bench(report: BenchReport) -> str:
+    """Metrics as rows, models as columns; every model after the first shows its ratio to the first."""
+    from onnxcompress.evaluation.bench import paired_p50_ratios, ratio
+
+    base = report.models[0]
+    rows_spec: list[tuple[str, Any, Any]] = [
+        ("size on disk", lambda m: m.size_bytes, human_bytes),
+        ("session create (s)", lambda m: m.create_s, lambda v: f"{v:.3f}"),
+        ("first run (ms)", lambda m: m.first_run_s * 1e3, lambda v: f"{v:.3f}"),
+        ("p50 latency (ms)", lambda m: m.p50_ms, lambda v: f"{v:.4f}"),
+        ("p50 min..max (ms)", None, None),
+        ("p50 IQR (ms)", lambda m: m.p50_spread["iqr"], lambda v: f"{v:.4f}"),
+        ("p50 ratio paired by round", None, None),
+        ("p90 latency (ms)", lambda m: m.p90_ms, lambda v: f"{v:.4f}"),
+        ("p99 latency (ms)", lambda m: m.p99_ms, lambda v: f"{v:.4f}"),
+        ("throughput (samples/s)", lambda m: m.throughput, lambda v: f"{v:,.1f}"),
+        ("peak RSS", lambda m: m.peak_rss_bytes, human_bytes),
+    ]
+    header = ["", *[Path(m.model).name for m in report.models]]
+    rows = []
+    for label, get, fmt in rows_spec:
+        row = [label]
+        for m in report.models:
+            if label == "p50 ratio paired by round":
+                pr = paired_p50_ratios(m, base)
+                row.append("-" if m is base else f"x{np.median(pr):.3f} (x{min(pr):.3f}..x{max(pr):.3f})")
+                continue
+            if get is None:
+                s = m.p50_spread
+                row.append(f"{s['min']:.4f}..{s['max']:.4f}")
+                continue
+            v = get(m)
+            cell = fmt(v)
+            if m is not base and label != "p50 IQR (ms)":
+                r = ratio(v, get(base))
+                if r is not None:
+                    cell += f" (x{r:.3f})"
+            row.append(cell)
+        rows.append(row)
+    provs = {", ".join(m.providers) for m in report.models}
+    cfg = report.config
+    foot = (
+        f"providers: {' | '.join(sorted(provs))}; batch {report.models[0].batch_size}; {cfg.get('runs')} runs after "
+        f"{cfg.get('warmup')} warm-up, median of {cfg.get('rounds')} rounds, each in a fresh process; "
+        f"threads {cfg.get('threads') or 'default'}; opt level {cfg.get('optimization_level')}; "
+        f"decode by {cfg.get('decode', 'onnxruntime')}"
+    )
+    return table(header, rows) + "\n" + foot
