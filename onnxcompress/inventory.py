@@ -19,7 +19,7 @@ from onnx import numpy_helper
 # names exporters generate: torch's "onnx::Op_N", bare numbers, "Op_N", "/path/Constant_N_output_0"
 _GENERATED = re.compile(r"^(onnx::.*|\d+|[A-Za-z]+_\d+|.*Constant(_\d+)?_output_\d+)$")
 
-FLOAT_TYPES = {
+FLOAT_TYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "float32",
     onnx.TensorProto.FLOAT16: "float16",
     onnx.TensorProto.BFLOAT16: "bfloat16",
