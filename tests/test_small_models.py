@@ -84,3 +84,21 @@ def test_vad_runs_and_compresses(tmp_path: Path, sr: int) -> None:
     got = oc.load(out).run(None, _vad_feeds(sr))
     for a, b in zip(ref, got, strict=True):
         np.testing.assert_allclose(a, b, atol=0.05)
+
+
+def test_size_benchmark_accounts_for_every_byte(tmp_path: Path) -> None:
+    """benchmarks/small_models.py on one model: the breakdown sums to the file, the bound is the
+    issue's formula, and the sizes are the files' (no timing involved)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import small_models
+
+    out = tmp_path / "r.json"
+    assert small_models.main(["--models", "vad_rnn", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["plan"] for r in rows] == ["safe", "balanced", "small"]
+    for r in rows:
+        assert sum(r["breakdown"].values()) == r["onnx_bytes"]
+        o = r["original"]
+        assert o["file"] == (MODELS / "vad_rnn.onnx").stat().st_size
+        assert r["bound_8bit"] == round(o["compressible_weight_bytes"] / 4 + o["other_bytes"])
+        assert r["onnxc_bytes"] < r["onnx_bytes"] < o["file"]
