@@ -58,14 +58,14 @@ def decode_model(model: onnx.ModelProto, *, label: str = "the model") -> DenseMo
             f"{label}: {len(left)} decode node(s) have inputs that are not stored constants "
             f"({', '.join(left[:3])}); the model was edited after compression and cannot be decoded ahead of time"
         )
+    weights = 0
     for t in model.graph.initializer:
         if t.data_location == t.EXTERNAL and any(
             e.key == "location" and e.value == PLACEHOLDER_LOCATION for e in t.external_data
         ):
-            arr = decoded.arrays[t.name]
-            t.CopyFrom(numpy_helper.from_array(arr, t.name))
-    weights = len(decoded.arrays)
-    decoded.arrays.clear()
+            # popped one by one: each decoded array is held once, as an array or as a tensor
+            t.CopyFrom(numpy_helper.from_array(decoded.arrays.pop(t.name), t.name))
+            weights += 1
     keep = [imp for imp in model.opset_import if imp.domain != DOMAIN]
     if len(keep) != len(model.opset_import) and not any(f.domain == DOMAIN for f in model.functions):
         del model.opset_import[:]
