@@ -8,6 +8,7 @@ are left alone, so ``onnxcompress inspect`` can explain every decision.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -15,7 +16,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-FLOAT_TYPES = {
+# names exporters generate: torch's "onnx::Op_N", bare numbers, "Op_N", "/path/Constant_N_output_0"
+_GENERATED = re.compile(r"^(onnx::.*|\d+|[A-Za-z]+_\d+|.*Constant(_\d+)?_output_\d+)$")
+
+FLOAT_TYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "float32",
     onnx.TensorProto.FLOAT16: "float16",
     onnx.TensorProto.BFLOAT16: "bfloat16",
@@ -90,6 +94,26 @@ class WeightInfo:
     @property
     def compressible(self) -> bool:
         return self.skip_reason is None
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Names of the nodes that consume this tensor (its layers), in graph order, without blanks."""
+        return tuple(dict.fromkeys(u.node for u in self.uses if u.node))
+
+    @property
+    def generated_name(self) -> bool:
+        """Whether the name is an exporter's invention (``onnx::MatMul_1160``, ``1234``,
+        ``Constant_12_output_0``) that says nothing about the layer: tables then add the consumer."""
+        return bool(_GENERATED.match(self.name))
+
+    def display_name(self) -> str:
+        """The name, with its consumer node's name added when the name itself is generated, so a
+        user can tell which layer ``onnx::MatMul_1160`` is."""
+        layers = self.layers
+        if not self.generated_name or not layers:
+            return self.name
+        more = f" +{len(layers) - 1}" if len(layers) > 1 else ""
+        return f"{self.name} ({layers[0]}{more})"
 
 
 @dataclass

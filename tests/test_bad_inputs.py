@@ -178,6 +178,7 @@ def _argvs(bad: Path, good: Path, out: Path) -> dict[str, list[str]]:
         ],  # fmt: skip
         "pack": ["pack", str(bad), "-o", str(out / "p.onnxc")],
         "unpack": ["unpack", str(bad), "-o", str(out / "u.onnx")],
+        "decode": ["decode", str(bad), "-o", str(out / "d.onnx")],
     }
 
 

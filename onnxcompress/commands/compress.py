@@ -140,6 +140,20 @@ def check_paths(args: argparse.Namespace, output: str) -> None:
         model_io.check_output(args.report, inputs=[args.model], overwrite=True)
 
 
+def warn_plan(args: argparse.Namespace, config: CompressionConfig) -> None:
+    """Plan entries that match nothing, or that ``pruning: global`` overrides, as warnings on stderr
+    (the run goes on: a typo in a plan should be seen, not fatal)."""
+    from onnxcompress import model_io
+    from onnxcompress.commands.plan_view import plan_from_args
+    from onnxcompress.inventory import build_inventory
+    from onnxcompress.plan_check import check_plan
+
+    _, base = plan_from_args(args)
+    inv = build_inventory(model_io.open_model(args.model, load_external=False), min_elements=config.min_elements)
+    for issue in check_plan(config, inv, base=base):
+        print(f"onnxcompress: warning: {issue}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from onnxcompress.calibration import CalibrationResult
     from onnxcompress.commands.display import terminal_progress
@@ -150,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
     output = args.output or default_output(args.model)
     check_paths(args, output)
     config = config_from_args(args)
+    warn_plan(args, config)
     calibrations: list[CalibrationResult] = []
 
     with terminal_progress(enabled=not args.quiet) as progress:

@@ -1,5 +1,5 @@
-"""Terminal renderings of what the library returns: the compression report, the inventory, the
-calibration table, the verification table and the benchmark table. Plain text drawn with the one
+"""Terminal renderings of what the library returns: the compression report, the
+calibration table and the benchmark table (the inventory and plan view: ``commands/plan_view.py``). Plain text drawn with the one
 table formatter (:func:`onnxcompress.formatting.table`), so it reads the same in a CI log.
 """
 
@@ -16,9 +16,8 @@ from onnxcompress.report import CompressionReport
 if TYPE_CHECKING:
     from onnxcompress.calibration.pipeline import CalibrationResult
     from onnxcompress.evaluation.bench import BenchReport
-    from onnxcompress.inventory import Inventory
 
-__all__ = ["format_bench", "format_calibration", "format_inventory", "format_report"]
+__all__ = ["format_bench", "format_calibration", "format_report"]
 
 
 def _shorten(name: str, width: int = 48) -> str:
@@ -80,40 +79,6 @@ def format_report(report: CompressionReport, *, max_rows: int = 60) -> str:
     out.append(f"time: {report.seconds:.2f} s")
     out += [f"note: {n}" for n in report.notes]
     return "\n".join(out)
-
-
-def format_inventory(inv: Inventory, *, show_all: bool = True) -> str:
-    rows = []
-    for w in inv.weights:
-        if not show_all and not w.compressible:
-            continue
-        rows.append(
-            [
-                _shorten(w.name),
-                w.source + (f" in {w.graph}" if w.graph else ""),
-                "/".join(w.op_types) or "-",
-                w.role if w.compressible else "-",
-                w.axis if w.compressible else "-",
-                "x".join(map(str, w.shape)) or "scalar",
-                w.dtype,
-                f"{w.size:,}",
-                "compress" if w.compressible else f"skip: {w.skip_reason}",
-            ]
-        )
-    comp = inv.compressible()
-    lines = [
-        table(
-            ["tensor", "source", "op", "role", "axis", "shape", "dtype", "elements", "decision"],
-            rows,
-            "llllrllrl",
-        ),
-        "",
-        f"{len(comp)} compressible tensors ({sum(w.size for w in comp):,} elements, "
-        f"{human_bytes(sum(w.nbytes for w in comp))}), {len(inv.weights) - len(comp)} left alone",
-    ]
-    if inv.quantized_model:
-        lines.append("note: the model already contains quantized operators; their weights are left alone")
-    return "\n".join(lines)
 
 
 def format_calibration(result: CalibrationResult) -> str:
