@@ -90,3 +90,60 @@ def zoo_model(opset: int = 17, dtype=np.float32, seed: int = 0) -> onnx.ModelPro
 def zoo_inputs(n: int = 4, dtype=np.float32, seed: int = 1) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {"x": rng.standard_normal((n, 3, 8, 8)).astype(dtype), "ids": rng.integers(0, 100, (n, 4))}
+
+
+# ------------------------------------------------------------------------------------------ calibration
+
+
+def _f32(rng: np.random.Generator, *shape: int, scale: float = 0.3) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def state_model(batch: int | str = "batch", seed: int = 0) -> onnx.ModelProto:
+    """A voice-activity-style model: ``x [batch, 64]``, a scalar sample rate ``sr []`` (int64) and a
+    recurrent ``state [2, batch, 16]`` (batch on axis 1) -> ``out [batch, 8]``, ``new_state``.
+
+    ``out = Relu(x @ W1 * (sr / 16000) + sum_0(state @ Ws)) @ W3``; ``batch`` may be fixed (e.g. 1).
+    """
+    rng = np.random.default_rng(seed)
+    inits = [
+        _init("W1", _f32(rng, 64, 16)),
+        _init("Ws", _f32(rng, 16, 16)),
+        _init("W3", _f32(rng, 16, 8)),
+        _init("sr_scale", np.array(1 / 16000, np.float32)),
+        _init("axes0", np.array([0], np.int64)),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h1"]),
+        helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["srf", "sr_scale"], ["srs"]),
+        helper.make_node("Mul", ["h1", "srs"], ["h1s"]),
+        helper.make_node("MatMul", ["state", "Ws"], ["s1"]),
+        helper.make_node("ReduceSum", ["s1", "axes0"], ["s2"], keepdims=0),
+        helper.make_node("Add", ["h1s", "s2"], ["h2"]),
+        helper.make_node("Relu", ["h2"], ["h3"]),
+        helper.make_node("MatMul", ["h3", "W3"], ["out"]),
+        helper.make_node("Tanh", ["s1"], ["new_state"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "state_model",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 64]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, batch, 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, 8]),
+         helper.make_tensor_value_info("new_state", TensorProto.FLOAT, [2, batch, 16])],
+        inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def state_inputs(n: int = 40, seed: int = 1) -> dict[str, np.ndarray]:
+    """Calibration data for :func:`state_model`: ``sr`` 0-d, ``state`` stacked on axis 1."""
+    rng = np.random.default_rng(seed)
+    return {
+        "x": rng.standard_normal((n, 64)).astype(np.float32),
+        "sr": np.array(16000, np.int64),
+        "state": rng.standard_normal((2, n, 16)).astype(np.float32),
+    }

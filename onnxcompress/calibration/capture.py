@@ -356,7 +356,7 @@ def capture(
     accs = {t.info.name: new_stats(t) for t in targets}
     seen = 0
     for batch in batches():
-        outs = session.run(acts, {k: v for k, v in batch.items() if k in feeds_names})
+        outs = run_session(session, acts, {k: v for k, v in batch.items() if k in feeds_names})
         by_name = dict(zip(acts, outs, strict=True))
         for t in targets:
             accumulate(t, accs[t.info.name], np.asarray(by_name[t.act]))
@@ -364,6 +364,19 @@ def capture(
     if not seen:
         raise DataError("the calibration data yielded no batches; pass a file with at least one sample")
     return {t.info.name: finish(t, accs[t.info.name]) for t in targets}
+
+
+def run_session(session: Any, outputs: Sequence[str], feeds: dict[str, np.ndarray]) -> list[Any]:
+    """``session.run``, with a failure on the calibration data as one :class:`DataError` line."""
+    try:
+        return session.run(list(outputs), feeds)
+    except Exception as exc:  # onnxruntime raises its own types, with multi-line messages
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        shapes = ", ".join(f"{k} {tuple(np.shape(v))}" for k, v in feeds.items())
+        raise DataError(
+            f"the model failed to run on the calibration data ({shapes}): {msg}; check the arrays' shapes "
+            "(samples stacked on each input's batch axis, a scalar input as a 0-d array)"
+        ) from None
 
 
 def set_tensor(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:

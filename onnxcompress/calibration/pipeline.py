@@ -356,8 +356,9 @@ def _error(w2: np.ndarray, dec2: np.ndarray, stats: LayerStats) -> float:
 # ------------------------------------------------------------------------------------------ data
 
 
-def _spread(data: Any, samples: int) -> Any:
-    """Evenly spaced rows of an .npz path or array mapping; anything else unchanged."""
+def _spread(data: Any, samples: int, specs: Any = ()) -> Any:
+    """Evenly spaced samples (on each input's batch axis) of an .npz path or array mapping; anything
+    else unchanged."""
     if isinstance(data, (str, os.PathLike)) and str(data).lower().endswith(".npz"):
         try:
             with np.load(data, allow_pickle=False) as z:
@@ -368,12 +369,10 @@ def _spread(data: Any, samples: int) -> Any:
         arrays = dict(data)
     else:
         return data
-    lengths = {len(v) for v in arrays.values() if getattr(v, "ndim", 0) >= 1}
-    n = max(lengths, default=0)
-    if n <= samples:
-        return data
-    idx = np.linspace(0, n - 1, samples).round().astype(np.int64)
-    return {k: v[idx] if getattr(v, "ndim", 0) >= 1 and len(v) == n else v for k, v in arrays.items()}
+    from onnxcompress.evaluation.data import spread_samples
+
+    spread = spread_samples(arrays, specs, samples)
+    return data if all(spread[k] is arrays[k] for k in arrays) else spread
 
 
 def open_calibration_data(
@@ -393,7 +392,7 @@ def open_calibration_data(
     from onnxcompress.evaluation.data import model_input_specs, open_data
 
     specs = model_input_specs(model)  # read from the graph: a session here would load every weight
-    source = open_data(_spread(data, samples), specs, labels_key=labels_key, samples=samples)
+    source = open_data(_spread(data, samples, specs), specs, labels_key=labels_key, samples=samples)
     size = source.batch_size_for(None, batch_size)
     n = min(len(source), samples)
     if n <= 0:
@@ -401,9 +400,7 @@ def open_calibration_data(
 
     def batches() -> Iterable[dict[str, np.ndarray]]:
         for b in source.batches(size, limit=samples):
-            yield {
-                k: v[: b.valid] if v.shape[0] == size and b.valid < size else v for k, v in b.inputs.items()
-            }
+            yield source.unpadded(b)
 
     return batches, n
 
