@@ -42,7 +42,7 @@ from onnxcompress.inventory import WeightInfo
 IM2COL_ELEMENTS = 1 << 24  # largest patch matrix built at once (128 MiB in float64)
 
 
-def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     out = {}
     for a in node.attribute:
         v = onnx.helper.get_attribute_value(a)
@@ -62,7 +62,7 @@ class Target:
     rows: int
     cols: int
     transpose_act: bool = False
-    conv: dict[str, object] = field(default_factory=dict)
+    conv: dict[str, Any] = field(default_factory=dict)
     bias: str | None = None  # a bias initializer used only by this layer, for bias correction
 
     @property

@@ -70,10 +70,8 @@ class TensorSpec:
     @property
     def batch_fixed(self) -> int | None:
         """The fixed batch size when the batch dim is a number, else None."""
-        ax = self.batch_axis
-        if len(self.shape) > ax and isinstance(self.shape[ax], int) and self.shape[ax] > 0:
-            return self.shape[ax]
-        return None
+        d = self.shape[self.batch_axis] if len(self.shape) > self.batch_axis else None
+        return d if isinstance(d, int) and d > 0 else None
 
 
 def assign_batch_axes(specs: Sequence[TensorSpec]) -> list[TensorSpec]:
@@ -365,7 +363,7 @@ class DataSource:
 
     def batch_size_for(self, requested: int | None, default: int) -> int:
         """The batch size to use: a fixed batch dim wins; an explicit conflicting request is an error."""
-        fixed = {s.batch_fixed for s in self.specs} - {None}
+        fixed = {b for s in self.specs if (b := s.batch_fixed) is not None}
         if len(fixed) > 1:
             raise DataError(f"inputs disagree on their fixed batch size: {sorted(fixed)}")
         if fixed:
