@@ -147,3 +147,57 @@ def state_inputs(n: int = 40, seed: int = 1) -> dict[str, np.ndarray]:
         "sr": np.array(16000, np.int64),
         "state": rng.standard_normal((2, n, 16)).astype(np.float32),
     }
+
+
+def branch_model(seed: int = 0) -> onnx.ModelProto:
+    """Weights inside (nested) If branches, chosen by a scalar sample rate ``sr``:
+    ``h = Relu(x @ W0)``; ``sr == 16000``: ``Relu(h @ Wt) @ Wt2`` (``Wt`` a main-graph initializer
+    feeding the If, ``Wt2`` a Constant in the branch); else ``sr > 4000``: ``h @ We`` (an initializer
+    of the nested branch), else ``h @ We2`` (a Constant); ``out = Relu(y) @ Wout``."""
+    rng = np.random.default_rng(seed)
+    f = TensorProto.FLOAT
+
+    def const(name: str, arr: np.ndarray) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=_init(name + ".v", arr))
+
+    inner_then = helper.make_graph(
+        [helper.make_node("MatMul", ["h", "We"], ["y_et"])], "sr_mid", [],
+        [helper.make_tensor_value_info("y_et", f, None)], [_init("We", _f32(rng, 32, 16))],
+    )  # fmt: skip
+    inner_else = helper.make_graph(
+        [const("We2", _f32(rng, 32, 16)), helper.make_node("MatMul", ["h", "We2"], ["y_ee"])], "sr_low", [],
+        [helper.make_tensor_value_info("y_ee", f, None)],
+    )  # fmt: skip
+    then_g = helper.make_graph(
+        [helper.make_node("MatMul", ["h", "Wt"], ["a_t"]), helper.make_node("Relu", ["a_t"], ["r_t"]),
+         const("Wt2", _f32(rng, 32, 16)), helper.make_node("MatMul", ["r_t", "Wt2"], ["y_t"])],
+        "sr_16k", [], [helper.make_tensor_value_info("y_t", f, None)],
+    )  # fmt: skip
+    else_g = helper.make_graph(
+        [helper.make_node("Greater", ["sr", "k4000"], ["c4"]),
+         helper.make_node("If", ["c4"], ["y_e"], then_branch=inner_then, else_branch=inner_else, name="mid")],
+        "sr_other", [], [helper.make_tensor_value_info("y_e", f, None)],
+    )  # fmt: skip
+    inits = [
+        _init("W0", _f32(rng, 32, 32)),
+        _init("Wt", _f32(rng, 32, 32)),
+        _init("Wout", _f32(rng, 16, 8)),
+        _init("k16000", np.array(16000, np.int64)),
+        _init("k4000", np.array(4000, np.int64)),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W0"], ["h0"]),
+        helper.make_node("Relu", ["h0"], ["h"]),
+        helper.make_node("Equal", ["sr", "k16000"], ["c16"]),
+        helper.make_node("If", ["c16"], ["y"], then_branch=then_g, else_branch=else_g, name="rate"),
+        helper.make_node("Relu", ["y"], ["ry"]),
+        helper.make_node("MatMul", ["ry", "Wout"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "branch_model",
+        [helper.make_tensor_value_info("x", f, ["batch", 32]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("out", f, ["batch", 8])], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model

@@ -27,7 +27,8 @@ Graph code: uses onnx, builds sessions only through :func:`onnxcompress.sessions
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,9 @@ class Target:
     transpose_act: bool = False
     conv: dict[str, Any] = field(default_factory=dict)
     bias: str | None = None  # a bias initializer used only by this layer, for bias correction
+    # consumer inside If branches: (node index, branch attribute) per level from the main graph
+    # down; node_index is then the outermost If's. prepare() exposes ``act`` as an If output.
+    scope: tuple[tuple[int, str], ...] = ()
 
     @property
     def groups(self) -> int:
@@ -116,50 +120,199 @@ def find_targets(
     skipped: dict[str, str] = {}
     for info in weights:
         uses = consumers.get(info.name, [])
-        if info.graph != "" or len(uses) != 1 or len(info.uses) != 1:
-            skipped[info.name] = "used more than once or inside a subgraph"
+        if info.graph != "" or any(u.graph != "" for u in info.uses):
+            found = _scoped_target(model, info)
+            if isinstance(found, str):
+                skipped[info.name] = found
+            else:
+                targets.append(found)
+            continue
+        if len(uses) != 1 or len(info.uses) != 1:
+            skipped[info.name] = "used more than once"
             continue
         idx, node = uses[0]
         use = info.uses[0]
-        attrs = _attrs(node)
-        shape = info.shape
-        t: Target | None = None
-        if node.domain not in ("", "ai.onnx"):
-            pass
-        elif node.op_type == "MatMul" and use.input_index == 1 and len(shape) == 2:
-            t = Target(info, node, idx, "linear", node.input[0], rows=shape[1], cols=shape[0])
-        elif node.op_type == "Gemm" and use.input_index == 1 and len(shape) == 2:
-            tb = bool(attrs.get("transB", 0))
-            rows, cols = (shape[0], shape[1]) if tb else (shape[1], shape[0])
-            t = Target(info, node, idx, "linear", node.input[0], rows=rows, cols=cols,
-                       transpose_act=bool(attrs.get("transA", 0)))  # fmt: skip
-            if len(node.input) > 2 and node.input[2] in inits:
-                b = inits[node.input[2]]
-                if int(np.prod(b.dims)) == rows and len(consumers.get(b.name, [])) == 1:
-                    t.bias = b.name
-        elif node.op_type == "Conv" and use.input_index == 1 and len(shape) >= 3:
-            t = Target(info, node, idx, "conv", node.input[0], rows=shape[0], cols=int(np.prod(shape[1:])),
-                       conv=attrs)  # fmt: skip
-            t.conv.setdefault("kernel_shape", list(shape[2:]))
-            if len(node.input) > 2 and node.input[2] in inits and len(consumers.get(node.input[2], [])) == 1:
-                t.bias = node.input[2]
-        elif (
-            node.op_type == "Gather"
-            and use.input_index == 0
-            and len(shape) == 2
-            and int(attrs.get("axis", 0)) == 0
-        ):
-            t = Target(info, node, idx, "embedding", node.input[1], rows=shape[0], cols=shape[1])
+        t = _target_for(info, node, idx, use.input_index)
         if t is None:
             skipped[info.name] = (
-                f"no calibrated method for {node.op_type} input {use.input_index} of rank {len(shape)}"
+                f"no calibrated method for {node.op_type} input {use.input_index} of rank {len(info.shape)}"
             )
             continue
+        if t.kind == "linear" and node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] in inits:
+            b = inits[node.input[2]]
+            if int(np.prod(b.dims)) == t.rows and len(consumers.get(b.name, [])) == 1:
+                t.bias = b.name
+        if t.kind == "conv" and len(node.input) > 2 and node.input[2] in inits:
+            if len(consumers.get(node.input[2], [])) == 1:
+                t.bias = node.input[2]
         if t.kind == "linear" and node.op_type == "MatMul":
             t.bias = _matmul_bias(graph, node, t.rows, inits, consumers)
         targets.append(t)
     targets.sort(key=lambda t: t.node_index)
     return targets, skipped
+
+
+def _target_for(info: WeightInfo, node: onnx.NodeProto, idx: int, input_index: int) -> Target | None:
+    """The target of ``info`` read by ``node`` as its input ``input_index``; None when unsupported."""
+    attrs = _attrs(node)
+    shape = info.shape
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "MatMul" and input_index == 1 and len(shape) == 2:
+        return Target(info, node, idx, "linear", node.input[0], rows=shape[1], cols=shape[0])
+    if node.op_type == "Gemm" and input_index == 1 and len(shape) == 2:
+        tb = bool(attrs.get("transB", 0))
+        rows, cols = (shape[0], shape[1]) if tb else (shape[1], shape[0])
+        return Target(info, node, idx, "linear", node.input[0], rows=rows, cols=cols,
+                      transpose_act=bool(attrs.get("transA", 0)))  # fmt: skip
+    if node.op_type == "Conv" and input_index == 1 and len(shape) >= 3:
+        t = Target(info, node, idx, "conv", node.input[0], rows=shape[0], cols=int(np.prod(shape[1:])),
+                   conv=attrs)  # fmt: skip
+        t.conv.setdefault("kernel_shape", list(shape[2:]))
+        return t
+    if node.op_type == "Gather" and input_index == 0 and len(shape) == 2 and int(attrs.get("axis", 0)) == 0:
+        return Target(info, node, idx, "embedding", node.input[1], rows=shape[0], cols=shape[1])
+    return None
+
+
+Chain = tuple[tuple[int, str, str], ...]  # (node index, attribute name, op type) per level
+
+
+def _walk(graph: onnx.GraphProto, chain: Chain = ()) -> Iterator[tuple[Chain, onnx.GraphProto]]:
+    """Every subgraph below ``graph`` (not ``graph`` itself) with the chain of nodes leading to it."""
+    for i, node in enumerate(graph.node):
+        for a in node.attribute:
+            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+            for g in subs:
+                here = (*chain, (i, a.name, node.op_type))
+                yield here, g
+                yield from _walk(g, here)
+
+
+def _scoped_target(model: onnx.ModelProto, info: WeightInfo) -> Target | str:
+    """The target of a weight whose consumer sits in an If branch (the weight itself in the main
+    graph, feeding the If, or inside the branch), or why it cannot be calibrated."""
+    if len(info.uses) != 1:
+        return "used more than once"
+    found = [
+        (chain, i, node)
+        for chain, g in _walk(model.graph)
+        for i, node in enumerate(g.node)
+        if info.name in node.input
+    ]
+    if len(found) != 1:
+        return "used more than once"
+    chain, i, node = found[0]
+    loops = [op for _, _, op in chain if op != "If"]
+    if loops:
+        return f"consumed inside a {loops[0]} body (only If branches are captured)"
+    t = _target_for(info, node, chain[0][0], list(node.input).index(info.name))
+    if t is None:
+        return f"no calibrated method for {node.op_type} input {info.uses[0].input_index} of rank {len(info.shape)}"
+    if t.kind == "embedding":
+        return "embedding lookup inside an If branch (plain algorithm used)"
+    t.scope = tuple((idx, attr) for idx, attr, _ in chain)
+    return t
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
+def _all_names(model: onnx.ModelProto) -> set[str]:
+    names = {t.name for t in model.graph.initializer} | {i.name for i in model.graph.input}
+    graphs = [model.graph, *(g for _, g in _walk(model.graph))]
+    for g in graphs:
+        names |= {t.name for t in g.initializer}
+        for n in g.node:
+            names.update(n.input)
+            names.update(n.output)
+    return names
+
+
+def prepare(model: onnx.ModelProto, targets: Sequence[Target]) -> tuple[onnx.ModelProto, list[Target]]:
+    """The model to capture from and the targets as they read it: ``model`` itself when no target sits
+    in an If branch; otherwise a copy in which each such target's activation is an output of the
+    outermost If (the branch outputs it, the other branch an empty tensor, so batches that take the
+    other branch add no rows), and its weight is a main-graph initializer (so sequential runs can
+    replace it like any other)."""
+    if not any(t.scope for t in targets):
+        return model, list(targets)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    taken = _all_names(m)
+    out: list[Target] = []
+    for t in targets:
+        if not t.scope:
+            out.append(t)
+            continue
+        elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(_FLOAT_NP[t.info.dtype]))
+        graphs = [m.graph]
+        for idx, attr in t.scope:
+            graphs.append(_branch(graphs[-1].node[idx], attr))
+        name = t.act
+        for level in reversed(range(len(t.scope))):
+            idx, attr = t.scope[level]
+            if_node = graphs[level].node[idx]
+            inner = graphs[level + 1]
+            other = _branch(if_node, "else_branch" if attr == "then_branch" else "then_branch")
+            # through an Identity: the value may come from an outer scope, not from this branch
+            ident = _fresh(f"{name}__calib", taken)
+            inner.node.append(onnx.helper.make_node("Identity", [name], [ident]))
+            inner.output.append(onnx.helper.make_tensor_value_info(ident, elem, None))
+            empty = _fresh(f"{name}__calib_empty", taken)
+            value = numpy_helper.from_array(np.zeros(0, dtype=_FLOAT_NP[t.info.dtype]), empty)
+            other.node.append(onnx.helper.make_node("Constant", [], [empty], value=value))
+            other.output.append(onnx.helper.make_tensor_value_info(empty, elem, None))
+            name = _fresh(f"{t.act}__calib_exposed", taken)
+            if_node.output.append(name)
+        m.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, None))
+        out.append(dataclasses.replace(t, act=name))
+    _hoist(m, {t.info.name for t in targets if t.scope})
+    return m, out
+
+
+_FLOAT_NP = {"float32": np.float32, "float16": np.float16, "bfloat16": np.float32}
+
+
+def _branch(node: onnx.NodeProto, attr: str) -> onnx.GraphProto:
+    for a in node.attribute:
+        if a.name == attr:
+            return a.g
+    raise KeyError(f"{node.op_type} node {node.name!r} has no {attr}")
+
+
+def _hoist(model: onnx.ModelProto, names: set[str]) -> None:
+    """Move the weights ``names`` defined inside subgraphs (initializers or Constants) to main-graph
+    initializers (names are unique across scopes, so every reader still finds them)."""
+    for _, g in _walk(model.graph):
+        keep_inits = []
+        for t in g.initializer:
+            if t.name in names:
+                model.graph.initializer.append(t)
+            else:
+                keep_inits.append(t)
+        if len(keep_inits) != len(g.initializer):
+            del g.initializer[:]
+            g.initializer.extend(keep_inits)
+        keep_nodes = []
+        for n in g.node:
+            value = next((a.t for a in n.attribute if a.name == "value"), None)
+            if n.op_type == "Constant" and n.output and n.output[0] in names and value is not None:
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(value)
+                tensor.name = n.output[0]
+                model.graph.initializer.append(tensor)
+            else:
+                keep_nodes.append(n)
+        if len(keep_nodes) != len(g.node):
+            del g.node[:]
+            g.node.extend(keep_nodes)
 
 
 def _matmul_bias(graph, node, rows, inits, consumers) -> str | None:
@@ -301,7 +454,10 @@ def new_stats(t: Target) -> list:
 
 
 def accumulate(t: Target, accs: list, act: np.ndarray) -> None:
-    """Fold one batch of ``t``'s activation into its accumulators."""
+    """Fold one batch of ``t``'s activation into its accumulators (an empty one, from an If branch
+    that this batch did not take, adds nothing)."""
+    if act.size == 0:
+        return
     if t.kind == "embedding":
         accs[0].add(act)
         return
@@ -399,6 +555,7 @@ def _np_dtype(t: onnx.TensorProto) -> np.dtype:
 
 
 def get_tensor(model: onnx.ModelProto, name: str) -> np.ndarray:
+    """A main-graph initializer or Constant's value; else one defined inside a subgraph."""
     for t in model.graph.initializer:
         if t.name == name:
             return numpy_helper.to_array(t)
@@ -407,4 +564,6 @@ def get_tensor(model: onnx.ModelProto, name: str) -> np.ndarray:
             for a in n.attribute:
                 if a.name == "value":
                     return numpy_helper.to_array(a.t)
-    raise KeyError(name)
+    from onnxcompress.inventory import tensor_array
+
+    return tensor_array(model, name)

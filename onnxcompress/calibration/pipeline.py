@@ -57,6 +57,7 @@ from onnxcompress.calibration.capture import (
     capture,
     find_targets,
     get_tensor,
+    prepare,
     set_tensor,
     stages,
 )
@@ -468,6 +469,8 @@ def calibrate(
     if not targets:
         result.seconds = time.perf_counter() - t0
         return result
+    # the model runs are made on: ``model`` itself, or a copy exposing activations inside If branches
+    cmodel, targets = prepare(model, targets)
     global_t = None
     glob = [info.name for info, c in planned if c.prunes and c.pruning == "global"]
     if glob:
@@ -479,19 +482,19 @@ def calibrate(
     batches, result.samples = open_calibration_data(
         model, data, samples=ccfg.samples, batch_size=ccfg.batch_size, labels_key=labels_key
     )
-    groups = stages(model, targets) if ccfg.sequential else [list(targets)]
+    groups = stages(cmodel, targets) if ccfg.sequential else [list(targets)]
     result.stages = len(groups)
     sequential = ccfg.sequential and len(groups) > 1
     # Later stages must see the compressed weights of the earlier ones. The frontier capture gets
     # them through update() and drops them once no later run reads them; ``model`` keeps its
     # weights (only corrected biases are written into it). The prefix capture reruns a copy of the
     # model with the compressed weights written in, made only when that capture is used.
-    work: onnx.ModelProto | None = None if sequential else model
+    work: onnx.ModelProto | None = None if sequential else cmodel
     frontier: FrontierCapture | None = None
     result.capture_mode = "prefix"
     if _FRONTIER_CAPTURE and sequential:
         try:
-            frontier = FrontierCapture(model, groups, batches, threads=threads)
+            frontier = FrontierCapture(cmodel, groups, batches, threads=threads)
             result.capture_mode = "frontier"
         except FrontierUnsupported as exc:
             result.capture_mode = f"prefix (frontier capture unsupported: {exc})"
@@ -508,7 +511,7 @@ def calibrate(
                     result.capture_mode = f"frontier, prefix from stage {si} ({exc})"
             if stats is None:
                 if work is None:
-                    work = _compressed_copy(model, result.encoded)
+                    work = _compressed_copy(cmodel, result.encoded)
                 stats = capture(work, stage, batches, threads=threads)
             result.capture_seconds += time.perf_counter() - tc
             for t in stage:
@@ -518,6 +521,9 @@ def calibrate(
                 lc = ccfg.resolve(name)
                 w = get_tensor(model, name)  # model keeps the original weights: one array at a time
                 st = stats.pop(name)  # its H goes with this weight, not with the stage
+                if st.samples == 0:  # e.g. an If branch no calibration batch took
+                    result.skipped[name] = "no calibration data reached it (plain algorithm used)"
+                    continue
                 rec, dec, dec2, method = calibrate_weight(
                     w, t.info, cfg, st, lc, global_t=global_t, seed=config.seed
                 )
@@ -534,14 +540,16 @@ def calibrate(
                     shift = bias_shift(w2, dec2, st.means)
                     nb = (b.astype(np.float64).reshape(-1) + shift).astype(b.dtype).reshape(b.shape)
                     set_tensor(model, t.bias, nb)
-                    if work is not None and work is not model:
+                    if cmodel is not model:
+                        set_tensor(cmodel, t.bias, nb)
+                    if work is not None and work is not model and work is not cmodel:
                         set_tensor(work, t.bias, nb)
                     result.bias_updates[t.bias] = nb
                     corrected = True
                 if sequential:
                     if frontier is not None:
                         frontier.update(name, dec)
-                    if work is not None and work is not model:
+                    if work is not None and work is not model and work is not cmodel:
                         set_tensor(work, name, dec)
                 result.encoded.add(rec)
                 result.settings[name] = cfg

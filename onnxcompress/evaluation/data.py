@@ -384,8 +384,15 @@ class DataSource:
         pending: list[tuple[dict[str, np.ndarray], np.ndarray | None]] = []
         count = 0
         seen = 0
+        consts: dict[str, np.ndarray] = {}
         for inputs, labels in self.chunks():
             n = self.count(inputs)
+            now = {k: v for k, v in inputs.items() if self.batch_axis(k, v) is None}
+            if pending and any(not np.array_equal(v, consts.get(k)) for k, v in now.items()):
+                # a constant (e.g. a sample rate) changed between files: never mix them in a batch
+                yield self._join(pending, batch_size, pad)
+                pending, count = [], 0
+            consts = now
             if limit is not None and seen + n > limit:
                 n = limit - seen
                 inputs = self.take(inputs, slice(0, n))
