@@ -201,3 +201,55 @@ def branch_model(seed: int = 0) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def recurrent_model(seed: int = 0, hidden: int = 16) -> onnx.ModelProto:
+    """``x [batch, seq, 8]`` (with ``lens [batch]`` int32 and a GRU ``h0 [2, batch, hidden]``, batch
+    on axis 1) -> Transpose -> bidirectional LSTM (sequence_lens) -> [seq, batch, 2*hidden] ->
+    bidirectional GRU (linear_before_reset 0, initial_h = h0, only Y_h used) -> [batch, 2*hidden]
+    -> MatMul Wout -> ``out [batch, 4]``."""
+    rng = np.random.default_rng(seed)
+    h = hidden
+    f = TensorProto.FLOAT
+    inits = [
+        _init("lstm.W", _f32(rng, 2, 4 * h, 8, scale=0.4)),
+        _init("lstm.R", _f32(rng, 2, 4 * h, h, scale=0.3)),
+        _init("lstm.B", _f32(rng, 2, 8 * h, scale=0.1)),
+        _init("gru.W", _f32(rng, 2, 3 * h, 2 * h, scale=0.3)),
+        _init("gru.R", _f32(rng, 2, 3 * h, h, scale=0.3)),
+        _init("gru.B", _f32(rng, 2, 6 * h, scale=0.1)),
+        _init("Wout", _f32(rng, 2 * h, 4)),
+        _init("shape_sb2h", np.array([0, 0, 2 * h], np.int64)),
+        _init("shape_b2h", np.array([0, 2 * h], np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+        helper.make_node("LSTM", ["xt", "lstm.W", "lstm.R", "lstm.B", "lens"], ["ly"], hidden_size=h,
+                         direction="bidirectional", name="lstm"),
+        helper.make_node("Transpose", ["ly"], ["lyt"], perm=[0, 2, 1, 3]),  # [seq, batch, 2, h]
+        helper.make_node("Reshape", ["lyt", "shape_sb2h"], ["g_in"]),
+        helper.make_node("GRU", ["g_in", "gru.W", "gru.R", "gru.B", "", "h0"], ["", "gh"], hidden_size=h,
+                         direction="bidirectional", name="gru"),
+        helper.make_node("Transpose", ["gh"], ["ght"], perm=[1, 0, 2]),  # [batch, 2, h]
+        helper.make_node("Reshape", ["ght", "shape_b2h"], ["feat"]),
+        helper.make_node("MatMul", ["feat", "Wout"], ["out"]),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "recurrent",
+        [helper.make_tensor_value_info("x", f, ["batch", "seq", 8]),
+         helper.make_tensor_value_info("lens", TensorProto.INT32, ["batch"]),
+         helper.make_tensor_value_info("h0", f, [2, "batch", h])],
+        [helper.make_tensor_value_info("out", f, ["batch", 4])], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def recurrent_inputs(n: int = 48, seq: int = 6, hidden: int = 16, seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "x": rng.standard_normal((n, seq, 8)).astype(np.float32),
+        "lens": rng.integers(2, seq + 1, n).astype(np.int32),
+        "h0": (rng.standard_normal((2, n, hidden)) * 0.5).astype(np.float32),
+    }

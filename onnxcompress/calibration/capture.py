@@ -68,10 +68,26 @@ class Target:
     # consumer inside If branches: (node index, branch attribute) per level from the main graph
     # down; node_index is then the outermost If's. prepare() exposes ``act`` as an If output.
     scope: tuple[tuple[int, str], ...] = ()
+    # kind "rnn" (W or R of an LSTM/GRU/RNN): the cell's layout and the tensors besides ``act`` (its
+    # input sequence X) that the statistics need (see :func:`_rnn_target`)
+    rnn: dict[str, Any] = field(default_factory=dict)
 
     @property
     def groups(self) -> int:
         return int(self.conv.get("group", 1)) if self.kind == "conv" else 1
+
+    @property
+    def extra(self) -> tuple[str, ...]:
+        """Tensors besides ``act`` that a batch's statistics need (RNN: Y, initial_h, sequence_lens)."""
+        if self.kind != "rnn":
+            return ()
+        keys = ("y", "h0", "seq") if self.rnn["which"] == "R" else ("seq",)
+        return tuple(self.rnn[k] for k in keys if self.rnn.get(k))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every tensor a capture run must produce for this target."""
+        return (self.act, *self.extra)
 
 
 @dataclass
@@ -172,7 +188,35 @@ def _target_for(info: WeightInfo, node: onnx.NodeProto, idx: int, input_index: i
         return t
     if node.op_type == "Gather" and input_index == 0 and len(shape) == 2 and int(attrs.get("axis", 0)) == 0:
         return Target(info, node, idx, "embedding", node.input[1], rows=shape[0], cols=shape[1])
+    if node.op_type in _RNN_GATES and input_index in (1, 2) and len(shape) == 3:
+        return _rnn_target(info, node, idx, input_index, attrs)
     return None
+
+
+_RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def _rnn_target(info: WeightInfo, node: onnx.NodeProto, idx: int, input_index: int, attrs: dict) -> Target:
+    """W (``input_index`` 1, ``[D, G*H, I]``) or R (2, ``[D, G*H, H]``) of an LSTM/GRU/RNN.
+
+    Viewed like the plain path does (output axis 1): ``W2 [G*H, D*I]``, column ``d*I + i``. Each
+    direction's rows only see their own direction's input, so ``H`` is block diagonal over the
+    directions: ``X^T X`` (the layer input, the same for both) for W, ``H_prev^T H_prev`` (the
+    previous hidden state of that direction: ``Y`` shifted by one step, ``initial_h`` first) for R.
+    A GRU without ``linear_before_reset`` feeds its hidden gate ``r_t * h_{t-1}`` instead: R's
+    rows of that gate get their own block.
+    """
+    d, rows, cols = info.shape
+    inputs = list(node.input) + [""] * (8 - len(node.input))
+    outputs = list(node.output) + [""]
+    direction = str(attrs.get("direction", "forward"))
+    rnn = {
+        "op": node.op_type, "which": "W" if input_index == 1 else "R", "dirs": d, "hidden": rows // _RNN_GATES[node.op_type],
+        "direction": direction, "layout": int(attrs.get("layout", 0)), "lbr": int(attrs.get("linear_before_reset", 0)),
+        "activations": list(attrs.get("activations", [])), "y": outputs[0] or None, "h0": inputs[5] or None,
+        "seq": inputs[4] or None, "weights": (inputs[1], inputs[2], inputs[3] or None),
+    }  # fmt: skip
+    return Target(info, node, idx, "rnn", node.input[0], rows=rows, cols=d * cols, rnn=rnn)
 
 
 Chain = tuple[tuple[int, str, str], ...]  # (node index, attribute name, op type) per level
@@ -209,8 +253,8 @@ def _scoped_target(model: onnx.ModelProto, info: WeightInfo) -> Target | str:
     t = _target_for(info, node, chain[0][0], list(node.input).index(info.name))
     if t is None:
         return f"no calibrated method for {node.op_type} input {info.uses[0].input_index} of rank {len(info.shape)}"
-    if t.kind == "embedding":
-        return "embedding lookup inside an If branch (plain algorithm used)"
+    if t.kind in ("embedding", "rnn"):
+        return f"{node.op_type} inside an If branch (plain algorithm used)"
     t.scope = tuple((idx, attr) for idx, attr, _ in chain)
     return t
 
@@ -241,13 +285,24 @@ def prepare(model: onnx.ModelProto, targets: Sequence[Target]) -> tuple[onnx.Mod
     outermost If (the branch outputs it, the other branch an empty tensor, so batches that take the
     other branch add no rows), and its weight is a main-graph initializer (so sequential runs can
     replace it like any other)."""
-    if not any(t.scope for t in targets):
+    targets = [_with_rnn_weights(model, t) for t in targets]
+    unnamed = [t for t in targets if t.kind == "rnn" and t.rnn["which"] == "R" and not t.rnn["y"]]
+    if not any(t.scope for t in targets) and not unnamed:
         return model, list(targets)
     m = onnx.ModelProto()
     m.CopyFrom(model)
     taken = _all_names(m)
     out: list[Target] = []
+    named: dict[int, str] = {}
     for t in targets:
+        if t.kind == "rnn" and t.rnn["which"] == "R" and not t.rnn["y"]:  # Y unused: give it a name
+            node = m.graph.node[t.node_index]
+            if t.node_index not in named:
+                named[t.node_index] = _fresh(f"{node.name or node.op_type}__calib_Y", taken)
+                if not node.output:
+                    node.output.append("")
+                node.output[0] = named[t.node_index]
+            t = dataclasses.replace(t, rnn={**t.rnn, "y": named[t.node_index]})
         if not t.scope:
             out.append(t)
             continue
@@ -278,6 +333,22 @@ def prepare(model: onnx.ModelProto, targets: Sequence[Target]) -> tuple[onnx.Mod
 
 
 _FLOAT_NP = {"float32": np.float32, "float16": np.float16, "bfloat16": np.float32}
+
+
+def _with_rnn_weights(model: onnx.ModelProto, t: Target) -> Target:
+    """A GRU's R target without ``linear_before_reset`` gets W, R and B (to recompute the reset gate)."""
+    if t.kind != "rnn" or t.rnn["op"] != "GRU" or t.rnn["which"] != "R" or t.rnn["lbr"]:
+        return t
+    acts = t.rnn["activations"]
+    if acts and any(a.lower() != "sigmoid" for a in acts[0::2]):
+        return t  # a custom gate activation: R's hidden-gate rows use h_{t-1} (an approximation)
+    w_name, r_name, b_name = t.rnn["weights"]
+    try:
+        vals: list[np.ndarray | None] = [get_tensor(model, w_name), get_tensor(model, r_name)]
+        vals.append(get_tensor(model, b_name) if b_name else None)
+    except KeyError:  # computed weights: same approximation
+        return t
+    return dataclasses.replace(t, rnn={**t.rnn, "gru": tuple(None if v is None else v.astype(np.float64) for v in vals)})
 
 
 def _branch(node: onnx.NodeProto, attr: str) -> onnx.GraphProto:
@@ -347,7 +418,7 @@ def stages(model: onnx.ModelProto, targets: Sequence[Target]) -> list[list[Targe
     current: list[Target] = []
     names: set[str] = set()
     for t in targets:
-        if current and upstream.get(t.act, frozenset()) & names:
+        if current and any(upstream.get(n, frozenset()) & names for n in t.names):
             out.append(current)
             current, names = [], set()
         current.append(t)
@@ -449,14 +520,21 @@ def _fill_output_types(model: onnx.ModelProto, source: onnx.ModelProto, index_ou
 def new_stats(t: Target) -> list:
     if t.kind == "embedding":
         return [RowCountAccumulator(t.rows)]
+    if t.kind == "rnn":  # one accumulator per direction (and per direction for a GRU's hidden gate)
+        d = t.rnn["dirs"]
+        per = t.cols // d
+        return [HessianAccumulator(per) for _ in range(2 * d if "gru" in t.rnn else d)]
     per = t.cols
     return [HessianAccumulator(per) for _ in range(t.groups)]
 
 
-def accumulate(t: Target, accs: list, act: np.ndarray) -> None:
-    """Fold one batch of ``t``'s activation into its accumulators (an empty one, from an If branch
-    that this batch did not take, adds nothing)."""
+def accumulate(t: Target, accs: list, act: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> None:
+    """Fold one batch of ``t``'s activation (and the ``extra`` tensors it needs) into its
+    accumulators (an empty activation, from an If branch this batch did not take, adds nothing)."""
     if act.size == 0:
+        return
+    if t.kind == "rnn":
+        _accumulate_rnn(t, accs, act, extra or {})
         return
     if t.kind == "embedding":
         accs[0].add(act)
@@ -483,6 +561,8 @@ def accumulate(t: Target, accs: list, act: np.ndarray) -> None:
 def finish(t: Target, accs: list) -> LayerStats:
     if t.kind == "embedding":
         return LayerStats("embedding", counts=accs[0].counts, samples=int(accs[0].counts.sum()))
+    if t.kind == "rnn":
+        return _finish_rnn(t, accs)
     per = t.rows // t.groups
     blocks, means = [], []
     for g, acc in enumerate(accs):
@@ -490,6 +570,93 @@ def finish(t: Target, accs: list) -> LayerStats:
         blocks.append((sl, acc.hessian()))
         means.append((sl, acc.mean()))
     return LayerStats(t.kind, blocks=blocks, means=means, samples=accs[0].count)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _accumulate_rnn(t: Target, accs: list, x: np.ndarray, extra: dict[str, np.ndarray]) -> None:
+    """Rows of X (W) or of each direction's previous hidden state (R) for one batch.
+
+    ``x`` is ``[T, B, I]`` (``[B, T, I]`` with layout 1), ``Y`` ``[T, D, B, H]`` (``[B, T, D, H]``),
+    ``initial_h`` ``[D, B, H]`` (``[B, D, H]``). Steps past a sequence's length are left out. The
+    forward direction's ``h_{t-1}`` is ``Y[t-1]`` (``initial_h`` at ``t = 0``); the reverse one runs
+    from ``len - 1`` down, so its ``h_{t-1}`` is ``Y[t+1]`` (``initial_h`` at ``t = len - 1``).
+    """
+    r = t.rnn
+    layout = r["layout"]
+    x = np.asarray(x)
+    if layout:
+        x = x.transpose(1, 0, 2)
+    steps, batch = x.shape[:2]
+    lens = np.full(batch, steps, dtype=np.int64)
+    if r.get("seq") and r["seq"] in extra:
+        lens = np.minimum(np.asarray(extra[r["seq"]]).reshape(-1).astype(np.int64), steps)
+    mask = np.arange(steps)[:, None] < lens[None, :]  # [T, B]
+    if r["which"] == "W":
+        accs[0].add(x[mask])
+        return
+    y = np.asarray(extra[r["y"]])
+    y = y.transpose(1, 2, 0, 3) if layout else y  # [T, D, B, H]
+    hs = r["hidden"]
+    h0 = extra.get(r["h0"]) if r.get("h0") else None
+    if h0 is not None:
+        h0 = np.asarray(h0)
+        h0 = h0.transpose(1, 0, 2) if layout else h0  # [D, B, H]
+    for d in range(r["dirs"]):
+        yd = y[:, d].astype(np.float64)
+        init = np.zeros((batch, hs)) if h0 is None else h0[d].astype(np.float64)
+        hp = np.empty_like(yd)
+        reverse = r["direction"] == "reverse" or d == 1
+        if reverse:
+            hp[:-1] = yd[1:]
+            hp[-1] = 0.0
+            first = np.arange(steps)[:, None] == (lens - 1)[None, :]  # where each sequence starts
+            hp = np.where(first[:, :, None], init[None], hp)
+        else:
+            hp[1:] = yd[:-1]
+            hp[0] = init
+        accs[d].add(hp[mask])
+        if "gru" in r:  # the hidden gate reads r_t * h_{t-1}: r_t = sigmoid(x W_r^T + h R_r^T + b)
+            w, rr, b = r["gru"]
+            sl = slice(hs, 2 * hs)
+            pre = x[mask].astype(np.float64) @ w[d, sl].T + hp[mask] @ rr[d, sl].T
+            if b is not None:
+                pre += b[d, sl] + b[d, 3 * hs + hs : 3 * hs + 2 * hs]
+            accs[r["dirs"] + d].add(_sigmoid(pre) * hp[mask])
+
+
+def _block_diag(blocks: list[np.ndarray]) -> np.ndarray:
+    n = sum(b.shape[0] for b in blocks)
+    out = np.zeros((n, n))
+    at = 0
+    for b in blocks:
+        k = b.shape[0]
+        out[at : at + k, at : at + k] = b
+        at += k
+    return out
+
+
+def _finish_rnn(t: Target, accs: list) -> LayerStats:
+    d = t.rnn["dirs"]
+    if t.rnn["which"] == "W":  # every direction reads the same X
+        h, mean = accs[0].hessian(), accs[0].mean()
+        full = slice(0, t.rows)
+        return LayerStats("rnn", blocks=[(full, _block_diag([h] * d))], means=[(full, np.tile(mean, d))],
+                          samples=accs[0].count)  # fmt: skip
+    main = accs[:d]
+    if "gru" not in t.rnn:
+        full = slice(0, t.rows)
+        blocks = [(full, _block_diag([a.hessian() for a in main]))]
+        means = [(full, np.concatenate([a.mean() for a in main]))]
+    else:
+        hs = t.rnn["hidden"]
+        gated = accs[d:]
+        zr, hg = slice(0, 2 * hs), slice(2 * hs, 3 * hs)
+        blocks = [(zr, _block_diag([a.hessian() for a in main])), (hg, _block_diag([a.hessian() for a in gated]))]
+        means = [(zr, np.concatenate([a.mean() for a in main])), (hg, np.concatenate([a.mean() for a in gated]))]
+    return LayerStats("rnn", blocks=blocks, means=means, samples=main[0].count)
 
 
 def capture(
@@ -502,7 +669,7 @@ def capture(
     """Statistics of ``targets`` from one pass of ``model`` over ``batches()`` (dicts of inputs)."""
     from onnxcompress.sessions import make_session
 
-    acts = list(dict.fromkeys(t.act for t in targets))
+    acts = list(dict.fromkeys(n for t in targets for n in t.names))
     probe = probe_model(model, acts, {t.act for t in targets if t.kind == "embedding"})
     # no spinning: between runs the cores belong to numpy's Hessian updates, not idle ORT workers
     session = make_session(
@@ -515,7 +682,7 @@ def capture(
         outs = run_session(session, acts, {k: v for k, v in batch.items() if k in feeds_names})
         by_name = dict(zip(acts, outs, strict=True))
         for t in targets:
-            accumulate(t, accs[t.info.name], np.asarray(by_name[t.act]))
+            accumulate(t, accs[t.info.name], np.asarray(by_name[t.act]), {n: by_name[n] for n in t.extra})
         seen += 1
     if not seen:
         raise DataError("the calibration data yielded no batches; pass a file with at least one sample")
