@@ -36,11 +36,19 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxcompress.algorithms.calibrated.hessian import HessianAccumulator, RowCountAccumulator, im2col
+from onnxcompress.algorithms.calibrated.hessian import (
+    GroupedHessianAccumulator,
+    HessianAccumulator,
+    RowCountAccumulator,
+    im2col,
+    im2col_grouped,
+)
 from onnxcompress.errors import DataError
 from onnxcompress.inventory import WeightInfo
 
 IM2COL_ELEMENTS = 1 << 24  # largest patch matrix built at once (128 MiB in float64)
+# grouped (depthwise) patches: smaller pieces stay in cache (measured 1.5x faster at 2M than at 16M)
+GROUPED_IM2COL_ELEMENTS = 1 << 21
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -524,8 +532,9 @@ def new_stats(t: Target) -> list:
         d = t.rnn["dirs"]
         per = t.cols // d
         return [HessianAccumulator(per) for _ in range(2 * d if "gru" in t.rnn else d)]
-    per = t.cols
-    return [HessianAccumulator(per) for _ in range(t.groups)]
+    if t.groups > 1:  # grouped / depthwise convolution: all groups in one batched accumulator
+        return [GroupedHessianAccumulator(t.groups, t.cols)]
+    return [HessianAccumulator(t.cols)]
 
 
 def accumulate(t: Target, accs: list, act: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> None:
@@ -548,14 +557,16 @@ def accumulate(t: Target, accs: list, act: np.ndarray, extra: dict[str, np.ndarr
     c = t.conv
     kernel = list(c["kernel_shape"])
     per_sample = int(np.prod(act.shape[1:])) * int(np.prod(kernel))
-    step = max(1, IM2COL_ELEMENTS // max(per_sample, 1))
+    budget = GROUPED_IM2COL_ELEMENTS if t.groups > 1 else IM2COL_ELEMENTS
+    step = max(1, budget // max(per_sample, 1))
+    opts: dict[str, Any] = {"strides": c.get("strides"), "pads": c.get("pads"), "dilations": c.get("dilations"),
+            "groups": t.groups, "auto_pad": str(c.get("auto_pad") or "NOTSET")}  # fmt: skip
     for s in range(0, act.shape[0], step):
-        cols = im2col(
-            act[s : s + step], kernel, strides=c.get("strides"), pads=c.get("pads"), dilations=c.get("dilations"),
-            groups=t.groups, auto_pad=str(c.get("auto_pad") or "NOTSET"),
-        )  # fmt: skip
-        for acc, x in zip(accs, cols, strict=True):
-            acc.add(x)
+        if t.groups > 1:
+            accs[0].add(im2col_grouped(act[s : s + step], kernel, **opts))
+            continue
+        (x,) = im2col(act[s : s + step], kernel, **opts)
+        accs[0].add(x)
 
 
 def finish(t: Target, accs: list) -> LayerStats:
@@ -564,12 +575,13 @@ def finish(t: Target, accs: list) -> LayerStats:
     if t.kind == "rnn":
         return _finish_rnn(t, accs)
     per = t.rows // t.groups
-    blocks, means = [], []
-    for g, acc in enumerate(accs):
-        sl = slice(g * per, (g + 1) * per)
-        blocks.append((sl, acc.hessian()))
-        means.append((sl, acc.mean()))
-    return LayerStats(t.kind, blocks=blocks, means=means, samples=accs[0].count)
+    if t.groups > 1:
+        hs, ms = accs[0].hessians(), accs[0].means()
+        sls = [slice(g * per, (g + 1) * per) for g in range(t.groups)]
+        return LayerStats(t.kind, blocks=list(zip(sls, hs, strict=True)), means=list(zip(sls, ms, strict=True)),
+                          samples=accs[0].count)  # fmt: skip
+    full = slice(0, per)
+    return LayerStats(t.kind, blocks=[(full, accs[0].hessian())], means=[(full, accs[0].mean())], samples=accs[0].count)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

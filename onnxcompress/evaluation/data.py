@@ -388,7 +388,7 @@ class DataSource:
         for inputs, labels in self.chunks():
             n = self.count(inputs)
             now = {k: v for k, v in inputs.items() if self.batch_axis(k, v) is None}
-            if pending and any(not np.array_equal(v, consts.get(k)) for k, v in now.items()):
+            if pending and any(k not in consts or not np.array_equal(v, consts[k]) for k, v in now.items()):
                 # a constant (e.g. a sample rate) changed between files: never mix them in a batch
                 yield self._join(pending, batch_size, pad)
                 pending, count = [], 0
