@@ -165,3 +165,20 @@ def test_rnn_forward_with_pruning():
     assert cmodel is model  # Y is already named: nothing to expose
     stats = capture(cmodel, targets, lambda: [{"x": x}])
     np.testing.assert_allclose(stats["rnn.R"].blocks[0][1], _gram(hp), rtol=1e-5, atol=1e-8)
+
+
+def test_cli_calibrates_recurrent_weights_without_traceback(tmp_path, capsys):
+    import json
+
+    from onnxcompress.cli import main
+
+    src, out, report, npz = (tmp_path / n for n in ("m.onnx", "m.c.onnx", "r.json", "calib.npz"))
+    onnx.save(recurrent_model(), src)
+    np.savez(npz, **recurrent_inputs(32))
+    argv = ["compress", str(src), "-o", str(out), "--bits", "4", "--min-elements", "100", "--quiet",
+            "--calibration-data", str(npz), "--report", str(report)]  # fmt: skip
+    assert main(argv) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    weights = json.loads(report.read_text())["calibration"]["weights"]
+    assert {w["name"] for w in weights} == {"lstm.W", "lstm.R", "gru.W", "gru.R", "Wout"}
+    assert all(w["error_calibrated"] < w["error_plain"] for w in weights)

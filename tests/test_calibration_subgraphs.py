@@ -88,3 +88,20 @@ def test_branch_not_taken_falls_back_to_plain():
     names = {w.name for w in res.weights}
     assert "head.then.w" in names and "head.else.w" not in names
     assert "no calibration data" in res.skipped["head.else.w"]
+
+
+def test_cli_calibrates_branch_weights_without_traceback(folder, tmp_path, capsys):
+    import json
+
+    import onnx
+
+    from onnxcompress.cli import main
+
+    src, out, report = tmp_path / "m.onnx", tmp_path / "m.c.onnx", tmp_path / "r.json"
+    onnx.save(branch_model(), src)
+    argv = ["compress", str(src), "-o", str(out), "--bits", "4", "--min-elements", "100", "--quiet",
+            "--calibration-data", str(folder), "--report", str(report)]  # fmt: skip
+    assert main(argv) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    weights = json.loads(report.read_text())["calibration"]["weights"]
+    assert {w["name"] for w in weights} == WEIGHTS
