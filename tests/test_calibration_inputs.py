@@ -56,6 +56,12 @@ def test_assign_batch_axes_reads_the_shared_symbol():
         TensorSpec("ids", np.dtype(np.int64), ("batch", "seq")), TensorSpec("mask", np.dtype(np.int64), ("batch", "seq")),
     ])  # fmt: skip
     assert [s.batch_axis for s in tokens] == [0, 0]
+    mixed = assign_batch_axes([
+        TensorSpec("state", np.dtype(np.float32), (2, "batch", 128)),  # listed first: still axis 1
+        TensorSpec("ids", np.dtype(np.int64), ("batch", "seq")),
+        TensorSpec("pos", np.dtype(np.int64), ("seq",)),  # shares "seq", not the batch: axis 0
+    ])  # fmt: skip
+    assert [s.batch_axis for s in mixed] == [1, 0, 0]
 
 
 def test_spread_slices_each_input_on_its_batch_axis():
@@ -156,3 +162,12 @@ def test_scalar_only_spec_rank_unknown_is_still_batched_on_axis_0():
     assert [b.inputs["a"].shape for b in src.batches(2)] == [(2, 3), (2, 3), (1, 3)]
     src = open_data({"a": np.array(2.0, np.float32)}, model_input_specs(model))
     assert len(src) == 1 and [b.inputs["a"].shape for b in src.batches(2)] == [()]
+
+
+def test_fixed_batch_with_a_partial_last_batch_runs_padded():
+    """A model fixed to batch 4 cannot run a batch of 2: the last batch is padded (it used to be cut
+    to its valid rows, which onnxruntime refused with a traceback)."""
+    model = state_model(batch=4)
+    res = calibrate(model, state_inputs(10), from_dict(CFG), samples=10)
+    assert {w.name for w in res.weights} == {"W1", "Ws", "W3"}
+    assert {w.name: w.rows_seen for w in res.weights}["W1"] == 12  # 3 batches of 4, the last padded

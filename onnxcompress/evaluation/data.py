@@ -12,8 +12,9 @@ larger than memory (a folder of files) is never loaded whole:
   Symbolic dims need ``--shape name=1x3x224x224`` (leading dim = batch) or ``--shape dim_name=128``.
 
 Conventions, checked with one clear :class:`~onnxcompress.errors.DataError` each: every input's
-batch axis is read from the graph (:func:`assign_batch_axes`: the symbolic dim the inputs share, so a
-recurrent ``state [2, batch, 128]`` is sliced on axis 1; axis 0 when nothing says otherwise); a 0-d
+batch axis is read from the graph (:func:`assign_batch_axes`: the symbolic leading dim, wherever
+another input holds it, so a recurrent ``state [2, batch, 128]`` is sliced on axis 1; axis 0 when
+nothing says otherwise); a 0-d
 array (a scalar input such as a sample rate) is a constant, fed whole to every batch; fixed dims must match; dtypes are converted only within a kind (float
 to float, integer to integer when the values fit) because feeding uint8 pixels to a float model
 silently gives garbage. A model whose batch axis is fixed (e.g. 1) gets batches of that size, the
@@ -77,32 +78,22 @@ class TensorSpec:
 def assign_batch_axes(specs: Sequence[TensorSpec]) -> list[TensorSpec]:
     """``specs`` with each input's batch axis read from the graph.
 
-    The batch dim is the symbolic dim shared by the most inputs (ties: the one at axis 0 of the first
-    input, then the one most often at axis 0): a recurrent ``state [2, batch, 128]`` beside
-    ``input [batch, samples]`` is batched on axis 1. Inputs without it keep axis 0. With no shared
-    symbol and fixed leading dims that disagree (``input [1, 512]``, ``state [2, 1, 128]``), an input
-    whose leading dim differs from the first input's is batched on its first axis of that size.
-    Rank-0 (or unknown-rank) inputs keep axis 0; a 0-d *array* is a constant whatever the spec.
+    The batch dim is the symbol at axis 0 of the first input that has one there (the usual
+    convention); every input holding that symbol elsewhere is batched there: a recurrent
+    ``state [2, batch, 128]`` beside ``input [batch, samples]`` is batched on axis 1. Other inputs keep
+    axis 0. With no symbolic leading dim and fixed leading dims that disagree (``input [1, 512]``,
+    ``state [2, 1, 128]``), an input whose leading dim differs from the first input's is batched on
+    its first axis of that size. Rank-0 (or unknown-rank) specs keep axis 0; a 0-d *array* is a
+    constant whatever the spec says.
     """
     specs = list(specs)
-    occ: dict[str, dict[int, int]] = {}  # symbol -> {spec index: first axis}
-    for i, s in enumerate(specs):
-        for ax, d in enumerate(s.shape):
-            if isinstance(d, str):
-                occ.setdefault(d, {}).setdefault(i, ax)
-    ranked = [i for i, s in enumerate(specs) if s.shape]
-    shared = [name for name, where in occ.items() if len(where) >= 2]
     axes = [0] * len(specs)
-    if shared:
-        first = ranked[0] if ranked else -1
-
-        def key(name: str) -> tuple[int, int, int]:
-            where = occ[name]
-            return (len(where), int(where.get(first, -1) == 0), sum(ax == 0 for ax in where.values()))
-
-        best = max(shared, key=key)
-        for i, ax in occ[best].items():
-            axes[i] = ax
+    batch = next((s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], str)), None)
+    ranked = [i for i, s in enumerate(specs) if s.shape]
+    if batch is not None:
+        for i in ranked:
+            if batch in specs[i].shape:
+                axes[i] = specs[i].shape.index(batch)
     elif ranked:
         lead = specs[ranked[0]].shape[0]
         if isinstance(lead, int):
@@ -110,7 +101,10 @@ def assign_batch_axes(specs: Sequence[TensorSpec]) -> list[TensorSpec]:
                 shape = specs[i].shape
                 if shape[0] != lead and lead in shape:
                     axes[i] = shape.index(lead)
-    return [dataclasses.replace(s, batch_axis=ax) if ax != s.batch_axis else s for s, ax in zip(specs, axes, strict=True)]
+    return [
+        dataclasses.replace(s, batch_axis=ax) if ax != s.batch_axis else s
+        for s, ax in zip(specs, axes, strict=True)
+    ]
 
 
 def input_specs(session: Any) -> list[TensorSpec]:
