@@ -314,7 +314,7 @@ def prepare(model: onnx.ModelProto, targets: Sequence[Target]) -> tuple[onnx.Mod
         if not t.scope:
             out.append(t)
             continue
-        elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(_FLOAT_NP[t.info.dtype]))
+        elem = _FLOAT_ELEM[t.info.dtype]
         graphs = [m.graph]
         for idx, attr in t.scope:
             graphs.append(_branch(graphs[-1].node[idx], attr))
@@ -329,7 +329,7 @@ def prepare(model: onnx.ModelProto, targets: Sequence[Target]) -> tuple[onnx.Mod
             inner.node.append(onnx.helper.make_node("Identity", [name], [ident]))
             inner.output.append(onnx.helper.make_tensor_value_info(ident, elem, None))
             empty = _fresh(f"{name}__calib_empty", taken)
-            value = numpy_helper.from_array(np.zeros(0, dtype=_FLOAT_NP[t.info.dtype]), empty)
+            value = onnx.helper.make_tensor(empty, elem, [0], [])
             other.node.append(onnx.helper.make_node("Constant", [], [empty], value=value))
             other.output.append(onnx.helper.make_tensor_value_info(empty, elem, None))
             name = _fresh(f"{t.act}__calib_exposed", taken)
@@ -340,7 +340,7 @@ def prepare(model: onnx.ModelProto, targets: Sequence[Target]) -> tuple[onnx.Mod
     return m, out
 
 
-_FLOAT_NP = {"float32": np.float32, "float16": np.float16, "bfloat16": np.float32}
+_FLOAT_ELEM = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16, "bfloat16": onnx.TensorProto.BFLOAT16}
 
 
 def _with_rnn_weights(model: onnx.ModelProto, t: Target) -> Target:
