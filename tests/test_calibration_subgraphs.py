@@ -79,12 +79,13 @@ def test_branch_weights_are_calibrated_and_beat_plain(folder, sequential):
         assert err_cal < err_plain, (RATES[i], err_cal, err_plain)
 
 
-def test_branch_not_taken_falls_back_to_plain():
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_branch_not_taken_falls_back_to_plain(dtype):
     """zoo_model's If has a constant True condition: the else-branch weight never sees data."""
-    model = zoo_model(17)
-    res = calibrate(
-        model, zoo_inputs(24), from_dict({"weight": {"bits": 4}, "min_elements": 100}), samples=24
-    )
+    model = zoo_model(17, dtype=dtype)
+    cfg = from_dict({"weight": {"bits": 4}, "min_elements": 100})
+    res = calibrate(model, zoo_inputs(24, dtype=dtype), cfg, samples=24)
+    assert res.capture_mode == "frontier"
     names = {w.name for w in res.weights}
     assert "head.then.w" in names and "head.else.w" not in names
     assert "no calibration data" in res.skipped["head.else.w"]
