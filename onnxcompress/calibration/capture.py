@@ -10,7 +10,14 @@ What ``X`` is per consumer:
 * ``MatMul(x, W)`` / ``Gemm(x, W)``: rows of ``x`` over its last axis (``x^T`` when ``transA``);
 * ``Conv(x, W)``: im2col patches with strides, pads (and ``auto_pad``), dilations, one ``H`` per
   group, columns ordered like ``W[o].reshape(-1)``;
-* ``Gather(W, idx)``: how often each row is looked up.
+* ``Gather(W, idx)``: how often each row is looked up;
+* ``LSTM`` / ``GRU`` / ``RNN`` ``W``: the input sequence; ``R``: each direction's previous hidden
+  state, read from ``Y`` (H block diagonal over the directions; see :func:`_rnn_target`).
+
+Consumers inside ``If`` branches (the weight in the main graph or in the branch, nested Ifs too)
+are captured through :func:`prepare`: a copy of the model whose outermost If outputs the branch's
+activation (the other branch an empty tensor, so only batches that take the branch add rows).
+Loop and Scan bodies are not captured (their weights keep the plain algorithms).
 
 **Sequential mode** (GPTQ/SparseGPT): :func:`stages` cuts the targets, in topological order, into
 stages whose activations do not depend on any weight of the same stage, so a stage can be

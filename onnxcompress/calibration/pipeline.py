@@ -10,8 +10,8 @@ statistics (:mod:`.capture`), and compresses every weight it can with the calibr
     out = compress_model(model, config, weight_hook=result.hook)
     out.report.extra["calibration"] = result.to_dict()
 
-Weights it cannot handle (shared weights, subgraphs, unsupported consumers, CLIP-Q) fall back to the
-plain algorithms (the hook returns None). Bias correction edits bias initializers of ``model`` in
+Weights it cannot handle (shared weights, Loop/Scan bodies, unsupported consumers, CLIP-Q, If
+branches no calibration batch took) fall back to the plain algorithms (the hook returns None). Bias correction edits bias initializers of ``model`` in
 place (biases are never compressed), so compress the same ModelProto afterwards.
 
 Per weight the report gives the relative output error ``sqrt(tr(dW H dW^T) / tr(W H W^T))`` of the
