@@ -593,7 +593,10 @@ def mobilenet_se(size: int = 224, classes: int = 512, seed: int = 0) -> onnx.Mod
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-CONV_PLANS = {"4b": {"weight": {"bits": 4}}, "4b s50": {"weight": {"bits": 4, "sparsity": 0.5}}}
+CONV_PLANS: dict[str, dict[str, Any]] = {
+    "4b": {"weight": {"bits": 4}},
+    "4b s50": {"weight": {"bits": 4, "sparsity": 0.5}},
+}
 
 
 def conv_child(samples: int, size: int, plan: str) -> dict[str, Any]:
@@ -713,16 +716,16 @@ def main() -> int:
         print(json.dumps(conv_child(int(n), int(size), plan)))
         return 0
     if args.conv_only:
-        result = json.loads(args.out.read_text()) if args.out.is_file() else {"models": {}, "rows": [], "cost": []}
-        result.pop("benchmark", None)  # "environment" stays: it describes the model rows' run
+        kept = json.loads(args.out.read_text()) if args.out.is_file() else {"models": {}, "rows": [], "cost": []}
+        kept.pop("benchmark", None)  # "environment" stays: it describes the model rows' run
         row = conv_speed(args.conv_label, args.conv_code, args.conv_blas, args.conv_samples, args.conv_size,
                          args.conv_plan, args.timeout or None)  # fmt: skip
         key = (row["label"], row["blas"], row.get("plan", args.conv_plan), row.get("input"))
-        result["conv_speed"] = [
-            r for r in result.get("conv_speed", []) if (r["label"], r["blas"], r.get("plan"), r.get("input")) != key
+        kept["conv_speed"] = [
+            r for r in kept.get("conv_speed", []) if (r["label"], r["blas"], r.get("plan"), r.get("input")) != key
         ] + [row]
-        write_results("calibration", result, out=args.out)
-        print(tables({"models": {}, "rows": [], "conv_speed": result["conv_speed"]}))
+        write_results("calibration", kept, out=args.out)
+        print(tables({"models": {}, "rows": [], "conv_speed": kept["conv_speed"]}))
         return 0
     timeout = args.timeout or None
 
