@@ -28,6 +28,13 @@ The cost section runs each size in a fresh subprocess (so peak RSS is per config
 synthetic MLPs (MatMul + Relu, 16 tokens per sample) with a growing number of layers, and a ~25M
 parameter one, calibrated on ``--samples`` samples (4 bit, 50% sparsity, OBS + GPTQ + refit).
 
+The conv speed section (``--conv-only``, issue 16) times calibration of a MobileNet-style model
+built here (``mobilenet_se``: depthwise + pointwise convs, squeeze-excite, 4.9 MB, random weights:
+timing only) on ``--conv-samples`` N(0, 1) images, under cProfile, in a fresh subprocess, and keeps
+the profile's top costs. ``--conv-code DIR`` runs another checkout's code (``git archive COMMIT |
+tar -x -C DIR``) for a before/after row; ``--conv-blas default`` leaves OpenBLAS its own thread count
+(what a CLI user gets) instead of this script's one thread.
+
 Timings are from a shared 2-core machine that other jobs load: treat them as rough.
 """
 
@@ -55,6 +62,8 @@ import onnx  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+if os.environ.get("CALIB_BENCH_CODE"):  # a conv-speed child timing another checkout's code
+    sys.path.insert(0, os.environ["CALIB_BENCH_CODE"])
 
 from common import (  # noqa: E402
     MODELS_DIR,
@@ -396,6 +405,24 @@ def tables(result: Mapping[str, Any]) -> str:
             out.append(
                 f"best {path} within 1 point: " + (f"{b['setting']} {b['ratio']:.1f}x" if b else "none")
             )
+    if result.get("conv_speed"):
+        out.append("\n### calibration speed on a MobileNet-style conv model (issue 16; timing only, random weights)")
+        out.append("Each row: one profiled `calibrate` in a fresh process; load = 1-minute load average of the shared "
+                   "2-core machine (other jobs ran beside it). BLAS threads 1: this script's setting; library "
+                   "default: what a CLI user gets.\n")  # fmt: skip
+        body = []
+        for c in result["conv_speed"]:
+            if "error" in c:
+                body.append([c.get("label"), "", "", "", "", "", "", "", f"error: {c['error']}"])
+                continue
+            top = "; ".join(f"{_short(t['function'])} {t['seconds']:.1f}" for t in c.get("top_costs", [])[:5])
+            body.append([
+                c["label"], f"{c['model_mb']:.1f} MB, {c['input']}", c["plan"], c["samples"], c["blas"],
+                f"{c['seconds']:.1f}", f"{c['capture_seconds']:.1f}", f"{c['load_before'][0]:.1f} / {c['load_after'][0]:.1f}",
+                top,
+            ])  # fmt: skip
+        out.append(md_table(["code", "model", "plan", "samples", "BLAS threads", "calibrate s (profiled)",
+                             "capture s", "load 1-min before / after", "top costs (tottime s)"], body))  # fmt: skip
     if result.get("cost"):
         out.append("\n### calibration cost (synthetic MLP, 16 tokens/sample, 4 bit, 50% sparsity)")
         body = [[c.get("params", 0) / 1e6, c.get("layers"), c.get("width"), c.get("samples"),
@@ -502,6 +529,129 @@ def cost_child(width: int, layers: int, samples: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _short(function: str) -> str:
+    """A profile entry's name, without cProfile's decoration of builtins."""
+    if "onnxruntime" in function and function.endswith(".run>"):
+        return "onnxruntime run"
+    for kind in ("ndarray", "ufunc"):
+        prefix = "<method '"
+        if function.startswith(prefix) and f"of 'numpy.{kind}' objects>" in function:
+            name = function[len(prefix) :].split("'")[0]
+            return f"{kind}.{name}"
+    return function
+
+
+def mobilenet_se(size: int = 224, classes: int = 512, seed: int = 0) -> onnx.ModelProto:
+    """A MobileNet-style classifier (4.9 MB fp32, 1.2M parameters): a 3x3 stride-2 stem, eleven
+    depthwise 3x3 + pointwise 1x1 blocks (squeeze-excite in the last six), global pooling, a Gemm
+    head. Random He-initialised weights: for timing, not accuracy."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+
+    def conv(x: str, cin: int, cout: int, k: int, stride: int = 1, group: int = 1, act: bool = True,
+             name: str = "") -> str:  # fmt: skip
+        fan = cin // group * k * k
+        w = (rng.standard_normal((cout, cin // group, k, k)) * np.sqrt(2.0 / fan)).astype(np.float32)
+        b = (rng.standard_normal(cout) * 0.01).astype(np.float32)
+        inits.extend([numpy_helper.from_array(w, f"{name}.w"), numpy_helper.from_array(b, f"{name}.b")])
+        nodes.append(helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [f"{name}.c"], kernel_shape=[k, k],
+                                      strides=[stride, stride], pads=[k // 2] * 4, group=group, name=name))  # fmt: skip
+        if not act:
+            return f"{name}.c"
+        nodes.append(helper.make_node("Relu", [f"{name}.c"], [f"{name}.r"]))
+        return f"{name}.r"
+
+    def squeeze_excite(x: str, c: int, name: str) -> str:
+        nodes.append(helper.make_node("GlobalAveragePool", [x], [f"{name}.gap"]))
+        s = conv(f"{name}.gap", c, c // 4, 1, name=f"{name}.fc1")
+        s = conv(s, c // 4, c, 1, act=False, name=f"{name}.fc2")
+        nodes.append(helper.make_node("Sigmoid", [s], [f"{name}.sig"]))
+        nodes.append(helper.make_node("Mul", [x, f"{name}.sig"], [f"{name}.out"]))
+        return f"{name}.out"
+
+    x = conv("input", 3, 16, 3, 2, name="stem")
+    blocks = [(16, 32, 1, False), (32, 64, 2, False), (64, 64, 1, False), (64, 128, 2, False), (128, 128, 1, False),
+              (128, 256, 2, True), (256, 256, 1, True), (256, 256, 1, True), (256, 256, 1, True),
+              (256, 512, 2, True), (512, 512, 1, True)]  # fmt: skip
+    for i, (cin, cout, stride, se) in enumerate(blocks):
+        x = conv(x, cin, cin, 3, stride, group=cin, name=f"b{i}.dw")
+        if se:
+            x = squeeze_excite(x, cin, f"b{i}.se")
+        x = conv(x, cin, cout, 1, name=f"b{i}.pw")
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["feat"]))
+    w = (rng.standard_normal((classes, 512)) / np.sqrt(512)).astype(np.float32)
+    inits += [numpy_helper.from_array(w, "head.w"), numpy_helper.from_array(np.zeros(classes, np.float32), "head.b")]
+    nodes.append(helper.make_node("Gemm", ["feat", "head.w", "head.b"], ["logits"], transB=1, name="head"))
+    g = helper.make_graph(
+        nodes, "mobilenet_se", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits,
+    )  # fmt: skip
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+CONV_PLANS: dict[str, dict[str, Any]] = {
+    "4b": {"weight": {"bits": 4}},
+    "4b s50": {"weight": {"bits": 4, "sparsity": 0.5}},
+}
+
+
+def conv_child(samples: int, size: int, plan: str) -> dict[str, Any]:
+    """One profiled calibration of :func:`mobilenet_se` (run in a fresh process by :func:`conv_speed`)."""
+    import cProfile
+    import pstats
+
+    import onnxcompress
+
+    model = mobilenet_se(size)
+    data = {"input": np.random.default_rng(1).standard_normal((samples, 3, size, size)).astype(np.float32)}
+    cfg = from_dict(CONV_PLANS[plan])
+    load0 = os.getloadavg()
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    res = calibrate(model, data, cfg, calibration=CalibrationConfig(samples=samples))
+    prof.disable()
+    secs = time.perf_counter() - t0
+    stats = pstats.Stats(prof)
+    rows = []
+    for (path, line, func), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        rows.append({"function": f"{Path(path).name}:{line}({func})" if line else func, "seconds": tottime})
+    rows.sort(key=lambda r: -r["seconds"])
+    return {
+        "model_mb": model.ByteSize() / 1e6, "params": sum(int(np.prod(t.dims)) for t in model.graph.initializer),
+        "input": f"{samples}x3x{size}x{size}", "samples": samples, "plan": plan, "seconds": secs,
+        "capture_seconds": res.capture_seconds, "stages": res.stages, "capture_mode": res.capture_mode,
+        "weights_calibrated": len(res.weights), "weights_skipped": len(res.skipped),
+        "load_before": list(load0), "load_after": list(os.getloadavg()), "code": str(Path(onnxcompress.__file__).parent),
+        "top_costs": rows[:8],
+    }  # fmt: skip
+
+
+def conv_speed(label: str, code: Path | None, blas: str, samples: int, size: int, plan: str,
+               timeout: float | None) -> dict[str, Any]:  # fmt: skip
+    env = dict(os.environ)
+    if code is not None:
+        env["CALIB_BENCH_CODE"] = str(code)
+    env["OPENBLAS_NUM_THREADS"] = "1" if blas == "1" else ""  # "": OpenBLAS's (and the library's) default
+    cmd = [sys.executable, __file__, "--conv-child", f"{samples},{size},{plan}"]
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
+        if p.returncode != 0:
+            raise RuntimeError(f"exit {p.returncode}: {p.stderr.strip().splitlines()[-1:]}")
+        row = json.loads(p.stdout.strip().splitlines()[-1])
+    except Exception as exc:  # noqa: BLE001
+        row = {"error": one_line(exc)}
+    row.update(label=label, blas="1" if blas == "1" else "library default",
+               process_seconds=time.perf_counter() - t0)  # fmt: skip
+    log(f"  conv {label} ({row['blas']}): {row.get('seconds', row.get('error'))}")
+    return row
+
+
 def cost(samples: int, quick: bool, timeout: float | None) -> Iterator[dict[str, Any]]:
     configs = [(512, 2), (512, 4)] if quick else [(1024, 2), (1024, 4), (1024, 8), (1024, 16), (2048, 6)]
     for width, layers in configs:
@@ -547,11 +697,35 @@ def main() -> int:
         default=[],
         help="fold the model rows of another result file (e.g. a MiniLM run) into --out",
     )
+    ap.add_argument("--conv-only", action="store_true", help="only the conv speed row (keeps the rest of --out)")
+    ap.add_argument("--conv-label", default="current", help="the conv row's label (e.g. before / after)")
+    ap.add_argument("--conv-code", type=Path, default=None, help="import onnxcompress from this folder")
+    ap.add_argument("--conv-blas", choices=("1", "default"), default="1")
+    ap.add_argument("--conv-samples", type=int, default=128)
+    ap.add_argument("--conv-size", type=int, default=224)
+    ap.add_argument("--conv-plan", choices=sorted(CONV_PLANS), default="4b")
     ap.add_argument("--cost-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--conv-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.cost_child:
         w, n, s = (int(v) for v in args.cost_child.split(","))
         print(json.dumps(cost_child(w, n, s)))
+        return 0
+    if args.conv_child:
+        n, size, plan = args.conv_child.split(",")
+        print(json.dumps(conv_child(int(n), int(size), plan)))
+        return 0
+    if args.conv_only:
+        kept = json.loads(args.out.read_text()) if args.out.is_file() else {"models": {}, "rows": [], "cost": []}
+        kept.pop("benchmark", None)  # "environment" stays: it describes the model rows' run
+        row = conv_speed(args.conv_label, args.conv_code, args.conv_blas, args.conv_samples, args.conv_size,
+                         args.conv_plan, args.timeout or None)  # fmt: skip
+        key = (row["label"], row["blas"], row.get("plan", args.conv_plan), row.get("input"))
+        kept["conv_speed"] = [
+            r for r in kept.get("conv_speed", []) if (r["label"], r["blas"], r.get("plan"), r.get("input")) != key
+        ] + [row]
+        write_results("calibration", kept, out=args.out)
+        print(tables({"models": {}, "rows": [], "conv_speed": kept["conv_speed"]}))
         return 0
     timeout = args.timeout or None
 
@@ -564,6 +738,8 @@ def main() -> int:
         "digits_samples": args.digits_samples, "minilm_samples": args.minilm_samples, "cost_samples": args.samples,
         "models": {}, "rows": [], "cost": [],
     }  # fmt: skip
+    if args.out.is_file():  # conv speed rows come from --conv-only runs: a full run keeps them
+        result["conv_speed"] = json.loads(args.out.read_text()).get("conv_speed", [])
     if args.resume and args.out.is_file():
         old = json.loads(args.out.read_text())
         result["rows"], result["models"], result["cost"] = (

@@ -171,3 +171,65 @@ def test_im2col_matches_brute_force_strided_padded_grouped_conv():
             y.reshape(2, -1, og).transpose(0, 2, 1).reshape(2, og, *ref.shape[2:]),
             ref[:, g * og : (g + 1) * og],
         )
+
+
+# ------------------------------------------------------------------------------------------ grouped (batched) paths
+
+
+def _grouped_problem(groups: int = 12, per: int = 2, k: int = 9, seed: int = 4):
+    """A depthwise-like layer: ``groups`` row blocks of ``per`` rows, each with its own H [k, k]."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(groups * per, k))
+    blocks = []
+    for g in range(groups):
+        x = rng.normal(size=(200, k)) @ rng.normal(size=(k, k)) * 0.5 + rng.normal(size=(200, k))
+        blocks.append((slice(g * per, (g + 1) * per), x.T @ x / 200))
+    return w, blocks
+
+
+def test_grouped_im2col_and_accumulator_match_the_per_group_path():
+    from onnxcompress.algorithms.calibrated.hessian import GroupedHessianAccumulator, im2col_grouped
+
+    x = np.random.default_rng(0).normal(size=(3, 6, 9, 7)).astype(np.float32)
+    opts = {"strides": (2, 1), "pads": (1, 0, 1, 2), "dilations": (1, 2)}
+    per_group = im2col(x, (3, 2), groups=3, **opts)
+    grouped = im2col_grouped(x, (3, 2), groups=3, **opts)
+    for g in range(3):
+        np.testing.assert_array_equal(grouped[g].T, per_group[g])
+    acc = GroupedHessianAccumulator(3, per_group[0].shape[1])
+    acc.add(grouped)
+    for g in range(3):
+        ref = HessianAccumulator(per_group[g].shape[1])
+        ref.add(per_group[g])
+        np.testing.assert_allclose(acc.hessians()[g], ref.hessian(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(acc.means()[g], ref.mean(), rtol=1e-5, atol=1e-7)
+    # the pointwise shortcut (1x1, no padding, strided) against the general gather
+    (fast,) = im2col(x, (1, 1), strides=(2, 3))
+    np.testing.assert_array_equal(fast, im2col_grouped(x, (1, 1), strides=(2, 3))[0].T)
+
+
+def test_batched_gptq_obs_and_refit_match_the_per_block_loop():
+    from onnxcompress.algorithms.calibrated.gptq_codebook import gptq_codebook_blocks
+    from onnxcompress.algorithms.calibrated.hessian import stacked
+    from onnxcompress.algorithms.calibrated.obs_prune import obs_prune_blocks
+
+    w, blocks = _grouped_problem()
+    rows = w.shape[0]
+    assert stacked(blocks, rows) is not None and stacked(blocks[::-1], rows) is None
+    seg = row_segments(rows, "channel")
+    book = kmeans_codebook(w, seg, 2)
+    codes = gptq_codebook_blocks(w, blocks, book, seg)
+    loop = np.concatenate([gptq_codebook(w[sl], h, book, seg[sl]) for sl, h in blocks])
+    np.testing.assert_array_equal(codes, loop)
+
+    pruned, keep = obs_prune_blocks(w, blocks, sparsity=0.5)
+    for sl, h in blocks:
+        ref_w, ref_keep = obs_prune(w[sl], h, sparsity=0.5)
+        np.testing.assert_array_equal(keep[sl], ref_keep)
+        np.testing.assert_allclose(pruned[sl], ref_w, rtol=1e-10, atol=1e-12)
+
+    refit = ls_refit(w, blocks, codes, book, seg)
+    refit_loop = ls_refit(w, blocks[::-1], codes, book, seg)  # not in row order: the per-block loop
+    np.testing.assert_allclose(refit, refit_loop, rtol=1e-5, atol=1e-6)
+    dec = decode_codes(codes, book, seg)
+    np.testing.assert_allclose(output_error(w, dec, blocks), output_error(w, dec, blocks[::-1]), rtol=1e-10)

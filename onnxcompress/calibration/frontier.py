@@ -161,7 +161,7 @@ class FrontierCapture:
         self.cuts: list[int] = []
         cut = 0
         for stage in self.groups:
-            p = 1 + max((dynamic_index(t.act) for t in stage), default=-1)
+            p = 1 + max((dynamic_index(n) for t in stage for n in t.names), default=-1)
             cut = max(cut, p)
             self.cuts.append(cut)
 
@@ -169,7 +169,8 @@ class FrontierCapture:
         act_stage: dict[str, int] = {}
         for s, stage in enumerate(self.groups):
             for t in stage:
-                act_stage[t.act] = max(act_stage.get(t.act, -1), s)
+                for name in t.names:
+                    act_stage[name] = max(act_stage.get(name, -1), s)
         need = dict(act_stage)
         node_need = [-1] * n
         for i in reversed(range(n)):
@@ -307,9 +308,9 @@ class FrontierCapture:
             got = self._inferred_types().get(name)
             if got is not None and _non_tensor(got):
                 raise FrontierUnsupported(f"{name!r} is a {got.type.WhichOneof('value')}")
-            elem = got.type.tensor_type.elem_type if got is not None else 0
+            out_elem = int(got.type.tensor_type.elem_type) if got is not None else 0
             default = onnx.TensorProto.INT64 if name in index_outputs else onnx.TensorProto.FLOAT
-            out_vis.append(onnx.helper.make_tensor_value_info(name, elem or default, None))
+            out_vis.append(onnx.helper.make_tensor_value_info(name, out_elem or default, None))
         graph = onnx.helper.make_graph(
             kept_nodes,
             g.name or "frontier",
@@ -346,7 +347,7 @@ class FrontierCapture:
             raise ValueError(f"stages must be captured in order: expected {self._next}, got {s}")
         self._drop_unread(s)
         stage = self.groups[s]
-        acts = list(dict.fromkeys(t.act for t in stage))
+        acts = list(dict.fromkeys(n for t in stage for n in t.names))
         start = self._start(s)
         in_names = self.frontiers[s - 2] if s >= 2 else self.graph_inputs
         in_set = set(in_names)
@@ -392,7 +393,8 @@ class FrontierCapture:
                     if not isinstance(values[x], np.ndarray):
                         raise FrontierUnsupported(f"{x!r} is a {type(values[x]).__name__}, not a tensor")
                 for t in stage:
-                    accumulate(t, accs[t.info.name], np.asarray(values[t.act]))
+                    extra = {n: np.asarray(values[n]) for n in t.extra}
+                    accumulate(t, accs[t.info.name], np.asarray(values[t.act]), extra)
                 if keep:
                     new_entries.append(self._keep({x: values[x] for x in keep}))
                 seen += 1

@@ -10,8 +10,8 @@ statistics (:mod:`.capture`), and compresses every weight it can with the calibr
     out = compress_model(model, config, weight_hook=result.hook)
     out.report.extra["calibration"] = result.to_dict()
 
-Weights it cannot handle (shared weights, subgraphs, unsupported consumers, CLIP-Q) fall back to the
-plain algorithms (the hook returns None). Bias correction edits bias initializers of ``model`` in
+Weights it cannot handle (shared weights, Loop/Scan bodies, unsupported consumers, CLIP-Q, If
+branches no calibration batch took) fall back to the plain algorithms (the hook returns None). Bias correction edits bias initializers of ``model`` in
 place (biases are never compressed), so compress the same ModelProto afterwards.
 
 Per weight the report gives the relative output error ``sqrt(tr(dW H dW^T) / tr(W H W^T))`` of the
@@ -43,7 +43,7 @@ from onnxcompress.algorithms import pruning
 from onnxcompress.algorithms.calibrated.bias_correction import bias_shift
 from onnxcompress.algorithms.calibrated.gptq_codebook import (
     decode_codes,
-    gptq_codebook,
+    gptq_codebook_blocks,
     kmeans_codebook,
     nearest_codes,
     row_segments,
@@ -51,13 +51,14 @@ from onnxcompress.algorithms.calibrated.gptq_codebook import (
 )
 from onnxcompress.algorithms.calibrated.hessian import relative_output_error, row_weighted_error
 from onnxcompress.algorithms.calibrated.ls_refit import ls_refit
-from onnxcompress.algorithms.calibrated.obs_prune import obs_prune
+from onnxcompress.algorithms.calibrated.obs_prune import obs_prune_blocks
 from onnxcompress.algorithms.calibrated.weighted_kmeans import hessian_sensitivity, row_sensitivity
 from onnxcompress.calibration.capture import (
     LayerStats,
     capture,
     find_targets,
     get_tensor,
+    prepare,
     set_tensor,
     stages,
 )
@@ -250,17 +251,8 @@ def calibrate_weight(
             nm = cfg.pruning == "nm"
             sp = None if nm else _sparsity_for(w, info, cfg, global_t)
             kw = {"n": cfg.n, "m": cfg.m} if nm else {"sparsity": sp}
-            if len(stats.blocks) == 1 and stats.blocks[0][0] == slice(0, rows):
-                work, keep = obs_prune(
-                    w2, stats.blocks[0][1], damp=ccfg.damp, block_size=ccfg.block_size, **kw
-                )
-            else:  # one H per group
-                work = np.empty_like(w2)
-                keep = np.empty(w2.shape, dtype=bool)
-                for sl, h in stats.blocks:
-                    work[sl], keep[sl] = obs_prune(
-                        w2[sl], h, damp=ccfg.damp, block_size=ccfg.block_size, **kw
-                    )
+            # one H, or one per row block (groups of a convolution, batched when equal; gates of a GRU)
+            work, keep = obs_prune_blocks(w2, stats.blocks, damp=ccfg.damp, block_size=ccfg.block_size, **kw)
             steps.append("obs")
         elif ccfg.prune_method == "obs" and embedding and cfg.pruning in ("magnitude", "global", "std"):
             # diagonal H: the OBS saliency is lookups x w^2
@@ -306,17 +298,10 @@ def calibrate_weight(
         steps.append("kmeans")
     book = book.astype(sdt).astype(np.float64)
     if ccfg.quant_method == "gptq" and not embedding:
-        if len(stats.blocks) == 1 and stats.blocks[0][0] == slice(0, rows):
-            codes = gptq_codebook(
-                work, stats.blocks[0][1], book, seg, keep=kp, damp=ccfg.damp, block_size=ccfg.block_size
-            )
-        else:  # one H per group
-            codes = np.empty((rows, cols), dtype=np.int64)
-            for sl, h in stats.blocks:
-                codes[sl] = gptq_codebook(
-                    work[sl], h, book, seg[sl], keep=None if kp is None else kp[sl], damp=ccfg.damp,
-                    block_size=ccfg.block_size,
-                )  # fmt: skip
+        # one H, or one per row block (groups of a convolution, batched when equal; gates of a GRU)
+        codes = gptq_codebook_blocks(
+            work, stats.blocks, book, seg, keep=kp, damp=ccfg.damp, block_size=ccfg.block_size
+        )
         steps[-1] = "gptq"
     else:
         codes = nearest_codes(work, book, seg, kp)
@@ -352,8 +337,9 @@ def _error(w2: np.ndarray, dec2: np.ndarray, stats: LayerStats) -> float:
 # ------------------------------------------------------------------------------------------ data
 
 
-def _spread(data: Any, samples: int) -> Any:
-    """Evenly spaced rows of an .npz path or array mapping; anything else unchanged."""
+def _spread(data: Any, samples: int, specs: Any = ()) -> Any:
+    """Evenly spaced samples (on each input's batch axis) of an .npz path or array mapping; anything
+    else unchanged."""
     if isinstance(data, (str, os.PathLike)) and str(data).lower().endswith(".npz"):
         try:
             with np.load(data, allow_pickle=False) as z:
@@ -364,12 +350,10 @@ def _spread(data: Any, samples: int) -> Any:
         arrays = dict(data)
     else:
         return data
-    lengths = {len(v) for v in arrays.values() if getattr(v, "ndim", 0) >= 1}
-    n = max(lengths, default=0)
-    if n <= samples:
-        return data
-    idx = np.linspace(0, n - 1, samples).round().astype(np.int64)
-    return {k: v[idx] if getattr(v, "ndim", 0) >= 1 and len(v) == n else v for k, v in arrays.items()}
+    from onnxcompress.evaluation.data import spread_samples
+
+    spread = spread_samples(arrays, specs, samples)
+    return data if all(spread[k] is arrays[k] for k in arrays) else spread
 
 
 def open_calibration_data(
@@ -389,7 +373,7 @@ def open_calibration_data(
     from onnxcompress.evaluation.data import model_input_specs, open_data
 
     specs = model_input_specs(model)  # read from the graph: a session here would load every weight
-    source = open_data(_spread(data, samples), specs, labels_key=labels_key, samples=samples)
+    source = open_data(_spread(data, samples, specs), specs, labels_key=labels_key, samples=samples)
     size = source.batch_size_for(None, batch_size)
     n = min(len(source), samples)
     if n <= 0:
@@ -397,9 +381,7 @@ def open_calibration_data(
 
     def batches() -> Iterable[dict[str, np.ndarray]]:
         for b in source.batches(size, limit=samples):
-            yield {
-                k: v[: b.valid] if v.shape[0] == size and b.valid < size else v for k, v in b.inputs.items()
-            }
+            yield source.unpadded(b)
 
     return batches, n
 
@@ -466,27 +448,30 @@ def calibrate(
     if not targets:
         result.seconds = time.perf_counter() - t0
         return result
+    # the model runs are made on: ``model`` itself, or a copy exposing activations inside If branches
+    cmodel, targets = prepare(model, targets)
     global_t = global_threshold(planned, lambda name: tensor_array(model, name))
 
     batches, result.samples = open_calibration_data(
         model, data, samples=ccfg.samples, batch_size=ccfg.batch_size, labels_key=labels_key
     )
-    groups = stages(model, targets) if ccfg.sequential else [list(targets)]
+    groups = stages(cmodel, targets) if ccfg.sequential else [list(targets)]
     result.stages = len(groups)
     sequential = ccfg.sequential and len(groups) > 1
     # Later stages must see the compressed weights of the earlier ones. The frontier capture gets
     # them through update() and drops them once no later run reads them; ``model`` keeps its
     # weights (only corrected biases are written into it). The prefix capture reruns a copy of the
     # model with the compressed weights written in, made only when that capture is used.
-    work: onnx.ModelProto | None = None if sequential else model
+    work: onnx.ModelProto | None = None if sequential else cmodel
     frontier: FrontierCapture | None = None
     result.capture_mode = "prefix"
     if _FRONTIER_CAPTURE and sequential:
         try:
-            frontier = FrontierCapture(model, groups, batches, threads=threads)
+            frontier = FrontierCapture(cmodel, groups, batches, threads=threads)
             result.capture_mode = "frontier"
         except FrontierUnsupported as exc:
             result.capture_mode = f"prefix (frontier capture unsupported: {exc})"
+    blas = _limit_blas_threads()  # restored in the finally below
     try:
         for si, stage in enumerate(track(groups, "calibrating", progress)):
             tc = time.perf_counter()
@@ -500,7 +485,7 @@ def calibrate(
                     result.capture_mode = f"frontier, prefix from stage {si} ({exc})"
             if stats is None:
                 if work is None:
-                    work = _compressed_copy(model, result.encoded)
+                    work = _compressed_copy(cmodel, result.encoded)
                 stats = capture(work, stage, batches, threads=threads)
             result.capture_seconds += time.perf_counter() - tc
             for t in stage:
@@ -510,6 +495,9 @@ def calibrate(
                 lc = ccfg.resolve(name)
                 w = get_tensor(model, name)  # model keeps the original weights: one array at a time
                 st = stats.pop(name)  # its H goes with this weight, not with the stage
+                if st.samples == 0:  # e.g. an If branch no calibration batch took
+                    result.skipped[name] = "no calibration data reached it (plain algorithm used)"
+                    continue
                 rec, dec, dec2, method = calibrate_weight(
                     w, t.info, cfg, st, lc, global_t=global_t, seed=config.seed
                 )
@@ -527,14 +515,16 @@ def calibrate(
                     shift = bias_shift(w2, dec2, st.means)
                     nb = (b.astype(np.float64).reshape(-1) + shift).astype(b.dtype).reshape(b.shape)
                     set_tensor(model, t.bias, nb)
-                    if work is not None and work is not model:
+                    if cmodel is not model:
+                        set_tensor(cmodel, t.bias, nb)
+                    if work is not None and work is not model and work is not cmodel:
                         set_tensor(work, t.bias, nb)
                     result.bias_updates[t.bias] = nb
                     corrected = True
                 if sequential:
                     if frontier is not None:
                         frontier.update(name, dec)
-                    if work is not None and work is not model:
+                    if work is not None and work is not model and work is not cmodel:
                         set_tensor(work, name, dec)
                 result.encoded.add(rec)
                 result.settings[name] = cfg
@@ -551,5 +541,30 @@ def calibrate(
     finally:
         if frontier is not None:
             frontier.close()
+        if blas is not None:
+            blas.restore_original_limits()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+#: BLAS threads for the per-layer numerics on machines with at most this many cores (see below).
+BLAS_THREADS_SMALL_MACHINE = 4
+_BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+
+def _limit_blas_threads() -> Any:
+    """Run calibration's numpy work on one BLAS thread on small machines (<= 4 cores), unless a
+    ``*_NUM_THREADS`` variable says otherwise; returns the limiter to restore, or None.
+
+    The matrices here are small (H is at most a few thousand wide), and on a 2-core machine that
+    other work also loads, OpenBLAS's second thread made them 5-20x slower, not faster (a 512-wide
+    Cholesky: 80 ms on 2 threads, 13 ms on 1; MobileNet-style 5 MB model, 128 samples: 35 s -> 21 s).
+    Uses ``threadpoolctl`` when it is installed (scikit-learn brings it); otherwise nothing changes.
+    """
+    if (os.cpu_count() or 1) > BLAS_THREADS_SMALL_MACHINE or any(os.environ.get(k) for k in _BLAS_ENV):
+        return None
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(limits=1, user_api="blas")

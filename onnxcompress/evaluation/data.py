@@ -11,8 +11,11 @@ larger than memory (a folder of files) is never loaded whole:
   integers uniform in ``int_range`` (default ``[0, 10)``, set it for token ids), booleans fair coins.
   Symbolic dims need ``--shape name=1x3x224x224`` (leading dim = batch) or ``--shape dim_name=128``.
 
-Conventions, checked with one clear :class:`~onnxcompress.errors.DataError` each: the first axis of
-every input is the batch axis; fixed dims must match; dtypes are converted only within a kind (float
+Conventions, checked with one clear :class:`~onnxcompress.errors.DataError` each: every input's
+batch axis is read from the graph (:func:`assign_batch_axes`: the symbolic leading dim, wherever
+another input holds it, so a recurrent ``state [2, batch, 128]`` is sliced on axis 1; axis 0 when
+nothing says otherwise); a 0-d
+array (a scalar input such as a sample rate) is a constant, fed whole to every batch; fixed dims must match; dtypes are converted only within a kind (float
 to float, integer to integer when the values fit) because feeding uint8 pixels to a float model
 silently gives garbage. A model whose batch axis is fixed (e.g. 1) gets batches of that size, the
 last one padded by repeating its final sample (padded rows carry ``valid < len``).
@@ -20,6 +23,7 @@ last one padded by repeating its final sample (padded rows carry ``valid < len``
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import zipfile
@@ -60,13 +64,47 @@ class TensorSpec:
     dtype: np.dtype | None
     shape: tuple[Dim, ...]
     type_name: str = ""
+    batch_axis: int = 0  # the axis samples are stacked on (see assign_batch_axes)
+    # declared rank 0 in the graph (onnxruntime reports unknown ranks as [] too, so not compared)
+    scalar: bool = dataclasses.field(default=False, compare=False)
 
     @property
     def batch_fixed(self) -> int | None:
-        """The fixed batch size when the leading dim is a number, else None."""
-        if self.shape and isinstance(self.shape[0], int) and self.shape[0] > 0:
-            return self.shape[0]
-        return None
+        """The fixed batch size when the batch dim is a number, else None."""
+        d = self.shape[self.batch_axis] if len(self.shape) > self.batch_axis else None
+        return d if isinstance(d, int) and d > 0 else None
+
+
+def assign_batch_axes(specs: Sequence[TensorSpec]) -> list[TensorSpec]:
+    """``specs`` with each input's batch axis read from the graph.
+
+    The batch dim is the symbol at axis 0 of the first input that has one there (the usual
+    convention); every input holding that symbol elsewhere is batched there: a recurrent
+    ``state [2, batch, 128]`` beside ``input [batch, samples]`` is batched on axis 1. Other inputs keep
+    axis 0. With no symbolic leading dim and fixed leading dims that disagree (``input [1, 512]``,
+    ``state [2, 1, 128]``), an input whose leading dim differs from the first input's is batched on
+    its first axis of that size. Rank-0 (or unknown-rank) specs keep axis 0; a 0-d *array* is a
+    constant whatever the spec says.
+    """
+    specs = list(specs)
+    axes = [0] * len(specs)
+    batch = next((s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], str)), None)
+    ranked = [i for i, s in enumerate(specs) if s.shape]
+    if batch is not None:
+        for i in ranked:
+            if batch in specs[i].shape:
+                axes[i] = specs[i].shape.index(batch)
+    elif ranked:
+        lead = specs[ranked[0]].shape[0]
+        if isinstance(lead, int):
+            for i in ranked[1:]:
+                shape = specs[i].shape
+                if shape[0] != lead and lead in shape:
+                    axes[i] = shape.index(lead)
+    return [
+        dataclasses.replace(s, batch_axis=ax) if ax != s.batch_axis else s
+        for s, ax in zip(specs, axes, strict=True)
+    ]
 
 
 def input_specs(session: Any) -> list[TensorSpec]:
@@ -80,7 +118,7 @@ def input_specs(session: Any) -> list[TensorSpec]:
                 node.name, np.dtype(dtype) if dtype else None, tuple(_norm_dim(d) for d in shape), node.type
             )
         )
-    return specs
+    return assign_batch_axes(specs)
 
 
 def model_input_specs(model: Any) -> list[TensorSpec]:
@@ -106,9 +144,12 @@ def model_input_specs(model: Any) -> list[TensorSpec]:
         for d in tt.shape.dim if tt.HasField("shape") else ():
             dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
         specs.append(
-            TensorSpec(vi.name, dtype if type_name else None, tuple(_norm_dim(x) for x in dims), type_name)
+            TensorSpec(
+                vi.name, dtype if type_name else None, tuple(_norm_dim(x) for x in dims), type_name,
+                scalar=tt.HasField("shape") and not dims,
+            )  # fmt: skip
         )
-    return specs
+    return assign_batch_axes(specs)
 
 
 def _norm_dim(d: Dim) -> Dim:
@@ -187,8 +228,13 @@ def _can_hold(dtype: np.dtype, arr: np.ndarray) -> bool:
     return bool(arr.min() >= info.min and arr.max() <= info.max)
 
 
+def _batch_word(spec: TensorSpec) -> str:
+    return "first axis = batch" if spec.batch_axis == 0 else f"axis {spec.batch_axis} = batch"
+
+
 def conform(arr: np.ndarray, spec: TensorSpec, origin: str, *, batched: bool = True) -> np.ndarray:
-    """Check ``arr`` (with a leading batch axis) against ``spec`` and convert its dtype if safe."""
+    """Check ``arr`` (samples stacked on the spec's batch axis; a 0-d array is a constant) against
+    ``spec`` and convert its dtype if safe."""
     arr = np.asarray(arr)
     if spec.dtype is None:
         raise DataError(f"input {spec.name!r} has type {spec.type_name}, which verify/bench cannot feed")
@@ -196,18 +242,23 @@ def conform(arr: np.ndarray, spec: TensorSpec, origin: str, *, batched: bool = T
         raise DataError(
             f"{origin}: array for input {spec.name!r} has dtype {arr.dtype}, expected {spec.dtype}"
         )
+    if spec.scalar and arr.ndim != 0:
+        raise DataError(
+            f"{origin}: input {spec.name!r} is a scalar (shape []): give it as one 0-d value, which every "
+            f"batch uses (got an array of shape {tuple(arr.shape)})"
+        )
     if spec.shape and arr.ndim != len(spec.shape):
         raise DataError(
             f"{origin}: array for input {spec.name!r} has shape {tuple(arr.shape)}, but the model expects "
-            f"rank {len(spec.shape)} {_fmt_shape(spec.shape)} (first axis = batch)"
+            f"rank {len(spec.shape)} {_fmt_shape(spec.shape)} ({_batch_word(spec)})"
         )
     for axis, (have, want) in enumerate(zip(arr.shape, spec.shape, strict=False)):
-        if axis == 0 and batched:
+        if axis == spec.batch_axis and batched:
             continue
         if isinstance(want, int) and have != want:
             raise DataError(
                 f"{origin}: array for input {spec.name!r} has shape {tuple(arr.shape)}, but the model expects "
-                f"{_fmt_shape(spec.shape)} (axis {axis} must be {want})"
+                f"{_fmt_shape(spec.shape)} (axis {axis} must be {want}; {_batch_word(spec)})"
             )
     if arr.dtype == spec.dtype:
         return arr
@@ -261,6 +312,42 @@ class DataSource:
 
     def __init__(self, specs: Sequence[TensorSpec]) -> None:
         self.specs = list(specs)
+        self._axes = {s.name: s.batch_axis for s in self.specs}
+
+    def batch_axis(self, name: str, value: np.ndarray) -> int | None:
+        """The axis samples of input ``name`` are stacked on; None for a constant (a 0-d array)."""
+        if np.ndim(value) == 0:
+            return None
+        ax = self._axes.get(name, 0)
+        return ax if ax < np.ndim(value) else 0
+
+    def count(self, inputs: Mapping[str, np.ndarray]) -> int:
+        """Samples in a chunk of inputs (1 when every input is a constant)."""
+        for k, v in inputs.items():
+            ax = self.batch_axis(k, v)
+            if ax is not None:
+                return int(v.shape[ax])
+        return 1
+
+    def take(self, inputs: Mapping[str, np.ndarray], index: slice | np.ndarray) -> dict[str, np.ndarray]:
+        """Samples ``index`` (a slice or positions) of every batched input; constants unchanged."""
+        out = {}
+        for k, v in inputs.items():
+            ax = self.batch_axis(k, v)
+            if ax is None:
+                out[k] = v
+            elif isinstance(index, slice):
+                out[k] = v[(slice(None),) * ax + (index,)]
+            else:
+                out[k] = np.take(v, index, axis=ax)
+        return out
+
+    def unpadded(self, batch: Batch) -> dict[str, np.ndarray]:
+        """The inputs of ``batch`` without its padded samples, unless the model fixes the batch size
+        (a fixed-batch model cannot run a shorter batch: its padding repeats the last sample)."""
+        if batch.valid >= self.count(batch.inputs) or any(s.batch_fixed for s in self.specs):
+            return batch.inputs
+        return self.take(batch.inputs, slice(0, batch.valid))
 
     def __len__(self) -> int:  # number of samples, for progress
         raise NotImplementedError
@@ -270,7 +357,7 @@ class DataSource:
 
     def batch_size_for(self, requested: int | None, default: int) -> int:
         """The batch size to use: a fixed batch dim wins; an explicit conflicting request is an error."""
-        fixed = {s.batch_fixed for s in self.specs} - {None}
+        fixed = {b for s in self.specs if (b := s.batch_fixed) is not None}
         if len(fixed) > 1:
             raise DataError(f"inputs disagree on their fixed batch size: {sorted(fixed)}")
         if fixed:
@@ -291,11 +378,18 @@ class DataSource:
         pending: list[tuple[dict[str, np.ndarray], np.ndarray | None]] = []
         count = 0
         seen = 0
+        consts: dict[str, np.ndarray] = {}
         for inputs, labels in self.chunks():
-            n = len(next(iter(inputs.values())))
+            n = self.count(inputs)
+            now = {k: v for k, v in inputs.items() if self.batch_axis(k, v) is None}
+            if pending and any(k not in consts or not np.array_equal(v, consts[k]) for k, v in now.items()):
+                # a constant (e.g. a sample rate) changed between files: never mix them in a batch
+                yield self._join(pending, batch_size, pad)
+                pending, count = [], 0
+            consts = now
             if limit is not None and seen + n > limit:
                 n = limit - seen
-                inputs = {k: v[:n] for k, v in inputs.items()}
+                inputs = self.take(inputs, slice(0, n))
                 labels = None if labels is None else labels[:n]
             seen += n
             start = 0
@@ -303,36 +397,37 @@ class DataSource:
                 take = min(batch_size - count, n - start)
                 pending.append(
                     (
-                        {k: v[start : start + take] for k, v in inputs.items()},
+                        self.take(inputs, slice(start, start + take)),
                         None if labels is None else labels[start : start + take],
                     )
                 )
                 count += take
                 start += take
                 if count == batch_size:
-                    yield _join(pending, batch_size, pad)
+                    yield self._join(pending, batch_size, pad)
                     pending, count = [], 0
             if limit is not None and seen >= limit:
                 break
         if pending:
-            yield _join(pending, batch_size, pad)
+            yield self._join(pending, batch_size, pad)
 
-
-def _join(parts: list[tuple[dict[str, np.ndarray], np.ndarray | None]], size: int, pad: bool) -> Batch:
-    names = parts[0][0].keys()
-    inputs = {
-        k: parts[0][0][k] if len(parts) == 1 else np.concatenate([p[0][k] for p in parts]) for k in names
-    }
-    labels = None
-    if parts[0][1] is not None:
-        labels = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])  # type: ignore[misc]
-    valid = len(next(iter(inputs.values())))
-    if pad and valid < size:
-        idx = np.concatenate([np.arange(valid), np.full(size - valid, valid - 1)])
-        inputs = {k: v[idx] for k, v in inputs.items()}
-        if labels is not None:
-            labels = labels[idx]
-    return Batch({k: np.ascontiguousarray(v) for k, v in inputs.items()}, labels, valid)
+    def _join(self, parts: list[tuple[dict[str, np.ndarray], np.ndarray | None]], size: int, pad: bool) -> Batch:
+        names = parts[0][0].keys()
+        inputs = {}
+        for k in names:
+            v0 = parts[0][0][k]
+            ax = self.batch_axis(k, v0)
+            inputs[k] = v0 if len(parts) == 1 or ax is None else np.concatenate([p[0][k] for p in parts], axis=ax)
+        labels = None
+        if parts[0][1] is not None:
+            labels = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])  # type: ignore[misc]
+        valid = sum(self.count(p[0]) for p in parts)
+        if pad and valid < size:
+            idx = np.concatenate([np.arange(valid), np.full(size - valid, valid - 1)])
+            inputs = self.take(inputs, idx)
+            if labels is not None:
+                labels = labels[idx]
+        return Batch({k: np.ascontiguousarray(v) if v.ndim else v for k, v in inputs.items()}, labels, valid)
 
 
 def _match_keys(
@@ -375,13 +470,17 @@ class ArraySource(DataSource):
         self.description = origin
         mapping = _match_keys(keys, specs, labels_key, origin)
         self._inputs = {s.name: conform(arrays[mapping[s.name]], s, origin) for s in specs}
-        counts = {name: len(a) for name, a in self._inputs.items()}
+        counts = {}
+        for name, a in self._inputs.items():
+            ax = self.batch_axis(name, a)
+            if ax is not None:  # a 0-d array is a constant: it has no samples to count
+                counts[name if ax == 0 else f"{name} (axis {ax})"] = int(a.shape[ax])
         self._labels = _labels_array(arrays[labels_key], origin, labels_key) if labels_key else None
         if self._labels is not None:
             counts[f"labels {labels_key!r}"] = len(self._labels)
         if len(set(counts.values())) > 1:
             raise DataError(f"{origin}: arrays disagree on the number of samples: {counts}")
-        self._n = next(iter(counts.values()), 0)
+        self._n = next(iter(counts.values()), 1)
         if self._n == 0:
             raise DataError(f"{origin}: holds no samples")
 
@@ -470,8 +569,12 @@ class DirectorySource(DataSource):
             with zipfile.ZipFile(f) as zf:
                 members = {m[:-4]: m for m in zf.namelist() if m.endswith(".npy")}
                 mapping = _match_keys(list(members), self.specs, labels_key or "labels", str(f))
-                spec = self.specs[0]
-                n = self._samples(_npy_shape_in_zip(zf, members[mapping[spec.name]]), spec)
+                n = 1  # every array 0-d: one sample of constants
+                for spec in self.specs:  # the first input that is not a constant counts the samples
+                    shape = _npy_shape_in_zip(zf, members[mapping[spec.name]])
+                    if shape:
+                        n = self._samples(shape, spec)
+                        break
                 return n, (labels_key or "labels") in members
         except DataError:
             raise
@@ -482,7 +585,8 @@ class DirectorySource(DataSource):
     def _samples(shape: tuple[int, ...], spec: TensorSpec) -> int:
         if spec.shape and len(shape) == len(spec.shape) - 1:
             return 1
-        return shape[0] if shape else 1
+        ax = spec.batch_axis if spec.batch_axis < len(shape) else 0
+        return shape[ax] if shape else 1
 
     def __len__(self) -> int:
         return sum(self._counts)
@@ -500,7 +604,7 @@ class DirectorySource(DataSource):
                     others = [k for k in arrays if k != self.labels_key]
                     key = others[0] if len(others) == 1 else None
                 if key is not None and s.shape and arrays[key].ndim == len(s.shape) - 1:
-                    arrays[key] = arrays[key][None]
+                    arrays[key] = np.expand_dims(arrays[key], s.batch_axis)
                     if self.labels_key and self.labels_key in arrays:
                         arrays[self.labels_key] = np.atleast_1d(arrays[self.labels_key])
             src = ArraySource(arrays, self.specs, labels_key=self.labels_key, origin=str(f))
@@ -534,7 +638,10 @@ class SyntheticSource(DataSource):
                 f"--int-range names unknown input(s) {unknown}; inputs: {[s.name for s in specs]}"
             )
         self.sample_shapes = resolve_sample_shapes(specs, shapes)
-        self.shape_batch = {n: shapes[n][0] for n in shapes if n in self.sample_shapes and len(shapes[n]) > 0}
+        axes = {s.name: s.batch_axis for s in specs}
+        self.shape_batch = {
+            n: shapes[n][axes[n]] for n in shapes if n in self.sample_shapes and len(shapes[n]) > axes[n]
+        }
         self.description = f"synthetic inputs (seed {seed})"
 
     def batch_size_for(self, requested: int | None, default: int) -> int:
@@ -550,7 +657,9 @@ class SyntheticSource(DataSource):
     def make(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         out = {}
         for s in self.specs:
-            shape = (n, *self.sample_shapes[s.name])
+            sample = self.sample_shapes[s.name]
+            ax = min(s.batch_axis, len(sample))
+            shape = (*sample[:ax], n, *sample[ax:])
             assert s.dtype is not None
             kind = s.dtype.kind
             if kind == "f":
@@ -579,7 +688,8 @@ def resolve_sample_shapes(
 ) -> dict[str, tuple[int, ...]]:
     """Per-sample shapes (batch axis dropped) with symbolic dims bound from ``--shape`` overrides.
 
-    An override keyed by input name gives the full shape (leading dim = batch); one keyed by a
+    An override keyed by input name gives the full shape (batch dim included, on the input's batch
+    axis); one keyed by a
     symbolic dim name (``seq=128``) binds that dim in every input that uses it.
     """
     names = {s.name for s in specs}
@@ -609,18 +719,19 @@ def resolve_sample_shapes(
             raise DataError(
                 f"input {s.name!r} has type {s.type_name}: synthetic data cannot be generated for it"
             )
+        bax = s.batch_axis
         if s.name in shapes:
             dims = tuple(shapes[s.name])
             for axis, (want, have) in enumerate(zip(s.shape, dims, strict=False)):
-                if axis > 0 and isinstance(want, int) and want != have:
+                if axis != bax and isinstance(want, int) and want != have:
                     raise DataError(
                         f"--shape {s.name}: axis {axis} is fixed to {want} by the model, got {have}"
                     )
-            out[s.name] = dims[1:]
+            out[s.name] = dims[:bax] + dims[bax + 1 :]
             continue
         dims_out, unresolved = [], []
         for axis, d in enumerate(s.shape):
-            if axis == 0:
+            if axis == bax:
                 continue
             if isinstance(d, int):
                 dims_out.append(d)
@@ -630,7 +741,7 @@ def resolve_sample_shapes(
                 unresolved.append(axis)
         if unresolved:
             example = "x".join(
-                "1" if i == 0 else (str(d) if isinstance(d, int) else "N") for i, d in enumerate(s.shape)
+                "1" if i == bax else (str(d) if isinstance(d, int) else "N") for i, d in enumerate(s.shape)
             )
             raise DataError(
                 f"input {s.name!r} has symbolic dims {_fmt_shape(s.shape)}: give them with --shape "
@@ -641,6 +752,31 @@ def resolve_sample_shapes(
 
 
 DEFAULT_SYNTHETIC_SAMPLES = 64
+
+
+def spread_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], samples: int) -> dict[str, np.ndarray]:
+    """``samples`` evenly spaced samples of in-memory arrays keyed by input name (each sliced on its
+    batch axis; constants, other keys and labels of the same length follow); unchanged when they
+    hold no more than that."""
+    axes = {s.name: s.batch_axis for s in specs}
+
+    def axis(k: str, v: Any) -> int | None:
+        nd = getattr(v, "ndim", 0)
+        if nd == 0:
+            return None
+        ax = axes.get(k, 0)
+        return ax if ax < nd else 0
+
+    lengths = [v.shape[ax] for k, v in arrays.items() if (ax := axis(k, v)) is not None]
+    n = max(lengths, default=0)
+    if n <= samples:
+        return dict(arrays)
+    idx = np.linspace(0, n - 1, samples).round().astype(np.int64)
+    out = {}
+    for k, v in arrays.items():
+        ax = axis(k, v)
+        out[k] = np.take(v, idx, axis=ax) if ax is not None and v.shape[ax] == n else v
+    return out
 
 
 def open_data(

@@ -19,7 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from onnxcompress.algorithms.calibrated.hessian import inverse_cholesky_upper
+from onnxcompress.algorithms.calibrated.hessian import (
+    Blocks,
+    inverse_cholesky_upper,
+    inverse_cholesky_upper_stacked,
+    stacked,
+)
 from onnxcompress.algorithms.codebook import GRANULARITIES
 from onnxcompress.algorithms.kmeans1d import kmeans_1d
 from onnxcompress.errors import ConfigError
@@ -183,6 +188,85 @@ def gptq_codebook(
     out = np.empty_like(codes)
     out[:, perm] = codes
     return out
+
+
+def gptq_codebook_blocks(
+    w2: np.ndarray,
+    blocks: Blocks,
+    codebook: np.ndarray,
+    seg_of_row: np.ndarray,
+    *,
+    keep: np.ndarray | None = None,
+    damp: float = 0.01,
+    block_size: int = 128,
+) -> np.ndarray:
+    """:func:`gptq_codebook` with one ``H`` per row block (grouped convolutions, gates of a GRU's R).
+
+    Equal contiguous blocks (a depthwise convolution: one per channel) run as one batched column
+    loop over all groups; other layouts run block by block.
+    """
+    rows, cols = w2.shape
+    if len(blocks) == 1 and blocks[0][0] == slice(0, rows):
+        return gptq_codebook(w2, blocks[0][1], codebook, seg_of_row, keep=keep, damp=damp, block_size=block_size)
+    st = stacked(blocks, rows)
+    if st is not None:
+        return _gptq_stacked(w2, st[0], st[1], codebook, seg_of_row, keep, damp, block_size)
+    codes = np.empty((rows, cols), dtype=np.int64)
+    for sl, h in blocks:
+        codes[sl] = gptq_codebook(
+            w2[sl], h, codebook, seg_of_row[sl], keep=None if keep is None else keep[sl], damp=damp,
+            block_size=block_size,
+        )  # fmt: skip
+    return codes
+
+
+def _gptq_stacked(
+    w2: np.ndarray,
+    per: int,
+    hs: np.ndarray,
+    codebook: np.ndarray,
+    seg_of_row: np.ndarray,
+    keep: np.ndarray | None,
+    damp: float,
+    block_size: int,
+) -> np.ndarray:
+    """GPTQ of ``G`` row blocks of ``per`` rows, block ``g`` with ``hs[g]``: the steps of
+    :func:`gptq_codebook` (act order per block), vectorised over the blocks."""
+    rows, cols = w2.shape
+    g = len(hs)
+    if keep is not None and np.any(codebook[:, 0] != 0):
+        raise ConfigError("with a pruning mask, code 0 of every codebook row must be exactly zero")
+    perm = np.argsort(-np.diagonal(hs, axis1=1, axis2=2), axis=1, kind="stable")  # [G, cols]
+    pw = perm[:, None, :]
+    w = np.take_along_axis(np.asarray(w2, dtype=np.float64).reshape(g, per, cols), pw, axis=2)
+    hp = np.take_along_axis(np.take_along_axis(hs, perm[:, :, None], axis=1), pw, axis=2)
+    kp = None if keep is None else np.take_along_axis(keep.reshape(g, per, cols), pw, axis=2)
+    u = inverse_cholesky_upper_stacked(hp, damp)
+    del hp
+    near = _Nearest(codebook, seg_of_row)
+    codes = np.zeros((g, per, cols), dtype=np.int64)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        w1 = w[:, :, i1:i2].copy()
+        err1 = np.zeros_like(w1)
+        u1 = u[:, i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = w1[:, :, i]
+            code, q = near(col.reshape(-1))
+            code, q = code.reshape(g, per), q.reshape(g, per)
+            if kp is not None:
+                pruned = ~kp[:, :, i1 + i]
+                code = np.where(pruned, 0, code)
+                q = np.where(pruned, 0.0, q)
+            codes[:, :, i1 + i] = code
+            e = (col - q) / u1[:, i, i][:, None]
+            w1[:, :, i:] -= e[:, :, None] * u1[:, None, i, i:]
+            err1[:, :, i] = e
+        if i2 < cols:
+            w[:, :, i2:] -= np.matmul(err1, u[:, i1:i2, i2:])
+    out = np.empty_like(codes)
+    np.put_along_axis(out, np.broadcast_to(pw, codes.shape), codes, axis=2)
+    return out.reshape(rows, cols)
 
 
 def to_codebook_tensor(

@@ -48,10 +48,13 @@ class HessianAccumulator:
             for s in range(0, x.shape[0], 8192):
                 xc = x[s : s + 8192]
                 self.xtx += (xc.T @ xc).astype(np.float64)
+                # float32 column sums per chunk (a float64 reduction over axis 0 casts element by
+                # element: it cost as much as the product), accumulated in float64 like xtx
+                self.xsum += xc.sum(axis=0)
         else:
             x64 = x.astype(np.float64, copy=False)
             self.xtx += x64.T @ x64
-        self.xsum += x.sum(axis=0, dtype=np.float64)
+            self.xsum += x64.sum(axis=0)
         self.count += x.shape[0]
 
     def hessian(self) -> np.ndarray:
@@ -59,6 +62,34 @@ class HessianAccumulator:
         return self.xtx / max(self.count, 1)
 
     def mean(self) -> np.ndarray:
+        return self.xsum / max(self.count, 1)
+
+
+class GroupedHessianAccumulator:
+    """One ``sum x x^T`` per group of a grouped convolution, kept as ``[G, F, F]`` and updated with
+    one batched product per chunk: a depthwise convolution has as many groups as channels, and one
+    :class:`HessianAccumulator` per group cost a Python call per group and batch."""
+
+    def __init__(self, groups: int, features: int) -> None:
+        self.groups, self.features = int(groups), int(features)
+        self.xtx = np.zeros((self.groups, self.features, self.features), dtype=np.float64)
+        self.xsum = np.zeros((self.groups, self.features), dtype=np.float64)
+        self.count = 0
+
+    def add(self, xt: np.ndarray) -> None:
+        """Fold ``xt [G, features, n]`` (each group's rows as columns) in."""
+        if xt.shape[:2] != (self.groups, self.features):
+            raise ConfigError(f"expected activations [{self.groups}, {self.features}, n], got {xt.shape}")
+        for s in range(0, xt.shape[2], 8192):  # float32 products on short chunks, as HessianAccumulator
+            xc = xt[:, :, s : s + 8192]
+            self.xtx += np.matmul(xc, xc.transpose(0, 2, 1)).astype(np.float64)
+            self.xsum += xc.sum(axis=2)
+        self.count += xt.shape[2]
+
+    def hessians(self) -> np.ndarray:
+        return self.xtx / max(self.count, 1)
+
+    def means(self) -> np.ndarray:
         return self.xsum / max(self.count, 1)
 
 
@@ -128,6 +159,9 @@ def im2col(
     if c % groups:
         raise ConfigError(f"{c} input channels do not split into {groups} groups")
     p = conv_pads(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
+    if groups == 1 and all(k == 1 for k in kernel) and not any(p):  # pointwise: the rows are the pixels
+        xs = x[(slice(None), slice(None), *(slice(None, None, st) for st in strides))]
+        return [np.ascontiguousarray(np.moveaxis(xs, 1, -1).reshape(-1, c))]
     xp = np.pad(x, [(0, 0), (0, 0)] + [(p[i], p[nd + i]) for i in range(nd)])
     out_sp = [(xp.shape[2 + i] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(nd)]
     if min(out_sp) <= 0:
@@ -148,6 +182,61 @@ def im2col(
     ]
 
 
+def im2col_grouped(
+    x: np.ndarray,
+    kernel: Sequence[int],
+    *,
+    strides: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    dilations: Sequence[int] | None = None,
+    groups: int = 1,
+    auto_pad: str = "NOTSET",
+) -> np.ndarray:
+    """The patches of :func:`im2col` for every group at once, transposed: ``[G, (C / G) * prod(kernel),
+    N * L]`` (group ``g``'s matrix is ``out[g].T``), for :class:`GroupedHessianAccumulator`."""
+    x = np.asarray(x)
+    nd = x.ndim - 2
+    kernel = [int(k) for k in kernel]
+    strides = list(strides) if strides else [1] * nd
+    dilations = list(dilations) if dilations else [1] * nd
+    n, c = x.shape[:2]
+    if c % groups:
+        raise ConfigError(f"{c} input channels do not split into {groups} groups")
+    p = conv_pads(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(p[i], p[nd + i]) for i in range(nd)]) if any(p) else x
+    out_sp = [(xp.shape[2 + i] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(nd)]
+    if min(out_sp) <= 0:
+        raise ConfigError(f"convolution of input {x.shape} with kernel {kernel} has an empty output")
+    k = int(np.prod(kernel))
+    cg = c // groups
+    length = int(np.prod(out_sp))
+    # [G, cg, K, N, *out]: group-major, then the weight's column order, then the rows in im2col's order
+    cols = np.empty((groups, cg, k, n, *out_sp), dtype=x.dtype)
+    xg = xp.reshape(n, groups, cg, *xp.shape[2:])
+    for ki, offs in enumerate(itertools.product(*[range(kk) for kk in kernel])):
+        sl = tuple(
+            slice(o * d, o * d + (os - 1) * st + 1, st)
+            for o, d, os, st in zip(offs, dilations, out_sp, strides, strict=True)
+        )
+        cols[:, :, ki] = np.moveaxis(xg[(slice(None), slice(None), slice(None), *sl)], 0, 2)
+    return cols.reshape(groups, cg * k, n * length)
+
+
+def stacked(blocks: Blocks, rows: int) -> tuple[int, np.ndarray] | None:
+    """``(rows per block, H [G, c, c])`` when ``blocks`` are ``G >= 2`` equal, contiguous row blocks
+    covering ``rows`` in order (a grouped convolution), so per-group work can run as batched numpy
+    instead of a Python loop over the groups; None otherwise."""
+    if len(blocks) < 2:
+        return None
+    per = rows // len(blocks)
+    if per * len(blocks) != rows:
+        return None
+    for g, (sl, h) in enumerate(blocks):
+        if sl.start != g * per or sl.stop != (g + 1) * per or sl.step not in (None, 1) or h.shape != blocks[0][1].shape:
+            return None
+    return per, np.stack([h for _, h in blocks])
+
+
 def as_blocks(h: np.ndarray | Blocks, rows: int) -> Blocks:
     """Normalise one ``H`` (shared by all rows) or per-group blocks to ``[(row_slice, H)]``."""
     if isinstance(h, np.ndarray):
@@ -163,8 +252,16 @@ def output_error(w2: np.ndarray, w_hat: np.ndarray, h: np.ndarray | Blocks) -> t
     """
     w = np.asarray(w2, dtype=np.float64)
     d = w - np.asarray(w_hat, dtype=np.float64)
+    blocks = as_blocks(h, w.shape[0])
+    st = stacked(blocks, w.shape[0])
+    if st is not None:
+        per, hs = st
+        dg, wg = d.reshape(len(hs), per, -1), w.reshape(len(hs), per, -1)
+        err = float(np.einsum("gij,gij->", np.matmul(dg, hs), dg))
+        norm = float(np.einsum("gij,gij->", np.matmul(wg, hs), wg))
+        return max(err, 0.0), max(norm, 0.0)
     err = norm = 0.0
-    for sl, hb in as_blocks(h, w.shape[0]):
+    for sl, hb in blocks:
         err += float(np.einsum("ij,ij->", d[sl] @ hb, d[sl]))
         norm += float(np.einsum("ij,ij->", w[sl] @ hb, w[sl]))
     return max(err, 0.0), max(norm, 0.0)
@@ -193,6 +290,27 @@ def dampen(h: np.ndarray, damp: float) -> np.ndarray:
     h[dead, dead] = mean
     h[np.diag_indices_from(h)] += damp * mean
     return h
+
+
+def inverse_cholesky_upper_stacked(hs: np.ndarray, damp: float) -> np.ndarray:
+    """:func:`inverse_cholesky_upper` of every ``H`` in ``hs [G, c, c]`` at once (batched LAPACK:
+    the same steps, matrix by matrix). When any factorisation fails, each matrix is redone on its
+    own, with the dampening escalation."""
+    hs = np.array(hs, dtype=np.float64, copy=True)
+    diag = np.diagonal(hs, axis1=1, axis2=2).copy()  # [G, c]
+    dmean = diag.mean(axis=1)
+    mean = np.where(dmean > 0, dmean, 1.0) if diag.shape[1] else np.ones(len(hs))
+    idx = np.arange(hs.shape[1])
+    hs[:, idx, idx] = np.where(diag <= 0, mean[:, None], diag) + float(damp) * mean[:, None]
+    try:
+        lower = np.linalg.cholesky(hs)
+        linv = np.linalg.inv(lower)
+        u = np.linalg.cholesky(np.matmul(linv.transpose(0, 2, 1), linv)).transpose(0, 2, 1)
+        if np.isfinite(u).all():
+            return u
+    except np.linalg.LinAlgError:
+        pass
+    return np.stack([inverse_cholesky_upper(h, damp)[0] for h in hs])
 
 
 def inverse_cholesky_upper(h: np.ndarray, damp: float, *, tries: int = 8) -> tuple[np.ndarray, float]:

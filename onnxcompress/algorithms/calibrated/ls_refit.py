@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcompress.algorithms.calibrated.hessian import Blocks, as_blocks
+from onnxcompress.algorithms.calibrated.hessian import Blocks, as_blocks, output_error, stacked
 
 
 def _objective(w: np.ndarray, w_hat: np.ndarray, blocks: Blocks) -> float:
+    if len(blocks) > 1 and stacked(blocks, w.shape[0]) is not None:  # grouped: batched, not per group
+        return output_error(w, w_hat, blocks)[0]
     d = w - w_hat
     return float(sum(np.einsum("ij,ij->", d[sl] @ hb, d[sl]) for sl, hb in blocks))
 
@@ -54,7 +56,11 @@ def ls_refit(
     used = np.bincount(flat, minlength=s_count * k).reshape(s_count, k) > 0
     free &= used  # unused entries have no gradient: leave them where they are
 
+    st = stacked(blocks, rows)
+
     def apply_h(m: np.ndarray) -> np.ndarray:
+        if st is not None:  # equal row blocks (a grouped convolution): one batched product
+            return np.matmul(m.reshape(len(st[1]), st[0], cols), st[1]).reshape(rows, cols)
         out = np.empty_like(m)
         for sl, hb in blocks:
             out[sl] = m[sl] @ hb
@@ -69,7 +75,9 @@ def ls_refit(
 
     # Jacobi preconditioner: the diagonal of G restricted to each weight's own H_cc
     diag_cols = np.empty((rows, cols))
-    for sl, hb in blocks:
+    if st is not None:
+        diag_cols[:] = np.repeat(np.diagonal(st[1], axis1=1, axis2=2), st[0], axis=0)
+    for sl, hb in blocks if st is None else ():
         diag_cols[sl] = np.diag(hb)[None, :]
     pdiag = np.bincount(flat, weights=diag_cols.reshape(-1), minlength=s_count * k).reshape(s_count, k)
     lam = ridge * (float(pdiag[free].mean()) if free.any() else 0.0)

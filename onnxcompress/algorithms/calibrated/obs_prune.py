@@ -17,7 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcompress.algorithms.calibrated.hessian import inverse_cholesky_upper
+from onnxcompress.algorithms.calibrated.hessian import (
+    Blocks,
+    inverse_cholesky_upper,
+    inverse_cholesky_upper_stacked,
+    stacked,
+)
 from onnxcompress.errors import ConfigError
 
 
@@ -95,7 +100,7 @@ def obs_prune(
             pruned_so_far += max(target, 0)
         else:
             keep1 = np.ones_like(w1, dtype=bool)
-        nm_blocks = _nm_prune_counts(i2 - i1, int(n), int(m)) if n is not None else []
+        nm_blocks = _nm_prune_counts(i2 - i1, int(n), int(m or n)) if n is not None else []
         nm_at = {s: (width, cnt) for s, width, cnt in nm_blocks}
         for i in range(i2 - i1):
             if i in nm_at:
@@ -117,3 +122,57 @@ def obs_prune(
             w[:, i2:] -= err1 @ u[i1:i2, i2:]
     w[~keep] = 0.0
     return w, keep
+
+
+def obs_prune_blocks(
+    w2: np.ndarray,
+    blocks: Blocks,
+    *,
+    sparsity: float | None = None,
+    n: int | None = None,
+    m: int | None = None,
+    damp: float = 0.01,
+    block_size: int = 128,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`obs_prune` with one ``H`` per row block (grouped convolutions, gates of a GRU's R).
+
+    Equal contiguous blocks pruned to a ``sparsity`` whose columns fit one lazy-update block (a
+    depthwise convolution: one row of ``k*k`` weights per channel) run vectorised over the blocks;
+    anything else runs block by block.
+    """
+    rows, cols = w2.shape
+    if len(blocks) == 1 and blocks[0][0] == slice(0, rows):
+        return obs_prune(w2, blocks[0][1], sparsity=sparsity, n=n, m=m, damp=damp, block_size=block_size)
+    st = stacked(blocks, rows)
+    if st is not None and sparsity is not None and n is None and cols <= block_size:
+        return _obs_stacked(w2, st[0], st[1], float(sparsity), damp)
+    work = np.empty(w2.shape, dtype=np.float64)
+    keep = np.empty(w2.shape, dtype=bool)
+    for sl, h in blocks:
+        work[sl], keep[sl] = obs_prune(w2[sl], h, sparsity=sparsity, n=n, m=m, damp=damp, block_size=block_size)
+    return work, keep
+
+
+def _obs_stacked(w2: np.ndarray, per: int, hs: np.ndarray, sparsity: float, damp: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`obs_prune` (``sparsity``, one column block) of ``G`` row blocks at once."""
+    rows, cols = w2.shape
+    g = len(hs)
+    w = np.array(w2, dtype=np.float64).reshape(g, per, cols)
+    u = inverse_cholesky_upper_stacked(hs, damp)
+    d = np.diagonal(u, axis1=1, axis2=2)  # [G, cols]
+    target = min(int(round(sparsity * per * cols)), per * cols)  # each block prunes its share, as obs_prune per block
+    keep = np.ones((g, per * cols), dtype=bool)
+    if target > 0:
+        score = ((w / d[:, None, :]) ** 2).reshape(g, per * cols)
+        idx = np.argpartition(score, target - 1, axis=1)[:, :target]
+        np.put_along_axis(keep, idx, False, axis=1)
+    keep = keep.reshape(g, per, cols)
+    q1 = np.zeros_like(w)
+    for i in range(cols):
+        col = w[:, :, i]
+        q = np.where(keep[:, :, i], col, 0.0)
+        q1[:, :, i] = q
+        e = (col - q) / d[:, i][:, None]
+        w[:, :, i:] -= e[:, :, None] * u[:, None, i, i:]
+    q1[~keep] = 0.0
+    return q1.reshape(rows, cols), keep.reshape(rows, cols)
