@@ -22,7 +22,7 @@ from onnx.external_data_helper import load_external_data_for_model
 from onnxcompress import __version__
 from onnxcompress.algorithms import codebook, pruning
 from onnxcompress.config import CompressionConfig, WeightConfig, preset
-from onnxcompress.encoding import EncodedWeight, build_groups, encode_codebook, encode_pruned
+from onnxcompress.encoding import CodebookWeight, EncodedWeight, build_groups, encode_codebook, encode_pruned
 from onnxcompress.errors import NoCompressibleWeightsError
 from onnxcompress.inventory import Inventory, WeightInfo, build_inventory, iter_graphs
 from onnxcompress.passes import CheckModelPass, EncodeWeightsPass, PassManager, RaiseVersionsPass
@@ -347,7 +347,7 @@ CODEBOOK_OVERHEAD_NOTE = 0.25
 def _codebook_overhead_note(enc: EncodedWeight, cfg: WeightConfig) -> str | None:
     """Advice when per-channel codebooks eat the savings (an embedding table with short rows:
     each row's 2^bits-entry codebook costs about as much as the row itself)."""
-    if enc.codebook is None or cfg.granularity == "tensor" or enc.nbytes <= 0:
+    if not isinstance(enc, CodebookWeight) or cfg.granularity == "tensor" or enc.nbytes <= 0:
         return None
     share = enc.codebook.nbytes / enc.nbytes
     if share <= CODEBOOK_OVERHEAD_NOTE:
