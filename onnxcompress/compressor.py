@@ -24,7 +24,7 @@ from onnx import numpy_helper
 
 from onnxcompress import methods
 from onnxcompress.config import CompressionConfig, WeightConfig, plan, preset
-from onnxcompress.encoding import EncodedWeight, build_groups
+from onnxcompress.encoding import CodebookWeight, EncodedWeight, build_groups
 from onnxcompress.errors import InvalidModelError, NoCompressibleWeightsError
 from onnxcompress.inventory import WeightInfo, build_inventory, iter_graphs
 from onnxcompress.methods.masks import global_threshold
@@ -203,7 +203,7 @@ CODEBOOK_OVERHEAD_NOTE = 0.25
 def _codebook_overhead_note(enc: EncodedWeight, cfg: WeightConfig) -> str | None:
     """Advice when per-channel codebooks eat the savings (an embedding table with short rows:
     each row's 2^bits-entry codebook costs about as much as the row itself)."""
-    if enc.codebook is None or cfg.granularity == "tensor" or enc.nbytes <= 0:
+    if not isinstance(enc, CodebookWeight) or cfg.granularity == "tensor" or enc.nbytes <= 0:
         return None
     share = enc.codebook.nbytes / enc.nbytes
     if share <= CODEBOOK_OVERHEAD_NOTE:

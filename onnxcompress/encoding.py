@@ -9,8 +9,9 @@ one decode node reconstructs: onnxruntime's load time grows with the number of d
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar, TypeVar
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from onnxcompress.algorithms import bitpack, sparse
 from onnxcompress.algorithms.codebook import CodebookTensor
 from onnxcompress.algorithms.pruning import PrunedTensor
 from onnxcompress.errors import EncodingError
+from onnxcompress.ops import OpSpec, get_op
 
 MAX_GROUP_ELEMENTS = 1 << 26  # 256 MiB of fp32 per decode output: far below ORT's 1 GiB fold limit
 _CHUNK = 1 << 20  # positions found per step in _nonzero_positions
@@ -27,48 +29,135 @@ def itemsize(dtype: np.dtype | str) -> int:
     return np.dtype(dtype).itemsize
 
 
-@dataclass(frozen=True)
-class EncodedWeight:
-    """One weight in channel-major flat order, ready to join a group.
+@dataclass(frozen=True, kw_only=True)
+class WeightSlot:
+    """Where one weight sits in its group's decoded output, and how to cut it back out.
 
-    ``kind`` is ``dense`` (a code for every position), ``relative`` or ``mask`` (codes or values
-    only for the kept positions ``positions``). Codebook weights carry ``codebook``/``segments``/
-    ``codes``; pruned-only weights carry raw ``values``.
-    """
+    The weight is stored channel-major: the channel axis ``axis`` of ``shape`` moved to the front
+    and flattened, ``size`` elements of ``dtype``. A group keeps only this of each weight once its
+    streams are assembled (what the graph pass and host decode need)."""
 
     name: str
-    kind: str
     shape: tuple[int, ...]
     dtype: np.dtype
     axis: int
     size: int
-    bits: int | None
-    gap_bits: int | None
-    positions: np.ndarray | None  # kept positions (relative/mask): int32, int64 from 2^31 elements
-    codes: np.ndarray | None  # uint8: [size] for dense, [len(positions)] otherwise
-    codebook: np.ndarray | None  # [S, 2**bits]
-    segments: np.ndarray | None  # int64 [S+1], local
-    values: np.ndarray | None  # [len(positions)] raw kept values (pruned-only)
-    nbytes: int  # payload bytes of this weight in its chosen form
-
-    @property
-    def op_type(self) -> str:
-        if self.codebook is not None:
-            return {"dense": "CodebookDense", "relative": "CodebookRelative", "mask": "CodebookMask"}[
-                self.kind
-            ]
-        return {"relative": "SparseRelative", "mask": "SparseMask"}[self.kind]
-
-    @property
-    def group_key(self) -> tuple:
-        cb = None if self.codebook is None else self.codebook.dtype.str
-        vals = None if self.values is None else self.values.dtype.str
-        return (self.op_type, self.bits, self.gap_bits, np.dtype(self.dtype).str, cb, vals)
 
     @property
     def moved_shape(self) -> tuple[int, ...]:
         s = list(self.shape)
         return (s.pop(self.axis), *s) if s else ()
+
+    def slot(self) -> WeightSlot:
+        """Just the placement (drops an encoding's arrays)."""
+        return WeightSlot(name=self.name, shape=self.shape, dtype=self.dtype, axis=self.axis, size=self.size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeightEncoding(WeightSlot):
+    """What every encoding kind has, for grouping and reporting.
+
+    ``op_type`` is the decode operator (:data:`onnxcompress.ops.DECODE_OPS`) that reconstructs it,
+    ``kind`` how positions are stored: ``dense`` (a code for every position), ``relative`` or
+    ``mask`` (codes or values only for the kept positions). ``nbytes``: payload bytes of this
+    weight in its chosen form.
+    """
+
+    op_type: ClassVar[str]
+    kind: ClassVar[str]
+    nbytes: int
+
+    @property
+    def group_key(self) -> tuple[object, ...]:
+        """Weights with equal keys can share one decode node."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class CodebookWeight(WeightEncoding):
+    """A weight quantized to a ``bits``-bit codebook per segment (channel, group or tensor)."""
+
+    bits: int
+    codebook: np.ndarray  # [S, 2**bits]
+    segments: np.ndarray  # int64 [S+1], local
+    codes: np.ndarray  # uint8: [size] when dense, one per kept position otherwise
+
+    @property
+    def group_key(self) -> tuple[object, ...]:
+        return (self.op_type, self.bits, np.dtype(self.dtype).str, self.codebook.dtype.str)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CodebookDense(CodebookWeight):
+    """A code for every position (``CodebookDense``)."""
+
+    op_type: ClassVar[str] = "CodebookDense"
+    kind: ClassVar[str] = "dense"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CodebookRelative(CodebookWeight):
+    """Codes of the kept ``positions``, placed by a ``gap_bits`` relative index (``CodebookRelative``)."""
+
+    op_type: ClassVar[str] = "CodebookRelative"
+    kind: ClassVar[str] = "relative"
+    gap_bits: int
+    positions: np.ndarray  # kept positions: int32, int64 from 2^31 elements
+
+    @property
+    def group_key(self) -> tuple[object, ...]:
+        return (*super().group_key, self.gap_bits)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CodebookMask(CodebookWeight):
+    """Codes of the kept ``positions``, placed by a 1-bit mask (``CodebookMask``)."""
+
+    op_type: ClassVar[str] = "CodebookMask"
+    kind: ClassVar[str] = "mask"
+    positions: np.ndarray
+
+
+@dataclass(frozen=True, kw_only=True)
+class SparseWeight(WeightEncoding):
+    """A pruned weight whose kept ``values`` are stored raw (no codebook)."""
+
+    values: np.ndarray  # [len(positions)] raw kept values
+    positions: np.ndarray
+
+    @property
+    def bits(self) -> None:
+        """No codebook: reports show no bit width."""
+        return None
+
+    @property
+    def group_key(self) -> tuple[object, ...]:
+        return (self.op_type, np.dtype(self.dtype).str, self.values.dtype.str)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SparseRelative(SparseWeight):
+    """Kept values placed by a ``gap_bits`` relative index (``SparseRelative``)."""
+
+    op_type: ClassVar[str] = "SparseRelative"
+    kind: ClassVar[str] = "relative"
+    gap_bits: int
+
+    @property
+    def group_key(self) -> tuple[object, ...]:
+        return (*super().group_key, self.gap_bits)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SparseMask(SparseWeight):
+    """Kept values placed by a 1-bit mask (``SparseMask``)."""
+
+    op_type: ClassVar[str] = "SparseMask"
+    kind: ClassVar[str] = "mask"
+
+
+EncodedWeight = CodebookDense | CodebookRelative | CodebookMask | SparseRelative | SparseMask
+"""One weight in channel-major flat order, ready to join a group: one type per decode operator."""
 
 
 def _choose(
@@ -84,6 +173,7 @@ def _choose(
     if dense_bytes is not None and encoding in ("auto", "dense"):
         options.append((dense_bytes, "dense", None))
     if positions.size and encoding in ("auto", "relative"):
+        g: int
         if gap_bits is None:
             g, nbytes = sparse.best_gap_bits(positions, value_bits)
         else:
@@ -95,8 +185,8 @@ def _choose(
         options.append((bitpack.packed_size(size, 1) + (value_bits * positions.size + 7) // 8, "mask", None))
     if not options:
         raise EncodingError(f"encoding {encoding!r} cannot represent this tensor (no kept weights?)")
-    nbytes, kind, g = min(options, key=lambda o: o[0])
-    return kind, g, nbytes
+    best = min(options, key=lambda o: o[0])
+    return best[1], best[2], best[0]
 
 
 def position_dtype(size: int) -> np.dtype:
@@ -120,32 +210,34 @@ def _nonzero_positions(codes: np.ndarray) -> np.ndarray:
 def encode_codebook(
     name: str, t: CodebookTensor, *, encoding: str = "auto", gap_bits: int | None = None
 ) -> EncodedWeight:
+    """A codebook weight in the smallest of the dense, relative-index and mask forms that
+    ``encoding`` allows (``auto``: any); ``gap_bits`` None picks the best relative-index width."""
     size = int(t.codes.size)
     side = t.codebook.nbytes + t.segments.size * 4
+    dense_bytes = bitpack.packed_size(size, t.bits)
+    kind, g, nbytes = "dense", None, dense_bytes
+    positions = None
     if t.pruned:
         positions = _nonzero_positions(t.codes)
-        kind, g, nbytes = _choose(
-            size, positions, t.bits, encoding, gap_bits, bitpack.packed_size(size, t.bits)
-        )
-    else:
-        positions = np.arange(0)
-        kind, g, nbytes = "dense", None, bitpack.packed_size(size, t.bits)
-    return EncodedWeight(
-        name=name,
-        kind=kind,
-        shape=tuple(t.shape),
-        dtype=np.dtype(t.dtype),
-        axis=t.axis,
-        size=size,
-        bits=t.bits,
-        gap_bits=g,
-        positions=None if kind == "dense" else positions,
-        codes=t.codes if kind == "dense" else t.codes[positions],
-        codebook=t.codebook,
-        segments=np.asarray(t.segments, dtype=np.int64),
-        values=None,
-        nbytes=nbytes + side,
-    )
+        kind, g, nbytes = _choose(size, positions, t.bits, encoding, gap_bits, dense_bytes)
+    slot = WeightSlot(name=name, shape=tuple(t.shape), dtype=np.dtype(t.dtype), axis=t.axis, size=size)
+    segments = np.asarray(t.segments, dtype=np.int64)
+    if kind == "dense" or positions is None:
+        return CodebookDense(
+            **vars(slot), bits=t.bits, codebook=t.codebook, segments=segments, codes=t.codes,
+            nbytes=nbytes + side,
+        )  # fmt: skip
+    codes = t.codes[positions]
+    if kind == "relative":
+        assert g is not None
+        return CodebookRelative(
+            **vars(slot), bits=t.bits, codebook=t.codebook, segments=segments, codes=codes,
+            positions=positions, gap_bits=g, nbytes=nbytes + side,
+        )  # fmt: skip
+    return CodebookMask(
+        **vars(slot), bits=t.bits, codebook=t.codebook, segments=segments, codes=codes,
+        positions=positions, nbytes=nbytes + side,
+    )  # fmt: skip
 
 
 def encode_pruned(
@@ -158,36 +250,30 @@ def encode_pruned(
     gap_bits: int | None = None,
 ) -> EncodedWeight:
     """A pruned weight with raw kept values. ``p`` holds the channel-major layout of a weight of
-    original ``shape`` (channel axis ``axis``)."""
+    original ``shape`` (channel axis ``axis``); ``dense`` falls back to ``auto`` (no codes)."""
     size = int(np.prod(shape, dtype=np.int64))
     value_bits = 8 * np.dtype(p.values.dtype).itemsize
     kind, g, nbytes = _choose(
         size, p.positions, value_bits, "auto" if encoding == "dense" else encoding, gap_bits, None
     )
-    return EncodedWeight(
-        name=name,
-        kind=kind,
-        shape=tuple(shape),
-        dtype=np.dtype(p.dtype),
-        axis=axis,
-        size=size,
-        bits=None,
-        gap_bits=g,
-        positions=np.asarray(p.positions, dtype=position_dtype(size)),
-        codes=None,
-        codebook=None,
-        segments=None,
-        values=np.asarray(p.values),
-        nbytes=nbytes,
-    )
+    positions = np.asarray(p.positions, dtype=position_dtype(size))
+    slot = WeightSlot(name=name, shape=tuple(shape), dtype=np.dtype(p.dtype), axis=axis, size=size)
+    values = np.asarray(p.values)
+    if kind == "relative":
+        assert g is not None
+        return SparseRelative(**vars(slot), values=values, positions=positions, gap_bits=g, nbytes=nbytes)
+    return SparseMask(**vars(slot), values=values, positions=positions, nbytes=nbytes)
 
 
 @dataclass
 class Group:
-    """Several weights decoded by one node: the node's input arrays and attributes."""
+    """Several weights decoded by one node: the node's input arrays and attributes.
+
+    ``weights`` are the members' placements in the decoded output, in order; their arrays live in
+    ``inputs`` (one per input of the operator's :class:`~onnxcompress.ops.spec.OpSpec`)."""
 
     op_type: str
-    weights: list[EncodedWeight] = field(default_factory=list)
+    weights: list[WeightSlot] = field(default_factory=list)
     inputs: dict[str, np.ndarray] = field(default_factory=dict)  # input name -> array
     attrs: dict[str, int] = field(default_factory=dict)
 
@@ -195,15 +281,19 @@ class Group:
     def size(self) -> int:
         return sum(w.size for w in self.weights)
 
+    @property
+    def spec(self) -> OpSpec:
+        return get_op(self.op_type)
 
-def build_groups(weights: list[EncodedWeight], max_elements: int = MAX_GROUP_ELEMENTS) -> list[Group]:
+
+def build_groups(weights: Sequence[EncodedWeight], max_elements: int = MAX_GROUP_ELEMENTS) -> list[Group]:
     """Partition weights by group key, chunk each partition, and assemble each chunk's streams.
 
-    The groups' weights keep their metadata but not their per-element arrays (positions, codes,
-    values): those are in the group's streams now, and a caller that drops ``weights`` afterwards
-    frees them instead of holding the compressed model twice.
+    The groups keep each weight's :class:`WeightSlot` but not its per-element arrays (positions,
+    codes, values): those are in the group's streams now, and a caller that drops ``weights``
+    afterwards frees them instead of holding the compressed model twice.
     """
-    by_key: dict[tuple, list[EncodedWeight]] = {}
+    by_key: dict[tuple[object, ...], list[EncodedWeight]] = {}
     # weights sharing trailing dims sit next to each other, so the graph can cut a whole run of
     # them with one Reshape + one Split instead of a Reshape per weight
     for w in sorted(weights, key=lambda w: (len(w.moved_shape), w.moved_shape[1:])):
@@ -223,64 +313,72 @@ def build_groups(weights: list[EncodedWeight], max_elements: int = MAX_GROUP_ELE
     return groups
 
 
-def _assemble(ws: list[EncodedWeight]) -> Group:
+T = TypeVar("T", bound=WeightEncoding)
+
+
+def _all(ws: Sequence[EncodedWeight], cls: type[T]) -> list[T]:
+    """``ws`` as ``cls`` instances (one group holds one kind: its group key says so)."""
+    out: list[T] = [w for w in ws if isinstance(w, cls)]
+    if len(out) != len(ws):
+        raise EncodingError(f"internal error: a {cls.__name__} group holds other kinds; please report it")
+    return out
+
+
+def _kept_positions(w: EncodedWeight) -> np.ndarray:
+    if isinstance(w, CodebookDense):
+        raise EncodingError("internal error: a dense weight in a sparse group; please report it")
+    return w.positions
+
+
+def _assemble(ws: Sequence[EncodedWeight]) -> Group:
     first = ws[0]
-    group = Group(op_type=first.op_type, weights=ws)
     size = sum(w.size for w in ws)
-    offsets = np.cumsum([0] + [w.size for w in ws])[:-1]
+    offsets = [int(o) for o in np.cumsum([0] + [w.size for w in ws])[:-1]]
+    inputs: dict[str, np.ndarray] = {}
     attrs = {"size": int(size)}
-    if first.codebook is not None:
+    if isinstance(first, CodebookWeight):
+        cws = _all(ws, CodebookWeight)
         attrs["bits"] = int(first.bits)
-        codebook = np.concatenate([w.codebook for w in ws], axis=0)
+        codebook = np.concatenate([w.codebook for w in cws], axis=0)
         segments = np.concatenate(
-            [ws[0].segments[:1]] + [w.segments[1:] + off for w, off in zip(ws, offsets, strict=True)]
+            [cws[0].segments[:1]] + [w.segments[1:] + off for w, off in zip(cws, offsets, strict=True)]
         )
         if segments[-1] >= 2**31:
             raise EncodingError("a decode group exceeds 2^31 elements")
-        group.inputs["codebook"] = codebook
-        group.inputs["segments"] = segments.astype(np.int32)
-    if first.kind == "dense":
-        group.inputs["codes"] = bitpack.compress_parts([w.codes for w in ws], first.bits)
+        inputs["codebook"] = codebook
+        inputs["segments"] = segments.astype(np.int32)
+    if isinstance(first, CodebookDense):
+        inputs["codes"] = bitpack.compress_parts([w.codes for w in _all(ws, CodebookDense)], first.bits)
     else:
         # the group's positions are each weight's plus its offset: the encoders take them per
         # weight, chunk by chunk, instead of one group-wide int64 array
-        parts = [(w.positions, int(off)) for w, off in zip(ws, offsets, strict=True)]
-        kept = sum(int(w.positions.size) for w in ws)
-        if first.kind == "relative":
+        parts = [(_kept_positions(w), off) for w, off in zip(ws, offsets, strict=True)]
+        kept = sum(int(pos.size) for pos, _ in parts)
+        if isinstance(first, (CodebookRelative, SparseRelative)):
             gaps = sparse.relative_gaps(parts, first.gap_bits)
-            group.inputs["gaps"] = bitpack.compress(gaps, first.gap_bits)
+            inputs["gaps"] = bitpack.compress(gaps, first.gap_bits)
             attrs["gap_bits"] = int(first.gap_bits)
             attrs["entries"] = int(gaps.size)
             attrs["kept"] = kept
             del gaps
         else:
-            group.inputs["mask"] = sparse.packed_mask(parts, size)
+            inputs["mask"] = sparse.packed_mask(parts, size)
             attrs["entries"] = kept
-        payload = [w.codes if w.codes is not None else w.values for w in ws]
-        if first.codebook is not None:
-            group.inputs["codes"] = bitpack.compress_parts(payload, first.bits)
+        if isinstance(first, CodebookWeight):
+            inputs["codes"] = bitpack.compress_parts([w.codes for w in _all(ws, CodebookWeight)], first.bits)
         else:
-            group.inputs["values"] = np.concatenate(payload)
-    group.attrs = attrs
+            inputs["values"] = np.concatenate([w.values for w in _all(ws, SparseWeight)])
     # the streams hold the data now; keep only what the graph needs to know of each weight
-    group.weights = [_metadata_only(w) for w in ws]
-    return group
-
-
-def _metadata_only(w: EncodedWeight) -> EncodedWeight:
-    """``w`` without its per-element arrays (``values`` keeps its dtype, part of the group key)."""
-    values = None if w.values is None else w.values[:0].copy()
-    return dataclasses.replace(w, positions=None, codes=None, values=values)
+    return Group(op_type=first.op_type, weights=[w.slot() for w in ws], inputs=inputs, attrs=attrs)
 
 
 def decode_group_reference(group: Group) -> np.ndarray:
-    """What the group's decode node must output, via the numpy reference operators."""
+    """What the group's decode node must output, via the operator's numpy reference."""
     from onnx import helper
 
-    from onnxcompress.ops.reference import REFERENCE
-
+    spec = group.spec
     to = helper.np_dtype_to_tensor_dtype(np.dtype(group.weights[0].dtype))
-    return REFERENCE[group.op_type](**group.inputs, **group.attrs, to=to)
+    return spec.reference(*(group.inputs[n] for n in spec.input_names), **group.attrs, to=to)
 
 
 def split_group_output(group: Group, flat: np.ndarray) -> dict[str, np.ndarray]:

@@ -85,7 +85,7 @@ def test_bad_decode_mode():
 
 def test_reference_lookups_are_exact_across_chunks(tmp_path, monkeypatch):
     """The chunked numpy lookups (bounded temporaries) give the same weights at any chunk size."""
-    from onnxcompress.ops import reference
+    from onnxcompress.ops import numeric as reference
     from onnxcompress.passes.host_decode import decode_on_host
 
     for preset in ("small", "safe", "deep-compression"):

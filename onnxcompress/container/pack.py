@@ -31,6 +31,7 @@ from onnxcompress import entropy
 from onnxcompress.container import format as fmt
 from onnxcompress.entropy import raw as rawcoder
 from onnxcompress.errors import ConfigError, ContainerError, EncodingError, InvalidModelError
+from onnxcompress.ops import DECODE_OPS, DOMAIN
 
 if TYPE_CHECKING:
     import onnx
@@ -40,19 +41,9 @@ try:  # optional: without it the remainder and float streams fall back to lzma /
 except ImportError:  # pragma: no cover - exercised only where zstandard is missing
     _zstd = None
 
-DOMAIN = "ai.onnxcompress"
 MIN_WEIGHT_BYTES = 256
 #: Float element sizes by TensorProto data type (FLOAT, FLOAT16, DOUBLE, BFLOAT16).
 _FLOAT_SIZES = {1: 4, 10: 2, 11: 8, 16: 2}
-
-# Input roles of each decode operator (docs/format.md Part 1), by input position.
-OP_INPUTS: dict[str, tuple[str, ...]] = {
-    "CodebookDense": ("codes", "codebook", "segments"),
-    "CodebookRelative": ("codes", "gaps", "codebook", "segments"),
-    "CodebookMask": ("codes", "mask", "codebook", "segments"),
-    "SparseRelative": ("values", "gaps"),
-    "SparseMask": ("values", "mask"),
-}
 
 
 # --------------------------------------------------------------------------- statistics
@@ -286,9 +277,12 @@ def unshuffle(data: bytes, elem: int) -> bytes:
 
 @dataclass
 class _Spec:
+    """What the packer knows of one tensor. ``role`` is the decode input's name (``codes``,
+    ``gaps``, ``mask``, ``codebook``, ``values``, ``segments``; ``weight`` for other floats)."""
+
     role: str
     bits: int = 0  # k for code streams, 1 for masks
-    count: int = 0  # declared code count (size or entries)
+    count: int = 0  # declared code count (size, kept or entries)
     elem: int = 0  # float element size
 
 
@@ -299,35 +293,32 @@ def _attrs(node: Any) -> dict[str, Any]:
 
 
 def stream_specs(model: onnx.ModelProto) -> dict[str, _Spec]:
-    """What each initializer feeding a decode node is (role, bit width, declared count)."""
+    """What each initializer feeding a decode node is (role, bit width, declared count).
+
+    Read from the decode operator table (:data:`onnxcompress.ops.DECODE_OPS`): each input's
+    :class:`~onnxcompress.ops.spec.Input` says whether it is a bit-packed stream and which of the
+    node's attributes hold its width and code count (docs/format.md Part 1)."""
     inits = {t.name: t for t in model.graph.initializer}
     specs: dict[str, _Spec] = {}
     for node in model.graph.node:
-        if node.domain != DOMAIN or node.op_type not in OP_INPUTS:
+        op = DECODE_OPS.get(node.op_type) if node.domain == DOMAIN else None
+        if op is None:
             continue
         at = _attrs(node)
-        for role, name in zip(OP_INPUTS[node.op_type], node.input, strict=False):
+        for inp, name in zip(op.inputs, node.input, strict=False):
             if name not in inits or name in specs:
                 continue
             t = inits[name]
             try:
-                if role == "codes":
-                    # Part 1: size codes (dense), kept codes (relative: fillers carry none), entries.
-                    if node.op_type == "CodebookDense":
-                        cnt = at["size"]
-                    else:
-                        cnt = at.get("kept", at["entries"])
-                    specs[name] = _Spec(role, int(at["bits"]), int(cnt))
-                elif role == "gaps":
-                    specs[name] = _Spec(role, int(at["gap_bits"]), int(at["entries"]))
-                elif role == "mask":
-                    specs[name] = _Spec(role, 1, int(at["size"]))
-                elif role in ("codebook", "values") and t.data_type in _FLOAT_SIZES:
-                    specs[name] = _Spec(role, elem=_FLOAT_SIZES[t.data_type])
+                if inp.kind == "stream":
+                    bits, count = inp.stream_shape(at)
+                    specs[name] = _Spec(inp.name, bits, count)
+                elif inp.kind == "float" and t.data_type in _FLOAT_SIZES:
+                    specs[name] = _Spec(inp.name, elem=_FLOAT_SIZES[t.data_type])
                 else:
-                    specs[name] = _Spec(role)
+                    specs[name] = _Spec(inp.name)
             except (KeyError, TypeError, ValueError):
-                specs[name] = _Spec(role)
+                specs[name] = _Spec(inp.name)
     for t in model.graph.initializer:
         if t.name not in specs and t.data_type in _FLOAT_SIZES and len(t.raw_data) >= MIN_WEIGHT_BYTES:
             specs[t.name] = _Spec("weight", elem=_FLOAT_SIZES[t.data_type])
@@ -615,7 +606,8 @@ def staircase(
     pruned_w = 0
     seen: set[str] = set()
     for node in proto.graph.node:
-        if node.domain != DOMAIN or node.op_type not in OP_INPUTS:
+        op = DECODE_OPS.get(node.op_type) if node.domain == DOMAIN else None
+        if op is None:
             continue
         at = _attrs(node)
         size = int(at.get("size", 0))
@@ -625,11 +617,10 @@ def staircase(
         except Exception:
             elem = 4
         original_w += size * elem
-        roles = dict(zip(OP_INPUTS[node.op_type], node.input, strict=False))
-        if "gaps" in roles or "mask" in roles:
-            pos_name = roles.get("gaps") or roles.get("mask") or ""
-            kept = int(at.get("kept", at.get("entries", 0)))
-            pruned_w += kept * elem + nbytes(pos_name)
+        roles = dict(zip(op.input_names, node.input, strict=False))
+        if op.positions is not None and op.kept is not None and op.positions in roles:
+            kept = int(at.get(op.kept, 0))
+            pruned_w += kept * elem + nbytes(roles[op.positions])
         else:
             pruned_w += size * elem
         for name in node.input:

@@ -1,61 +1,49 @@
 """ONNX function bodies of the decode operators, built from standard ops for a given opset.
 
-Everything runs on int32 tensors with Div/Mod/Gather, so the bodies are valid from opset 12 up
-(integer Pow and Min arrive in 12; Constant's ``value_int`` too). The unpack exploits the stream's
-group structure: 8 codes of ``k`` bits fill ``k`` bytes, so code ``c`` of a group starts at byte
-``c*k div 8``, bit ``c*k mod 8`` and spans at most two bytes.
+Each operator's file gives a ``body(b)`` that calls the building blocks of :class:`Body`;
+:func:`build_function` wraps the nodes into the operator's ``FunctionProto`` with the inputs and
+attributes of its :class:`~onnxcompress.ops.spec.OpSpec`. Everything runs on int32 tensors with
+Div/Mod/Gather, so the bodies are valid from opset 12 up (integer Pow and Min arrive in 12;
+Constant's ``value_int`` too). The unpack exploits the stream's group structure: 8 codes of ``k``
+bits fill ``k`` bytes, so code ``c`` of a group starts at byte ``c*k div 8``, bit ``c*k mod 8``
+and spans at most two bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcompress.ops import DOMAIN, MIN_OPSET
-
-INPUTS = {
-    "CodebookDense": ["codes", "codebook", "segments"],
-    "CodebookRelative": ["codes", "gaps", "codebook", "segments"],
-    "CodebookMask": ["codes", "mask", "codebook", "segments"],
-    "SparseRelative": ["values", "gaps"],
-    "SparseMask": ["values", "mask"],
-    "Unpack": ["stream"],
-}
-ATTRIBUTES = {
-    "CodebookDense": ["bits", "size", "to"],
-    "CodebookRelative": ["bits", "gap_bits", "entries", "kept", "size", "to"],
-    "CodebookMask": ["bits", "entries", "size", "to"],
-    "SparseRelative": ["gap_bits", "entries", "kept", "size", "to"],
-    "SparseMask": ["entries", "size", "to"],
-    "Unpack": ["bits", "count"],
-}
-#: the helper every decode body calls to read a bit-packed stream (one body per model, not one per use)
-HELPERS = ("Unpack",)
+from onnxcompress.ops.registry import HELPERS, get_op
+from onnxcompress.ops.spec import DOMAIN, MIN_OPSET, VERSION, OpSpec
 
 
-class _Body:
-    """Tiny builder: each call appends a node and returns its (auto-named) output."""
+class Body:
+    """Tiny builder of one operator's body: each call appends a node and returns its (auto-named)
+    output. ``spec`` says which attributes hold each stream's width and count (:meth:`read_codes`)."""
 
-    def __init__(self, opset: int = 17) -> None:
+    def __init__(self, spec: OpSpec, opset: int = 17) -> None:
+        self.spec = spec
         self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
         self._n = 0
-        self._memo: dict[tuple, str] = {}
+        self._memo: dict[tuple[Any, ...], str] = {}
 
     def _fresh(self) -> str:
         """Short internal names: the body is stored once per model, and small models notice."""
         self._n += 1
         return f"_{self._n}"
 
-    def op(self, op_type: str, *inputs: str, name: str | None = None, **attrs) -> str:
+    def op(self, op_type: str, *inputs: str, name: str | None = None, **attrs: Any) -> str:
         out = name or self._fresh()
         self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
         return out
 
-    def const(self, value, dtype=np.int32) -> str:
+    def const(self, value: Any, dtype: Any = np.int32) -> str:
         arr = np.array(value, dtype=dtype)
         key = ("const", arr.dtype.str, arr.shape, arr.tobytes())
         if key not in self._memo:
@@ -77,6 +65,7 @@ class _Body:
         return out
 
     def cast_to(self, x: str) -> str:
+        """``x`` cast to the calling node's output type (its ``to`` attribute)."""
         out = self._fresh()
         node = helper.make_node("Cast", [x], [out])
         a = onnx.AttributeProto()
@@ -91,14 +80,19 @@ class _Body:
         """Scalar -> 1-D tensor of one element (Reshape works at every opset, Unsqueeze does not)."""
         return self.op("Reshape", scalar, self.const([1], np.int64))
 
-    def call_unpack(self, stream: str, bits_attr: str | None, count_attr: str) -> str:
+    def size(self) -> str:
+        """The ``size`` attribute as a 1-D shape (every decode operator's output length)."""
+        return self.vec1(self.attr_int("size"))
+
+    def call_unpack(self, stream: str, bits: str | int, count_attr: str) -> str:
         """uint8 [count] codes of a bit-packed stream through the ``Unpack`` helper function
-        (``bits_attr`` None means a 1-bit stream); the caller's attributes are passed by reference."""
+        (``bits``: the caller's attribute holding the width, or a fixed width); the caller's
+        attributes are passed by reference."""
         out = self._fresh()
         node = helper.make_node("Unpack", [stream], [out], domain=DOMAIN)
-        for name, ref in (("bits", bits_attr), ("count", count_attr)):
-            if ref is None:
-                node.attribute.append(helper.make_attribute(name, 1))
+        for name, ref in (("bits", bits), ("count", count_attr)):
+            if isinstance(ref, int):
+                node.attribute.append(helper.make_attribute(name, ref))
                 continue
             a = onnx.AttributeProto()
             a.name, a.ref_attr_name, a.type = name, ref, onnx.AttributeProto.INT
@@ -106,9 +100,9 @@ class _Body:
         self.nodes.append(node)
         return out
 
-    def unpack(self, stream: str, bits_attr: str | None, count_attr: str) -> str:
-        """uint8 [count] codes of a bit-packed stream (``bits_attr`` None means a 1-bit stream): the
-        body of ``Unpack``.
+    def unpack(self, stream: str, bits_attr: str | int, count_attr: str) -> str:
+        """uint8 [count] codes of a bit-packed stream (``bits_attr``: attribute name or a fixed
+        width): the body of ``Unpack``.
 
         8 codes of k bits fill k bytes, so code c of a group starts at byte c*k div 8, bit
         s = c*k mod 8, and reaches into the next byte only when s + k > 8. Everything runs on
@@ -120,7 +114,7 @@ class _Body:
         and a model holds several decode ops: one copy of these ~30 nodes per model, not per use
         (onnx's ReferenceEvaluator and onnxruntime both run nested model-local functions).
         """
-        bits64 = self.const(1, np.int64) if bits_attr is None else self.attr_int(bits_attr)
+        bits64 = self.const(bits_attr, np.int64) if isinstance(bits_attr, int) else self.attr_int(bits_attr)
         count = self.vec1(self.attr_int(count_attr))
         bits = self.op("Cast", bits64, to=TensorProto.INT32)
         grouped = self.op(
@@ -163,8 +157,13 @@ class _Body:
         flat = self.op("Reshape", masked, self.const([-1], np.int64))
         return self.op("Slice", flat, self.const([0], np.int64), count)
 
-    def codes_int32(self, stream: str, bits_attr: str | None, count_attr: str) -> str:
-        return self.op("Cast", self.call_unpack(stream, bits_attr, count_attr), to=TensorProto.INT32)
+    def read_codes(self, input_name: str) -> str:
+        """int32 [count] codes of the stream input ``input_name``, with the width and count its
+        :class:`~onnxcompress.ops.spec.Input` declares."""
+        inp = self.spec.input(input_name)
+        if inp.bits is None or inp.count is None:
+            raise ValueError(f"{self.spec.name}: input {input_name!r} is not a bit-packed stream")
+        return self.op("Cast", self.call_unpack(input_name, inp.bits, inp.count), to=TensorProto.INT32)
 
     def segment_offsets(self, segments: str, size: str, bits_attr: str) -> str:
         """int32 [size]: seg(p) * 2^bits, the offset of each position's codebook row in the flat
@@ -181,19 +180,29 @@ class _Body:
         flat_cb = self.cast_to(self.op("Reshape", codebook, self.const([-1], np.int64)))
         return self.op("Gather", flat_cb, self.op("Add", offsets, codes), axis=0)
 
-    def scatter(self, size: str, positions: str, values: str) -> str:
-        zeros = self.cast_to(
+    def zeros(self, size: str) -> str:
+        """``size`` zeros of the output type."""
+        return self.cast_to(
             self.op("ConstantOfShape", size, value=numpy_helper.from_array(np.array([0], np.float32)))
         )
-        return self.op("ScatterElements", zeros, positions, values, axis=0)
+
+    def scatter(self, size: str, positions: str, values: str) -> str:
+        return self.op("ScatterElements", self.zeros(size), positions, values, axis=0)
+
+    def kept_or_zero(self, keep: str, stored: str, rank: str, zero: str) -> str:
+        """``stored[rank]`` where ``keep``, else ``zero``: one entry per position or per relative
+        entry, gathered from the kept-only stream ``stored``."""
+        return self.op("Where", keep, self.op("Gather", stored, rank, axis=0), zero)
 
     def relative_entries(self) -> tuple[str, str, str]:
         """(positions, is_kept, rank) of every relative-index entry. A gap of 2^gap_bits - 1 is a
         filler: it advances by that much and takes no code; rank indexes the kept-only stream."""
-        gaps = self.codes_int32("gaps", "gap_bits", "entries")
+        gaps = self.read_codes("gaps")
+        gap_bits = self.spec.input("gaps").bits
+        assert isinstance(gap_bits, str)
         filler = self.op(
             "Sub",
-            self.op("Pow", self.const(2), self.op("Cast", self.attr_int("gap_bits"), to=TensorProto.INT32)),
+            self.op("Pow", self.const(2), self.op("Cast", self.attr_int(gap_bits), to=TensorProto.INT32)),
             self.const(1),
         )
         real = self.op("Cast", self.op("Not", self.op("Equal", gaps, filler)), to=TensorProto.INT32)
@@ -207,7 +216,7 @@ class _Body:
         """(keep, rank): keep[p] is the mask bit as bool, rank[p] the index of p among the kept
         positions (clamped at 0). onnxruntime does not constant-fold NonZero, so positions are
         never materialised: every output position gathers its own entry instead."""
-        mask = self.codes_int32("mask", None, "size")
+        mask = self.read_codes("mask")
         rank = self.op(
             "Max", self.op("Sub", self.op("CumSum", mask, self.const(0)), self.const(1)), self.const(0)
         )
@@ -218,58 +227,22 @@ def build_function(op_type: str, opset: int) -> onnx.FunctionProto:
     """The FunctionProto of one decode operator for a model whose default-domain opset is ``opset``."""
     if opset < MIN_OPSET:
         raise ValueError(f"decode functions need opset >= {MIN_OPSET}, got {opset}")
-    b = _Body(opset)
-    if op_type == "Unpack":
-        b.nodes.append(helper.make_node("Identity", [b.unpack("stream", "bits", "count")], ["Y"]))
-        return _function(op_type, b, opset)
-    size = b.vec1(b.attr_int("size"))
-    if op_type == "CodebookDense":
-        codes = b.codes_int32("codes", "bits", "size")
-        out = b.lookup("codebook", b.segment_offsets("segments", size, "bits"), codes)
-    elif op_type in ("CodebookMask", "SparseMask"):
-        keep, rank = b.mask_rank()
-        if op_type == "CodebookMask":
-            # pruned positions take code 0, which is exactly zero in every row of a pruned codebook
-            kept_codes = b.codes_int32("codes", "bits", "entries")
-            codes = b.op("Where", keep, b.op("Gather", kept_codes, rank, axis=0), b.const(0))
-            out = b.lookup("codebook", b.segment_offsets("segments", size, "bits"), codes)
-        else:
-            zeros = b.cast_to(
-                b.op("ConstantOfShape", size, value=numpy_helper.from_array(np.array([0], np.float32)))
-            )
-            out = b.op("Where", keep, b.op("Gather", b.cast_to("values"), rank, axis=0), zeros)
-    elif op_type in ("CodebookRelative", "SparseRelative"):
-        pos, real, rank = b.relative_entries()
-        if op_type == "CodebookRelative":
-            # fillers take code 0, exactly zero in every row, and land on pruned positions
-            kept_codes = b.codes_int32("codes", "bits", "kept")
-            codes = b.op("Where", real, b.op("Gather", kept_codes, rank, axis=0), b.const(0))
-            offsets = b.op("Gather", b.segment_offsets("segments", size, "bits"), pos, axis=0)
-            values = b.lookup("codebook", offsets, codes)
-        else:
-            zero = b.cast_to(b.const([0.0], np.float32))
-            values = b.op("Where", real, b.op("Gather", b.cast_to("values"), rank, axis=0), zero)
-        out = b.scatter(size, pos, values)
-    else:
-        raise ValueError(f"unknown decode operator {op_type!r}")
-    b.nodes.append(helper.make_node("Identity", [out], ["Y"]))
-    return _function(op_type, b, opset)
-
-
-def _function(op_type: str, b: _Body, opset: int) -> onnx.FunctionProto:
+    spec = get_op(op_type)
+    b = Body(spec, opset)
+    b.nodes.append(helper.make_node("Identity", [spec.body(b)], ["Y"]))
     return helper.make_function(
         DOMAIN,
-        op_type,
-        INPUTS[op_type],
+        spec.name,
+        list(spec.input_names),
         ["Y"],
         b.nodes,
-        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)],
-        attributes=ATTRIBUTES[op_type],
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, VERSION)],
+        attributes=list(spec.attributes),
     )
 
 
 def functions_for(op_types: Iterable[str], opset: int) -> list[onnx.FunctionProto]:
-    """Function protos a model using ``op_types`` needs (the ``Unpack`` helper they call included)."""
+    """Function protos a model using ``op_types`` needs (the helpers they call included)."""
     ops = sorted(set(op_types) - set(HELPERS))
     helpers = list(HELPERS) if ops else []  # listed first: evaluators resolve callees in order
     return [build_function(op, opset) for op in helpers + ops]

@@ -11,16 +11,17 @@ is removed wherever it lived.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxcompress.encoding import Group
+from onnxcompress.encoding import Group, WeightSlot
 from onnxcompress.errors import EncodingError
 from onnxcompress.inventory import iter_graphs
 from onnxcompress.ops import DOMAIN
-from onnxcompress.ops.functions import INPUTS, functions_for
+from onnxcompress.ops.functions import functions_for
 from onnxcompress.passes.base import Pass, PassResult
 from onnxcompress.passes.versions import default_opset
 
@@ -113,17 +114,16 @@ class EncodeWeightsPass(Pass):
         for gi, group in enumerate(self.groups):
             base = f"{PREFIX}/g{gi}"
             get = group.inputs.pop if self.consume else group.inputs.__getitem__
-            inputs = [const(get(k), f"{base}/{k}") for k in INPUTS[group.op_type]]
+            inputs = [const(get(k), f"{base}/{k}") for k in group.spec.input_names]
             to = helper.np_dtype_to_tensor_dtype(np.dtype(group.weights[0].dtype))
+            attrs: dict[str, Any] = {**group.attrs, "to": to}
             decoded = fresh(f"{base}/decoded")
+            node_name = fresh(f"{base}/{group.op_type}")
             new_nodes.append(
-                helper.make_node(
-                    group.op_type, inputs, [decoded], name=fresh(f"{base}/{group.op_type}"), domain=DOMAIN,
-                    **group.attrs, to=to,
-                )
-            )  # fmt: skip
+                helper.make_node(group.op_type, inputs, [decoded], name=node_name, domain=DOMAIN, **attrs)
+            )
             # runs of consecutive weights with the same trailing dims (build_groups sorts them so)
-            runs: list[list] = []
+            runs: list[list[WeightSlot]] = []
             for w in group.weights:
                 if runs and runs[-1][0].moved_shape[1:] == w.moved_shape[1:] and len(w.moved_shape) >= 1:
                     runs[-1].append(w)

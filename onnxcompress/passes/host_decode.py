@@ -3,12 +3,13 @@
 Why: a stock ``InferenceSession`` rebuilds the weights by constant-folding the decode functions,
 and onnxruntime keeps every folded intermediate until folding ends: about 44-51 bytes per weight
 at the peak for an 8-bit model (4.6 GB for a 102M-parameter MLP whose fp32 file is 410 MB) and
-many seconds of op-by-op evaluation. The numpy reference operators of :mod:`onnxcompress.ops.reference`
-are the specification, bit-identical to what onnxruntime folds (tested), so
-:func:`onnxcompress.load` runs them instead, folds the ``Reshape``/``Split``/``Transpose``/``Identity``
-nodes that cut a decode group into weights, and hands the finished weights to onnxruntime as
-external initializers (``SessionOptions.add_external_initializers``: no protobuf copy). The model
-file is untouched; a plain ``InferenceSession`` still decodes it itself.
+many seconds of op-by-op evaluation. The numpy references of the decode operators
+(``OpSpec.reference`` in :data:`onnxcompress.ops.OPS`) are the specification, bit-identical to
+what onnxruntime folds (tested), so :func:`onnxcompress.load` runs them instead, folds the
+``Reshape``/``Split``/``Transpose``/``Identity`` nodes that cut a decode group into weights, and
+hands the finished weights to onnxruntime as external initializers
+(``SessionOptions.add_external_initializers``: no protobuf copy). The model file is untouched; a
+plain ``InferenceSession`` still decodes it itself.
 
 This module edits graphs only (no onnxruntime import): it returns the edited model and the arrays;
 :func:`onnxcompress.sessions.make_session` turns them into a session.
@@ -18,14 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from onnxcompress.inventory import iter_graphs
-from onnxcompress.ops import DOMAIN
-from onnxcompress.ops.reference import REFERENCE
+from onnxcompress.ops import DOMAIN, OPS
 
 #: ``location`` of the placeholder initializers whose data :func:`make_session` supplies in memory
 PLACEHOLDER_LOCATION = "onnxcompress-host-decoded"
@@ -41,7 +42,7 @@ class HostDecoded:
     folded_nodes: int = 0  # Reshape/Split/Transpose/Identity nodes folded after them
 
 
-def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -109,8 +110,8 @@ def decode_on_host(model: onnx.ModelProto) -> HostDecoded:
     for node in graph.node:
         args = [const(i) if i else None for i in node.input]
         present = [a for i, a in zip(node.input, args, strict=True) if i]
-        if node.domain == DOMAIN and node.op_type in REFERENCE and all(a is not None for a in present):
-            known[node.output[0]] = REFERENCE[node.op_type](*args, **_attrs(node))
+        if node.domain == DOMAIN and node.op_type in OPS and all(a is not None for a in present):
+            known[node.output[0]] = OPS[node.op_type].reference(*args, **_attrs(node))
             result.decoded_nodes += 1
             continue
         if (
