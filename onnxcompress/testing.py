@@ -58,7 +58,6 @@ def assert_models_close(
         batch_size=batch_size,
         gates=gates,
         providers=providers,
-        progress=False,
         shapes=shapes,
         int_range=int_range,
         samples=samples,

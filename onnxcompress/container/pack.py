@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 try:  # optional: without it the remainder and float streams fall back to lzma / zlib
     import zstandard as _zstd
 except ImportError:  # pragma: no cover - exercised only where zstandard is missing
-    _zstd = None
+    _zstd = None  # type: ignore[assignment]
 
 MIN_WEIGHT_BYTES = 256
 #: Float element sizes by TensorProto data type (FLOAT, FLOAT16, DOUBLE, BFLOAT16).
@@ -204,9 +204,9 @@ def decompress_bytes(data: bytes, codec: int, length: int) -> bytes:
             with _zstd.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
                 out = reader.read(length + 1)
         elif codec == fmt.CODEC_LZMA:
-            d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-            out = d.decompress(data, max_length=length + 1)
-            if not d.eof or d.unused_data:
+            dx = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+            out = dx.decompress(data, max_length=length + 1)
+            if not dx.eof or dx.unused_data:
                 raise ContainerError("lzma stream is incomplete or has trailing data")
         elif codec == fmt.CODEC_ZLIB:
             d = zlib.decompressobj()
