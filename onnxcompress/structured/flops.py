@@ -53,6 +53,8 @@ def count_flops(model: onnx.ModelProto) -> FlopCount:
     """FLOPs of one inference of ``model``'s main graph at batch size 1."""
     m = _batch_one(model)
     types = infer_value_types(m)
+    for o in m.graph.output:  # inference returns intermediate values; outputs keep their declared shape
+        types.setdefault(o.name, o)
     consts = {t.name: tuple(int(d) for d in t.dims) for t in m.graph.initializer}
 
     def shape(name: str) -> tuple[int, ...] | None:

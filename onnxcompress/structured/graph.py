@@ -30,6 +30,7 @@ Pure graph code: onnx and numpy, no onnxruntime.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,7 +40,7 @@ from onnx import numpy_helper
 from onnxcompress.calibration.capture import infer_value_types
 from onnxcompress.inventory import iter_graphs
 
-Dim = int | str | None
+Dim = Any  # int (known), str (symbolic) or None (unknown); checked with isinstance where it matters
 
 UNARY = {
     "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Gelu", "Elu", "Selu", "Celu", "Softplus", "Softsign",
@@ -258,7 +259,7 @@ class _Walker:
     def node_label(self, index: int, node: onnx.NodeProto) -> str:
         return node.name or f"{node.op_type}_{index}"
 
-    def attr(self, node: onnx.NodeProto, name: str, default: object = None) -> object:
+    def attr(self, node: onnx.NodeProto, name: str, default: Any = None) -> Any:
         for a in node.attribute:
             if a.name == name:
                 v = onnx.helper.get_attribute_value(a)
@@ -301,6 +302,8 @@ class _Walker:
                 handler = self._pooling
             elif op in REDUCE:
                 handler = self._reduce
+            if not laid and op not in SOURCE_OPS:
+                continue
             if handler is None:
                 for _, lay in laid:
                     self.refuse(
@@ -567,19 +570,21 @@ class _Walker:
                 out.append(v)
         if -1 in out:
             q = out.index(-1)
-            known_in = [d for d in shape if isinstance(d, int)]
-            if len(known_in) == len(shape):
-                rest = int(np.prod([d for k, d in enumerate(out) if k != q], dtype=np.int64))  # type: ignore[misc]
-                if any(not isinstance(d, int) for k, d in enumerate(out) if k != q) or rest == 0:
-                    return None
-                out[q] = int(np.prod(known_in, dtype=np.int64)) // rest
-            elif q == 0 and not isinstance(shape[0], int) and all(isinstance(d, int) for d in shape[1:]):
-                if int(np.prod(out[1:], dtype=np.int64)) != int(np.prod(shape[1:], dtype=np.int64)):  # type: ignore[arg-type]
-                    return None
-                out[0] = shape[0]
-            else:
+            sym_in = sorted(str(d) for d in shape if not isinstance(d, int))
+            sym_out = sorted(str(d) for k, d in enumerate(out) if k != q and not isinstance(d, int))
+            if sym_in != sym_out or any(d is None for d in shape):
                 return None
+            num = int(np.prod([d for d in shape if isinstance(d, int)], dtype=np.int64))
+            den = int(
+                np.prod([d for k, d in enumerate(out) if k != q and isinstance(d, int)], dtype=np.int64)
+            )
+            if den == 0 or num % den:
+                return None
+            out[q] = num // den
         return out
+
+    def _op_Shape(self, index: int, node: onnx.NodeProto, laid: list[tuple[int, Layout]]) -> None:
+        self.refuse(laid[0][1], "Shape reads the channel count at run time (a shape computed at run time)")
 
     def _op_Split(self, index: int, node: onnx.NodeProto, laid: list[tuple[int, Layout]]) -> None:
         lay = next((lay for i, lay in laid if i == 0), None)
@@ -848,8 +853,8 @@ class _Walker:
         if lay is not None:
             if w is None or self.attr(node, "transA", 0) or lay.axis != -1:
                 self.refuse(lay, "Gemm with transA, a run-time weight, or channels on rows")
-                return
-            self._consume(index, node, node.input[1], 1 if trans_b else 0, lay.ids)
+            else:
+                self._consume(index, node, node.input[1], 1 if trans_b else 0, lay.ids)
         if w is None or w.ndim != 2:
             return
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
@@ -865,8 +870,8 @@ class _Walker:
         if lay is not None:
             if w is None or w.ndim != 2 or lay.axis != -1:
                 self.refuse(lay, "MatMul with a run-time or batched weight, or channels on rows")
-                return
-            self._consume(index, node, node.input[1], 0, lay.ids)
+            else:
+                self._consume(index, node, node.input[1], 0, lay.ids)
         if w is None or w.ndim != 2:
             return
         self._source(index, node, node.input[1], 1, int(w.shape[1]), 1, -1, None)
@@ -916,8 +921,7 @@ class _Walker:
                 groups[root] = Group(len(groups), [], [], [], set(), reasons.get(root))
             groups[root].sources.append(s)
         for c in self.consumers:
-            if len(c.ids):
-                root = self.grp.find(int(c.ids[0]))
+            for root in dict.fromkeys(self.grp.find(int(e)) for e in c.ids):
                 if root in groups:
                     groups[root].consumers.append(c)
         seen: set[int] = set()

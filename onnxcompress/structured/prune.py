@@ -85,25 +85,21 @@ def apply(model: onnx.ModelProto, analysis: Analysis, removed: Iterable[int]) ->
                     a.i = kept
         elif e.kind == "shape":
             kept = int(keep_mask(analysis, e.ids, removed).sum())
-            value = get_tensor(out, node.input[e.input_index]).copy()
-            flat = value.reshape(-1)
-            if value.dtype.kind == "f":
-                flat[e.position] = float(kept * e.inner)
-            else:
-                flat[e.position] = kept * e.inner
+            shape_value = get_tensor(out, node.input[e.input_index]).copy()
+            shape_value.reshape(-1)[e.position] = kept * e.inner
             name = _fresh_name(out, f"{node.input[e.input_index]}_pruned", taken)
-            graph.initializer.append(numpy_helper.from_array(value, name))
+            graph.initializer.append(numpy_helper.from_array(shape_value, name))
             node.input[e.input_index] = name
         elif e.kind == "split":
             sizes = np.array([int(keep_mask(analysis, p, removed).sum()) for p in e.pieces], dtype=np.int64)
             _set_split(out, node, sizes, taken)
         elif e.kind == "slice":
             mask = keep_mask(analysis, e.ids, removed)
-            s, t = e.bounds
-            bounds = (int(mask[:s].sum()), int(mask[:t].sum()))
-            for idx, value in zip((1, 2), bounds, strict=True):
+            start, end = e.bounds
+            bounds = (int(mask[:start].sum()), int(mask[:end].sum()))
+            for idx, bound in zip((1, 2), bounds, strict=True):
                 arr = get_tensor(out, node.input[idx]).astype(np.int64).copy()
-                arr.reshape(-1)[e.position] = value
+                arr.reshape(-1)[e.position] = bound
                 name = _fresh_name(out, f"{node.input[idx]}_pruned", taken)
                 graph.initializer.append(numpy_helper.from_array(arr, name))
                 node.input[idx] = name

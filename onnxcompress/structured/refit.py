@@ -129,7 +129,7 @@ def refit(
     if mode == "none":
         return []
     model = pruned.model
-    todo = []
+    todo: list[tuple[int, str]] = []
     for c in sorted(analysis.consumers, key=lambda c: c.node):
         removed = pruned.removed.get(c.node)
         node = original.graph.node[c.node]
@@ -179,6 +179,8 @@ def refit(
             hess += a.T @ a
             cross += a.T @ y
         rows_n = f_p.shape[0]
+        new_m: np.ndarray
+        new_b: np.ndarray
         if mode == "bias":
             new_m, new_b = mp, b_p + resid_sum / rows_n
         else:
