@@ -73,6 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from onnxcompress.calibration.cli import add_calibration_arguments
 
     add_calibration_arguments(p)
+    from onnxcompress.structured.cli import add_structured_arguments
+
+    add_structured_arguments(p)
     v = p.add_argument_group("verification after compressing (needs onnxruntime)")
     v.add_argument(
         "--verify-data", metavar="DATA", help="compare original and compressed on this .npz / folder"
@@ -137,9 +140,18 @@ def run(args: argparse.Namespace) -> int:
     output = args.output or default_output(args.model)
     hooks: list = []
 
+    from onnxcompress.structured.cli import structured_config_from_args
+
+    structured = structured_config_from_args(args)
+    structured_reports: list = []
+
     def calibration_hook(model):
         from onnxcompress.calibration.cli import hook_from_args
 
+        if structured is not None:  # channels go first, the codebook stage quantizes what is left
+            from onnxcompress.structured.cli import prune_in_place
+
+            structured_reports.append(prune_in_place(model, structured, args))
         hook = hook_from_args(model, args, config)
         hooks.append(hook)
         return hook
@@ -151,9 +163,11 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         # without calibration data there is no hook, and compress_file can read weights one by one
-        hook_factory=calibration_hook if getattr(args, "calibration_data", None) else None,
+        hook_factory=calibration_hook if getattr(args, "calibration_data", None) or structured else None,
     )
     report = result.report
+    if structured_reports:
+        report.extra["structured"] = structured_reports[0]
     hook = hooks[0] if hooks else None
     if hook is not None:
         report.extra["calibration"] = hook.result.to_dict()

@@ -19,9 +19,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--compressible", action="store_true", help="show only the tensors that would be compressed"
     )
     p.add_argument("--json", metavar="PATH", help="also write the inventory as JSON")
+    p.add_argument(
+        "--groups",
+        action="store_true",
+        help="print the structured-pruning groups (channels removed together)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "groups", False):
+        from onnxcompress.structured import analyze, format_groups
+
+        print(format_groups(analyze(load_model(args.model)).summary()))
+        return 0
     model = load_model(args.model, load_external=False)
     inv = build_inventory(model, min_elements=args.min_elements)
     print(format_inventory(inv, show_all=not args.compressible))

@@ -30,8 +30,8 @@ Pure graph code: onnx and numpy, no onnxruntime.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
