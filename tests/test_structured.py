@@ -231,3 +231,14 @@ def test_composes_with_the_codebook_stage():
     res = compress_model(pm, CompressionConfig(weight=WeightConfig(bits=8), min_elements=16))  # in place
     assert res.model.ByteSize() < pruned_size < m.ByteSize()
     np.testing.assert_allclose(run(res.model, x), y, rtol=0.05, atol=0.05)
+
+
+def test_no_tensor_loses_every_channel():
+    # a 2-way Split of 2 channels: ratio 0.5 on its source must not empty a piece
+    p = concat_params(ce=2)
+    p["G.w"], p["H.w"] = p["G.w"][:, :1], p["H.w"][:, :1]
+    m = concat_net(p, split=[1, 1])
+    pm, _ = prune_model(m, StructuredConfig(ratio=0.9))
+    assert get_tensor(pm, "E.w").shape[0] == 2
+    onnx.checker.check_model(pm, full_check=True)
+    run(pm, x_of((1, 3, 8, 8)))

@@ -51,7 +51,26 @@ def choose(
             continue
         sc = scores[g.index]
         removed.update(sorted(candidates, key=lambda c: (sc[c], c))[:count])
+    _keep_one_everywhere(analysis, removed, scores)
     return removed
+
+
+def _keep_one_everywhere(
+    analysis: Analysis, removed: set[int], scores: Mapping[int, Mapping[int, float]]
+) -> None:
+    """No consumer input, Split piece or Slice may lose every channel (a zero-width tensor): give
+    back the best removed class of any that would."""
+    score = {c: s for per in scores.values() for c, s in per.items()}
+    spans = [c.ids for c in analysis.consumers]
+    for e in analysis.edits:
+        if e.kind == "split":
+            spans.extend(e.pieces)
+        elif e.kind == "slice":
+            spans.append(e.ids[e.bounds[0] : e.bounds[1]])
+    for ids in spans:
+        classes = set(analysis.classes_of(ids).tolist())
+        if classes and classes <= removed:
+            removed.discard(max(classes, key=lambda c: (score.get(c, 0.0), -c)))
 
 
 def _channel_energy(
