@@ -242,3 +242,19 @@ def test_no_tensor_loses_every_channel():
     assert get_tensor(pm, "E.w").shape[0] == 2
     onnx.checker.check_model(pm, full_check=True)
     run(pm, x_of((1, 3, 8, 8)))
+
+
+def test_overridable_or_shared_constants_refuse_their_groups():
+    p = flatten_params()
+    m = flatten_net(p)
+    w = m.graph.initializer[[t.name for t in m.graph.initializer].index("fc1.w")]
+    m.graph.input.append(onnx.helper.make_tensor_value_info("fc1.w", onnx.TensorProto.FLOAT, list(w.dims)))
+    a = analyze(m)
+    assert all("shared" in (g.refused or "") or "graph output" in (g.refused or "") for g in a.groups)
+    pm, _ = prune_model(m, StructuredConfig(ratio=0.5))
+    assert get_tensor(pm, "fc1.w").shape == p["fc1.w"].shape
+    # the same bias feeding two layers: the slicing cannot suit both
+    m = mlp_net(mlp_params())
+    m.graph.node.append(onnx.helper.make_node("Add", ["b1", "b1"], ["b1x2"]))
+    m.graph.output.append(onnx.helper.make_tensor_value_info("b1x2", onnx.TensorProto.FLOAT, [16]))
+    assert "shared" in (analyze(m).groups[0].refused or "")

@@ -886,7 +886,8 @@ class _Walker:
                     users.setdefault(name, []).append(k)
             for name in _subgraph_inputs(n):
                 users.setdefault(name, []).append(-1)
-        outputs = {o.name for o in self.graph.output}
+        # an initializer that is also a graph input can be overridden by the caller at its full width
+        outputs = {o.name for o in self.graph.output} | {i.name for i in self.graph.input}
         by_tensor: dict[str, list[Slicing]] = {}
         for s in self.slicings:
             by_tensor.setdefault(s.tensor, []).append(s)
