@@ -16,7 +16,7 @@ and ConvTranspose are left as sliced. Activations come from :mod:`onnxcompress.s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +68,21 @@ def _features(node: onnx.NodeProto, x: np.ndarray, w: np.ndarray) -> np.ndarray:
             dilations=a.get("dilations"), auto_pad=str(a.get("auto_pad") or "NOTSET"),  # type: ignore[arg-type]
         )[0]  # fmt: skip
     return x.reshape(-1, x.shape[-1])
+
+
+def _feature_pairs(
+    node: onnx.NodeProto, x_o: np.ndarray, x_p: np.ndarray, w_o: np.ndarray, w_p: np.ndarray
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(original, pruned) feature rows, im2col'ed a few samples at a time: the patch matrices of
+    all calibration samples at once would not fit in memory for large layers."""
+    kernel = int(np.prod(w_o.shape[2:])) if node.op_type == "Conv" else 1
+    per_sample = max(1, int(np.prod(x_o.shape[1:])) * kernel)
+    step = max(1, (_CHUNK * 64) // per_sample)
+    for s in range(0, len(x_o), step):
+        yield (
+            _features(node, x_o[s : s + step], w_o).astype(np.float64),
+            _features(node, x_p[s : s + step], w_p).astype(np.float64),
+        )
 
 
 def _matrix(node: onnx.NodeProto, w: np.ndarray) -> np.ndarray:
@@ -156,29 +171,28 @@ def refit(
         mp = _matrix(node, w_p).astype(np.float64)
         if keep_out is not None:
             mo, b_o = mo[keep_out], b_o[keep_out]
+        x_o = originals[node.input[0]]
         x_p = capture(model, [node.input[0]], batches)[node.input[0]]
-        f_o = _features(node, originals[node.input[0]], w_o)
-        f_p = _features(node, x_p, w_p)
         p_name = _bias_name(model, k)
         b_p = get_tensor(model, p_name).reshape(-1).astype(np.float64) if p_name else np.zeros(mp.shape[0])
         with_bias = p_name is not None or node.op_type in ("Conv", "Gemm")
-        n_feat = f_p.shape[1] + (1 if with_bias else 0)
+        n_in = _matrix(node, w_p).shape[1]
+        n_feat = n_in + (1 if with_bias else 0)
         hess = np.zeros((n_feat, n_feat))
         cross = np.zeros((n_feat, mo.shape[0]))
         err0 = err1 = norm = 0.0
         resid_sum = np.zeros(mo.shape[0])
-        for s in range(0, f_p.shape[0], _CHUNK):
-            fo = f_o[s : s + _CHUNK].astype(np.float64)
-            fp = f_p[s : s + _CHUNK].astype(np.float64)
+        rows_n = 0
+        for fo, fp in _feature_pairs(node, x_o, x_p, w_o, w_p):
             y = fo @ mo.T + b_o
             y_now = fp @ mp.T + b_p
             err0 += float(((y - y_now) ** 2).sum())
             norm += float((y**2).sum())
             resid_sum += (y - y_now).sum(axis=0)
+            rows_n += fp.shape[0]
             a = np.hstack([fp, np.ones((fp.shape[0], 1))]) if with_bias else fp
             hess += a.T @ a
             cross += a.T @ y
-        rows_n = f_p.shape[0]
         new_m: np.ndarray
         new_b: np.ndarray
         if mode == "bias":
@@ -186,11 +200,9 @@ def refit(
         else:
             damp = ridge * float(np.mean(np.diag(hess))) + 1e-12
             theta = np.linalg.solve(hess + damp * np.eye(n_feat), cross)
-            new_m = theta[: f_p.shape[1]].T
+            new_m = theta[:n_in].T
             new_b = theta[-1] if with_bias else b_p
-        for s in range(0, f_p.shape[0], _CHUNK):
-            fo = f_o[s : s + _CHUNK].astype(np.float64)
-            fp = f_p[s : s + _CHUNK].astype(np.float64)
+        for fo, fp in _feature_pairs(node, x_o, x_p, w_o, w_p):
             err1 += float(((fo @ mo.T + b_o - (fp @ new_m.T + new_b)) ** 2).sum())
         set_tensor(model, weight, _unmatrix(node, new_m, w_p).astype(w_p.dtype))
         if with_bias:
