@@ -251,8 +251,10 @@ def from_dict(data: Mapping[str, Any], base: CompressionConfig | None = None) ->
     """Build a config from a plain mapping (parsed YAML/JSON), on top of ``base``."""
     if not isinstance(data, Mapping):
         raise ConfigError("a config file must hold a mapping at the top level")
-    # "calibration" belongs to onnxcompress.calibration.config and is read there
+    # "calibration" belongs to onnxcompress.calibration.config, "structured" to
+    # onnxcompress.structured.config: each is read there
     known = {"preset", "weight", "op_types", "names", "exclude", "min_elements", "seed", "calibration"}
+    known.add("structured")
     unknown = set(data) - known
     if unknown:
         raise ConfigError(

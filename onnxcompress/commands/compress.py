@@ -69,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from onnxcompress.commands._calibration_args import add_calibration_arguments
 
     add_calibration_arguments(p)
+    from onnxcompress.commands._structured_args import add_structured_arguments
+
+    add_structured_arguments(p)
     v = p.add_argument_group("verification after compressing (needs onnxruntime)")
     v.add_argument(
         "--verify-data", metavar="DATA", help="compare original and compressed on this .npz / folder"
@@ -167,11 +170,20 @@ def run(args: argparse.Namespace) -> int:
     warn_plan(args, config)
     calibrations: list[CalibrationResult] = []
 
+    from onnxcompress.commands._structured_args import structured_config_from_args
+
+    structured = structured_config_from_args(args)
+    structured_reports: list[dict[str, Any]] = []
+
     with terminal_progress(enabled=not args.quiet) as progress:
 
         def calibration_hook(model: Any) -> Any:
             from onnxcompress.commands._calibration_args import calibrate_from_args
 
+            if structured is not None:  # channels go first, the codebook stage quantizes what is left
+                from onnxcompress.commands._structured_args import prune_in_place
+
+                structured_reports.append(prune_in_place(model, structured, args))
             calibration = calibrate_from_args(model, args, config, progress)
             if calibration is None:
                 return None
@@ -185,12 +197,17 @@ def run(args: argparse.Namespace) -> int:
                 config,
                 overwrite=args.overwrite,
                 progress=progress,
-                # without calibration data there is no hook, and compress_file can read weights one by one
-                hook_factory=calibration_hook if getattr(args, "calibration_data", None) else None,
+                # without calibration data or structured pruning there is no hook, and compress_file
+                # can read weights one by one
+                hook_factory=(
+                    calibration_hook if getattr(args, "calibration_data", None) or structured else None
+                ),
             )
         except NoCompressibleWeightsError as exc:
             raise NoCompressibleWeightsError(f"{exc} (--min-elements, --exclude, --config)") from None
     report = result.report
+    if structured_reports:
+        report.extra["structured"] = structured_reports[0]
     if calibrations:
         report.extra["calibration"] = calibrations[0].to_dict()
         if not args.quiet:

@@ -22,6 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", metavar="PATH", help="also write the inventory as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the summary line")
+    p.add_argument(
+        "--groups",
+        action="store_true",
+        help="print the structured-pruning groups (channels removed together)",
+    )
     add_plan_arguments(p)
 
 
@@ -33,6 +38,11 @@ def run(args: argparse.Namespace) -> int:
     from onnxcompress.plan_check import check_plan
 
     model_io.check_input(args.model)
+    if args.groups:
+        from onnxcompress.structured import analyze, format_groups
+
+        print(format_groups(analyze(model_io.open_model(args.model)).summary()))
+        return 0
     if args.json:
         model_io.check_output(args.json, inputs=[args.model], overwrite=True)
     config, base = plan_from_args(args)

@@ -1,0 +1,61 @@
+"""Command-line glue for structured pruning (``compress --structured RATIO``, plan ``structured:``).
+
+Wiring (in ``onnxcompress/commands/compress.py``): :func:`add_structured_arguments` adds the flag;
+:func:`structured_config_from_args` reads the flag and the plan file's ``structured:`` section
+(None when neither asks for it); :func:`prune_in_place` runs on the loaded ModelProto before the
+codebook stage compresses it, so ``compress`` prunes channels first and quantizes what is left.
+Refit and the ``activation`` criterion use ``--calibration-data`` when it is given (training or
+validation samples, never the test set).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxcompress.structured.config import StructuredConfig, structured_from_dict
+
+
+def add_structured_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--structured",
+        type=float,
+        metavar="RATIO",
+        help="structured pruning first: remove this fraction of the channels of every dependency group "
+        "(the model gets smaller and faster; refit with --calibration-data)",
+    )
+
+
+def structured_config_from_args(args: argparse.Namespace) -> StructuredConfig | None:
+    section: Any = None
+    if getattr(args, "config", None):
+        from onnxcompress.config import read_plan_file
+
+        section = read_plan_file(args.config).get("structured")
+    cfg = structured_from_dict(section) if section is not None else None
+    if getattr(args, "structured", None) is not None:
+        cfg = structured_from_dict(args.structured, cfg)
+    return cfg if cfg is not None and cfg.active else None
+
+
+def prune_in_place(model: onnx.ModelProto, cfg: StructuredConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """Replace ``model`` by its structurally pruned copy; print the table unless ``--quiet``."""
+    from onnxcompress.structured.api import prune_model
+    from onnxcompress.structured.report import format_report
+
+    data = None
+    if getattr(args, "calibration_data", None):
+        from onnxcompress.calibration.pipeline import open_calibration_data
+
+        batches, _ = open_calibration_data(model, args.calibration_data, samples=cfg.samples, batch_size=64)
+        parts = list(batches())
+        data = {k: np.concatenate([b[k] for b in parts]) for k in parts[0]}
+    pruned, report = prune_model(model, cfg, data)
+    model.CopyFrom(pruned)
+    if not getattr(args, "quiet", False):
+        print(format_report(report))
+        print()
+    return report.to_dict()

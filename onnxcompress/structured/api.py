@@ -1,0 +1,177 @@
+"""Structured pruning end to end: analyze -> score -> choose -> slice -> refit -> report.
+
+:func:`prune_model` takes a ModelProto and returns a new, smaller one (the input is not touched);
+its output is an ordinary ONNX model that the codebook stage can then compress.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+
+from onnxcompress.calibration.capture import get_tensor
+from onnxcompress.errors import InvalidModelError
+from onnxcompress.structured.activations import batches_of, capture
+from onnxcompress.structured.config import StructuredConfig
+from onnxcompress.structured.criteria import importance
+from onnxcompress.structured.flops import count_flops, count_params
+from onnxcompress.structured.graph import Analysis, Group, analyze
+from onnxcompress.structured.prune import Pruned, apply
+from onnxcompress.structured.refit import refit
+from onnxcompress.structured.report import GroupRow, StructuredReport
+
+
+def group_ratio(group: Group, config: StructuredConfig, global_ratio: float | None = None) -> float:
+    """The smallest ratio any source of the group asks for."""
+    return min(config.resolve((s.name, s.weight), s.op_type, global_ratio) for s in group.sources)
+
+
+def choose(
+    analysis: Analysis,
+    scores: Mapping[int, Mapping[int, float]],
+    config: StructuredConfig,
+    global_ratio: float | None = None,
+) -> set[int]:
+    """The channel classes to remove: the least important of each prunable group."""
+    removed: set[int] = set()
+    for g in analysis.groups:
+        if not g.prunable:
+            continue
+        ratio = group_ratio(g, config, global_ratio)
+        n = g.channels
+        keep = max(config.min_channels, math.ceil((1.0 - ratio) * n - 1e-9))
+        keep = min(n, -(-keep // config.round_to) * config.round_to)
+        candidates = [c for c in g.classes if c not in g.fixed]
+        count = min(n - keep, len(candidates))
+        if count <= 0:
+            continue
+        sc = scores[g.index]
+        removed.update(sorted(candidates, key=lambda c: (sc[c], c))[:count])
+    _keep_one_everywhere(analysis, removed, scores)
+    return removed
+
+
+def _keep_one_everywhere(
+    analysis: Analysis, removed: set[int], scores: Mapping[int, Mapping[int, float]]
+) -> None:
+    """No consumer input, Split piece or Slice may lose every channel (a zero-width tensor): give
+    back the best removed class of any that would."""
+    score = {c: s for per in scores.values() for c, s in per.items()}
+    spans = [c.ids for c in analysis.consumers]
+    for e in analysis.edits:
+        if e.kind == "split":
+            spans.extend(e.pieces)
+        elif e.kind == "slice":
+            spans.append(e.ids[e.bounds[0] : e.bounds[1]])
+    for ids in spans:
+        classes = set(analysis.classes_of(ids).tolist())
+        if classes and classes <= removed:
+            removed.discard(max(classes, key=lambda c: (score.get(c, 0.0), -c)))
+
+
+def _channel_energy(
+    model: onnx.ModelProto, analysis: Analysis, batches: list[dict[str, np.ndarray]]
+) -> dict[int, np.ndarray]:
+    """``E[x^2]`` of each position of every consumer's weight input axis."""
+    consumers = [
+        c for c in analysis.consumers if any(c in g.consumers for g in analysis.groups if g.prunable)
+    ]
+    acts = capture(model, [model.graph.node[c.node].input[0] for c in consumers], batches)
+    out: dict[int, np.ndarray] = {}
+    for c in consumers:
+        x = acts[model.graph.node[c.node].input[0]].astype(np.float64)
+        if c.op_type in ("Conv", "ConvTranspose"):
+            e = np.mean(x**2, axis=tuple(k for k in range(x.ndim) if k != 1))
+            out[c.node] = e.reshape(-1, len(c.ids)).sum(axis=0)  # grouped: lanes add up
+        else:
+            out[c.node] = np.mean(x.reshape(-1, x.shape[-1]) ** 2, axis=0)
+    return out
+
+
+def prune_model(
+    model: onnx.ModelProto,
+    config: StructuredConfig,
+    calibration: Mapping[str, np.ndarray] | None = None,
+) -> tuple[onnx.ModelProto, StructuredReport]:
+    """A smaller copy of ``model`` and the report. ``calibration``: model inputs (a few hundred
+    samples of training or validation data, never test data) for the ``activation`` criterion
+    and the refit."""
+    t0 = time.perf_counter()
+    analysis = analyze(model)
+    batches = batches_of(calibration, max_samples=config.samples) if calibration else None
+    criterion = config.criterion
+    if criterion == "auto":
+        criterion = "activation" if batches else "l1"
+    energy = _channel_energy(model, analysis, batches) if criterion == "activation" and batches else None
+    scores = {
+        g.index: importance(model, analysis, g, criterion, energy) for g in analysis.groups if g.prunable
+    }
+    before = count_flops(model)
+    global_ratio = config.ratio
+    if config.target_flops is not None:
+        global_ratio = _search_ratio(model, analysis, scores, config, before.total * config.target_flops)
+    removed = choose(analysis, scores, config, global_ratio)
+    pruned = apply(model, analysis, removed)
+    refit_rows = []
+    if batches and config.refit != "none" and removed:
+        refit_rows = refit(model, pruned, analysis, batches, mode=config.refit, ridge=config.ridge)
+    try:
+        onnx.checker.check_model(pruned.model)
+        onnx.shape_inference.infer_shapes(pruned.model, strict_mode=True)
+    except Exception as exc:  # a bug here must not produce a broken file
+        raise InvalidModelError(f"structured pruning produced an invalid model ({str(exc).splitlines()[0][:200]}); "
+                                "exclude the group with structured: names: {NAME: 0} and report the model") from None  # fmt: skip
+    after = count_flops(pruned.model)
+    report = StructuredReport(
+        groups=_rows(model, pruned, analysis, config, global_ratio, before.by_node, after.by_node),
+        flops_before=before.total, flops_after=after.total, params_before=count_params(model),
+        params_after=count_params(pruned.model), criterion=criterion, refit=refit_rows,
+        global_ratio=global_ratio, seconds=time.perf_counter() - t0,
+    )  # fmt: skip
+    return pruned.model, report
+
+
+def _search_ratio(model, analysis, scores, config, target: float) -> float:
+    """Bisect the global ratio whose pruned model has at most ``target`` FLOPs."""
+    lo, hi = 0.0, 0.95
+    if count_flops(apply(model, analysis, choose(analysis, scores, config, hi)).model).total > target:
+        return hi
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        if count_flops(apply(model, analysis, choose(analysis, scores, config, mid)).model).total <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _rows(model, pruned: Pruned, analysis, config, global_ratio, f0, f1) -> list[GroupRow]:
+    rows = []
+    for g in analysis.groups:
+        kept = sum(1 for c in g.classes if c not in _removed_classes(pruned, analysis, g))
+        weights = {s.weight for s in g.sources}
+        p0 = sum(int(get_tensor(model, w).size) for w in weights)
+        p1 = sum(int(get_tensor(pruned.model, w).size) for w in weights)
+        nodes = {s.name for s in g.sources} | {c.name for c in g.consumers}
+        rows.append(GroupRow(
+            group=g.index, name=g.name, sources=tuple(s.name for s in g.sources),
+            consumers=tuple(c.name for c in g.consumers),
+            ratio=group_ratio(g, config, global_ratio) if g.prunable else 0.0,
+            channels_before=g.channels, channels_after=kept, params_before=p0, params_after=p1,
+            flops_before=sum(f0.get(n, 0) for n in nodes), flops_after=sum(f1.get(n, 0) for n in nodes),
+            refused=g.refused,
+        ))  # fmt: skip
+    return rows
+
+
+def _removed_classes(pruned: Pruned, analysis: Analysis, g: Group) -> set[int]:
+    s = g.sources[0]
+    kept = pruned.kept_outputs.get(s.node)
+    if kept is None:
+        return set()
+    classes = analysis.classes_of(s.ids)
+    return set(classes.tolist()) - set(classes[kept].tolist())
