@@ -95,7 +95,7 @@ def obs_prune(
             pruned_so_far += max(target, 0)
         else:
             keep1 = np.ones_like(w1, dtype=bool)
-        nm_blocks = _nm_prune_counts(i2 - i1, int(n), int(m)) if n is not None else []
+        nm_blocks = _nm_prune_counts(i2 - i1, n, m) if n is not None and m is not None else []
         nm_at = {s: (width, cnt) for s, width, cnt in nm_blocks}
         for i in range(i2 - i1):
             if i in nm_at:
