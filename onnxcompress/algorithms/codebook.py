@@ -241,7 +241,7 @@ def _segment_ids(segments: np.ndarray, a: int, b: int) -> np.ndarray:
 
 
 @dataclass
-class WeightLayout:
+class Layout:
     flat32: np.ndarray  # float32 [n], channel-major, -0.0 folded into +0.0
     keep: np.ndarray | None  # bool [n] or None (= all kept)
     segments: np.ndarray
@@ -254,7 +254,7 @@ class WeightLayout:
         return np.repeat(np.arange(self.segments.size - 1, dtype=np.int64), np.diff(self.segments))
 
 
-def layout(w: np.ndarray, mask: np.ndarray | None, axis: int, segments: np.ndarray) -> WeightLayout:
+def layout(w: np.ndarray, mask: np.ndarray | None, axis: int, segments: np.ndarray) -> Layout:
     """Flatten ``w`` channel-major once, so k-means and CLIP-Q fit rows on the same copy."""
     moved = np.moveaxis(w, axis, 0)
     flat32 = np.empty(w.size, dtype=np.float32)
@@ -267,10 +267,10 @@ def layout(w: np.ndarray, mask: np.ndarray | None, axis: int, segments: np.ndarr
         keep = np.moveaxis(mask, axis, 0).reshape(-1)
         if keep.all():
             keep = None
-    return WeightLayout(flat32, keep, segments, axis)
+    return Layout(flat32, keep, segments, axis)
 
 
-def _row_data(lay: WeightLayout, sample_weight: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _row_data(lay: Layout, sample_weight: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct kept values per segment with multiplicities: (vals, wts, row_ptr).
 
     Computed over runs of whole segments (:func:`_segment_chunks`): composite (segment, value) keys
@@ -302,7 +302,7 @@ def _join(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def _run_rows(
-    lay: WeightLayout, s0: int, s1: int, sw_all: np.ndarray | None
+    lay: Layout, s0: int, s1: int, sw_all: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_row_data` of segments ``s0 .. s1-1``: (vals, wts, distinct count per segment)."""
     a, b = int(lay.segments[s0]), int(lay.segments[s1])
@@ -405,7 +405,7 @@ def assign_nearest(flat32: np.ndarray, seg: np.ndarray, table: np.ndarray, nd: n
     return np.searchsorted(tkeys, ekeys, side="right") - tstart[seg]
 
 
-def _assign_codes(lay: WeightLayout, table: np.ndarray, nd: np.ndarray) -> np.ndarray:
+def _assign_codes(lay: Layout, table: np.ndarray, nd: np.ndarray) -> np.ndarray:
     """uint8 codes of the whole weight: :func:`assign_nearest` chunk by chunk (shifted by one past
     the zero entry and written only at kept positions when pruned), without full-size int64 keys."""
     tkeys, tstart = _thresholds(table, nd)
