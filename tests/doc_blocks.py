@@ -6,7 +6,7 @@ A block's fence tag says what it is:
   repository's ``models/``; ``onnxcompress`` and ``python`` resolve to this checkout (a shim on
   ``PATH`` running ``sys.executable -m onnxcompress``, ``PYTHONPATH`` at the repository root).
   Install commands (``pip install ...``, ``pip wheel ...``) and the test suite itself
-  (``python -m pytest``) are dropped: ``test_docs.test_wheel_installs`` builds and installs the
+  (``python -m pytest ... tests``) are dropped: ``test_docs.test_wheel_installs`` builds and installs the
   wheel instead, and ``.ci/run`` runs the suite. ``bench`` runs with ``--runs 20 --rounds 1``, as the
   README's Development section says. Blocks whose commands are all ``ruff`` check the repository and
   run in it.
@@ -37,7 +37,7 @@ TIMEOUT_S = 300
 
 _FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 _INSTALL_PREFIX = re.compile(r"\bpip (?:install|wheel)\b[^&\n]*&&\s*")
-_DROPPED_LINE = re.compile(r"^\s*(?:pip (?:install|wheel)\b|python3? -m pytest\b)")
+_DROPPED_LINE = re.compile(r"^\s*(?:pip (?:install|wheel)\b|python3? -m pytest\b.*\btests\s*$)")
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,11 @@ def _is_only(commands: str, program: str) -> bool:
     return bool(lines) and all(ln.startswith(program + " ") for ln in lines)
 
 
-def run_bash(commands: str, workspace: Path, where: str, env: dict[str, str] | None = None) -> str:
-    """Run ``commands`` (already filtered) and return stdout; fail with both streams on non-zero exit."""
-    cwd = ROOT if _is_only(commands, "ruff") else workspace
+def run_bash(
+    commands: str, workspace: Path, where: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> str:
+    """Run ``commands`` (already filtered) in ``cwd`` (default: the workspace); fail with both streams."""
+    cwd = ROOT if _is_only(commands, "ruff") else (cwd or workspace)
     proc = subprocess.run(
         ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", commands],
         cwd=cwd,
@@ -120,11 +122,11 @@ def run_bash(commands: str, workspace: Path, where: str, env: dict[str, str] | N
     return proc.stdout
 
 
-def run_python(code: str, workspace: Path, where: str) -> dict[str, object]:
-    """``exec`` a python block in ``workspace`` and call the ``test_*`` functions it defines."""
+def run_python(code: str, cwd: Path, where: str) -> dict[str, object]:
+    """``exec`` a python block in ``cwd`` and call the ``test_*`` functions it defines."""
     old = Path.cwd()
-    os.chdir(workspace)
-    sys.path.insert(0, str(workspace))
+    os.chdir(cwd)
+    sys.path.insert(0, str(cwd))
     try:
         namespace: dict[str, object] = {"__name__": f"doc_block_{where}"}
         exec(compile(code, where, "exec"), namespace)  # noqa: S102 - the docs' own code, run as written
@@ -133,7 +135,7 @@ def run_python(code: str, workspace: Path, where: str) -> dict[str, object]:
                 value()
         return namespace
     finally:
-        sys.path.remove(str(workspace))
+        sys.path.remove(str(cwd))
         os.chdir(old)
 
 
@@ -141,16 +143,16 @@ def yaml_target(block: Block) -> str:
     first = block.text.splitlines()[0] if block.text.strip() else ""
     if not first.startswith("# "):
         raise AssertionError(f"{block.where}: a yaml block starts with '# FILE' naming the file it shows")
-    return first[2:].split()[0]
+    return first[2:].split()[0].rstrip(":")
 
 
-def run_workflow(block: Block, workspace: Path) -> list[str]:
+def run_workflow(block: Block, workspace: Path, cwd: Path) -> list[str]:
     """Run a GitHub Actions workflow block's ``run:`` steps in order; returns the upload paths."""
     import yaml
 
     doc = yaml.safe_load(block.text)
     env = {str(k): str(v) for k, v in (doc.get("env") or {}).items()}
-    summary = workspace / "step_summary.md"
+    summary = cwd / "step_summary.md"
     env["GITHUB_STEP_SUMMARY"] = str(summary)
     uploads: list[str] = []
     for job in doc["jobs"].values():
@@ -159,14 +161,15 @@ def run_workflow(block: Block, workspace: Path) -> list[str]:
             if "run" in step:
                 commands = shell_commands(step["run"])
                 if commands.strip():
-                    run_bash(commands, workspace, f"{block.where} step {step.get('name')!r}", env_job)
+                    run_bash(commands, workspace, f"{block.where} step {step.get('name')!r}", env_job, cwd)
             elif str(step.get("uses", "")).startswith("actions/upload-artifact"):
                 uploads += str(step["with"]["path"]).split()
     return uploads
 
 
-def run_block(block: Block, workspace: Path) -> None:
-    """Run one block by its tag (see the module docstring)."""
+def run_block(block: Block, workspace: Path, cwd: Path | None = None) -> None:
+    """Run one block by its tag (see the module docstring) in ``cwd`` (default: the workspace)."""
+    cwd = cwd or workspace
     if block.tag in SKIP_TAGS:
         return
     if block.tag not in RUN_TAGS:
@@ -177,17 +180,17 @@ def run_block(block: Block, workspace: Path) -> None:
     if block.tag == "bash":
         commands = shell_commands(block.text)
         if commands.strip():
-            run_bash(commands, workspace, block.where)
+            run_bash(commands, workspace, block.where, cwd=cwd)
     elif block.tag == "python":
-        run_python(block.text, workspace, block.where)
+        run_python(block.text, cwd, block.where)
     else:
         target = yaml_target(block)
-        dest = workspace / target
+        dest = cwd / target
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(block.text, encoding="utf-8")
         if target.startswith(".github/workflows/"):
-            for path in run_workflow(block, workspace):
-                assert (workspace / path).is_file(), f"{block.where}: the workflow did not write {path}"
+            for path in run_workflow(block, workspace, cwd):
+                assert (cwd / path).is_file(), f"{block.where}: the workflow did not write {path}"
         else:
             from onnxcompress.config import load_config
 
