@@ -58,7 +58,7 @@ def assert_models_close(
         batch_size=batch_size,
         gates=gates,
         providers=providers,
-        progress=False,
+        progress=None,
         shapes=shapes,
         int_range=int_range,
         samples=samples,
