@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxcompress.algorithms.kmeans1d import _lloyd_rows, kmeans_1d, kmeans_sse
+from onnxcompress.algorithms.kmeans1d import kmeans_1d, kmeans_sse, lloyd_rows
 from onnxcompress.errors import ConfigError
 
 
@@ -203,7 +203,7 @@ def test_multi_row_solver_matches_single_rows():
     rows = [np.unique(rng.standard_normal(n)) for n in (50, 3, 0, 200, 17)]
     vals = np.concatenate(rows)
     ptr = np.concatenate([[0], np.cumsum([r.size for r in rows])])
-    cent = _lloyd_rows(vals, np.ones(vals.size), ptr, 6, init="linear", max_iter=300, tol=0.0, seed=0)
+    cent = lloyd_rows(vals, np.ones(vals.size), ptr, 6, init="linear", max_iter=300, tol=0.0, seed=0)
     for i, r in enumerate(rows):
         if r.size == 0:
             assert (cent[i] == 0).all()

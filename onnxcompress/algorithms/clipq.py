@@ -90,9 +90,9 @@ def compress(
     :func:`onnxcompress.algorithms.codebook.store_dtype`), and a weight's code is its interval, so
     :func:`decompress` returns exactly the rounded interval means.
     """
-    w = _cb._check_weight(w)
-    bits = _cb._check_bits(bits)
-    axis = _cb._check_axis(axis, w.ndim, w.shape)
+    w = _cb.check_weight(w)
+    bits = _cb.check_bits(bits)
+    axis = _cb.check_axis(axis, w.ndim, w.shape)
     try:
         p = float(sparsity)
     except (TypeError, ValueError):
@@ -104,7 +104,7 @@ def compress(
     sdt = _cb.store_dtype(w.dtype, codebook_dtype)
     segments = _cb.make_segments(w.shape, axis, granularity, group_size)
     s = segments.size - 1
-    lay = _cb._layout(w, None, axis, segments)
+    lay = _cb.layout(w, None, axis, segments)
 
     clipped = _clip_mask(lay.flat32, lay.seg, s, p, clip) if p > 0 else np.zeros(w.size, dtype=bool)
     pruned = bool(clipped.any())
@@ -133,7 +133,7 @@ def compress(
     cnt = np.bincount(flat_bin, minlength=s * levels).reshape(s, levels)
     mids = lo[:, None] + (np.arange(levels)[None, :] + 0.5) * (width[:, None] / levels)
     table = np.where(cnt > 0, sums / np.maximum(cnt, 1), mids)
-    learned = _cb._round_table(table, sdt)
+    learned = _cb.round_table(table, sdt)
     return _cb.build(w, axis, segments, bits, pruned, learned, bins, kidx if pruned else None)
 
 

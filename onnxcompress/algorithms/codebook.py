@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
-from onnxcompress.algorithms.kmeans1d import INITS, _lloyd_rows
+from onnxcompress.algorithms.kmeans1d import INITS, lloyd_rows
 from onnxcompress.errors import ConfigError
 
 __all__ = ["GRANULARITIES", "CodebookTensor", "decompress", "make_segments", "quantize"]
@@ -91,7 +91,8 @@ def decompress(t: CodebookTensor) -> np.ndarray:
 # ------------------------------------------------------------------------------------ validation
 
 
-def _check_weight(w: np.ndarray) -> np.ndarray:
+def check_weight(w: np.ndarray) -> np.ndarray:
+    """Validate a weight for every codebook method (CLIP-Q too): float dtype, finite, non-empty."""
     w = np.asarray(w)
     if w.dtype not in _WEIGHT_DTYPES:
         raise ConfigError(
@@ -107,13 +108,15 @@ def _check_weight(w: np.ndarray) -> np.ndarray:
     return w
 
 
-def _check_bits(bits: int) -> int:
+def check_bits(bits: int) -> int:
+    """Validate a code width; shared so every method refuses the same widths with the same words."""
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not (1 <= bits <= 8):
         raise ConfigError(f"bits must be an integer in 1..8 (codes are uint8), got {bits!r}")
     return int(bits)
 
 
-def _check_axis(axis: int, ndim: int, shape: tuple[int, ...]) -> int:
+def check_axis(axis: int, ndim: int, shape: tuple[int, ...]) -> int:
+    """Normalize a channel axis (negative allowed) so methods agree on which axis rows follow."""
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not (-ndim <= axis < ndim):
         raise ConfigError(f"axis {axis!r} is out of range for a weight of shape {shape}")
     return int(axis) % ndim
@@ -238,7 +241,7 @@ def _segment_ids(segments: np.ndarray, a: int, b: int) -> np.ndarray:
 
 
 @dataclass
-class _Layout:
+class Layout:
     flat32: np.ndarray  # float32 [n], channel-major, -0.0 folded into +0.0
     keep: np.ndarray | None  # bool [n] or None (= all kept)
     segments: np.ndarray
@@ -251,7 +254,8 @@ class _Layout:
         return np.repeat(np.arange(self.segments.size - 1, dtype=np.int64), np.diff(self.segments))
 
 
-def _layout(w: np.ndarray, mask: np.ndarray | None, axis: int, segments: np.ndarray) -> _Layout:
+def layout(w: np.ndarray, mask: np.ndarray | None, axis: int, segments: np.ndarray) -> Layout:
+    """Flatten ``w`` channel-major once, so k-means and CLIP-Q fit rows on the same copy."""
     moved = np.moveaxis(w, axis, 0)
     flat32 = np.empty(w.size, dtype=np.float32)
     flat32.reshape(moved.shape)[...] = moved  # one copy, cast on the way
@@ -263,10 +267,10 @@ def _layout(w: np.ndarray, mask: np.ndarray | None, axis: int, segments: np.ndar
         keep = np.moveaxis(mask, axis, 0).reshape(-1)
         if keep.all():
             keep = None
-    return _Layout(flat32, keep, segments, axis)
+    return Layout(flat32, keep, segments, axis)
 
 
-def _row_data(lay: _Layout, sample_weight: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _row_data(lay: Layout, sample_weight: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct kept values per segment with multiplicities: (vals, wts, row_ptr).
 
     Computed over runs of whole segments (:func:`_segment_chunks`): composite (segment, value) keys
@@ -298,7 +302,7 @@ def _join(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def _run_rows(
-    lay: _Layout, s0: int, s1: int, sw_all: np.ndarray | None
+    lay: Layout, s0: int, s1: int, sw_all: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_row_data` of segments ``s0 .. s1-1``: (vals, wts, distinct count per segment)."""
     a, b = int(lay.segments[s0]), int(lay.segments[s1])
@@ -354,7 +358,8 @@ def _run_rows(
     return vals, wts, counts
 
 
-def _round_table(cent: np.ndarray, sdt: np.ndarray) -> np.ndarray:
+def round_table(cent: np.ndarray, sdt: np.dtype) -> np.ndarray:
+    """Round fitted centroids to the stored codebook dtype, refusing ones that overflow it."""
     with np.errstate(over="ignore"):
         r = cent.astype(sdt)
     if not np.isfinite(r.astype(np.float32)).all():
@@ -400,7 +405,7 @@ def assign_nearest(flat32: np.ndarray, seg: np.ndarray, table: np.ndarray, nd: n
     return np.searchsorted(tkeys, ekeys, side="right") - tstart[seg]
 
 
-def _assign_codes(lay: _Layout, table: np.ndarray, nd: np.ndarray) -> np.ndarray:
+def _assign_codes(lay: Layout, table: np.ndarray, nd: np.ndarray) -> np.ndarray:
     """uint8 codes of the whole weight: :func:`assign_nearest` chunk by chunk (shifted by one past
     the zero entry and written only at kept positions when pruned), without full-size int64 keys."""
     tkeys, tstart = _thresholds(table, nd)
@@ -480,9 +485,9 @@ def quantize(
     Rows are sorted ascending (after the zero) and rows with fewer distinct centroids than slots repeat
     their last entry.
     """
-    w = _check_weight(w)
-    bits = _check_bits(bits)
-    axis = _check_axis(axis, w.ndim, w.shape)
+    w = check_weight(w)
+    bits = check_bits(bits)
+    axis = check_axis(axis, w.ndim, w.shape)
     if init not in INITS:
         raise ConfigError(f"unknown k-means init {init!r}; use one of {', '.join(INITS)}")
     sdt = store_dtype(w.dtype, codebook_dtype)
@@ -495,16 +500,16 @@ def quantize(
             raise ConfigError("sample_weight must be finite and non-negative")
         sample_weight = sw
 
-    lay = _layout(w, mask, axis, segments)
+    lay = layout(w, mask, axis, segments)
     pruned = lay.keep is not None
     levels = (1 << bits) - int(pruned)
     vals, wts, row_ptr = _row_data(lay, sample_weight)
     del lay  # a float32 copy of the weight: rebuilt below rather than held through k-means
 
-    cent = _lloyd_rows(vals, wts, row_ptr, levels, init=init, max_iter=300, tol=0.0, seed=seed)
+    cent = lloyd_rows(vals, wts, row_ptr, levels, init=init, max_iter=300, tol=0.0, seed=seed)
     del vals, wts
-    table, nd = _compact_rows(_round_table(cent, sdt))
-    lay = _layout(w, mask, axis, segments)
+    table, nd = _compact_rows(round_table(cent, sdt))
+    lay = layout(w, mask, axis, segments)
     return CodebookTensor(
         shape=tuple(w.shape), dtype=w.dtype, axis=axis, segments=segments,
         codebook=_book(table.astype(sdt), bits, pruned), codes=_assign_codes(lay, table, nd),

@@ -11,7 +11,7 @@ Why it is fast, yet exactly Lloyd's algorithm:
   O(k). One Lloyd iteration costs O(k log n); the O(n log n) sort and the final O(n log k) labelling
   dominate.
 
-Several independent problems (one per channel or group) are solved together in :func:`_lloyd_rows`,
+Several independent problems (one per channel or group) are solved together in :func:`lloyd_rows`,
 vectorized across rows, which is what :mod:`onnxcompress.algorithms.codebook` uses.
 
 Conventions (the brute-force reference in the tests follows the same ones):
@@ -246,7 +246,7 @@ def _relocate_empty(
     c_new[np.flatnonzero(empty)[: len(picks)]] = picks
 
 
-def _lloyd_rows(
+def lloyd_rows(
     vals: np.ndarray,
     wts: np.ndarray,
     row_ptr: np.ndarray,
@@ -448,7 +448,7 @@ def kmeans_1d(
         wts = np.add.reduceat(ws, starts)
 
     row_ptr = np.array([0, vals.size], dtype=np.int64)
-    cent = _lloyd_rows(
+    cent = lloyd_rows(
         vals,
         wts,
         row_ptr,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from onnxcompress.errors import ConfigError, DataError
-from onnxcompress.evaluation.metrics import OutputMetrics, _json_float
+from onnxcompress.evaluation.metrics import OutputMetrics, json_float
 
 __all__ = ["GATES", "Gate", "GateNotApplicableError", "GateOutcome", "Gates", "check_gates", "gate"]
 
@@ -203,10 +203,10 @@ class GateOutcome:
             "gate": self.gate,
             "output": self.output,
             "metric": self.metric,
-            "value": _json_float(self.value),
+            "value": json_float(self.value),
             "threshold": self.threshold,
             "passed": self.passed,
-            "margin": _json_float(self.margin),
+            "margin": json_float(self.margin),
             "description": self.describe(),
         }
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -55,14 +56,16 @@ class OutputMetrics:
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["shape"] = list(self.shape)
-        return {k: _json_float(v) for k, v in d.items()}
+        return {k: json_float(v) for k, v in d.items()}
 
 
-def _json_float(v):
+def json_float(v: Any) -> Any:
     """JSON has no inf/NaN: encode them as strings so reports stay valid JSON."""
     if isinstance(v, float) and not math.isfinite(v):
         return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
     return v
+
+
 
 
 def cosine_per_sample(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
