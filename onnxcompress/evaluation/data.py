@@ -420,7 +420,7 @@ class DataSource:
             inputs[k] = v0 if len(parts) == 1 or ax is None else np.concatenate([p[0][k] for p in parts], axis=ax)
         labels = None
         if parts[0][1] is not None:
-            labels = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])  # type: ignore[misc]
+            labels = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])
         valid = sum(self.count(p[0]) for p in parts)
         if pad and valid < size:
             idx = np.concatenate([np.arange(valid), np.full(size - valid, valid - 1)])

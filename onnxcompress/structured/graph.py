@@ -277,7 +277,7 @@ class _Walker:
             c = self.const_input(node, i)
             return (None, False) if c is None else ([int(v) for v in c.reshape(-1)], True)
         v = self.attr(node, attr)
-        return ([int(x) for x in v] if v is not None else None), True  # type: ignore[union-attr]
+        return ([int(x) for x in v] if v is not None else None), True
 
     # -- the walk ----------------------------------------------------------------------------
     def run(self) -> None:
@@ -406,7 +406,7 @@ class _Walker:
     ) -> None:
         lay = laid[0][1]
         r = self.rank(node.input[0])
-        axis = int(self.attr(node, "axis", -1))  # type: ignore[arg-type]
+        axis = int(self.attr(node, "axis", -1))
         if laid[0][0] != 0 or len(laid) > 1 or r is None or lay.axis >= (axis if axis < 0 else axis - r):
             self.refuse(lay, "LayerNormalization normalizes over the channel axis")
             return
@@ -415,7 +415,7 @@ class _Walker:
     def _softmax(self, index: int, node: onnx.NodeProto, laid: list[tuple[int, Layout]]) -> None:
         lay = laid[0][1]
         r = self.rank(node.input[0])
-        axis = int(self.attr(node, "axis", -1 if self.opset >= 13 else 1))  # type: ignore[arg-type]
+        axis = int(self.attr(node, "axis", -1 if self.opset >= 13 else 1))
         if (
             r is None
             or (axis if axis < 0 else axis - r) == lay.axis
@@ -434,7 +434,7 @@ class _Walker:
         if r is None:
             self.refuse(lay, "Transpose of unknown rank")
             return
-        perm = list(self.attr(node, "perm", list(range(r - 1, -1, -1))))  # type: ignore[call-overload]
+        perm = list(self.attr(node, "perm", list(range(r - 1, -1, -1))))
         self._set(node.output[0], Layout(perm.index(r + lay.axis) - r, lay.ids))
 
     def _op_Pad(self, index: int, node: onnx.NodeProto, laid: list[tuple[int, Layout]]) -> None:
@@ -501,7 +501,7 @@ class _Walker:
             self.refuse(lay, "Flatten of unknown shape")
             return
         r = len(shape)
-        axis = int(self.attr(node, "axis", 1)) % max(r, 1)  # type: ignore[arg-type]
+        axis = int(self.attr(node, "axis", 1)) % max(r, 1)
         pos = r + lay.axis
         inner, outer = shape[pos + 1 :], shape[axis:pos]
         if pos < axis or not all(isinstance(d, int) for d in inner + outer):
@@ -595,7 +595,7 @@ class _Walker:
         if r is None:
             self.refuse(lay, "Split of unknown rank")
             return
-        axis = int(self.attr(node, "axis", 0)) % r  # type: ignore[arg-type]
+        axis = int(self.attr(node, "axis", 0)) % r
         if axis != r + lay.axis:
             for o in node.output:
                 self._set(o, lay)
@@ -661,7 +661,7 @@ class _Walker:
         if out_rank is None:
             self.refuse(laid[0][1], "Concat of unknown rank")
             return
-        axis = int(self.attr(node, "axis", 0)) % out_rank  # type: ignore[arg-type]
+        axis = int(self.attr(node, "axis", 0)) % out_rank
         first = laid[0][1]
         if any(lay.axis != first.axis for _, lay in laid):
             for _, lay in laid:
@@ -744,7 +744,7 @@ class _Walker:
             if uses_input
             else (
                 [int(a) for a in self.attr(node, "axes", None) or []] or None,
-                True,  # type: ignore[union-attr]
+                True,
             )
         )
         pos = r + lay.axis
@@ -752,7 +752,7 @@ class _Walker:
         if not known or pos in axes:
             self.refuse(lay, f"{node.op_type} over the channel axis")
             return
-        if int(self.attr(node, "keepdims", 1)):  # type: ignore[arg-type]
+        if int(self.attr(node, "keepdims", 1)):
             self._set(node.output[0], lay)
         else:
             new = pos - sum(1 for a in axes if a < pos)
@@ -792,7 +792,7 @@ class _Walker:
             if lay is not None:
                 self.refuse(lay, "Conv with a weight computed at run time")
             return
-        g = int(self.attr(node, "group", 1))  # type: ignore[arg-type]
+        g = int(self.attr(node, "group", 1))
         cout, cin_g = int(w.shape[0]), int(w.shape[1])
         cin = cin_g * g
         out_axis = 1 - w.ndim
@@ -830,7 +830,7 @@ class _Walker:
         lay = next((lay for i, lay in laid if i == 0), None)
         for x in (x for i, x in laid if i != 0):
             self.refuse(x, "used as a ConvTranspose weight or bias")
-        g = int(self.attr(node, "group", 1))  # type: ignore[arg-type]
+        g = int(self.attr(node, "group", 1))
         if w is None or g != 1:
             if lay is not None:
                 self.refuse(lay, "ConvTranspose with groups or a weight computed at run time")

@@ -160,7 +160,7 @@ def im2col(
         raise ConfigError(f"{c} input channels do not split into {groups} groups")
     p = conv_pads(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
     if groups == 1 and all(k == 1 for k in kernel) and not any(p):  # pointwise: the rows are the pixels
-        xs = x[(slice(None), slice(None), *(slice(None, None, st) for st in strides))]
+        xs = x[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in strides)]
         return [np.ascontiguousarray(np.moveaxis(xs, 1, -1).reshape(-1, c))]
     xp = np.pad(x, [(0, 0), (0, 0)] + [(p[i], p[nd + i]) for i in range(nd)])
     out_sp = [(xp.shape[2 + i] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(nd)]
@@ -172,7 +172,7 @@ def im2col(
             slice(o * d, o * d + (os - 1) * st + 1, st)
             for o, d, os, st in zip(offs, dilations, out_sp, strides, strict=True)
         )
-        cols[:, :, ki] = xp[(slice(None), slice(None), *sl)]
+        cols[:, :, ki] = xp[(slice(None), slice(None)) + tuple(sl)]
     length = int(np.prod(out_sp))
     cg = c // groups
     k = int(np.prod(kernel))
@@ -218,7 +218,7 @@ def im2col_grouped(
             slice(o * d, o * d + (os - 1) * st + 1, st)
             for o, d, os, st in zip(offs, dilations, out_sp, strides, strict=True)
         )
-        cols[:, :, ki] = np.moveaxis(xg[(slice(None), slice(None), slice(None), *sl)], 0, 2)
+        cols[:, :, ki] = np.moveaxis(xg[(slice(None), slice(None), slice(None)) + tuple(sl)], 0, 2)
     return cols.reshape(groups, cg * k, n * length)
 
 
