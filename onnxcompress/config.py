@@ -30,6 +30,7 @@ PRUNINGS = ("magnitude", "global", "std", "nm")
 GRANULARITIES = ("tensor", "channel", "group")
 INITS = ("linear", "density", "random", "kmeans++")
 ENCODINGS = ("auto", "dense", "relative", "mask")
+FORMATS = ("codebook", "runtime")  # runtime: onnxruntime-native affine codes (passes/runtime_native.py)
 CODEBOOK_DTYPES = ("float32", "float16")
 
 
@@ -58,6 +59,8 @@ class WeightConfig:
     codebook_dtype: Literal["float32", "float16"] = "float32"
     encoding: Encoding = "auto"
     gap_bits: int | None = None
+    format: Literal["codebook", "runtime"] = "codebook"
+    block_size: int = 32  # format: runtime, values per scale along the reduction axis
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
@@ -78,6 +81,14 @@ class WeightConfig:
         _check_int("group_size", self.group_size, 1, 1 << 30)
         if self.gap_bits is not None:
             _check_int("gap_bits", self.gap_bits, 1, 8)
+        _check_choice("format", self.format, FORMATS)
+        if self.format == "runtime" and (self.bits not in (2, 4, 8) or self.method == "prune"):
+            raise ConfigError(
+                f"format runtime needs bits 2, 4 or 8 and a quantizing method (got bits {self.bits}, "
+                f"method {self.method}); use format codebook for other settings"
+            )
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"block_size must be a power of 2 and at least 16, got {self.block_size!r}")
         if self.method == "prune" and not self.prunes:
             raise ConfigError("method 'prune' needs pruning: set sparsity > 0 (or pruning: std / nm)")
 
@@ -90,14 +101,17 @@ class WeightConfig:
         return self.method != "prune"
 
     def describe(self) -> str:
-        parts = [self.method]
+        parts: list[str] = [self.method]
         if self.prunes:
             parts.append(
                 {"std": f"std x{self.quality:g}", "nm": f"{self.n}:{self.m}"}.get(
                     self.pruning, f"{self.pruning} {self.sparsity:.0%}"
                 )
             )
-        if self.quantizes:
+        if self.format == "runtime":
+            parts[0] = "runtime"
+            parts.append(f"{self.bits}b/block{self.block_size}")
+        elif self.quantizes:
             parts.append(f"{self.bits}b/{self.granularity}")
         return " ".join(parts)
 
