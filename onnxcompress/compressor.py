@@ -27,6 +27,7 @@ from onnxcompress.errors import NoCompressibleWeightsError
 from onnxcompress.inventory import Inventory, WeightInfo, build_inventory, iter_graphs
 from onnxcompress.passes import CheckModelPass, EncodeWeightsPass, PassManager, RaiseVersionsPass
 from onnxcompress.passes.base import Pass, PassResult
+from onnxcompress.passes.versions import default_opset
 from onnxcompress.progress import track
 
 
@@ -345,6 +346,7 @@ def _runtime_native(
     for info, cfg in runtime:
         w = _read(tensors[info.name], external_dir)
         rw, dec = rn.quantize_planned(users, w, info, cfg.bits, cfg.block_size, pruning_mask(w, info, cfg, global_t))
+        rw.opset = default_opset(model)
         rws.append(rw)
         reports.append(WeightReport(
             name=info.name, op_types=info.op_types, role=info.role, shape=info.shape, params=info.size,
