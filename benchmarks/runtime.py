@@ -32,9 +32,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODELS_DIR, digits_accuracy, environment, kb, md_table, one_line, write_results  # noqa: E402
-
 import onnx  # noqa: E402
+from common import MODELS_DIR, digits_accuracy, environment, kb, md_table, one_line, write_results  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 QUANT_OPS = {"MatMulNBits", "GatherBlockQuantized", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
@@ -142,7 +141,10 @@ def ort_dynamic(src: Path, dst: Path) -> None:
 def ort_nbits(bits: int, accuracy_level: int | None = 4, qdq: bool = False, ops: tuple[str, ...] = ("MatMul",)) -> Callable[[Path, Path], None]:
     def make(src: Path, dst: Path) -> None:
         from onnxruntime.quantization import QuantFormat
-        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
 
         cfg = DefaultWeightOnlyQuantConfig(
             block_size=32, is_symmetric=True, accuracy_level=accuracy_level, bits=bits,

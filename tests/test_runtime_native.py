@@ -214,3 +214,21 @@ def test_cli_format_runtime(tmp_path) -> None:
     )
     out = onnx.load(tmp_path / "z.rt.onnx")
     assert "MatMulNBits" in {n.op_type for n in out.graph.node}
+
+
+def test_container_entropy_codes_runtime_codes(tmp_path) -> None:
+    """4-bit MatMulNBits/GatherBlockQuantized codes become entropy-coded code streams; unpack is exact."""
+    from onnxcompress.container import read_model
+    from onnxcompress.container.pack import pack_bytes, stream_specs
+
+    res = compress_model(
+        zoo_model(21), CompressionConfig(weight=WeightConfig(bits=4, format="runtime", block_size=16))
+    )
+    specs = stream_specs(res.model)
+    coded = {n: s.bits for n, s in specs.items() if s.role == "codes"}
+    assert any(n.endswith("fc2.w/B") for n in coded) and any(n.endswith("emb/data") for n in coded)
+    assert set(coded.values()) == {4}
+    data = res.model.SerializeToString()
+    blob, _ = pack_bytes(data)
+    (tmp_path / "m.onnxc").write_bytes(blob)
+    assert read_model(tmp_path / "m.onnxc").SerializeToString() == data
