@@ -13,7 +13,8 @@ stay exactly zero. Symmetric codes fix ``z = 2^(bits-1)`` (MatMulNBits' default 
 is stored: no zero-point bytes at all).
 
 Choosing the scale: instead of the block's min/max (which lets one outlier stretch the grid for
-the whole block), we search a shrinking clipping range per block and keep, per block, the one with
+the whole block), we search both orientations of the symmetric grid (a negative scale puts its
+extra level on the positive side) and a shrinking clipping range per block and keep, per block, the one with
 the smallest squared error, then refit the scale by least squares for the chosen codes (the optimal
 scale for fixed codes, so the error can only go down). With a calibration Hessian ``H`` of the
 layer's inputs, :func:`gptq` rounds column by column and feeds each column's rounding error back
@@ -84,16 +85,22 @@ def _blocked(w2: np.ndarray, block_size: int) -> np.ndarray:
 
 def _quantize(x: np.ndarray, s: np.ndarray, z: np.ndarray, qmax: int) -> np.ndarray:
     """Codes of blocks ``x [r, nb, bs]`` for scales/zero points ``[r, nb]`` (float arrays)."""
-    safe = np.where(s > 0, s, 1.0)
+    safe = np.where(s != 0, s, 1.0)
     return np.clip(np.rint(x / safe[..., None]) + z[..., None], 0, qmax)
 
 
-def _params(lo: np.ndarray, hi: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+def _params(
+    lo: np.ndarray, hi: np.ndarray, bits: int, symmetric: bool, flip: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     qmax = (1 << bits) - 1
     if symmetric:
         half = 1 << (bits - 1)
-        # the grid is -half..half-1: cover the larger side; a negative extreme may use the extra level
-        s = np.maximum(hi / max(half - 1, 1), -lo / half)
+        # the grid is -half..half-1 times s; with a negative scale (``flip``) the extra level -half
+        # lands on the positive side (onnxruntime's quantizer always puts it on the larger extreme)
+        if flip:
+            s = -np.maximum(hi / half, -lo / max(half - 1, 1))
+        else:
+            s = np.maximum(hi / max(half - 1, 1), -lo / half)
         z = np.full_like(s, half)
     else:
         s = (hi - lo) / qmax
@@ -124,8 +131,8 @@ def compress(
     best_err = np.full(lo.shape, np.inf)
     best_s = np.zeros(lo.shape, dtype=np.float32)
     best_z = np.zeros(lo.shape)
-    for a in clip_grid:
-        s, z = _params(lo * a, hi * a, bits, symmetric)
+    for a, flip in [(a, f) for a in clip_grid for f in ((False, True) if symmetric else (False,))]:
+        s, z = _params(lo * a, hi * a, bits, symmetric, flip)
         q = _quantize(x, s, z, qmax)
         err = (((q - z[..., None]) * s[..., None] - x) ** 2 * keep).sum(axis=2)
         better = err < best_err
@@ -139,9 +146,10 @@ def compress(
         num = (x * d).sum(axis=2)
         den = (d * d).sum(axis=2)
         s_ls = np.where(den > 0, num / np.where(den > 0, den, 1.0), best_s).astype(np.float32)
+        same_sign = s_ls * best_s > 0
         err_ls = ((d * s_ls[..., None] - x) ** 2 * keep).sum(axis=2)
         err_old = ((d * best_s[..., None] - x) ** 2 * keep).sum(axis=2)
-        best_s = np.where((err_ls <= err_old) & (s_ls > 0), s_ls, best_s)
+        best_s = np.where((err_ls <= err_old) & same_sign, s_ls, best_s)
     q = np.where(keep, q, best_z[..., None])
     codes = q.astype(np.uint8).reshape(rows, -1)
     return AffineCodes(
@@ -186,7 +194,7 @@ def gptq(
     codes[:, cols:] = np.repeat(z.astype(np.uint8), block_size, axis=1)[:, cols:]
     for j in range(cols):
         b = j // block_size
-        sj = np.where(s[:, b] > 0, s[:, b], 1.0)
+        sj = np.where(s[:, b] != 0, s[:, b], 1.0)
         q = np.clip(np.rint(w[:, j] / sj) + z[:, b], 0, qmax)
         q = np.where(keep[:, j], q, z[:, b])
         codes[:, j] = q
