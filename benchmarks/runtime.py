@@ -65,9 +65,13 @@ def mobilenet(seed: int = 0, classes: int = 1000) -> onnx.ModelProto:
     inits, nodes = [], []
 
     def conv(x: str, name: str, cin: int, cout: int, k: int, stride: int, group: int = 1) -> str:
-        w = (rng.standard_normal((cout, cin // group, k, k)) * np.sqrt(2.0 / (cin // group * k * k))).astype(np.float32)
+        w = (rng.standard_normal((cout, cin // group, k, k)) * np.sqrt(2.0 / (cin // group * k * k))).astype(
+            np.float32
+        )
         inits.append(numpy_helper.from_array(w, f"{name}.weight"))
-        inits.append(numpy_helper.from_array((rng.standard_normal(cout) * 0.01).astype(np.float32), f"{name}.bias"))
+        inits.append(
+            numpy_helper.from_array((rng.standard_normal(cout) * 0.01).astype(np.float32), f"{name}.bias")
+        )
         nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [name], kernel_shape=[k, k],
                                       strides=[stride, stride], pads=[k // 2] * 4, group=group))  # fmt: skip
         nodes.append(helper.make_node("Relu", [name], [f"{name}.relu"]))
@@ -82,7 +86,10 @@ def mobilenet(seed: int = 0, classes: int = 1000) -> onnx.ModelProto:
     nodes.append(helper.make_node("GlobalAveragePool", [x], ["pool"]))
     nodes.append(helper.make_node("Flatten", ["pool"], ["flat"], axis=1))
     w = (rng.standard_normal((classes, c)) / np.sqrt(c)).astype(np.float32)
-    inits += [numpy_helper.from_array(w, "fc.weight"), numpy_helper.from_array(np.zeros(classes, np.float32), "fc.bias")]
+    inits += [
+        numpy_helper.from_array(w, "fc.weight"),
+        numpy_helper.from_array(np.zeros(classes, np.float32), "fc.bias"),
+    ]
     nodes.append(helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1))
     g = helper.make_graph(nodes, "mobilenet", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 96, 96])],
                           [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)  # fmt: skip
@@ -126,7 +133,9 @@ def ours_fold(bits: int) -> Callable[[Path, Path], None]:
         m = onnx.load(src)
         inv = build_inventory(m)
         spec = rn.RuntimeSpec(bits=bits)
-        rws = [rn.quantize(tensor_array(m, i.name), i, "fold", spec, axis=i.axis)[0] for i in inv.compressible()]
+        rws = [
+            rn.quantize(tensor_array(m, i.name), i, "fold", spec, axis=i.axis)[0] for i in inv.compressible()
+        ]
         onnx.save(rn.RuntimeNativePass(rws)(m).model, dst)
 
     return make
@@ -138,7 +147,9 @@ def ort_dynamic(src: Path, dst: Path) -> None:
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
 
 
-def ort_nbits(bits: int, accuracy_level: int | None = 4, qdq: bool = False, ops: tuple[str, ...] = ("MatMul",)) -> Callable[[Path, Path], None]:
+def ort_nbits(
+    bits: int, accuracy_level: int | None = 4, qdq: bool = False, ops: tuple[str, ...] = ("MatMul",)
+) -> Callable[[Path, Path], None]:
     def make(src: Path, dst: Path) -> None:
         from onnxruntime.quantization import QuantFormat
         from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -189,7 +200,9 @@ def ort_behaviour(path: Path, fp32_weight_bytes: int) -> dict[str, Any]:
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         opt = onnx.load(str(Path(tmp) / "opt.onnx"))
     inits = {t.name for t in opt.graph.initializer}
-    float_bytes = sum(len(t.raw_data) for t in opt.graph.initializer if t.data_type in (1, 10, 16) and len(t.dims) >= 2)
+    float_bytes = sum(
+        len(t.raw_data) for t in opt.graph.initializer if t.data_type in (1, 10, 16) and len(t.dims) >= 2
+    )
     ops: dict[str, int] = {}
     dq_const = 0
     for n in opt.graph.node:
@@ -208,7 +221,9 @@ def ort_behaviour(path: Path, fp32_weight_bytes: int) -> dict[str, Any]:
     return {"verdict": verdict, "quant_ops": ops, "float_weight_bytes_after_optimization": float_bytes}
 
 
-def fidelity(kind: str, path: Path, ref: np.ndarray | None, feed: dict[str, np.ndarray] | None) -> dict[str, float]:
+def fidelity(
+    kind: str, path: Path, ref: np.ndarray | None, feed: dict[str, np.ndarray] | None
+) -> dict[str, float]:
     import onnxruntime as ort
 
     if kind == "digits":
@@ -227,7 +242,9 @@ def weight_bytes(path: Path) -> int:
     return sum(len(t.raw_data) for t in m.graph.initializer if t.data_type == 1 and len(t.dims) >= 2)
 
 
-def run_model(name: str, src: Path, work: Path, variants: dict[str, Callable[[Path, Path], None]], rounds: int) -> dict[str, Any]:
+def run_model(
+    name: str, src: Path, work: Path, variants: dict[str, Callable[[Path, Path], None]], rounds: int
+) -> dict[str, Any]:
     from onnxcompress.evaluation.bench import bench
 
     kind = "digits" if name in ("lenet_300_100", "resnet_digits", "lenet5") else "synthetic"
@@ -241,7 +258,11 @@ def run_model(name: str, src: Path, work: Path, variants: dict[str, Callable[[Pa
         feed = {}
         for i in sess.get_inputs():
             shape = [64 if not isinstance(d, int) else d for d in i.shape]
-            feed[i.name] = rng.integers(0, 32000, shape) if "int" in i.type else rng.standard_normal(shape).astype(np.float32)
+            feed[i.name] = (
+                rng.integers(0, 32000, shape)
+                if "int" in i.type
+                else rng.standard_normal(shape).astype(np.float32)
+            )
         ref = sess.run(None, feed)[0]
     fp32_w = weight_bytes(src)
     paths: dict[str, Path] = {"fp32": src}
@@ -300,7 +321,9 @@ def render(results: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--probe", action="store_true", help="candidate formats on the MLP, MobileNet and embedding models")
+    ap.add_argument(
+        "--probe", action="store_true", help="candidate formats on the MLP, MobileNet and embedding models"
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models", default=None)
     args = ap.parse_args(argv)

@@ -232,3 +232,20 @@ def test_container_entropy_codes_runtime_codes(tmp_path) -> None:
     blob, _ = pack_bytes(data)
     (tmp_path / "m.onnxc").write_bytes(blob)
     assert read_model(tmp_path / "m.onnxc").SerializeToString() == data
+
+
+def test_tied_weight_folds_and_matches() -> None:
+    """A table read by Gather and by MatMul (tied embeddings) keeps one copy: the fold rewrite."""
+    rng = np.random.default_rng(6)
+    emb = (rng.standard_normal((64, 32)) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"], axis=0),
+             helper.make_node("MatMul", ["e", "emb_t"], ["y"]),
+             helper.make_node("Transpose", ["emb"], ["emb_t"], perm=[1, 0])]  # fmt: skip
+    nodes = [nodes[0], nodes[2], nodes[1]]
+    g = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [2, 3])],
+                          [helper.make_tensor_value_info("y", 1, [2, 3, 64])], [numpy_helper.from_array(emb, "emb")])  # fmt: skip
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    out, ref, kinds = _rewrite(m, rn.RuntimeSpec(bits=4))
+    assert kinds == {"emb": "fold"}
+    feed = {"ids": rng.integers(0, 64, (2, 3))}
+    assert np.array_equal(_run(out, feed), _run(ref, feed))

@@ -342,7 +342,9 @@ def _matmul_nodes(
     return nodes
 
 
-def _fold_nodes(rw: RuntimeWeight, graph: onnx.GraphProto, opset: int, const, fresh, base: str) -> list[onnx.NodeProto]:
+def _fold_nodes(
+    rw: RuntimeWeight, graph: onnx.GraphProto, opset: int, const, fresh, base: str
+) -> list[onnx.NodeProto]:
     """``Cast(codes) - zero_point) * scale`` in standard ops, writing the weight's name. Not
     ``DequantizeLinear``: onnxruntime never constant-folds that one (it keeps QDQ patterns), so a
     DequantizeLinear before Conv or Gather ran on every inference and blocked Conv's prepacked
