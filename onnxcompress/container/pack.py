@@ -338,7 +338,7 @@ def stream_specs(model: onnx.ModelProto) -> dict[str, _Spec]:
 
 def _runtime_code_specs(model: onnx.ModelProto, inits: dict[str, Any], specs: dict[str, _Spec]) -> None:
     """Codes of ``format: runtime`` weights (MatMulNBits ``B``, GatherBlockQuantized ``data``, the
-    uint8/uint4 input of a ``Cast``) are k-bit codes packed low bits first, which is Part 1's bit
+    uint8/uint4 input of a ``Cast``, nibble pairs unpacked by ``BitShift``) are k-bit codes packed low bits first, which is Part 1's bit
     packing: code them as ``codes`` streams (kind 1) like the codebook indices (8-bit ones as bytes)."""
     import onnx
 
@@ -353,6 +353,8 @@ def _runtime_code_specs(model: onnx.ModelProto, inits: dict[str, Any], specs: di
                 name, bits = node.input[0], int(at.get("bits", 4))
             elif node.op_type == "Cast" and node.domain in ("", "ai.onnx") and node.input:
                 name, bits = node.input[0], 0
+            elif node.op_type == "BitShift" and node.domain in ("", "ai.onnx") and node.input:
+                name, bits = node.input[0], 4  # two 4-bit codes per byte (fold below opset 21)
             else:
                 continue
             t = inits.get(name)

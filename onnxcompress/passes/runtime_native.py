@@ -24,7 +24,8 @@ Codes come from :mod:`onnxcompress.algorithms.affine`; what a weight decodes to 
 main graph's initializers (visible from every subgraph); a weight held in a ``Constant`` node is
 removed from wherever it lived and its consumers are rewritten in their own graph. Opset: the
 ``com.microsoft`` ops need only the ``com.microsoft`` import, and the ``fold`` nodes work from
-opset 11 (4-bit codes are stored as ``UINT4`` from opset 21, else one per byte): no opset is raised.
+opset 11 (4/2-bit codes: ``UINT4`` from opset 21, below it two per uint8 byte unpacked with
+``BitShift``): no opset is raised.
 This module never imports onnxruntime.
 """
 
@@ -82,16 +83,16 @@ class RuntimeWeight:
     axis: int
     codes: affine.AffineCodes
     accuracy_level: int = 4
-    opset: int = 21  # the model's default opset (``fold`` stores 4-bit codes as UINT4 from 21)
+    opset: int = 21  # the model's default opset (how ``fold`` stores 4-bit codes)
 
     @property
     def nbytes(self) -> int:
-        """Bytes stored: packed codes, scales and zero points (``fold``: uint8 codes, or uint4 from
-        opset 21, in the weight's shape; one scale and zero point per output channel)."""
+        """Bytes stored: packed codes, scales and zero points (``fold``: one byte per 8-bit code,
+        two 4/2-bit codes per byte; one scale and zero point per output channel)."""
         c = self.codes
         scale_bytes = c.scales.size * np.dtype(self.dtype).itemsize
         if self.kind == "fold":
-            store = 8 if c.bits == 8 or self.opset < 21 else 4
+            store = 8 if c.bits == 8 else 4
             return -(-int(np.prod(self.shape)) * store // 8) + 2 * scale_bytes
         cols = c.cols if self.kind == "gather" else c.codes.shape[1]
         zp = 0 if c.zero_points is None else c.rows * -(-c.blocks * c.bits // 8)
@@ -357,17 +358,67 @@ def _fold_nodes(
     dt = np.dtype(rw.dtype)
     scale = const(_scales(rw)[:, 0].reshape(bshape), f"{base}/scale")
     zp = const(c.zero_point_array()[:, 0].astype(dt).reshape(bshape), f"{base}/zero_point")
+    nodes: list[onnx.NodeProto] = []
     if c.bits < 8 and opset >= 21:
         q = _uint4_const(graph, codes, fresh(f"{base}/codes"))  # Cast from uint4 needs opset 21
+    elif c.bits < 8:
+        q = _nibbles(codes, const, fresh, base, nodes)
     else:
         q = const(np.ascontiguousarray(codes), f"{base}/codes")
     qf, centred = fresh(f"{base}/codes_float"), fresh(f"{base}/centred")
     to = helper.np_dtype_to_tensor_dtype(dt)
-    return [
+    return nodes + [
         helper.make_node("Cast", [q], [qf], to=to, name=fresh(f"{base}/Cast")),
         helper.make_node("Sub", [qf, zp], [centred], name=fresh(f"{base}/Sub")),
         helper.make_node("Mul", [centred, scale], [rw.name], name=fresh(f"{base}/Mul")),
     ]
+
+
+def _nibbles(codes: np.ndarray, const, fresh, base: str, nodes: list[onnx.NodeProto]) -> str:
+    """4-bit (or 2-bit) codes below opset 21: two per byte (low nibble first), unpacked with
+    ``BitShift`` (opset 11) and reshaped to the weight's shape; all constant, folded at load."""
+    flat = np.asarray(codes, dtype=np.uint8).reshape(-1)
+    n = flat.size
+    pad = np.concatenate([flat, np.zeros(n % 2, np.uint8)])
+    packed = const((pad[0::2] | (pad[1::2] << 4)).astype(np.uint8), f"{base}/codes")
+    m = pad.size // 2
+    four = const(np.array([4], np.uint8), f"{base}/four")
+    hi, hi_up, lo = fresh(f"{base}/hi"), fresh(f"{base}/hi_up"), fresh(f"{base}/lo")
+    lo2, hi2, pairs, out = (
+        fresh(f"{base}/lo2"),
+        fresh(f"{base}/hi2"),
+        fresh(f"{base}/pairs"),
+        fresh(f"{base}/codes_u8"),
+    )
+    col = const(np.array([m, 1], np.int64), f"{base}/col_shape")
+    nodes += [
+        helper.make_node("BitShift", [packed, four], [hi], direction="RIGHT", name=fresh(f"{base}/ShiftR")),
+        # low nibble: shift left (uint8 drops the high bits) and back; Sub has no uint8 before opset 14
+        helper.make_node("BitShift", [packed, four], [hi_up], direction="LEFT", name=fresh(f"{base}/ShiftL")),
+        helper.make_node("BitShift", [hi_up, four], [lo], direction="RIGHT", name=fresh(f"{base}/Low")),
+        helper.make_node("Reshape", [lo, col], [lo2], name=fresh(f"{base}/ReshapeLo")),
+        helper.make_node("Reshape", [hi, col], [hi2], name=fresh(f"{base}/ReshapeHi")),
+        helper.make_node("Concat", [lo2, hi2], [pairs], axis=1, name=fresh(f"{base}/Interleave")),
+    ]
+    src = pairs
+    if n % 2:
+        flat_name = fresh(f"{base}/flat")
+        nodes.append(
+            helper.make_node(
+                "Reshape", [pairs, const(np.array([2 * m], np.int64), f"{base}/flat_shape")], [flat_name],
+                name=fresh(f"{base}/Flatten"),
+            )
+        )  # fmt: skip
+        src = fresh(f"{base}/trimmed")
+        nodes.append(
+            helper.make_node(
+                "Slice", [flat_name, const(np.array([0], np.int64), f"{base}/start"),
+                          const(np.array([n], np.int64), f"{base}/end")], [src], name=fresh(f"{base}/Trim"),
+            )
+        )  # fmt: skip
+    shape = const(np.array(codes.shape, np.int64), f"{base}/shape")
+    nodes.append(helper.make_node("Reshape", [src, shape], [out], name=fresh(f"{base}/Reshape")))
+    return out
 
 
 def _uint4_const(graph: onnx.GraphProto, a: np.ndarray, name: str) -> str:
