@@ -27,6 +27,11 @@ OURS = {
     "peers": ("Against other tools (peers)", "peers.py"),
     "speed": ("Conversion speed, memory and load time", "speed.py"),
     "calibration": ("Calibration-aware compression: plain against calibrated, same plans", "calibration.py"),
+    "runtime": ("Deploy cost in a stock onnxruntime session: format runtime against peers", "runtime.py"),
+    **{
+        f"runtime_probe_{m}": (f"What onnxruntime does with each weight format: {m}", "runtime.py --probe")
+        for m in ("mlp", "mobilenet", "embedding")
+    },
 }
 OTHERS = {
     "kmeans_vs_sklearn": "1-D k-means against scikit-learn",
@@ -64,6 +69,10 @@ def render_ours(name: str, data: dict[str, Any]) -> str:
 
         criterion = "; ".join(f"{k}: {v}" for k, v in data.get("criterion", {}).items())
         body = f"Pass criterion: {criterion}.\n\n{calibration.summary(data)}\n{calibration.tables(data)}"
+    elif name.startswith("runtime"):
+        import runtime
+
+        body = runtime.render(data["results"]) + f"\n\n{data.get('machine_note', '')}"
     else:
         import speed
 

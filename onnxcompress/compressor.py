@@ -27,11 +27,12 @@ from onnxcompress.config import CompressionConfig, WeightConfig, plan, preset
 from onnxcompress.encoding import CodebookWeight, EncodedWeight, build_groups
 from onnxcompress.errors import InvalidModelError, NoCompressibleWeightsError
 from onnxcompress.inventory import WeightInfo, build_inventory, iter_graphs
-from onnxcompress.methods.masks import global_threshold
+from onnxcompress.methods.masks import global_threshold, keep_mask
 from onnxcompress.passes import CheckModelPass, EncodeWeightsPass, PassManager, RaiseVersionsPass
 from onnxcompress.passes.base import Pass
 from onnxcompress.passes.check import CheckResult
 from onnxcompress.passes.metadata import LoadExternalDataPass, StampMetadataPass
+from onnxcompress.passes.versions import default_opset
 from onnxcompress.progress import ProgressCallback, track
 from onnxcompress.report import CompressionReport, CompressionResult, WeightReport
 
@@ -117,6 +118,7 @@ def compress_model(
     config = config or preset("safe")
     inventory = build_inventory(model, min_elements=config.min_elements)
     planned, skipped = plan(inventory, config)
+    runtime = [(i, c) for i, c in planned if c.format == "runtime"]  # onnxruntime-native, below
     if not planned:
         reasons = {r for _, r in skipped} or {"the model has no float tensors"}
         raise NoCompressibleWeightsError(
@@ -130,6 +132,8 @@ def compress_model(
     decoded: dict[str, np.ndarray] = {}
     reports: list[WeightReport] = []
     notes: list[str] = []
+    rt_pass = _runtime_native(model, runtime, tensors, external_dir, global_t, reports, decoded, keep_decoded)
+    planned = [(i, c) for i, c in planned if c.format != "runtime"]
     for info, cfg in track(planned, "compressing weights", progress):
         out = _compress_one(
             _read(tensors[info.name], external_dir), info, cfg, weight_hook, global_t, config.seed
@@ -147,7 +151,7 @@ def compress_model(
         if note:
             notes.append(note)
     del tensors
-    if not encoded:
+    if not encoded and rt_pass is None:
         raise NoCompressibleWeightsError(
             "no weight became smaller under this plan (all weights are tiny or the settings keep too much); "
             "use fewer bits or more sparsity"
@@ -157,8 +161,10 @@ def compress_model(
     groups = build_groups(encoded)
     del encoded
     n_groups = len(groups)
-    passes: list[Pass] = [RaiseVersionsPass(), EncodeWeightsPass(groups, consume=True)]
+    passes: list[Pass] = [RaiseVersionsPass(), EncodeWeightsPass(groups, consume=True)] if groups else []
     del groups
+    if rt_pass is not None:  # format: runtime weights go first, the codebook stage handles the rest
+        passes.insert(0, rt_pass)
     if external_dir is not None:
         passes.append(LoadExternalDataPass(external_dir))
     passes += [CheckModelPass(), StampMetadataPass(config)]
@@ -175,6 +181,32 @@ def compress_model(
     return CompressionResult(
         model=model, report=report, decoded=decoded, passes=tuple(r for _, r in results)
     )
+
+
+def _runtime_native(
+    model: onnx.ModelProto, runtime: list[tuple[WeightInfo, WeightConfig]], tensors: dict[str, onnx.TensorProto],
+    external_dir: str | os.PathLike[str] | None, global_t: float | None, reports: list[WeightReport],
+    decoded: dict[str, np.ndarray], keep_decoded: bool,
+) -> Pass | None:  # fmt: skip
+    """Quantize the ``format: runtime`` weights (passes/runtime_native.py); their pass, or None."""
+    if not runtime:
+        return None
+    from onnxcompress.passes import runtime_native as rn
+
+    users, rws = rn.consumers(model), []
+    for info, cfg in runtime:
+        w = _read(tensors[info.name], external_dir)
+        rw, dec = rn.quantize_planned(users, w, info, cfg.bits, cfg.block_size, keep_mask(w, info, cfg, global_t))
+        rw.opset = default_opset(model)
+        rws.append(rw)
+        reports.append(WeightReport(
+            name=info.name, op_types=info.op_types, role=info.role, shape=info.shape, params=info.size,
+            setting=cfg.describe(), sparsity=float(np.mean(dec == 0)), bits=cfg.bits, encoding=f"runtime:{rw.kind}",
+            bytes_before=w.nbytes, bytes_after=rw.nbytes, rel_error=_rel_error(w, dec),
+        ))  # fmt: skip
+        if keep_decoded:
+            decoded[info.name] = dec
+    return rn.RuntimeNativePass(rws)
 
 
 def _compress_one(

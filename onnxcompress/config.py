@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from onnxcompress.inventory import Inventory, WeightInfo
 
 ENCODINGS = ("auto", "dense", "relative", "mask")
+FORMATS = ("codebook", "runtime")  # runtime: onnxruntime-native affine codes (passes/runtime_native.py)
 
 #: The allowed values of every WeightConfig field that is a choice, each defined once beside the
 #: code that implements it; plan validation and the CLI's ``choices=`` both read this.
@@ -38,6 +39,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "init": INITS,
     "encoding": ENCODINGS,
     "codebook_dtype": CODEBOOK_DTYPES,
+    "format": FORMATS,
 }
 
 
@@ -66,6 +68,8 @@ class WeightConfig:
     codebook_dtype: str = "float32"
     encoding: str = "auto"
     gap_bits: int | None = None
+    format: str = "codebook"
+    block_size: int = 32  # format: runtime, values per scale along the reduction axis
 
     def __post_init__(self) -> None:
         method = methods.get(self.method)  # the live table, so a row added at run time counts too
@@ -84,6 +88,13 @@ class WeightConfig:
         _check_int("group_size", self.group_size, 1, 1 << 30)
         if self.gap_bits is not None:
             _check_int("gap_bits", self.gap_bits, 1, 8)
+        if self.format == "runtime" and (self.bits not in (2, 4, 8) or not method.quantizes):
+            raise ConfigError(
+                f"format runtime needs bits 2, 4 or 8 and a quantizing method (got bits {self.bits}, "
+                f"method {self.method}); use format codebook for other settings"
+            )
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"block_size must be a power of 2 and at least 16, got {self.block_size!r}")
         if method.needs_pruning and not self.prunes:
             raise ConfigError(
                 f"method {self.method!r} needs pruning: set sparsity > 0 (or pruning: std / nm)"
@@ -98,14 +109,17 @@ class WeightConfig:
         return methods.get(self.method).quantizes
 
     def describe(self) -> str:
-        parts = [self.method]
+        parts: list[str] = [self.method]
         if self.prunes:
             parts.append(
                 {"std": f"std x{self.quality:g}", "nm": f"{self.n}:{self.m}"}.get(
                     self.pruning, f"{self.pruning} {self.sparsity:.0%}"
                 )
             )
-        if self.quantizes:
+        if self.format == "runtime":
+            parts[0] = "runtime"
+            parts.append(f"{self.bits}b/block{self.block_size}")
+        elif self.quantizes:
             parts.append(f"{self.bits}b/{self.granularity}")
         return " ".join(parts)
 

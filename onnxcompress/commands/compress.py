@@ -54,6 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--encoding", choices=CHOICES["encoding"], help="sparse position encoding (default: smallest per tensor)"
     )
+    g.add_argument(
+        "--format", choices=CHOICES["format"],
+        help="codebook: smallest file, decoded at load; runtime: onnxruntime-native affine codes "
+        "(MatMulNBits, GatherBlockQuantized, DequantizeLinear) that stay quantized in RAM",
+    )  # fmt: skip
+    g.add_argument("--block-size", type=int, help="with --format runtime: weights per scale (default 32)")
     p.add_argument(
         "--exclude",
         action="append",
@@ -94,7 +100,7 @@ def config_from_args(args: argparse.Namespace) -> CompressionConfig:
         cfg = load_config(args.config, cfg)
     overrides: dict[str, Any] = {}
     for name in ("method", "bits", "sparsity", "pruning", "quality", "granularity", "group_size", "init",
-                 "codebook_dtype", "encoding"):  # fmt: skip
+                 "codebook_dtype", "encoding", "format", "block_size"):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value

@@ -319,10 +319,46 @@ def stream_specs(model: onnx.ModelProto) -> dict[str, _Spec]:
                     specs[name] = _Spec(inp.name)
             except (KeyError, TypeError, ValueError):
                 specs[name] = _Spec(inp.name)
+    _runtime_code_specs(model, inits, specs)
     for t in model.graph.initializer:
         if t.name not in specs and t.data_type in _FLOAT_SIZES and len(t.raw_data) >= MIN_WEIGHT_BYTES:
             specs[t.name] = _Spec("weight", elem=_FLOAT_SIZES[t.data_type])
     return specs
+
+
+def _runtime_code_specs(model: onnx.ModelProto, inits: dict[str, Any], specs: dict[str, _Spec]) -> None:
+    """Codes of ``format: runtime`` weights (MatMulNBits ``B``, GatherBlockQuantized ``data``, the
+    uint8/uint4 input of a ``Cast``, nibble pairs unpacked by ``BitShift``) are k-bit codes packed low bits first, which is Part 1's bit
+    packing: code them as ``codes`` streams (kind 1) like the codebook indices (8-bit ones as bytes)."""
+    import onnx
+
+    from onnxcompress.inventory import iter_graphs
+
+    for _, g in iter_graphs(model.graph):
+        for node in g.node:
+            at = _attrs(node) if node.op_type in ("MatMulNBits", "GatherBlockQuantized") else {}
+            if node.domain == "com.microsoft" and node.op_type == "MatMulNBits" and len(node.input) > 1:
+                name, bits = node.input[1], int(at.get("bits", 4))
+            elif node.domain == "com.microsoft" and node.op_type == "GatherBlockQuantized" and node.input:
+                name, bits = node.input[0], int(at.get("bits", 4))
+            elif node.op_type == "Cast" and node.domain in ("", "ai.onnx") and node.input:
+                name, bits = node.input[0], 0
+            elif node.op_type == "BitShift" and node.domain in ("", "ai.onnx") and node.input:
+                name, bits = node.input[0], 4  # two 4-bit codes per byte (fold below opset 21)
+            else:
+                continue
+            t = inits.get(name)
+            if t is None or name in specs or len(t.raw_data) < MIN_WEIGHT_BYTES:
+                continue
+            if t.data_type == onnx.TensorProto.UINT8 and bits in (0, 2, 4, 8):
+                bits = bits or 8
+            elif t.data_type == onnx.TensorProto.UINT4 and bits == 0:
+                bits = 4
+            else:
+                continue
+            # 8-bit codes are bytes: the opaque path tries byte codecs (LZ finds the repeated blocks
+            # of dead input rows) as well as byte-symbol ANS
+            specs[name] = _Spec("codes", bits, len(t.raw_data) * 8 // bits) if bits < 8 else _Spec("other")
 
 
 # --------------------------------------------------------------------------- choosing encodings

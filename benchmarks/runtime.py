@@ -1,0 +1,365 @@
+"""Deploy cost in a stock onnxruntime session: ``format: runtime`` against the folded codebook
+format and onnxruntime's own quantizers, side by side in one run (issue 15).
+
+For each model: size on disk, session creation, peak RSS, p50 latency (batch 1) — every one a
+median over ``--rounds`` fresh processes (``onnxcompress.evaluation.bench``: models alternate, one
+process per measurement) — plus fidelity (top-1 accuracy on ``models/digits_test.npz`` for the digit
+models, mean cosine to fp32 outputs on random inputs for the synthetic ones), and what onnxruntime
+*does* with the weights: the graph after its optimizations (level ALL, saved once in-process) tells
+whether they stay quantized, were dequantized once at load (dense float initializers appear), or
+are dequantized on every run (a ``DequantizeLinear`` of a constant survives).
+
+Models: LeNet-300-100 and the residual CNN from ``models/``; a MobileNet-style CNN, a MatMul MLP
+4x[2048, 2048] and (``--probe``) an embedding model Gather[32000, 512] + MatMul, built here with
+onnx.helper and numpy. ``--probe`` adds the candidate formats that lose (MatMulNBits without
+``accuracy_level``, DequantizeLinear int8/int4 before MatMul) so the docs can say why.
+
+    python benchmarks/runtime.py [--probe] [--rounds 3] [--models mlp,mobilenet,lenet_300_100,resnet_digits]
+
+Writes ``benchmarks/results/runtime.json`` (``runtime_probe_<models>.json`` with ``--probe``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import onnx  # noqa: E402
+from common import MODELS_DIR, digits_accuracy, environment, kb, md_table, one_line, write_results  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+QUANT_OPS = {"MatMulNBits", "GatherBlockQuantized", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
+             "QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "DequantizeLinear"}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- models built here
+
+
+def mlp(layers: int = 4, width: int = 2048, seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    inits, nodes, x = [], [], "x"
+    for i in range(layers):
+        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"]))
+        x = f"h{i}"
+        if i + 1 < layers:
+            nodes.append(helper.make_node("Relu", [x], [f"r{i}"]))
+            x = f"r{i}"
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", width])], inits)  # fmt: skip
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def mobilenet(seed: int = 0, classes: int = 1000) -> onnx.ModelProto:
+    """Stem conv 3x3/2, five depthwise-separable blocks (dw 3x3 + pw 1x1, ReLU), global pool, Gemm."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+
+    def conv(x: str, name: str, cin: int, cout: int, k: int, stride: int, group: int = 1) -> str:
+        w = (rng.standard_normal((cout, cin // group, k, k)) * np.sqrt(2.0 / (cin // group * k * k))).astype(
+            np.float32
+        )
+        inits.append(numpy_helper.from_array(w, f"{name}.weight"))
+        inits.append(
+            numpy_helper.from_array((rng.standard_normal(cout) * 0.01).astype(np.float32), f"{name}.bias")
+        )
+        nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [name], kernel_shape=[k, k],
+                                      strides=[stride, stride], pads=[k // 2] * 4, group=group))  # fmt: skip
+        nodes.append(helper.make_node("Relu", [name], [f"{name}.relu"]))
+        return f"{name}.relu"
+
+    x = conv("input", "stem", 3, 32, 3, 2)
+    c = 32
+    for i, (cout, stride) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2), (512, 1)]):
+        x = conv(x, f"b{i}.dw", c, c, 3, stride, group=c)
+        x = conv(x, f"b{i}.pw", c, cout, 1, 1)
+        c = cout
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["pool"]))
+    nodes.append(helper.make_node("Flatten", ["pool"], ["flat"], axis=1))
+    w = (rng.standard_normal((classes, c)) / np.sqrt(c)).astype(np.float32)
+    inits += [
+        numpy_helper.from_array(w, "fc.weight"),
+        numpy_helper.from_array(np.zeros(classes, np.float32), "fc.bias"),
+    ]
+    nodes.append(helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1))
+    g = helper.make_graph(nodes, "mobilenet", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 96, 96])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)  # fmt: skip
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def embedding(vocab: int = 32000, dim: int = 512, seed: int = 0) -> onnx.ModelProto:
+    """Gather[vocab, dim] -> ReduceMean over tokens -> MatMul[dim, dim]: the MatMul+Gather case."""
+    rng = np.random.default_rng(seed)
+    emb = (rng.standard_normal((vocab, dim)) * 0.05).astype(np.float32)
+    w = (rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"], axis=0),
+             helper.make_node("ReduceMean", ["e"], ["m"], axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["m", "proj"], ["y"])]  # fmt: skip
+    g = helper.make_graph(nodes, "embedding", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", dim])],
+                          [numpy_helper.from_array(emb, "emb"), numpy_helper.from_array(w, "proj")])  # fmt: skip
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def ours(fmt: str, bits: int, **extra: Any) -> Callable[[Path, Path], None]:
+    def make(src: Path, dst: Path) -> None:
+        from onnxcompress.compressor import compress_file
+        from onnxcompress.config import from_dict
+
+        compress_file(src, dst, from_dict({"weight": {"bits": bits, "format": fmt, **extra}}), overwrite=True)
+
+    return make
+
+
+def ours_fold(bits: int) -> Callable[[Path, Path], None]:
+    """Probe: every weight through the ``fold`` rewrite (Cast/Sub/Mul, folded at load)."""
+
+    def make(src: Path, dst: Path) -> None:
+        from onnxcompress.inventory import build_inventory, tensor_array
+        from onnxcompress.passes import runtime_native as rn
+
+        m = onnx.load(src)
+        inv = build_inventory(m)
+        spec = rn.RuntimeSpec(bits=bits)
+        rws = [
+            rn.quantize(tensor_array(m, i.name), i, "fold", spec, axis=i.axis)[0] for i in inv.compressible()
+        ]
+        onnx.save(rn.RuntimeNativePass(rws)(m).model, dst)
+
+    return make
+
+
+def ort_dynamic(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+def ort_nbits(
+    bits: int, accuracy_level: int | None = 4, qdq: bool = False, ops: tuple[str, ...] = ("MatMul",)
+) -> Callable[[Path, Path], None]:
+    def make(src: Path, dst: Path) -> None:
+        from onnxruntime.quantization import QuantFormat
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
+
+        cfg = DefaultWeightOnlyQuantConfig(
+            block_size=32, is_symmetric=True, accuracy_level=accuracy_level, bits=bits,
+            quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator, op_types_to_quantize=ops,
+        )  # fmt: skip
+        q = MatMulNBitsQuantizer(onnx.load(src), algo_config=cfg)
+        q.process()
+        q.model.save_model_to_file(str(dst), False)
+
+    return make
+
+
+MAIN_VARIANTS: dict[str, Callable[[Path, Path], None]] = {
+    "ours codebook 8-bit (folded)": ours("codebook", 8),
+    "ours runtime 8-bit": ours("runtime", 8),
+    "ours runtime 4-bit": ours("runtime", 4),
+    "ORT quantize_dynamic int8": ort_dynamic,
+    "ORT MatMulNBits 8-bit acc4": ort_nbits(8),
+    "ORT MatMulNBits 4-bit acc4": ort_nbits(4),
+}
+PROBE_VARIANTS: dict[str, Callable[[Path, Path], None]] = {
+    "ORT MatMulNBits 8-bit (no acc level)": ort_nbits(8, None),
+    "ORT MatMulNBits 4-bit (no acc level)": ort_nbits(4, None),
+    "ORT DQ int4 blocked (QDQ) + MatMul": ort_nbits(4, None, qdq=True),
+    "ours fold 8-bit on every weight": ours_fold(8),
+    "ORT GatherBlockQuantized 4-bit": ort_nbits(4, 4, ops=("MatMul", "Gather")),
+}
+
+
+# --------------------------------------------------------------------------- what onnxruntime does
+
+
+def ort_behaviour(path: Path, fp32_weight_bytes: int) -> dict[str, Any]:
+    """Optimize once (level ALL) and read the result: quantized ops kept, float weight bytes."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        opt = onnx.load(str(Path(tmp) / "opt.onnx"))
+    inits = {t.name for t in opt.graph.initializer}
+    float_bytes = sum(
+        len(t.raw_data) for t in opt.graph.initializer if t.data_type in (1, 10, 16) and len(t.dims) >= 2
+    )
+    ops: dict[str, int] = {}
+    dq_const = 0
+    for n in opt.graph.node:
+        if n.op_type in QUANT_OPS:
+            ops[n.op_type] = ops.get(n.op_type, 0) + 1
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+            dq_const += 1
+    if dq_const:
+        verdict = "dequantized on every run (DequantizeLinear of a constant kept)"
+    elif float_bytes > 0.5 * fp32_weight_bytes:
+        verdict = "dequantized once at load (dense float weights in the optimized graph)"
+    elif ops:
+        verdict = "stays quantized"
+    else:
+        verdict = "float"
+    return {"verdict": verdict, "quant_ops": ops, "float_weight_bytes_after_optimization": float_bytes}
+
+
+def fidelity(
+    kind: str, path: Path, ref: np.ndarray | None, feed: dict[str, np.ndarray] | None
+) -> dict[str, float]:
+    import onnxruntime as ort
+
+    if kind == "digits":
+        acc = digits_accuracy(str(path))
+        return {"accuracy": float(acc.get("held-out", next(iter(acc.values()))))}
+    assert ref is not None and feed is not None
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, feed)[0].reshape(len(ref), -1).astype(np.float64)
+    r = ref.reshape(len(ref), -1).astype(np.float64)
+    cos = (out * r).sum(1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(r, axis=1) + 1e-30)
+    return {"cosine": float(cos.mean())}
+
+
+def weight_bytes(path: Path) -> int:
+    m = onnx.load(str(path))
+    return sum(len(t.raw_data) for t in m.graph.initializer if t.data_type == 1 and len(t.dims) >= 2)
+
+
+def run_model(
+    name: str, src: Path, work: Path, variants: dict[str, Callable[[Path, Path], None]], rounds: int
+) -> dict[str, Any]:
+    from onnxcompress.evaluation.bench import bench
+
+    kind = "digits" if name in ("lenet_300_100", "resnet_digits", "lenet5") else "synthetic"
+    feed = None
+    ref = None
+    if kind == "synthetic":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(123)
+        feed = {}
+        for i in sess.get_inputs():
+            shape = [64 if not isinstance(d, int) else d for d in i.shape]
+            feed[i.name] = (
+                rng.integers(0, 32000, shape)
+                if "int" in i.type
+                else rng.standard_normal(shape).astype(np.float32)
+            )
+        ref = sess.run(None, feed)[0]
+    fp32_w = weight_bytes(src)
+    paths: dict[str, Path] = {"fp32": src}
+    errors: dict[str, str] = {}
+    make_s: dict[str, float] = {}
+    for label, make in variants.items():
+        dst = work / f"{name}.{len(paths)}.onnx"
+        t0 = time.perf_counter()
+        try:
+            make(src, dst)
+            import onnxruntime as ort
+
+            ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])  # loads at all?
+            paths[label] = dst
+            make_s[label] = time.perf_counter() - t0
+        except Exception as exc:  # noqa: BLE001 -- a peer failing is a result
+            errors[label] = one_line(exc)
+    shapes = {"x": [1, 2048]} if name == "mlp" else {}
+    report = bench([str(p) for p in paths.values()], runs=50, warmup=5, rounds=rounds, batch_size=1, shapes=shapes,
+                   int_range={"ids": (0, 31999)} if name == "embedding" else {}, progress=False)  # fmt: skip
+    rows = []
+    base = report.models[0]
+    for (label, path), mb in zip(paths.items(), report.models, strict=True):
+        row: dict[str, Any] = {
+            "variant": label, "size_bytes": mb.size_bytes, "create_s": mb.create_s, "peak_rss_bytes": mb.peak_rss_bytes,
+            "p50_ms": mb.p50_ms, "size_x": mb.size_bytes / base.size_bytes, "create_x": mb.create_s / base.create_s,
+            "rss_x": (mb.peak_rss_bytes or 0) / (base.peak_rss_bytes or 1), "p50_x": mb.p50_ms / base.p50_ms,
+            "compress_s": make_s.get(label),
+        }  # fmt: skip
+        row.update(fidelity(kind, path, ref, feed))
+        try:
+            row["onnxruntime_does"] = ort_behaviour(path, fp32_w)
+        except Exception as exc:  # noqa: BLE001
+            row["onnxruntime_does"] = {"verdict": one_line(exc)}
+        rows.append(row)
+    return {"model": name, "rows": rows, "failed": errors, "rounds": rounds}
+
+
+def render(results: list[dict[str, Any]]) -> str:
+    out = []
+    for res in results:
+        fid = "accuracy" if "accuracy" in res["rows"][0] else "cosine"
+        out.append(f"### {res['model']}\n")
+        out.append(md_table(
+            ["variant", "size", "create", "peak RSS", "p50", fid, "onnxruntime does"],
+            [[r["variant"], f"{kb(r['size_bytes'])} (x{r['size_x']:.2f})", f"{r['create_s'] * 1e3:.0f} ms (x{r['create_x']:.2f})",
+              f"{(r['peak_rss_bytes'] or 0) / 1e6:.0f} MB (x{r['rss_x']:.2f})", f"{r['p50_ms']:.3f} ms (x{r['p50_x']:.2f})",
+              f"{r[fid]:.4f}", r["onnxruntime_does"]["verdict"] + " " + ",".join(f"{k}x{v}" for k, v in r["onnxruntime_does"].get("quant_ops", {}).items())]
+             for r in res["rows"]],
+        ))  # fmt: skip
+        for label, err in res["failed"].items():
+            out.append(f"- {label}: failed: {err}")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--probe", action="store_true", help="candidate formats on the MLP, MobileNet and embedding models"
+    )
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--models", default=None)
+    args = ap.parse_args(argv)
+    builders: dict[str, Callable[[], onnx.ModelProto] | Path] = {
+        "mlp": mlp, "mobilenet": mobilenet, "lenet_300_100": MODELS_DIR / "lenet_300_100.onnx",
+        "resnet_digits": MODELS_DIR / "resnet_digits.onnx",
+    }  # fmt: skip
+    variants = dict(MAIN_VARIANTS)
+    if args.probe:
+        builders = {"mlp": mlp, "mobilenet": mobilenet, "embedding": embedding}
+        variants = {k: MAIN_VARIANTS[k] for k in ("ours runtime 8-bit", "ours runtime 4-bit", "ORT quantize_dynamic int8",
+                                                    "ORT MatMulNBits 8-bit acc4", "ORT MatMulNBits 4-bit acc4")}  # fmt: skip
+        variants.update(PROBE_VARIANTS)
+    names = args.models.split(",") if args.models else list(builders)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name in names:
+            b = builders[name]
+            src = b if isinstance(b, Path) else work / f"{name}.onnx"
+            if not isinstance(b, Path):
+                onnx.save(b(), src)
+            print(f"{name} ...", file=sys.stderr, flush=True)
+            results.append(run_model(name, src, work, variants, args.rounds))
+    text = render(results)
+    print(text)
+    desc = (
+        "format runtime against the folded codebook format and onnxruntime's quantizers, side by side; "
+        "fidelity: held-out digits accuracy, or mean cosine to fp32 outputs on 64 random inputs."
+    )
+    payload = {"description": desc, "environment": environment(), "machine_note": "shared 2-core machine, other jobs running beside: "
+               "medians of fresh processes, ratios are the figures to read", "results": results, "table_md": text}  # fmt: skip
+    path = write_results("runtime_probe_" + "_".join(names) if args.probe else "runtime", payload)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

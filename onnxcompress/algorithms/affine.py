@@ -1,0 +1,233 @@
+"""Blockwise affine (integer) codes: the weight formats onnxruntime executes without decoding.
+
+A weight is viewed as ``W2 [rows, cols]`` (rows = output channels, cols = the reduction axis, the
+layout of :mod:`onnxcompress.algorithms.calibrated.hessian`) and cut along ``cols`` into blocks of
+``block_size`` values (the last block is padded with zeros). Every block ``b`` of row ``r`` has a
+scale ``s`` and an integer zero point ``z`` in ``[0, 2^bits)``; a code ``q`` in ``[0, 2^bits)``
+decodes to ``(q - z) * s``. That is exactly the arithmetic of ``com.microsoft.MatMulNBits``,
+``GatherBlockQuantized`` and ONNX ``DequantizeLinear`` with uint codes, so what we decode in numpy
+is what onnxruntime computes with.
+
+Because ``z`` is an integer code, the code ``q == z`` decodes to exactly 0: pruned weights (``mask``)
+stay exactly zero. Symmetric codes fix ``z = 2^(bits-1)`` (MatMulNBits' default when no zero point
+is stored: no zero-point bytes at all).
+
+Choosing the scale: instead of the block's min/max (which lets one outlier stretch the grid for
+the whole block), we search both orientations of the symmetric grid (a negative scale puts its
+extra level on the positive side) and a shrinking clipping range per block and keep, per block, the one with
+the smallest squared error, then refit the scale by least squares for the chosen codes (the optimal
+scale for fixed codes, so the error can only go down). With a calibration Hessian ``H`` of the
+layer's inputs, :func:`gptq` rounds column by column and feeds each column's rounding error back
+into the columns not yet rounded (GPTQ), which minimises the layer's *output* error instead.
+
+Pure numpy; :func:`decompress` is exact (it is the reference the graph tests compare against).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxcompress.errors import ConfigError
+
+#: clipping factors tried per block (1.0 = the block's own range)
+CLIP_GRID = tuple(float(a) for a in np.linspace(1.0, 0.5, 11))
+
+
+@dataclass(frozen=True)
+class AffineCodes:
+    """Blockwise affine codes of a ``[rows, cols]`` matrix.
+
+    ``codes``: uint8 ``[rows, blocks * block_size]`` (one code per byte; padding codes equal the
+    block's zero point, so they decode to 0). ``scales``: float32 ``[rows, blocks]``.
+    ``zero_points``: uint8 ``[rows, blocks]``, or None for symmetric codes (``z = 2^(bits-1)``).
+    """
+
+    codes: np.ndarray
+    scales: np.ndarray
+    zero_points: np.ndarray | None
+    bits: int
+    block_size: int
+    cols: int
+
+    @property
+    def rows(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def blocks(self) -> int:
+        return int(self.scales.shape[1])
+
+    def zero_point_array(self) -> np.ndarray:
+        """The zero points as a uint8 ``[rows, blocks]`` array (the implicit one when symmetric)."""
+        if self.zero_points is not None:
+            return self.zero_points
+        return np.full(self.scales.shape, 1 << (self.bits - 1), dtype=np.uint8)
+
+
+def _check(bits: int, block_size: int) -> None:
+    if bits not in (2, 3, 4, 5, 6, 7, 8):
+        raise ConfigError(f"runtime-native codes need bits from 2 to 8, got {bits}")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ConfigError(
+            f"block_size must be a power of 2 and at least 16 (onnxruntime's rule), got {block_size}"
+        )
+
+
+def _blocked(w2: np.ndarray, block_size: int) -> np.ndarray:
+    rows, cols = w2.shape
+    nb = -(-cols // block_size)
+    out = np.zeros((rows, nb * block_size), dtype=np.float32)
+    out[:, :cols] = w2
+    return out.reshape(rows, nb, block_size)
+
+
+def _quantize(x: np.ndarray, s: np.ndarray, z: np.ndarray, qmax: int) -> np.ndarray:
+    """Codes of blocks ``x [r, nb, bs]`` for scales/zero points ``[r, nb]`` (float arrays)."""
+    safe = np.where(s != 0, s, 1.0)
+    return np.clip(np.rint(x / safe[..., None]) + z[..., None], 0, qmax)
+
+
+def _params(
+    lo: np.ndarray, hi: np.ndarray, bits: int, symmetric: bool, flip: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    qmax = (1 << bits) - 1
+    if symmetric:
+        half = 1 << (bits - 1)
+        # the grid is -half..half-1 times s; with a negative scale (``flip``) the extra level -half
+        # lands on the positive side (onnxruntime's quantizer always puts it on the larger extreme)
+        if flip:
+            s = -np.maximum(hi / half, -lo / max(half - 1, 1))
+        else:
+            s = np.maximum(hi / max(half - 1, 1), -lo / half)
+        z = np.full_like(s, half)
+    else:
+        s = (hi - lo) / qmax
+        z = np.clip(np.rint(-lo / np.where(s > 0, s, 1.0)), 0, qmax)
+    return s.astype(np.float32), z
+
+
+def compress(
+    w2: np.ndarray, *, bits: int = 8, block_size: int = 32, symmetric: bool = True,
+    mask: np.ndarray | None = None, clip_grid: tuple[float, ...] = CLIP_GRID, refit: bool = True,
+) -> AffineCodes:  # fmt: skip
+    """Blockwise affine codes of ``w2 [rows, cols]`` minimising the squared error per block.
+
+    ``mask`` (same shape, True = kept): pruned weights get the zero-point code (exactly 0) and do
+    not count in the error, so the grid fits the weights that remain.
+    """
+    _check(bits, block_size)
+    w2 = np.asarray(w2, dtype=np.float32)
+    if w2.ndim != 2:
+        raise ConfigError(f"expected a 2-D [rows, cols] matrix, got shape {w2.shape}")
+    rows, cols = w2.shape
+    qmax = (1 << bits) - 1
+    x = _blocked(w2, block_size)
+    keep = _blocked(np.ones_like(w2) if mask is None else mask.astype(np.float32), block_size) > 0
+    x = np.where(keep, x, 0.0)
+    lo = np.minimum(x.min(axis=2), 0.0)
+    hi = np.maximum(x.max(axis=2), 0.0)
+    best_err = np.full(lo.shape, np.inf)
+    best_s = np.zeros(lo.shape, dtype=np.float32)
+    best_z = np.zeros(lo.shape)
+    for a, flip in [(a, f) for a in clip_grid for f in ((False, True) if symmetric else (False,))]:
+        s, z = _params(lo * a, hi * a, bits, symmetric, flip)
+        q = _quantize(x, s, z, qmax)
+        err = (((q - z[..., None]) * s[..., None] - x) ** 2 * keep).sum(axis=2)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_s = np.where(better, s, best_s)
+        best_z = np.where(better, z, best_z)
+    q = _quantize(x, best_s, best_z, qmax)
+    if refit:
+        # least-squares scale for the chosen codes: s* = <x, q - z> / <q - z, q - z>
+        d = (q - best_z[..., None]) * keep
+        num = (x * d).sum(axis=2)
+        den = (d * d).sum(axis=2)
+        s_ls = np.where(den > 0, num / np.where(den > 0, den, 1.0), best_s).astype(np.float32)
+        same_sign = s_ls * best_s > 0
+        err_ls = ((d * s_ls[..., None] - x) ** 2 * keep).sum(axis=2)
+        err_old = ((d * best_s[..., None] - x) ** 2 * keep).sum(axis=2)
+        best_s = np.where((err_ls <= err_old) & same_sign, s_ls, best_s)
+    q = np.where(keep, q, best_z[..., None])
+    codes = q.astype(np.uint8).reshape(rows, -1)
+    return AffineCodes(
+        codes=codes,
+        scales=best_s.astype(np.float32),
+        zero_points=None if symmetric else best_z.astype(np.uint8),
+        bits=bits,
+        block_size=block_size,
+        cols=cols,
+    )
+
+
+def decompress(c: AffineCodes) -> np.ndarray:
+    """The exact float32 ``[rows, cols]`` matrix the codes stand for: ``(q - z) * s`` per block,
+    computed in float32 as onnxruntime does."""
+    q = c.codes.reshape(c.rows, c.blocks, c.block_size).astype(np.float32)
+    z = c.zero_point_array().astype(np.float32)
+    out = (q - z[..., None]) * c.scales[..., None]
+    return out.reshape(c.rows, -1)[:, : c.cols]
+
+
+def gptq(
+    w2: np.ndarray, h: np.ndarray, *, bits: int = 8, block_size: int = 32, symmetric: bool = True,
+    mask: np.ndarray | None = None, damp: float = 0.01,
+) -> AffineCodes:  # fmt: skip
+    """GPTQ-style rounding with the scales of :func:`compress` (fixed per block before rounding):
+    columns are rounded in order and each column's error, weighted by the inverse Hessian, is
+    pushed onto the columns not yet rounded. Pruned weights stay exactly zero (their error is fed
+    back like any other)."""
+    from onnxcompress.algorithms.calibrated.hessian import inverse_cholesky_upper
+
+    base = compress(w2, bits=bits, block_size=block_size, symmetric=symmetric, mask=mask, refit=False)
+    rows, cols = w2.shape
+    hinv, _ = inverse_cholesky_upper(np.asarray(h, dtype=np.float64), damp)
+    w = np.array(w2, dtype=np.float64)
+    keep = np.ones_like(w, dtype=bool) if mask is None else mask.astype(bool)
+    w[~keep] = 0.0
+    s = base.scales.astype(np.float64)
+    z = base.zero_point_array().astype(np.float64)
+    qmax = (1 << bits) - 1
+    codes = np.empty((rows, base.blocks * block_size), dtype=np.uint8)
+    codes[:, cols:] = np.repeat(z.astype(np.uint8), block_size, axis=1)[:, cols:]
+    for j in range(cols):
+        b = j // block_size
+        sj = np.where(s[:, b] != 0, s[:, b], 1.0)
+        q = np.clip(np.rint(w[:, j] / sj) + z[:, b], 0, qmax)
+        q = np.where(keep[:, j], q, z[:, b])
+        codes[:, j] = q
+        deq = (q - z[:, b]) * s[:, b]
+        err = (w[:, j] - deq) / hinv[j, j]
+        if j + 1 < cols:
+            w[:, j + 1 :] -= np.outer(err, hinv[j, j + 1 :])
+            w[:, j + 1 :][~keep[:, j + 1 :]] = 0.0
+    return AffineCodes(
+        codes=codes,
+        scales=base.scales,
+        zero_points=base.zero_points,
+        bits=bits,
+        block_size=block_size,
+        cols=cols,
+    )
+
+
+def pack_rows(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Pack each row of uint8 codes ``[rows, n]`` LSB first into ``ceil(n * bits / 8)`` bytes: the
+    layout of MatMulNBits blobs and GatherBlockQuantized rows (low-order bits first)."""
+    rows, n = codes.shape
+    if bits == 8:
+        return np.ascontiguousarray(codes, dtype=np.uint8)
+    bitplanes = ((codes[..., None] >> np.arange(bits, dtype=np.uint8)) & 1).astype(np.uint8)
+    flat = bitplanes.reshape(rows, n * bits)
+    return np.packbits(flat, axis=1, bitorder="little")
+
+
+def unpack_rows(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
+    """Inverse of :func:`pack_rows`."""
+    if bits == 8:
+        return np.asarray(packed[:, :n], dtype=np.uint8)
+    rows = packed.shape[0]
+    flat = np.unpackbits(packed, axis=1, bitorder="little")[:, : n * bits].reshape(rows, n, bits)
+    return (flat << np.arange(bits, dtype=np.uint8)).sum(axis=2).astype(np.uint8)

@@ -1,0 +1,446 @@
+"""Runtime-native weights: rewrite each chosen weight's consumers to operators that onnxruntime
+executes on the quantized codes directly (``format: runtime``).
+
+Measured on CPU with onnxruntime 1.32 (``benchmarks/runtime.py --probe``, ``docs/format.md``
+"Runtime-native weights"): these stay quantized in the session and shrink RAM and latency, where
+the folded codebook format (``format: codebook``) is decoded to dense float at session creation.
+
+==============  =====================================================================================
+consumer        rewrite
+==============  =====================================================================================
+``MatMul`` B    ``com.microsoft.MatMulNBits`` (2/4/8 bits, blocks along K, ``accuracy_level`` 4):
+                stays quantized in the session
+``Gemm`` B      ``MatMulNBits`` (``transA`` -> ``Transpose``; ``alpha`` -> ``Mul``; ``C`` ->
+                ``Add``; ``transB`` picks the code layout), the case onnxruntime's quantizer skips
+``Gather`` data  ``com.microsoft.GatherBlockQuantized`` (blocks along the embedding dimension):
+                stays quantized
+anything else   ``Cast -> Sub -> Mul`` per output channel (``fold``), writing the weight's name:
+                ``Conv``, tied weights, subgraph uses. onnxruntime folds it once at load
+                (dense in RAM, fp32 speed); ``DequantizeLinear`` here measured x14-x25 slower
+==============  =====================================================================================
+
+Codes come from :mod:`onnxcompress.algorithms.affine`; what a weight decodes to in numpy
+(:func:`quantize`'s second result) is what onnxruntime computes with. Quantized tensors go to the
+main graph's initializers (visible from every subgraph); a weight held in a ``Constant`` node is
+removed from wherever it lived and its consumers are rewritten in their own graph. Opset: the
+``com.microsoft`` ops need only the ``com.microsoft`` import, and the ``fold`` nodes work from
+opset 11 (4/2-bit codes: ``UINT4`` from opset 21, below it two per uint8 byte unpacked with
+``BitShift``): no opset is raised.
+This module never imports onnxruntime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxcompress.algorithms import affine
+from onnxcompress.errors import ConfigError, EncodingError
+from onnxcompress.inventory import WeightInfo, iter_graphs
+from onnxcompress.passes.base import Pass, PassResult
+from onnxcompress.passes.encode_weights import remove_tensors
+from onnxcompress.passes.versions import default_opset
+
+MS_DOMAIN = "com.microsoft"
+PREFIX = "onnxcompress/rt"
+KINDS = ("matmul", "gemm", "gather", "fold")
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """How a runtime-native weight is quantized. ``bits`` 2, 4 or 8 (what onnxruntime's CPU
+    kernels implement); ``block_size`` along the reduction axis (power of 2, >= 16);
+    ``accuracy_level`` 4 lets MatMulNBits quantize activations to int8 internally (its fast path:
+    without it the 8-bit kernel is ~14x slower than fp32)."""
+
+    bits: int = 8
+    block_size: int = 32
+    symmetric: bool = True
+    accuracy_level: int = 4
+
+    def __post_init__(self) -> None:
+        if self.bits not in (2, 4, 8):
+            raise ConfigError(
+                f"format: runtime needs bits 2, 4 or 8 (onnxruntime's kernels), got {self.bits}; "
+                "use format: codebook for other widths"
+            )
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"block_size must be a power of 2 and at least 16, got {self.block_size}")
+
+
+@dataclass
+class RuntimeWeight:
+    """One weight's runtime-native form: its codes in ``rows = moveaxis(w, axis, 0)`` layout."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+    axis: int
+    codes: affine.AffineCodes
+    accuracy_level: int = 4
+    opset: int = 21  # the model's default opset (how ``fold`` stores 4-bit codes)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes stored: packed codes, scales and zero points (``fold``: one byte per 8-bit code,
+        two 4/2-bit codes per byte; one scale and zero point per output channel)."""
+        c = self.codes
+        scale_bytes = c.scales.size * np.dtype(self.dtype).itemsize
+        if self.kind == "fold":
+            store = 8 if c.bits == 8 else 4
+            return -(-int(np.prod(self.shape)) * store // 8) + 2 * scale_bytes
+        cols = c.cols if self.kind == "gather" else c.codes.shape[1]
+        zp = 0 if c.zero_points is None else c.rows * -(-c.blocks * c.bits // 8)
+        return c.rows * -(-cols * c.bits // 8) + scale_bytes + zp
+
+
+def _attr(node: onnx.NodeProto, name: str, default: float) -> float:
+    for a in node.attribute:
+        if a.name == name:
+            return a.f if a.type == onnx.AttributeProto.FLOAT else a.i
+    return default
+
+
+def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Every node (any graph) that reads each tensor name."""
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for _, g in iter_graphs(model.graph):
+        for n in g.node:
+            for name in n.input:
+                if name:
+                    out.setdefault(name, []).append(n)
+    return out
+
+
+def choose_kind(info: WeightInfo, nodes: Sequence[onnx.NodeProto], spec: RuntimeSpec) -> str:
+    """Which rewrite a weight gets (see the module table); ``fold`` for everything else."""
+    if len(info.shape) != 2 or not nodes:
+        return "fold"
+    uses = {(n.op_type, n.domain, tuple(i for i, x in enumerate(n.input) if x == info.name)) for n in nodes}
+    if all(op == "MatMul" and dom in ("", "ai.onnx") and idx == (1,) for op, dom, idx in uses):
+        return "matmul"
+    if all(op == "Gemm" and dom in ("", "ai.onnx") and idx == (1,) for op, dom, idx in uses):
+        trans = {int(_attr(n, "transB", 0)) for n in nodes}
+        if len(trans) == 1:
+            return "gemm"
+    if all(op == "Gather" and dom in ("", "ai.onnx") and idx == (0,) for op, dom, idx in uses):
+        if all(int(_attr(n, "axis", 0)) == 0 for n in nodes) and info.shape[1] % 16 == 0:
+            return "gather"
+    return "fold"
+
+
+def layout_axis(kind: str, info: WeightInfo, nodes: Sequence[onnx.NodeProto]) -> int:
+    """The axis whose entries become code rows (the output channels; the others are reduced)."""
+    if kind == "matmul":
+        return 1
+    if kind == "gemm":
+        return 0 if int(_attr(nodes[0], "transB", 0)) else 1
+    if kind == "gather":
+        return 0
+    return info.axis
+
+
+def quantize(
+    w: np.ndarray, info: WeightInfo, kind: str, spec: RuntimeSpec, *, axis: int,
+    mask: np.ndarray | None = None, hessian: np.ndarray | None = None,
+) -> tuple[RuntimeWeight, np.ndarray]:  # fmt: skip
+    """Codes for one weight and the exact array onnxruntime will compute with (original shape)."""
+    moved = np.moveaxis(w, axis, 0)
+    w2 = moved.reshape(moved.shape[0], -1).astype(np.float32)
+    m2 = None if mask is None else np.moveaxis(mask, axis, 0).reshape(w2.shape)
+    if kind == "fold":
+        # one scale per output channel (a block covering the whole row): the fold is one broadcast
+        block = 1 << max(4, int(np.ceil(np.log2(max(w2.shape[1], 1)))))
+        codes = affine.compress(w2, bits=spec.bits, block_size=block, symmetric=spec.symmetric, mask=m2)
+    elif kind == "gather":
+        block = spec.block_size
+        while w2.shape[1] % block:
+            block //= 2
+        codes = affine.compress(w2, bits=spec.bits, block_size=block, symmetric=spec.symmetric, mask=m2)
+    elif hessian is not None:
+        codes = affine.gptq(
+            w2, hessian, bits=spec.bits, block_size=spec.block_size, symmetric=spec.symmetric, mask=m2
+        )
+    else:
+        codes = affine.compress(
+            w2, bits=spec.bits, block_size=spec.block_size, symmetric=spec.symmetric, mask=m2
+        )
+    dec2 = affine.decompress(codes)
+    dec = np.moveaxis(dec2.reshape(moved.shape), 0, axis).astype(w.dtype)
+    rw = RuntimeWeight(
+        name=info.name, kind=kind, shape=tuple(int(d) for d in w.shape), dtype=str(w.dtype), axis=axis,
+        codes=codes, accuracy_level=spec.accuracy_level,
+    )  # fmt: skip
+    return rw, dec
+
+
+class RuntimeNativePass(Pass):
+    """Replace each :class:`RuntimeWeight` and rewrite its consumers (module docstring)."""
+
+    name = "runtime-native"
+
+    def __init__(self, weights: Sequence[RuntimeWeight]) -> None:
+        self.weights = list(weights)
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        details: dict[str, object] = {"weights": len(self.weights)}
+        opset = default_opset(model)
+        wanted = {rw.name for rw in self.weights}
+        found = remove_tensors(model, wanted)
+        if found != wanted:
+            raise EncodingError(f"weights not found in the model: {sorted(wanted - found)[:5]}")
+        users = consumers(model)
+        taken = _names(model)
+
+        def fresh(base: str) -> str:
+            name, i = base, 1
+            while name in taken:
+                name, i = f"{base}_{i}", i + 1
+            taken.add(name)
+            return name
+
+        graph = model.graph
+
+        def const(arr: np.ndarray, base: str) -> str:
+            t = numpy_helper.from_array(arr, fresh(base))
+            graph.initializer.append(t)
+            return t.name
+
+        top: list[onnx.NodeProto] = []
+        # consumer node (keyed by its outputs: protobuf wrappers have no stable id) -> replacement nodes
+        replaced: dict[tuple[str, ...], list[onnx.NodeProto]] = {}
+        counts: dict[str, int] = {}
+        for rw in self.weights:
+            counts[rw.kind] = counts.get(rw.kind, 0) + 1
+            base = f"{PREFIX}/{rw.name}"
+            if rw.kind == "fold":
+                top.extend(_fold_nodes(rw, graph, opset, const, fresh, base))
+                continue
+            inputs = _packed_inputs(rw, const, base)
+            for node in users.get(rw.name, []):
+                if rw.kind == "gather":
+                    replaced[tuple(node.output)] = [_gather_node(rw, node, inputs, fresh)]
+                else:
+                    replaced[tuple(node.output)] = _matmul_nodes(rw, node, inputs, const, fresh)
+        for _, g in iter_graphs(graph):
+            if not any(tuple(n.output) in replaced for n in g.node):
+                continue
+            nodes: list[onnx.NodeProto] = []
+            for n in g.node:
+                nodes.extend(replaced.get(tuple(n.output), [n]))
+            del g.node[:]
+            g.node.extend(nodes)
+        if top:
+            existing = list(graph.node)
+            del graph.node[:]
+            graph.node.extend(top + existing)
+        if any(rw.kind != "fold" for rw in self.weights) and not any(
+            imp.domain == MS_DOMAIN for imp in model.opset_import
+        ):
+            model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+        details["kinds"] = counts
+        return PassResult(model, bool(self.weights), details)
+
+
+def _names(model: onnx.ModelProto) -> set[str]:
+    names: set[str] = set()
+    for _, g in iter_graphs(model.graph):
+        names.update(i.name for i in g.initializer)
+        names.update(i.name for i in g.input)
+        for n in g.node:
+            names.update(n.output)
+            names.add(n.name)
+    return names
+
+
+def _scales(rw: RuntimeWeight) -> np.ndarray:
+    return rw.codes.scales.astype(np.dtype(rw.dtype))
+
+
+def _packed_inputs(rw: RuntimeWeight, const, base: str) -> dict[str, str]:
+    c = rw.codes
+    if rw.kind == "gather":
+        data = affine.pack_rows(c.codes[:, : c.cols], c.bits)
+        out = {"data": const(data, f"{base}/data"), "scales": const(_scales(rw), f"{base}/scales")}
+        if c.zero_points is not None:
+            out["zero_points"] = const(affine.pack_rows(c.zero_points, c.bits), f"{base}/zero_points")
+        return out
+    blob = c.block_size * c.bits // 8
+    b = affine.pack_rows(c.codes, c.bits).reshape(c.rows, c.blocks, blob)
+    out = {"B": const(b, f"{base}/B"), "scales": const(_scales(rw).reshape(-1), f"{base}/scales")}
+    if c.zero_points is not None:
+        out["zero_points"] = const(affine.pack_rows(c.zero_points, c.bits).reshape(-1), f"{base}/zero_points")
+    return out
+
+
+def _gather_node(rw: RuntimeWeight, node: onnx.NodeProto, inputs: dict[str, str], fresh) -> onnx.NodeProto:
+    c = rw.codes
+    ins = [inputs["data"], node.input[1], inputs["scales"]]
+    if "zero_points" in inputs:
+        ins.append(inputs["zero_points"])
+    elif c.bits == 8:
+        pass  # uint8 data without zero points: the default is 2^(bits-1), our symmetric zero point
+    return helper.make_node(
+        "GatherBlockQuantized", ins, list(node.output), name=fresh(node.name or f"{rw.name}/Gather"),
+        domain=MS_DOMAIN, bits=c.bits, block_size=c.block_size, gather_axis=0, quantize_axis=1,
+    )  # fmt: skip
+
+
+def _matmul_nodes(
+    rw: RuntimeWeight, node: onnx.NodeProto, inputs: dict[str, str], const, fresh
+) -> list[onnx.NodeProto]:
+    c = rw.codes
+    a = node.input[0]
+    nodes: list[onnx.NodeProto] = []
+    label = node.name or f"{rw.name}/{node.op_type}"
+    if node.op_type == "Gemm" and int(_attr(node, "transA", 0)):
+        t = fresh(f"{label}/A_T")
+        nodes.append(helper.make_node("Transpose", [a], [t], perm=[1, 0], name=fresh(f"{label}/Transpose")))
+        a = t
+    alpha = float(_attr(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
+    beta = float(_attr(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0
+    has_c = node.op_type == "Gemm" and len(node.input) > 2 and bool(node.input[2])
+    y = node.output[0]
+    mm_out = y if (alpha == 1.0 and not has_c) else fresh(f"{label}/matmul")
+    ins = [a, inputs["B"], inputs["scales"]]
+    if "zero_points" in inputs:
+        ins.append(inputs["zero_points"])
+    nodes.append(
+        helper.make_node(
+            "MatMulNBits", ins, [mm_out], name=fresh(label), domain=MS_DOMAIN, K=c.cols, N=c.rows,
+            bits=c.bits, block_size=c.block_size, accuracy_level=rw.accuracy_level,
+        )
+    )  # fmt: skip
+    cur = mm_out
+    dt = np.dtype(rw.dtype)
+    if alpha != 1.0:
+        nxt = y if not has_c else fresh(f"{label}/scaled")
+        nodes.append(
+            helper.make_node(
+                "Mul", [cur, const(np.array(alpha, dt), f"{label}/alpha")], [nxt], name=fresh(f"{label}/Mul")
+            )
+        )
+        cur = nxt
+    if has_c:
+        cin = node.input[2]
+        if beta != 1.0:
+            cb = fresh(f"{label}/beta_C")
+            nodes.append(
+                helper.make_node(
+                    "Mul",
+                    [cin, const(np.array(beta, dt), f"{label}/beta")],
+                    [cb],
+                    name=fresh(f"{label}/MulC"),
+                )
+            )
+            cin = cb
+        nodes.append(helper.make_node("Add", [cur, cin], [y], name=fresh(f"{label}/Add")))
+    return nodes
+
+
+def _fold_nodes(
+    rw: RuntimeWeight, graph: onnx.GraphProto, opset: int, const, fresh, base: str
+) -> list[onnx.NodeProto]:
+    """``Cast(codes) - zero_point) * scale`` in standard ops, writing the weight's name. Not
+    ``DequantizeLinear``: onnxruntime never constant-folds that one (it keeps QDQ patterns), so a
+    DequantizeLinear before Conv or Gather ran on every inference and blocked Conv's prepacked
+    kernels (MobileNet-style CNN: p50 x14 to x25). These nodes fold once at load, exactly."""
+    c = rw.codes
+    moved_shape = (c.rows, *[d for i, d in enumerate(rw.shape) if i != rw.axis])
+    codes = np.moveaxis(c.codes[:, : c.cols].reshape(moved_shape), 0, rw.axis)
+    bshape = [1] * len(rw.shape)
+    bshape[rw.axis] = c.rows
+    dt = np.dtype(rw.dtype)
+    scale = const(_scales(rw)[:, 0].reshape(bshape), f"{base}/scale")
+    zp = const(c.zero_point_array()[:, 0].astype(dt).reshape(bshape), f"{base}/zero_point")
+    nodes: list[onnx.NodeProto] = []
+    if c.bits < 8 and opset >= 21:
+        q = _uint4_const(graph, codes, fresh(f"{base}/codes"))  # Cast from uint4 needs opset 21
+    elif c.bits < 8:
+        q = _nibbles(codes, const, fresh, base, nodes)
+    else:
+        q = const(np.ascontiguousarray(codes), f"{base}/codes")
+    qf, centred = fresh(f"{base}/codes_float"), fresh(f"{base}/centred")
+    to = helper.np_dtype_to_tensor_dtype(dt)
+    return nodes + [
+        helper.make_node("Cast", [q], [qf], to=to, name=fresh(f"{base}/Cast")),
+        helper.make_node("Sub", [qf, zp], [centred], name=fresh(f"{base}/Sub")),
+        helper.make_node("Mul", [centred, scale], [rw.name], name=fresh(f"{base}/Mul")),
+    ]
+
+
+def _nibbles(codes: np.ndarray, const, fresh, base: str, nodes: list[onnx.NodeProto]) -> str:
+    """4-bit (or 2-bit) codes below opset 21: two per byte (low nibble first), unpacked with
+    ``BitShift`` (opset 11) and reshaped to the weight's shape; all constant, folded at load."""
+    flat = np.asarray(codes, dtype=np.uint8).reshape(-1)
+    n = flat.size
+    pad = np.concatenate([flat, np.zeros(n % 2, np.uint8)])
+    packed = const((pad[0::2] | (pad[1::2] << 4)).astype(np.uint8), f"{base}/codes")
+    m = pad.size // 2
+    four = const(np.array([4], np.uint8), f"{base}/four")
+    hi, hi_up, lo = fresh(f"{base}/hi"), fresh(f"{base}/hi_up"), fresh(f"{base}/lo")
+    lo2, hi2, pairs, out = (
+        fresh(f"{base}/lo2"),
+        fresh(f"{base}/hi2"),
+        fresh(f"{base}/pairs"),
+        fresh(f"{base}/codes_u8"),
+    )
+    col = const(np.array([m, 1], np.int64), f"{base}/col_shape")
+    nodes += [
+        helper.make_node("BitShift", [packed, four], [hi], direction="RIGHT", name=fresh(f"{base}/ShiftR")),
+        # low nibble: shift left (uint8 drops the high bits) and back; Sub has no uint8 before opset 14
+        helper.make_node("BitShift", [packed, four], [hi_up], direction="LEFT", name=fresh(f"{base}/ShiftL")),
+        helper.make_node("BitShift", [hi_up, four], [lo], direction="RIGHT", name=fresh(f"{base}/Low")),
+        helper.make_node("Reshape", [lo, col], [lo2], name=fresh(f"{base}/ReshapeLo")),
+        helper.make_node("Reshape", [hi, col], [hi2], name=fresh(f"{base}/ReshapeHi")),
+        helper.make_node("Concat", [lo2, hi2], [pairs], axis=1, name=fresh(f"{base}/Interleave")),
+    ]
+    src = pairs
+    if n % 2:
+        flat_name = fresh(f"{base}/flat")
+        nodes.append(
+            helper.make_node(
+                "Reshape", [pairs, const(np.array([2 * m], np.int64), f"{base}/flat_shape")], [flat_name],
+                name=fresh(f"{base}/Flatten"),
+            )
+        )  # fmt: skip
+        src = fresh(f"{base}/trimmed")
+        nodes.append(
+            helper.make_node(
+                "Slice", [flat_name, const(np.array([0], np.int64), f"{base}/start"),
+                          const(np.array([n], np.int64), f"{base}/end")], [src], name=fresh(f"{base}/Trim"),
+            )
+        )  # fmt: skip
+    shape = const(np.array(codes.shape, np.int64), f"{base}/shape")
+    nodes.append(helper.make_node("Reshape", [src, shape], [out], name=fresh(f"{base}/Reshape")))
+    return out
+
+
+def _uint4_const(graph: onnx.GraphProto, a: np.ndarray, name: str) -> str:
+    """A uint8 array of values < 16 as a UINT4 initializer (two per byte, low nibble first)."""
+    flat = np.asarray(a, dtype=np.uint8).reshape(-1)
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+    t = graph.initializer.add()
+    t.name = name
+    t.data_type = onnx.TensorProto.UINT4
+    t.dims.extend(a.shape)
+    t.raw_data = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8).tobytes()
+    return name
+
+
+def quantize_planned(
+    users: dict[str, list[onnx.NodeProto]], w: np.ndarray, info: WeightInfo, bits: int, block_size: int,
+    mask: np.ndarray | None = None,
+) -> tuple[RuntimeWeight, np.ndarray]:  # fmt: skip
+    """:func:`quantize` with the rewrite chosen from the weight's consumers (``users``:
+    :func:`consumers` of the model): the one entry point the compressor calls."""
+    spec = RuntimeSpec(bits=bits, block_size=block_size)
+    nodes = users.get(info.name, [])
+    kind = choose_kind(info, nodes, spec)
+    return quantize(w, info, kind, spec, axis=layout_axis(kind, info, nodes), mask=mask)

@@ -1,0 +1,251 @@
+"""format: runtime — affine codes (pure numpy) and the rewrite to onnxruntime-native operators,
+checked against a numpy reference: the original model run with the decoded weights substituted."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from model_factory import zoo_inputs, zoo_model
+from onnx import helper, numpy_helper
+
+from onnxcompress.algorithms import affine
+from onnxcompress.compressor import compress_model
+from onnxcompress.config import CompressionConfig, WeightConfig
+from onnxcompress.errors import ConfigError
+from onnxcompress.inventory import build_inventory, iter_graphs, tensor_array
+from onnxcompress.passes import runtime_native as rn
+
+
+def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray], *, optimize: bool = True) -> np.ndarray:
+    so = ort.SessionOptions()
+    if not optimize:  # no fusions: the DequantizeLinear output feeds the very same Conv kernel
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feed)[0]
+
+
+def _substitute(model: onnx.ModelProto, decoded: dict[str, np.ndarray]) -> onnx.ModelProto:
+    ref = onnx.ModelProto()
+    ref.CopyFrom(model)
+    for _, g in iter_graphs(ref.graph):
+        for t in g.initializer:
+            if t.name in decoded:
+                t.CopyFrom(numpy_helper.from_array(decoded[t.name], t.name))
+        for n in g.node:
+            if n.op_type == "Constant" and n.output[0] in decoded:
+                n.attribute[0].t.CopyFrom(numpy_helper.from_array(decoded[n.output[0]], n.output[0]))
+    return ref
+
+
+def _rewrite(model: onnx.ModelProto, spec: rn.RuntimeSpec) -> tuple[onnx.ModelProto, dict, dict[str, str]]:
+    inv = build_inventory(model)
+    users = rn.consumers(model)
+    rws, decoded = [], {}
+    for info in inv.compressible():
+        nodes = users.get(info.name, [])
+        kind = rn.choose_kind(info, nodes, spec)
+        rw, dec = rn.quantize(
+            tensor_array(model, info.name), info, kind, spec, axis=rn.layout_axis(kind, info, nodes)
+        )
+        rws.append(rw)
+        decoded[info.name] = dec
+    ref = _substitute(model, decoded)
+    out = rn.RuntimeNativePass(rws)(model).model
+    onnx.checker.check_model(out, full_check=True)
+    return out, ref, {rw.name: rw.kind for rw in rws}
+
+
+# ------------------------------------------------------------------ affine codes (numpy)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_affine_roundtrip_and_error(bits: int, symmetric: bool) -> None:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((24, 70)).astype(np.float32)
+    w[3, 5] = 12.0  # an outlier: the clipping search keeps it from ruining every block
+    c = affine.compress(w, bits=bits, block_size=16, symmetric=symmetric)
+    dec = affine.decompress(c)
+    assert dec.shape == w.shape and c.codes.max() < (1 << bits)
+    q = c.codes.reshape(c.rows, c.blocks, 16).astype(np.float32)
+    z = c.zero_point_array().astype(np.float32)[..., None]
+    assert np.array_equal(((q - z) * c.scales[..., None]).reshape(24, -1)[:, :70], dec)
+    minmax = affine.compress(w, bits=bits, block_size=16, symmetric=symmetric, clip_grid=(1.0,), refit=False)
+    assert np.linalg.norm(dec - w) < np.linalg.norm(affine.decompress(minmax) - w)
+    assert np.linalg.norm(dec - w) / np.linalg.norm(w) < {2: 0.6, 4: 0.15, 8: 0.01}[bits]
+
+
+def test_affine_pruned_zeros_stay_zero() -> None:
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((16, 64)).astype(np.float32)
+    mask = rng.random(w.shape) > 0.7
+    for sym in (True, False):
+        dec = affine.decompress(affine.compress(w, bits=4, block_size=32, symmetric=sym, mask=mask))
+        assert np.all(dec[~mask] == 0)
+
+
+def test_affine_gptq_lowers_output_error() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((512, 64)) @ rng.standard_normal((64, 64))
+    h = x.T @ x / len(x)
+    w = rng.standard_normal((32, 64)).astype(np.float32)
+    plain = affine.decompress(affine.compress(w, bits=4, block_size=16))
+    g = affine.decompress(affine.gptq(w, h, bits=4, block_size=16))
+
+    def out_err(d: np.ndarray) -> float:
+        return float(np.trace((w - d) @ h @ (w - d).T))
+
+    assert out_err(g) < out_err(plain)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_pack_rows_roundtrip(bits: int) -> None:
+    codes = np.random.default_rng(3).integers(0, 1 << bits, (5, 37)).astype(np.uint8)
+    assert np.array_equal(affine.unpack_rows(affine.pack_rows(codes, bits), bits, 37), codes)
+
+
+# ------------------------------------------------------------------ the graph rewrite, run in onnxruntime
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17, 21])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_zoo_runs_like_its_reference(opset: int, bits: int) -> None:
+    """Conv (DequantizeLinear), Gemm transB=1, MatMul, Gather (with MatMul in the same model: the
+    case onnxruntime's 4-bit quantizer wrote an invalid model for), Constant weights in If branches."""
+    feed = zoo_inputs()
+    exact, ref, kinds = _rewrite(
+        zoo_model(opset), rn.RuntimeSpec(bits=bits, block_size=16, symmetric=False, accuracy_level=0)
+    )
+    assert kinds == {"conv.w": "fold", "fc1.w": "gemm", "fc2.w": "matmul", "emb": "gather",
+                     "head.then.w": "matmul", "head.else.w": "matmul"}  # fmt: skip
+    want = _run(ref, feed)
+    np.testing.assert_allclose(_run(exact, feed), want, rtol=1e-5, atol=1e-4 * np.abs(want).max())
+    fast, _, _ = _rewrite(zoo_model(opset), rn.RuntimeSpec(bits=bits, block_size=16))
+    types = {n.op_type for n in fast.graph.node}
+    assert {"MatMulNBits", "GatherBlockQuantized"} <= types and "Gemm" not in types
+    got = _run(fast, feed)  # accuracy_level 4: int8 activations inside MatMulNBits
+    assert (
+        np.abs(
+            got
+            - _run(
+                _rewrite(zoo_model(opset), rn.RuntimeSpec(bits=bits, block_size=16, accuracy_level=0))[1],
+                feed,
+            )
+        ).max()
+        < 0.02 * np.abs(want).max()
+    )
+
+
+def _gemm_model(trans_a: int, trans_b: int, alpha: float, beta: float) -> onnx.ModelProto:
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((48, 64) if trans_b else (64, 48)).astype(np.float32)
+    c = rng.standard_normal(48).astype(np.float32)
+    node = helper.make_node(
+        "Gemm", ["a", "w", "c"], ["y"], transA=trans_a, transB=trans_b, alpha=alpha, beta=beta
+    )
+    g = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("a", 1, [64, 3] if trans_a else [3, 64])],
+        [helper.make_tensor_value_info("y", 1, [3, 48])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(c, "c")],
+    )  # fmt: skip
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("trans_a,trans_b,alpha,beta", [(0, 0, 1.0, 1.0), (1, 1, 0.5, 2.0), (0, 1, 1.0, 0.0)])
+def test_gemm_attributes(trans_a: int, trans_b: int, alpha: float, beta: float) -> None:
+    """onnxruntime's MatMulNBits quantizer converts nothing on Gemm; we rewrite every form."""
+    m = _gemm_model(trans_a, trans_b, alpha, beta)
+    a = np.random.default_rng(5).standard_normal((64, 3) if trans_a else (3, 64)).astype(np.float32)
+    out, ref, kinds = _rewrite(m, rn.RuntimeSpec(bits=4, block_size=16, accuracy_level=0))
+    assert kinds == {"w": "gemm"}
+    np.testing.assert_allclose(_run(out, {"a": a}), _run(ref, {"a": a}), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("opset,bits", [(11, 4), (17, 8), (21, 4), (21, 2)])
+def test_conv_fold_is_bit_exact(opset: int, bits: int) -> None:
+    """Conv weights decode with Cast/Sub/Mul, folded once at load: the conv output equals the
+    reference bit for bit, with and without onnxruntime's optimizations."""
+    feed = zoo_inputs()
+    out, ref, _ = _rewrite(zoo_model(opset), rn.RuntimeSpec(bits=bits))
+    for model in (out, ref):
+        model.graph.output.insert(0, helper.make_tensor_value_info("c1", 1, None))
+    for optimize in (False, True):
+        assert np.array_equal(_run(out, feed, optimize=optimize), _run(ref, feed, optimize=optimize))
+    assert "conv.w" in {n.output[0] for n in out.graph.node if n.op_type == "Mul"}
+    assert [imp.version for imp in out.opset_import if imp.domain == ""] == [opset]  # never raised
+
+
+# ------------------------------------------------------------------ plan / compressor / container
+
+
+def test_compress_model_mixes_formats_and_container_roundtrip(tmp_path) -> None:
+    from onnxcompress.container import read_model, write_container
+
+    cfg = CompressionConfig(weight=WeightConfig(bits=8), op_types={"MatMul": {"format": "runtime"}, "Gemm": {"format": "runtime", "bits": 4}})  # fmt: skip
+    res = compress_model(zoo_model(17), cfg)
+    enc = {w.name: w.encoding for w in res.report.weights}
+    assert enc["fc2.w"] == "runtime:matmul" and enc["fc1.w"] == "runtime:gemm"
+    assert not enc["conv.w"].startswith("runtime") and not enc["emb"].startswith("runtime")
+    feed = zoo_inputs()
+    want = _run(_substitute(zoo_model(17), res.decoded), feed)
+    got = _run(res.model, feed)
+    assert np.abs(got - want).max() < 0.02 * np.abs(want).max()
+    path = tmp_path / "m.onnxc"
+    write_container(res.model, path)
+    assert read_model(path).SerializeToString() == res.model.SerializeToString()
+
+
+def test_config_rejects_unsupported_runtime_bits() -> None:
+    with pytest.raises(ConfigError, match="bits 2, 4 or 8"):
+        WeightConfig(format="runtime", bits=5)
+    with pytest.raises(ConfigError, match="block_size"):
+        WeightConfig(format="runtime", block_size=24)
+
+
+def test_cli_format_runtime(tmp_path) -> None:
+    from onnxcompress.cli import main
+
+    src = tmp_path / "z.onnx"
+    onnx.save(zoo_model(13), src)
+    assert (
+        main(["compress", str(src), "-o", str(tmp_path / "z.rt.onnx"), "--format", "runtime", "--quiet"]) == 0
+    )
+    out = onnx.load(tmp_path / "z.rt.onnx")
+    assert "MatMulNBits" in {n.op_type for n in out.graph.node}
+
+
+def test_container_entropy_codes_runtime_codes(tmp_path) -> None:
+    """4-bit MatMulNBits/GatherBlockQuantized codes become entropy-coded code streams; unpack is exact."""
+    from onnxcompress.container import read_model
+    from onnxcompress.container.pack import pack_bytes, stream_specs
+
+    res = compress_model(
+        zoo_model(21), CompressionConfig(weight=WeightConfig(bits=4, format="runtime", block_size=16))
+    )
+    specs = stream_specs(res.model)
+    coded = {n: s.bits for n, s in specs.items() if s.role == "codes"}
+    assert any(n.endswith("fc2.w/B") for n in coded) and any(n.endswith("emb/data") for n in coded)
+    assert set(coded.values()) == {4}
+    data = res.model.SerializeToString()
+    blob, _ = pack_bytes(data)
+    (tmp_path / "m.onnxc").write_bytes(blob)
+    assert read_model(tmp_path / "m.onnxc").SerializeToString() == data
+
+
+def test_tied_weight_folds_and_matches() -> None:
+    """A table read by Gather and by MatMul (tied embeddings) keeps one copy: the fold rewrite."""
+    rng = np.random.default_rng(6)
+    emb = (rng.standard_normal((64, 32)) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"], axis=0),
+             helper.make_node("MatMul", ["e", "emb_t"], ["y"]),
+             helper.make_node("Transpose", ["emb"], ["emb_t"], perm=[1, 0])]  # fmt: skip
+    nodes = [nodes[0], nodes[2], nodes[1]]
+    g = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [2, 3])],
+                          [helper.make_tensor_value_info("y", 1, [2, 3, 64])], [numpy_helper.from_array(emb, "emb")])  # fmt: skip
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    out, ref, kinds = _rewrite(m, rn.RuntimeSpec(bits=4))
+    assert kinds == {"emb": "fold"}
+    feed = {"ids": rng.integers(0, 64, (2, 3))}
+    assert np.array_equal(_run(out, feed), _run(ref, feed))
