@@ -23,7 +23,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxcompress import methods
-from onnxcompress.config import CompressionConfig, WeightConfig, plan, preset
+from onnxcompress.config import CompressionConfig, WeightConfig, plan, preset, resolve_granularity
 from onnxcompress.encoding import EncodedWeight, build_groups
 from onnxcompress.errors import InvalidModelError, NoCompressibleWeightsError
 from onnxcompress.inventory import WeightInfo, build_inventory, iter_graphs
@@ -82,7 +82,9 @@ def _rel_error(w: np.ndarray, dec: np.ndarray) -> float:
 def compress_weight(
     w: np.ndarray, info: WeightInfo, cfg: WeightConfig, *, global_t: float | None = None, seed: int = 0
 ) -> tuple[EncodedWeight, np.ndarray]:
-    """Compress one weight with its plan's method: its encoding and the exact array it decodes to."""
+    """Compress one weight with its plan's method: its encoding and the exact array it decodes to.
+    ``granularity: auto`` is resolved here too, for callers that bypass :func:`config.plan`."""
+    cfg = resolve_granularity(info, cfg)
     c = methods.compress(w, info, cfg, methods.Context(seed=seed, global_threshold=global_t))
     return methods.encode(info.name, c, encoding=cfg.encoding, gap_bits=cfg.gap_bits), methods.decompress(c)
 

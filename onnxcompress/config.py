@@ -28,13 +28,17 @@ if TYPE_CHECKING:
     from onnxcompress.inventory import Inventory, WeightInfo
 
 ENCODINGS = ("auto", "dense", "relative", "mask")
+#: ``auto``: per channel, per group of channels or per tensor, whichever codebooks pay for
+#: themselves (:func:`onnxcompress.granularity.cost_aware_granularity`), resolved per weight by
+#: :func:`plan` from its shape, bits and codebook dtype.
+GRANULARITY_CHOICES = (*GRANULARITIES, "auto")
 
 #: The allowed values of every WeightConfig field that is a choice, each defined once beside the
 #: code that implements it; plan validation and the CLI's ``choices=`` both read this.
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": tuple(METHODS),
     "pruning": PRUNINGS,
-    "granularity": GRANULARITIES,
+    "granularity": GRANULARITY_CHOICES,
     "init": INITS,
     "encoding": ENCODINGS,
     "codebook_dtype": CODEBOOK_DTYPES,
@@ -214,8 +218,23 @@ def plan(
         if cfg is None:
             skipped.append((info.name, "excluded by the plan"))
         else:
-            planned.append((info, cfg))
+            planned.append((info, resolve_granularity(info, cfg)))
     return planned, skipped
+
+
+def resolve_granularity(info: WeightInfo, cfg: WeightConfig) -> WeightConfig:
+    """``cfg`` with ``granularity: auto`` replaced by the cost-aware choice for ``info``'s shape
+    (the finest granularity whose codebooks cost at most an eighth of the index bytes); any
+    other setting is returned as it is. Why: a 2**bits-entry codebook per short row costs more
+    than the row, and the weight then stays fp32."""
+    if cfg.granularity != "auto":
+        return cfg
+    from onnxcompress.granularity import cost_aware_granularity
+
+    granularity, group = cost_aware_granularity(info.shape, info.axis, cfg.bits, cfg.codebook_dtype)
+    if granularity == "group":
+        return dataclasses.replace(cfg, granularity="group", group_size=group)
+    return dataclasses.replace(cfg, granularity=granularity)
 
 
 def _apply(cfg: WeightConfig | None, override: Mapping[str, Any] | None) -> WeightConfig | None:
@@ -228,8 +247,10 @@ def _apply(cfg: WeightConfig | None, override: Mapping[str, Any] | None) -> Weig
 # no measurable accuracy change on the shipped models).
 PRESETS: dict[str, dict[str, Any]] = {
     "safe": {"weight": {"bits": 8}},
+    # 6-bit codebooks per channel where a channel's codebook costs at most 1/8 of its indices,
+    # per group of channels or per tensor elsewhere (granularity.py); fp16 codebook entries
     "balanced": {
-        "weight": {"bits": 6, "granularity": "channel"},
+        "weight": {"bits": 6, "granularity": "auto", "codebook_dtype": "float16"},
         "op_types": {"Gather": {"granularity": "tensor"}},
     },
     # one magnitude threshold across layers prunes big layers harder and spares small ones:

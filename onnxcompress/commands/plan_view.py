@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from onnxcompress.config import (
     DEFAULT_PRESET,
     ENCODINGS,
-    GRANULARITIES,
+    GRANULARITY_CHOICES,
     INITS,
     METHODS,
     PRESETS,
@@ -45,7 +45,7 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pruning", choices=PRUNINGS)
     g.add_argument("--quality", type=float, help="Deep Compression's threshold = quality x std")
     g.add_argument("--nm", metavar="N:M", help="N:M structured sparsity along the input axis, e.g. 2:4")
-    g.add_argument("--granularity", choices=GRANULARITIES)
+    g.add_argument("--granularity", choices=GRANULARITY_CHOICES)
     g.add_argument("--group-size", type=int)
     g.add_argument("--init", choices=INITS)
     g.add_argument("--codebook-dtype", choices=["float32", "float16"])
