@@ -33,7 +33,7 @@ from onnxcompress.passes.base import Pass
 from onnxcompress.passes.check import CheckResult
 from onnxcompress.passes.metadata import LoadExternalDataPass, StampMetadataPass
 from onnxcompress.progress import ProgressCallback, track
-from onnxcompress.report import CompressionReport, CompressionResult, WeightReport
+from onnxcompress.report import CompressionReport, CompressionResult, WeightReport, predicted_damage
 
 __all__ = ["WeightHook", "compress_file", "compress_model", "compress_weight"]
 
@@ -174,6 +174,10 @@ def compress_model(
         passes={name: r.to_dict() for name, r in results if name in reported},
         notes=notes,
     )
+    if weight_hook is None:  # calibrated weights trade their own error for the layer's output error
+        damage = predicted_damage(reports)
+        if damage:
+            report.warnings.append(damage)
     return CompressionResult(
         model=model, report=report, decoded=decoded, passes=tuple(r for _, r in results)
     )

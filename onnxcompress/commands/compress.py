@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from onnxcompress.config import CHOICES, DEFAULT_PRESET, PRESETS, CompressionConfig, load_config, preset
+from onnxcompress.config import (
+    CHOICES,
+    DEFAULT_PRESET,
+    PRESET_CAVEATS,
+    PRESETS,
+    CompressionConfig,
+    load_config,
+    preset,
+)
 from onnxcompress.errors import ConfigError, NoCompressibleWeightsError
 from onnxcompress.methods import METHODS
 
@@ -191,6 +199,11 @@ def run(args: argparse.Namespace) -> int:
         except NoCompressibleWeightsError as exc:
             raise NoCompressibleWeightsError(f"{exc} (--min-elements, --exclude, --config)") from None
     report = result.report
+    calibrated = bool(getattr(args, "calibration_data", None))
+    caveat = PRESET_CAVEATS.get(args.preset or "") if not calibrated else None
+    # with --verify-data the damage is measured below, not predicted
+    for warning in ([caveat] if caveat else []) + ([] if args.verify_data else report.warnings):
+        print(f"onnxcompress: warning: {warning}", file=sys.stderr)
     if calibrations:
         report.extra["calibration"] = calibrations[0].to_dict()
         if not args.quiet:
