@@ -198,6 +198,7 @@ def _compress_one(
         name=info.name, op_types=info.op_types, role=info.role, shape=info.shape, params=info.size,
         setting=cfg.describe(), sparsity=float(np.mean(dec == 0)), bits=enc.bits, encoding=enc.kind,
         bytes_before=before, bytes_after=enc.nbytes, rel_error=_rel_error(w, dec),
+        display_name=info.display_name(),
     )  # fmt: skip
     return enc, dec, report
 

@@ -45,6 +45,9 @@ class WeightReport:
     bytes_before: int
     bytes_after: int
     rel_error: float  # ||W - W_hat|| / ||W||
+    #: the name as tables show it: an exporter's generated name (``onnx::MatMul_1160``) with its
+    #: consumer node's name (:meth:`onnxcompress.inventory.WeightInfo.display_name`)
+    display_name: str = ""
 
 
 @dataclass
