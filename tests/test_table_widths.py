@@ -32,7 +32,13 @@ def test_verify_table_with_labels_fits(tmp_path, capsys) -> None:
     cand = tmp_path / "c.onnx"
     assert main(["compress", str(MODELS / "resnet_digits.onnx"), "-o", str(cand), "-q"]) == 0
     capsys.readouterr()
-    argv = ["verify", str(MODELS / "resnet_digits.onnx"), str(cand), "--data", str(MODELS / "digits_test.npz")]
+    argv = [
+        "verify",
+        str(MODELS / "resnet_digits.onnx"),
+        str(cand),
+        "--data",
+        str(MODELS / "digits_test.npz"),
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "cand top-1" in text and "cos mean" in text
@@ -54,7 +60,9 @@ def test_generated_weight_names_show_their_layer(tmp_path, capsys) -> None:
     import onnx
     from onnx import helper, numpy_helper
 
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "onnx::MatMul_1160")
+    w = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "onnx::MatMul_1160"
+    )
     node = helper.make_node("MatMul", ["x", "onnx::MatMul_1160"], ["y"], name="/encoder/layer.0/query/MatMul")
     graph = helper.make_graph(
         [node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
@@ -70,7 +78,10 @@ def test_generated_weight_names_show_their_layer(tmp_path, capsys) -> None:
 def test_verify_without_a_gate_says_nothing_was_checked(tmp_path, capsys) -> None:
     """A 10%-accurate candidate passes a gateless verify (exit 0): the output must say so."""
     cand = tmp_path / "c.onnx"
-    assert main(["compress", str(MODELS / "lenet5.onnx"), "-o", str(cand), "-q", "--preset", "deep-compression"]) == 0
+    assert (
+        main(["compress", str(MODELS / "lenet5.onnx"), "-o", str(cand), "-q", "--preset", "deep-compression"])
+        == 0
+    )
     capsys.readouterr()
     argv = ["verify", str(MODELS / "lenet5.onnx"), str(cand), "--data", str(MODELS / "digits_test.npz")]
     assert main(argv) == 0
