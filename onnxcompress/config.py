@@ -169,17 +169,30 @@ class CompressionConfig:
 
     def resolve(self, name: str, op_types: tuple[str, ...]) -> WeightConfig | None:
         """Setting for one weight, or None to skip it. Later levels win; within a level the first
-        matching op type (in consumer order) and the exact name before globs (in file order)."""
+        matching op type (in consumer order) and the exact name before globs (in file order).
+
+        ``pruning: global`` computes one magnitude threshold at the plan's sparsity; a weight
+        whose ``sparsity`` an op_types or names override sets is taken out of that pool and pruned
+        by magnitude at its own sparsity (so ``Conv: {sparsity: 0.5}`` under a global 0.8 prunes
+        each Conv weight by half)."""
         if any(fnmatch.fnmatchcase(name, pat) for pat in self.exclude):
             return None
         cfg: WeightConfig | None = self.weight
+        own_sparsity = False  # an op_types / names override sets this weight's sparsity
         for op in op_types:
             if op in self.op_types:
-                cfg = _apply(cfg, self.op_types[op])
+                ov = self.op_types[op]
+                cfg = _apply(cfg, ov)
+                own_sparsity = ov is not None and "sparsity" in ov
                 break
         override = self._name_override(name)
         if override is not _MISSING:
             cfg = _apply(cfg if cfg is not None else self.weight, override)
+            own_sparsity = own_sparsity or (override is not None and "sparsity" in override)
+        if cfg is not None and own_sparsity and cfg.pruning == "global":
+            # one threshold cannot give this weight its own sparsity: it leaves the global pool and
+            # is pruned by magnitude at the sparsity its override asks for
+            cfg = dataclasses.replace(cfg, pruning="magnitude")
         return cfg
 
     def _name_override(self, name: str) -> Any:
