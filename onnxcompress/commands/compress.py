@@ -23,6 +23,14 @@ from onnxcompress.methods import METHODS
 
 HELP = "compress a model's weights (pruning + k-means / CLIP-Q codebooks) into a smaller ONNX model"
 
+#: The one rule for combining plan sources, shown by ``--help`` and quoted in the README (a test
+#: checks both): what is typed last, on the command line, wins.
+PLAN_ORDER = (
+    "Order: --preset, then the --config plan, then the flags; each overrides the one before "
+    "(flags set the global weight: settings, the plan's op_types and names entries still refine "
+    "them; --exclude adds patterns)."
+)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -37,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--preset", choices=sorted(PRESETS), help=f"named starting point (default: {DEFAULT_PRESET})"
     )
     p.add_argument("--config", metavar="PLAN", help="YAML/JSON plan: global, op_types and names overrides")
-    g = p.add_argument_group("global settings (override the preset and the plan's global section)")
+    g = p.add_argument_group("global settings", PLAN_ORDER)
     g.add_argument(
         "--method", choices=CHOICES["method"],
         help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + f" (default: {next(iter(METHODS))})",

@@ -38,7 +38,9 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
         "--preset", choices=sorted(PRESETS), help=f"named starting point (default: {DEFAULT_PRESET})"
     )
     p.add_argument("--config", metavar="PLAN", help="YAML/JSON plan: global, op_types and names overrides")
-    g = p.add_argument_group("global settings (as for compress)")
+    from onnxcompress.commands.compress import PLAN_ORDER
+
+    g = p.add_argument_group("global settings (as for compress)", PLAN_ORDER)
     g.add_argument("--method", choices=METHODS)
     g.add_argument("--bits", type=int, help="codebook bits per weight, 1-8")
     g.add_argument("--sparsity", type=float, help="fraction of weights pruned, e.g. 0.9")
