@@ -652,8 +652,8 @@ def format_report(stats: ContainerStats) -> str:
     """The staircase and the per-stream table as plain text, at most 100 columns wide (long stream
     names are cut in the middle)."""
     lines = ["step                              bytes      ratio"]
-    for s in stats.steps:
-        lines.append(f"{s.name:<28} {s.bytes:>11,} {s.ratio:>9.2f}x")
+    for step in stats.steps:
+        lines.append(f"{step.name:<28} {step.bytes:>11,} {step.ratio:>9.2f}x")
     lines.append("")
     lines.append(
         f"{'stream':<26} {'role':<8} {'kind':<8} {'coder':<7} {'symbols':>10} {'bytes':>9} {'coded':>9} "
