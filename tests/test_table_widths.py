@@ -90,3 +90,16 @@ def test_verify_without_a_gate_says_nothing_was_checked(tmp_path, capsys) -> Non
     assert "onnxcompress: warning: no gate set: nothing was checked" in captured.err
     assert main([*argv, "-q"]) == 0
     assert capsys.readouterr().out.startswith("verify: no gate set: nothing was checked")
+
+
+def test_quiet_compress_prints_the_totals(tmp_path, capsys) -> None:
+    out = tmp_path / "o.onnx"
+    assert main(["compress", str(MODELS / "lenet5.onnx"), "-o", str(out), "-q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(":")[0] for ln in lines] == [
+        "weights",
+        "weight bytes",
+        "file",
+        "time",
+        "wrote " + str(out),
+    ]

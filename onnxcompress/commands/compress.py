@@ -218,7 +218,8 @@ def run(args: argparse.Namespace) -> int:
             print(format_calibration(calibrations[0]))
             print()
     text = format_report(report)
-    print(text if not args.quiet else "\n".join(text.splitlines()[-3:]))
+    totals = ("weights:", "weight bytes:", "file:", "time:")  # what -q keeps: the totals, no table
+    print(text if not args.quiet else "\n".join(ln for ln in text.splitlines() if ln.startswith(totals)))
     if result.container is not None and not args.quiet:
         from onnxcompress.container import format_report as format_staircase
 
