@@ -11,10 +11,10 @@ The bound (issue 13): ``compressible weight bytes / 4 + every other byte of the 
 8-bit code per compressible weight with no overhead at all would give. The goal: ``.onnx`` within
 3% of it at 8 bits, ``.onnxc`` below it.
 
-``--variants`` also measures proposed changes that today's settings can express, on the real
-compressor (not estimates): ``fp16-codebooks`` (``codebook_dtype: float16``) and, for ``balanced``,
-``cost-aware`` granularity (per weight, the smallest channel group whose codebooks cost at most
-1/8 of its codes; per tensor when no group does) with fp16 codebooks.
+``--variants`` also measures variants that today's settings can express, on the real compressor
+(not estimates): ``fp16-codebooks`` (``codebook_dtype: float16``) for the presets with fp32
+codebooks and, for ``balanced`` (now ``granularity: auto``, fp16 codebooks), what it was before:
+6-bit per-channel fp32 codebooks.
 
     python benchmarks/small_models.py              # table + benchmarks/results/small_models.json
     python benchmarks/small_models.py --variants   # plus the proposed changes (about 2x longer)
@@ -37,7 +37,6 @@ from common import MODELS_DIR, digits_accuracy, kb, write_results  # noqa: E402
 MODELS = ("lenet_300_100", "lenet5", "resnet_digits", "vad_rnn", "mobilenet_se")
 SYNTHETIC = ("vad_rnn", "mobilenet_se")
 PRESETS = ("safe", "balanced", "small")
-CODEBOOK_SHARE = 1 / 8  # cost-aware: codebooks at most this share of a weight's codes
 
 
 # --------------------------------------------------------------------------- fidelity
@@ -167,28 +166,6 @@ def original_split(original: Any, min_elements: int) -> dict[str, int]:
 # --------------------------------------------------------------------------- plans
 
 
-def cost_aware(original: Any, config: Any) -> Any:
-    """``config`` with each weight's granularity chosen by
-    :func:`onnxcompress.granularity.cost_aware_granularity` (written as per-name overrides: the
-    compressor has no ``auto`` granularity yet)."""
-    import dataclasses
-
-    from onnxcompress.granularity import cost_aware_granularity
-    from onnxcompress.inventory import build_inventory
-
-    names: dict[str, Any] = dict(config.names)
-    for w in build_inventory(original, min_elements=config.min_elements).compressible():
-        cfg = config.resolve(w.name, w.op_types)
-        if cfg is None or cfg.granularity == "tensor":
-            continue
-        gran, g = cost_aware_granularity(w.shape, w.axis, cfg.bits, cfg.codebook_dtype, CODEBOOK_SHARE)
-        if gran != cfg.granularity or (gran == "group" and g != cfg.group_size):
-            names[w.name] = (
-                {"granularity": gran} if gran != "group" else {"granularity": gran, "group_size": g}
-            )
-    return dataclasses.replace(config, names=names)
-
-
 def shared_codebook_estimate(row: dict[str, Any], config: Any, groups: int) -> int | None:
     """Estimated .onnx bytes if the per-tensor codebooks of a decode group were one shared,
     scale-normalised codebook (stored once per group) plus one fp32 scale per weight, and the
@@ -213,10 +190,14 @@ def plans(preset: str, original: Any, variants: bool) -> dict[str, Any]:
     base = get(preset)
     out = {preset: base}
     if variants:
-        fp16 = dataclasses.replace(base, weight=dataclasses.replace(base.weight, codebook_dtype="float16"))
-        out[f"{preset}+fp16-codebooks"] = fp16
-        if base.weight.granularity != "tensor":
-            out[f"{preset}+cost-aware+fp16"] = cost_aware(original, fp16)
+        if base.weight.codebook_dtype != "float16":
+            fp16 = dataclasses.replace(base, weight=dataclasses.replace(base.weight, codebook_dtype="float16"))
+            out[f"{preset}+fp16-codebooks"] = fp16
+        if base.weight.granularity == "auto":  # what balanced was before granularity: auto
+            before = dataclasses.replace(
+                base, weight=dataclasses.replace(base.weight, granularity="channel", codebook_dtype="float32")
+            )
+            out[f"{preset}-before(channel,fp32)"] = before
     return out
 
 
@@ -281,7 +262,7 @@ def measure(name: str, variants: bool, work: Path) -> list[dict[str, Any]]:
     return rows
 
 
-HEAD = f"{'model':<14} {'plan':<26} {'.onnx':>9} {'.onnxc':>9} {'bound':>9} {'onnx/b':>7} {'onnxc/b':>7} {'fidelity':>16}"
+HEAD = f"{'model':<14} {'plan':<29} {'.onnx':>9} {'.onnxc':>9} {'bound':>9} {'onnx/b':>7} {'onnxc/b':>7} {'fidelity':>16}"
 
 
 def _fid(f: dict[str, float]) -> str:
@@ -292,7 +273,7 @@ def _fid(f: dict[str, float]) -> str:
 
 def _row_text(r: dict[str, Any]) -> str:
     return (
-        f"{r['model']:<14} {r['plan']:<26} {kb(r['onnx_bytes']):>9} {kb(r['onnxc_bytes']):>9} "
+        f"{r['model']:<14} {r['plan']:<29} {kb(r['onnx_bytes']):>9} {kb(r['onnxc_bytes']):>9} "
         f"{kb(r['bound_8bit']):>9} {100 * r['onnx_vs_bound']:>+6.1f}% {100 * r['onnxc_vs_bound']:>+6.1f}% "
         f"{_fid(r['fidelity']):>16}"
     )
@@ -325,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         if r.get("estimate_shared_codebook_bytes"):
             e = r["estimate_shared_codebook_bytes"]
             print(
-                f"  {r['model']:<14} {r['plan']:<26} {kb(e):>9}  {100 * r['estimate_shared_codebook_vs_bound']:+.1f}% of the bound"
+                f"  {r['model']:<14} {r['plan']:<29} {kb(e):>9}  {100 * r['estimate_shared_codebook_vs_bound']:+.1f}% of the bound"
             )
     print()
     print("breakdown of each compressed .onnx (bytes by what they are):")

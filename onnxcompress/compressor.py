@@ -23,7 +23,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxcompress import methods
-from onnxcompress.config import CompressionConfig, WeightConfig, plan, preset
+from onnxcompress.config import CompressionConfig, WeightConfig, plan, preset, resolve_granularity
 from onnxcompress.encoding import CodebookWeight, EncodedWeight, build_groups
 from onnxcompress.errors import InvalidModelError, NoCompressibleWeightsError
 from onnxcompress.inventory import WeightInfo, build_inventory, iter_graphs
@@ -34,7 +34,7 @@ from onnxcompress.passes.check import CheckResult
 from onnxcompress.passes.metadata import LoadExternalDataPass, StampMetadataPass
 from onnxcompress.passes.versions import default_opset
 from onnxcompress.progress import ProgressCallback, track
-from onnxcompress.report import CompressionReport, CompressionResult, WeightReport
+from onnxcompress.report import CompressionReport, CompressionResult, WeightReport, predicted_damage
 
 __all__ = ["WeightHook", "compress_file", "compress_model", "compress_weight"]
 
@@ -83,7 +83,9 @@ def _rel_error(w: np.ndarray, dec: np.ndarray) -> float:
 def compress_weight(
     w: np.ndarray, info: WeightInfo, cfg: WeightConfig, *, global_t: float | None = None, seed: int = 0
 ) -> tuple[EncodedWeight, np.ndarray]:
-    """Compress one weight with its plan's method: its encoding and the exact array it decodes to."""
+    """Compress one weight with its plan's method: its encoding and the exact array it decodes to.
+    ``granularity: auto`` is resolved here too, for callers that bypass :func:`config.plan`."""
+    cfg = resolve_granularity(info, cfg)
     c = methods.compress(w, info, cfg, methods.Context(seed=seed, global_threshold=global_t))
     return methods.encode(info.name, c, encoding=cfg.encoding, gap_bits=cfg.gap_bits), methods.decompress(c)
 
@@ -178,6 +180,10 @@ def compress_model(
         passes={name: r.to_dict() for name, r in results if name in reported},
         notes=notes,
     )
+    if weight_hook is None:  # calibrated weights trade their own error for the layer's output error
+        damage = predicted_damage(reports)
+        if damage:
+            report.warnings.append(damage)
     return CompressionResult(
         model=model, report=report, decoded=decoded, passes=tuple(r for _, r in results)
     )
@@ -224,6 +230,7 @@ def _compress_one(
         name=info.name, op_types=info.op_types, role=info.role, shape=info.shape, params=info.size,
         setting=cfg.describe(), sparsity=float(np.mean(dec == 0)), bits=enc.bits, encoding=enc.kind,
         bytes_before=before, bytes_after=enc.nbytes, rel_error=_rel_error(w, dec),
+        display_name=info.display_name(),
     )  # fmt: skip
     return enc, dec, report
 

@@ -29,13 +29,17 @@ if TYPE_CHECKING:
 
 ENCODINGS = ("auto", "dense", "relative", "mask")
 FORMATS = ("codebook", "runtime")  # runtime: onnxruntime-native affine codes (passes/runtime_native.py)
+#: ``auto``: per channel, per group of channels or per tensor, whichever codebooks pay for
+#: themselves (:func:`onnxcompress.granularity.cost_aware_granularity`), resolved per weight by
+#: :func:`plan` from its shape, bits and codebook dtype.
+GRANULARITY_CHOICES = (*GRANULARITIES, "auto")
 
 #: The allowed values of every WeightConfig field that is a choice, each defined once beside the
 #: code that implements it; plan validation and the CLI's ``choices=`` both read this.
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": tuple(METHODS),
     "pruning": PRUNINGS,
-    "granularity": GRANULARITIES,
+    "granularity": GRANULARITY_CHOICES,
     "init": INITS,
     "encoding": ENCODINGS,
     "codebook_dtype": CODEBOOK_DTYPES,
@@ -179,17 +183,30 @@ class CompressionConfig:
 
     def resolve(self, name: str, op_types: tuple[str, ...]) -> WeightConfig | None:
         """Setting for one weight, or None to skip it. Later levels win; within a level the first
-        matching op type (in consumer order) and the exact name before globs (in file order)."""
+        matching op type (in consumer order) and the exact name before globs (in file order).
+
+        ``pruning: global`` computes one magnitude threshold at the plan's sparsity; a weight
+        whose ``sparsity`` an op_types or names override sets is taken out of that pool and pruned
+        by magnitude at its own sparsity (so ``Conv: {sparsity: 0.5}`` under a global 0.8 prunes
+        each Conv weight by half)."""
         if any(fnmatch.fnmatchcase(name, pat) for pat in self.exclude):
             return None
         cfg: WeightConfig | None = self.weight
+        own_sparsity = False  # an op_types / names override sets this weight's sparsity
         for op in op_types:
             if op in self.op_types:
-                cfg = _apply(cfg, self.op_types[op])
+                ov = self.op_types[op]
+                cfg = _apply(cfg, ov)
+                own_sparsity = ov is not None and "sparsity" in ov
                 break
         override = self._name_override(name)
         if override is not _MISSING:
             cfg = _apply(cfg if cfg is not None else self.weight, override)
+            own_sparsity = own_sparsity or (override is not None and "sparsity" in override)
+        if cfg is not None and own_sparsity and cfg.pruning == "global":
+            # one threshold cannot give this weight its own sparsity: it leaves the global pool and
+            # is pruned by magnitude at the sparsity its override asks for
+            cfg = dataclasses.replace(cfg, pruning="magnitude")
         return cfg
 
     def _name_override(self, name: str) -> Any:
@@ -228,8 +245,23 @@ def plan(
         if cfg is None:
             skipped.append((info.name, "excluded by the plan"))
         else:
-            planned.append((info, cfg))
+            planned.append((info, resolve_granularity(info, cfg)))
     return planned, skipped
+
+
+def resolve_granularity(info: WeightInfo, cfg: WeightConfig) -> WeightConfig:
+    """``cfg`` with ``granularity: auto`` replaced by the cost-aware choice for ``info``'s shape
+    (the finest granularity whose codebooks cost at most an eighth of the index bytes); any
+    other setting is returned as it is. Why: a 2**bits-entry codebook per short row costs more
+    than the row, and the weight then stays fp32."""
+    if cfg.granularity != "auto":
+        return cfg
+    from onnxcompress.granularity import cost_aware_granularity
+
+    granularity, group = cost_aware_granularity(info.shape, info.axis, cfg.bits, cfg.codebook_dtype)
+    if granularity == "group":
+        return dataclasses.replace(cfg, granularity="group", group_size=group)
+    return dataclasses.replace(cfg, granularity=granularity)
 
 
 def _apply(cfg: WeightConfig | None, override: Mapping[str, Any] | None) -> WeightConfig | None:
@@ -242,8 +274,10 @@ def _apply(cfg: WeightConfig | None, override: Mapping[str, Any] | None) -> Weig
 # no measurable accuracy change on the shipped models).
 PRESETS: dict[str, dict[str, Any]] = {
     "safe": {"weight": {"bits": 8}},
+    # 6-bit codebooks per channel where a channel's codebook costs at most 1/8 of its indices,
+    # per group of channels or per tensor elsewhere (granularity.py); fp16 codebook entries
     "balanced": {
-        "weight": {"bits": 6, "granularity": "channel"},
+        "weight": {"bits": 6, "granularity": "auto", "codebook_dtype": "float16"},
         "op_types": {"Gather": {"granularity": "tensor"}},
     },
     # one magnitude threshold across layers prunes big layers harder and spares small ones:
@@ -259,6 +293,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "clipq": {"weight": {"method": "clipq", "bits": 5, "sparsity": 0.5}},
 }
 DEFAULT_PRESET = "safe"
+
+#: What a user of a preset must know when it runs without calibration data (printed by
+#: ``compress`` as a warning). Numbers: benchmarks/deep_compression.py, docs/benchmarks.md.
+PRESET_CAVEATS: dict[str, str] = {
+    "deep-compression": (
+        "the deep-compression preset is the paper's setting, and the paper retrains the network "
+        "after pruning and after quantizing; post-training (no retraining, no calibration data) it "
+        "gives 57% / 31% / 10% top-1 on the shipped LeNet-300-100 / LeNet-5 / resnet digit models "
+        "(fp32: 98-99.7%). Give --calibration-data, or use --preset balanced"
+    ),
+}
 
 
 def from_dict(data: Mapping[str, Any], base: CompressionConfig | None = None) -> CompressionConfig:

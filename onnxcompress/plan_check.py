@@ -3,10 +3,10 @@
 Why: a plan is matched against names and op types by string, so a typo (``op_types: {Cnov: ...}``),
 a name pattern from another export (``names: {"fc1.weight": ...}`` where the exporter wrote
 ``onnx::MatMul_12``) or a stale ``--exclude`` glob simply matches nothing, and the user gets the
-default setting without a word. Likewise ``pruning: global`` computes *one* magnitude threshold
-for every weight that uses it, from the largest ``sparsity`` among them: per-op-type or per-name
-``sparsity`` overrides on those weights are not honoured. This module finds both and returns them
-as data; the caller (``compress``, ``inspect``) decides whether to print, refuse or honour.
+default setting without a word. ``pruning: global`` computes *one* magnitude threshold for every
+weight that uses it; the plan takes weights with their own ``sparsity`` override out of that pool
+(:meth:`~onnxcompress.config.CompressionConfig.resolve`), and the check here verifies that none is
+left behind. Findings are returned as data; the caller (``compress``, ``inspect``) prints them.
 
 Pure: it reads a :class:`~onnxcompress.config.CompressionConfig` and an
 :class:`~onnxcompress.inventory.Inventory`, nothing else (no onnx, no onnxruntime).
@@ -144,6 +144,10 @@ def _override_keys(config: CompressionConfig, w: WeightInfo, field: str) -> list
 def global_pruning_conflicts(config: CompressionConfig, inventory: Inventory) -> list[PlanIssue]:
     """Weights under ``pruning: global`` whose resolved ``sparsity`` differs from the one the
     shared threshold is computed from (the largest among them): their override is not honoured.
+
+    Since :meth:`CompressionConfig.resolve` takes a weight with its own ``sparsity`` override out
+    of the global pool (magnitude pruning at that sparsity), every weight left in the pool has the
+    plan's sparsity and this finds nothing; it stays as the check of that invariant.
 
     Returns at most one issue, naming the overrides responsible and the weights affected; empty
     when every global-pruned weight asks for the same sparsity."""

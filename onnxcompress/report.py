@@ -19,7 +19,14 @@ if TYPE_CHECKING:
 
     from onnxcompress.passes.base import PassResult
 
-__all__ = ["CompressionReport", "CompressionResult", "WeightReport"]
+__all__ = ["DAMAGE_REL_ERROR", "CompressionReport", "CompressionResult", "WeightReport", "predicted_damage"]
+
+#: a weight whose relative L2 error ``||W - W_hat|| / ||W||`` is above this is predicted to hurt
+#: accuracy. Measured on the shipped models (benchmarks/small_models.py): ``safe`` <= 0.010 and
+#: ``balanced`` <= 0.026 on every weight; ``clipq`` >= 0.23, ``small`` >= 0.49 and
+#: ``deep-compression`` >= 0.79 at their worst weight (resnet_digits: 60% / 65% / 10% top-1
+#: against 99.7% fp32). 0.1 sits between the two families with room on both sides.
+DAMAGE_REL_ERROR = 0.1
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,9 @@ class WeightReport:
     bytes_before: int
     bytes_after: int
     rel_error: float  # ||W - W_hat|| / ||W||
+    #: the name as tables show it: an exporter's generated name (``onnx::MatMul_1160``) with its
+    #: consumer node's name (:meth:`onnxcompress.inventory.WeightInfo.display_name`)
+    display_name: str = ""
 
 
 @dataclass
@@ -55,6 +65,8 @@ class CompressionReport:
     output: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # advice on the plan (printed under the table)
+    #: findings a user must not miss (predicted accuracy damage): commands print them on stderr
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def params(self) -> int:
@@ -95,6 +107,7 @@ class CompressionReport:
             "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
             "passes": self.passes,
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
             **self.extra,
         }
 
@@ -108,3 +121,23 @@ class CompressionResult:
     decoded: dict[str, np.ndarray]  # what each weight decodes to (numpy reference), if keep_decoded
     container: Any = None  # ContainerStats when written as .onnxc (the entropy-coding staircase)
     passes: tuple[PassResult, ...] = ()  # the graph passes' typed results, in the order they ran
+
+
+def predicted_damage(weights: list[WeightReport], threshold: float = DAMAGE_REL_ERROR) -> str | None:
+    """A warning when some weights' relative error is above ``threshold`` (None otherwise).
+
+    Why: without verification data nothing else tells a user that a plan wrecked the model (an
+    aggressive preset exits 0 with a fine-looking size table). The weights' own error is the
+    prediction available without data; it says how to measure the real damage."""
+    bad = sorted((w for w in weights if w.rel_error > threshold), key=lambda w: -w.rel_error)
+    if not bad:
+        return None
+    share = sum(w.params for w in bad) / max(sum(w.params for w in weights), 1)
+    worst = bad[0]
+    return (
+        f"{len(bad)} of {len(weights)} weights ({share:.0%} of the parameters) changed by more than "
+        f"{threshold:.0%} (relative L2 error; worst {worst.rel_error:.2f}, {worst.name}): accuracy may "
+        "drop a lot. Check it with --verify-data DATA.npz --max-accuracy-drop 1 (or `onnxcompress verify`); "
+        "to keep accuracy, give --calibration-data or try milder settings (--preset balanced, lower "
+        "--sparsity, more --bits) and compare them with `onnxcompress inspect` and verify"
+    )

@@ -316,5 +316,8 @@ def test_metadata_stamp_holds_only_overrides_and_rebuilds_the_plan(name):
     out = compress_model(zoo_model(), cfg).model
     (stamp,) = [json.loads(p.value) for p in out.metadata_props if p.key == "onnxcompress"]
     assert stamp["version"] == oc.__version__
-    assert "codebook_dtype" not in stamp["config"].get("weight", {})  # defaults are left out
+    # defaults are left out: only what the preset sets beyond WeightConfig's defaults is stamped
+    # (balanced sets fp16 codebooks, so it names codebook_dtype; the others do not)
+    weight = stamp["config"].get("weight", {})
+    assert ("codebook_dtype" in weight) == (cfg.weight.codebook_dtype != "float32")
     assert from_dict(stamp["config"]) == cfg

@@ -39,3 +39,42 @@ def test_choice_keeps_codebooks_within_an_eighth_and_is_never_larger(shape, bits
         assert cb <= idx / 8 + codebook_bytes(bits, dtype)  # the last, shorter group may exceed by one
     per_channel = codebook.quantize(w, bits=bits, granularity="channel", axis=0, codebook_dtype=dtype)
     assert cb <= per_channel.codebook.nbytes
+
+
+def test_auto_is_resolved_per_weight_by_the_plan() -> None:
+    """``granularity: auto`` (balanced's setting): the plan gives each weight the cost-aware choice,
+    so LeNet-5's small conv1 gets one codebook and no weight carries ``auto`` to the methods."""
+    from pathlib import Path
+
+    from onnxcompress import preset
+    from onnxcompress.config import plan
+    from onnxcompress.inventory import build_inventory
+    from onnxcompress.model_io import open_model
+
+    MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+    cfg = preset("balanced")
+    assert cfg.weight.granularity == "auto"
+    model = open_model(MODELS_DIR / "lenet5.onnx")
+    planned, _ = plan(build_inventory(model, min_elements=cfg.min_elements), cfg)
+    got = {info.name: (c.granularity, c.group_size) for info, c in planned}
+    assert all(g != "auto" for g, _ in got.values())
+    for info, c in planned:
+        want = cost_aware_granularity(info.shape, info.axis, c.bits, c.codebook_dtype)
+        assert (c.granularity, c.group_size if c.granularity == "group" else want[1]) == want
+
+
+def test_balanced_is_between_small_and_safe_on_lenet5(tmp_path) -> None:
+    from pathlib import Path
+
+    from onnxcompress import preset
+    from onnxcompress.compressor import compress_file
+
+    MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+    sizes = {}
+    for name in ("safe", "balanced", "small"):
+        out = tmp_path / f"{name}.onnx"
+        compress_file(MODELS_DIR / "lenet5.onnx", out, preset(name))
+        sizes[name] = out.stat().st_size
+    assert sizes["small"] < sizes["balanced"] < sizes["safe"]

@@ -11,7 +11,6 @@ import pytest
 from onnxcompress.config import from_dict, preset
 from onnxcompress.inventory import Inventory, build_inventory
 from onnxcompress.plan_check import (
-    GLOBAL_PRUNING,
     NO_EFFECT,
     UNMATCHED,
     check_plan,
@@ -71,22 +70,27 @@ def test_override_of_tensors_left_alone_changes_nothing(mobilenet: Inventory) ->
     assert "normalization parameter" in bn.message and len(bn.weights) > 50
 
 
-def test_global_pruning_with_sparsity_overrides_is_a_conflict(lenet5: Inventory) -> None:
-    # the README's plan.yaml: a global threshold, with Conv asking for less pruning
+def test_global_pruning_honours_sparsity_overrides(lenet5: Inventory) -> None:
+    # the README's plan.yaml: a global threshold, with Conv asking for less pruning. The Conv
+    # weights leave the global pool and are pruned by magnitude at their own 0.5: no conflict left
     cfg = from_dict(
         {
             "weight": {"bits": 5, "sparsity": 0.8, "pruning": "global"},
             "op_types": {"Conv": {"bits": 8, "sparsity": 0.5}},
         }
     )
-    (issue,) = global_pruning_conflicts(cfg, lenet5)
-    assert issue.kind == GLOBAL_PRUNING and "op_types.Conv" in issue.message and "0.8" in issue.message
-    convs = {w.name for w in lenet5.compressible() if "Conv" in w.op_types}
-    assert set(issue.weights) == convs
-    # a per-name override is named too
-    cfg2 = from_dict({"preset": "small", "names": {next(iter(convs)): {"sparsity": 0.3}}})
-    (issue2,) = global_pruning_conflicts(cfg2, lenet5)
-    assert f"names.{next(iter(convs))}" in issue2.message and issue2.weights == (next(iter(convs)),)
+    assert global_pruning_conflicts(cfg, lenet5) == []
+    for w in lenet5.compressible():
+        got = cfg.resolve(w.name, w.op_types)
+        assert got is not None
+        want = ("magnitude", 0.5) if "Conv" in w.op_types else ("global", 0.8)
+        assert (got.pruning, got.sparsity) == want
+    # a per-name override too
+    convs = sorted(w.name for w in lenet5.compressible() if "Conv" in w.op_types)
+    cfg2 = from_dict({"preset": "small", "names": {convs[0]: {"sparsity": 0.3}}})
+    assert global_pruning_conflicts(cfg2, lenet5) == []
+    got = cfg2.resolve(convs[0], ("Conv",))
+    assert got is not None and (got.pruning, got.sparsity) == ("magnitude", 0.3)
 
 
 def test_no_conflict_when_overrides_leave_global_pruning(lenet5: Inventory) -> None:
@@ -108,3 +112,24 @@ def test_compress_warns_on_a_plan_entry_that_matches_nothing(tmp_path, capsys) -
     err = capsys.readouterr().err
     assert rc == 0 and out.exists()
     assert "onnxcompress: warning:" in err and "Cnov" in err
+
+
+def test_compress_prunes_overridden_weights_at_their_own_sparsity() -> None:
+    """The README's plan on LeNet-5: each Conv weight ends at its own 50%, the fc weights share
+    the global threshold (80% of their pooled weights pruned, unevenly across them)."""
+    from onnxcompress.compressor import compress_model
+
+    model = onnx.load(str(Path(__file__).resolve().parents[1] / "models" / "lenet5.onnx"))
+    cfg = from_dict(
+        {
+            "weight": {"bits": 5, "sparsity": 0.8, "pruning": "global"},
+            "op_types": {"Conv": {"bits": 8, "sparsity": 0.5}},
+        }
+    )
+    report = compress_model(model, cfg, keep_decoded=False).report
+    convs = [w for w in report.weights if "Conv" in w.op_types]
+    fcs = [w for w in report.weights if "Conv" not in w.op_types]
+    assert convs and fcs
+    assert all(abs(w.sparsity - 0.5) < 0.01 and "magnitude" in w.setting for w in convs)
+    pooled = sum(w.sparsity * w.params for w in fcs) / sum(w.params for w in fcs)
+    assert abs(pooled - 0.8) < 0.01 and all("global" in w.setting for w in fcs)

@@ -9,11 +9,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from onnxcompress.config import CHOICES, DEFAULT_PRESET, PRESETS, CompressionConfig, load_config, preset
+from onnxcompress.config import (
+    CHOICES,
+    DEFAULT_PRESET,
+    PRESET_CAVEATS,
+    PRESETS,
+    CompressionConfig,
+    load_config,
+    preset,
+)
 from onnxcompress.errors import ConfigError, NoCompressibleWeightsError
 from onnxcompress.methods import METHODS
 
 HELP = "compress a model's weights (pruning + k-means / CLIP-Q codebooks) into a smaller ONNX model"
+
+#: The one rule for combining plan sources, shown by ``--help`` and quoted in the README (a test
+#: checks both): what is typed last, on the command line, wins.
+PLAN_ORDER = (
+    "Order: --preset, then the --config plan, then the flags; each overrides the one before "
+    "(flags set the global weight: settings, the plan's op_types and names entries still refine "
+    "them; --exclude adds patterns)."
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--preset", choices=sorted(PRESETS), help=f"named starting point (default: {DEFAULT_PRESET})"
     )
     p.add_argument("--config", metavar="PLAN", help="YAML/JSON plan: global, op_types and names overrides")
-    g = p.add_argument_group("global settings (override the preset and the plan's global section)")
+    g = p.add_argument_group("global settings", PLAN_ORDER)
     g.add_argument(
         "--method", choices=CHOICES["method"],
         help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + f" (default: {next(iter(METHODS))})",
@@ -214,13 +230,19 @@ def run(args: argparse.Namespace) -> int:
     report = result.report
     if structured_reports:
         report.extra["structured"] = structured_reports[0]
+    calibrated = bool(getattr(args, "calibration_data", None))
+    caveat = PRESET_CAVEATS.get(args.preset or "") if not calibrated else None
+    # with --verify-data the damage is measured below, not predicted
+    for warning in ([caveat] if caveat else []) + ([] if args.verify_data else report.warnings):
+        print(f"onnxcompress: warning: {warning}", file=sys.stderr)
     if calibrations:
         report.extra["calibration"] = calibrations[0].to_dict()
         if not args.quiet:
             print(format_calibration(calibrations[0]))
             print()
     text = format_report(report)
-    print(text if not args.quiet else "\n".join(text.splitlines()[-3:]))
+    totals = ("weights:", "weight bytes:", "file:", "time:")  # what -q keeps: the totals, no table
+    print(text if not args.quiet else "\n".join(ln for ln in text.splitlines() if ln.startswith(totals)))
     if result.container is not None and not args.quiet:
         from onnxcompress.container import format_report as format_staircase
 

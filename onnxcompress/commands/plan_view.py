@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from onnxcompress.config import (
     DEFAULT_PRESET,
     ENCODINGS,
-    GRANULARITIES,
+    GRANULARITY_CHOICES,
     INITS,
     METHODS,
     PRESETS,
@@ -38,14 +38,16 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
         "--preset", choices=sorted(PRESETS), help=f"named starting point (default: {DEFAULT_PRESET})"
     )
     p.add_argument("--config", metavar="PLAN", help="YAML/JSON plan: global, op_types and names overrides")
-    g = p.add_argument_group("global settings (as for compress)")
+    from onnxcompress.commands.compress import PLAN_ORDER
+
+    g = p.add_argument_group("global settings (as for compress)", PLAN_ORDER)
     g.add_argument("--method", choices=METHODS)
     g.add_argument("--bits", type=int, help="codebook bits per weight, 1-8")
     g.add_argument("--sparsity", type=float, help="fraction of weights pruned, e.g. 0.9")
     g.add_argument("--pruning", choices=PRUNINGS)
     g.add_argument("--quality", type=float, help="Deep Compression's threshold = quality x std")
     g.add_argument("--nm", metavar="N:M", help="N:M structured sparsity along the input axis, e.g. 2:4")
-    g.add_argument("--granularity", choices=GRANULARITIES)
+    g.add_argument("--granularity", choices=GRANULARITY_CHOICES)
     g.add_argument("--group-size", type=int)
     g.add_argument("--init", choices=INITS)
     g.add_argument("--codebook-dtype", choices=["float32", "float16"])

@@ -20,8 +20,28 @@ if TYPE_CHECKING:
 __all__ = ["format_bench", "format_calibration", "format_report"]
 
 
+#: widest line of the compression and calibration tables
+WIDTH = 100
+
+
 def _shorten(name: str, width: int = 48) -> str:
-    return name if len(name) <= width else "..." + name[-(width - 3) :]
+    """``name`` cut in the middle to ``width`` characters: the start (the model's block) and the
+    end (the layer and the tensor kind) say more than the middle."""
+    if len(name) <= width:
+        return name
+    base, sep, layer = name.partition(" (")
+    if sep and layer.endswith(")") and width - len(base) - 3 >= 12:
+        # a generated name with its layer (WeightInfo.display_name): keep the name, cut the layer
+        return f"{base} ({_shorten(layer[:-1], width - len(base) - 3)})"
+    head = (width - 3) // 2
+    return name[:head] + "..." + name[len(name) - (width - 3 - head) :]
+
+
+def _fit_first_column(headers: list[str], rows: list[list[str]], align: str) -> str:
+    """The table with its first column cut (in the middle) to what :data:`WIDTH` leaves it."""
+    rest = sum(max([len(h)] + [len(r[i]) for r in rows]) + 2 for i, h in enumerate(headers) if i)
+    room = max(WIDTH - rest, 20)
+    return table(headers, [[_shorten(r[0], room), *r[1:]] for r in rows], align)
 
 
 def format_report(report: CompressionReport, *, max_rows: int = 60) -> str:
@@ -31,44 +51,37 @@ def format_report(report: CompressionReport, *, max_rows: int = 60) -> str:
     for w in shown:
         rows.append(
             [
-                _shorten(w.name),
+                w.display_name or w.name,
                 "/".join(w.op_types),
                 "x".join(map(str, w.shape)),
-                f"{w.params:,}",
                 f"{w.sparsity:.1%}",
-                w.bits if w.bits is not None else "raw",
-                w.encoding,
+                f"{w.bits}b {w.encoding}" if w.bits is not None else f"raw {w.encoding}",
                 human_bytes(w.bytes_before),
                 human_bytes(w.bytes_after),
                 f"{w.bytes_before / max(w.bytes_after, 1):.1f}x",
                 f"{w.rel_error:.4f}",
             ]
         )
-    out = [
-        table(
-            [
-                "weight",
-                "op",
-                "shape",
-                "params",
-                "sparsity",
-                "bits",
-                "encoding",
-                "before",
-                "after",
-                "ratio",
-                "rel L2 err",
-            ],
-            rows,
-            "lllrrrlrrrr",
-        )
-    ]
+    headers = ["weight", "op", "shape", "zeros", "coding", "before", "after", "ratio", "rel err"]
+    out = [_fit_first_column(headers, rows, "lllrlrrrr")]
     if len(ws) > len(shown):
         out.append(f"... {len(ws) - len(shown)} smaller weights not shown (see --report JSON)")
+    out.append(
+        "zeros: share pruned to 0; coding: codebook bits + position encoding; "
+        "rel err: ||W - W'|| / ||W||"
+    )
+    if any(w.rel_error > 1 for w in ws):
+        out.append(
+            "rel err above 1: a calibrated weight is refit to reproduce its layer's outputs on the "
+            "calibration data, not its own values (its output error is in the calibration table)"
+        )
     out.append("")
     out.append(
-        f"weights: {len(ws)} compressed ({report.params:,} params) in {report.groups} decode group(s), "
-        f"{len(report.skipped)} left alone; {human_bytes(report.weight_bytes_before)} -> "
+        f"weights: {len(ws)} compressed ({report.params:,} params) in {report.groups} decode "
+        f"group(s), {len(report.skipped)} left alone"
+    )
+    out.append(
+        f"weight bytes: {human_bytes(report.weight_bytes_before)} -> "
         f"{human_bytes(report.weight_bytes_after)} ({report.bits_per_weight:.2f} bits/weight)"
     )
     if report.file_bytes_before is not None and report.file_bytes_after is not None:
@@ -82,11 +95,16 @@ def format_report(report: CompressionReport, *, max_rows: int = 60) -> str:
 
 
 def format_calibration(result: CalibrationResult) -> str:
-    """A per-weight text table: output error before and after calibration."""
-    lines = [f"{'weight':40s} {'method':26s} {'plain':>8s} {'calib':>8s}"]
+    """A per-weight text table: each layer's output error with the plain method and calibrated."""
+    rows = []
     for w in result.weights:
         plain = "-" if w.error_plain is None else f"{w.error_plain:.4f}"
-        lines.append(f"{w.name[:40]:40s} {w.method[:26]:26s} {plain:>8s} {w.error_calibrated:8.4f}")
+        rows.append([w.name, w.method, plain, f"{w.error_calibrated:.4f}"])
+    lines = [_fit_first_column(["weight", "method", "plain", "calib"], rows, "llrr")]
+    lines.append(
+        "plain / calib: the layer's output error ||Y - Y'|| / ||Y|| on the calibration data,\n"
+        "without and with calibration (lower is better; -: not measured)"
+    )
     return "\n".join(lines)
 
 

@@ -180,6 +180,9 @@ def run_verification(reference: Any, candidate: Any, args: argparse.Namespace) -
         print(result.summary())
     else:
         print(render_text(result))
+    if not result.gates:  # said on stderr too, where a CI log's warnings are looked for
+        print("onnxcompress: warning: no gate set: nothing was checked (exit 0 whatever the metrics); "
+              "add e.g. --max-accuracy-drop 0.5 or --min-cosine 0.99", file=sys.stderr)  # fmt: skip
     write_reports(
         result,
         json_path=getattr(args, "json", None),

@@ -676,23 +676,24 @@ def staircase(
 
 
 def format_report(stats: ContainerStats) -> str:
-    """The staircase and the per-stream table as plain text."""
+    """The staircase and the per-stream table as plain text, at most 100 columns wide (long stream
+    names are cut in the middle)."""
     lines = ["step                              bytes      ratio"]
-    for s in stats.steps:
-        lines.append(f"{s.name:<28} {s.bytes:>11,} {s.ratio:>9.2f}x")
+    for step in stats.steps:
+        lines.append(f"{step.name:<28} {step.bytes:>11,} {step.ratio:>9.2f}x")
     lines.append("")
     lines.append(
-        f"{'stream':<34} {'role':<8} {'kind':<8} {'coder':<7} {'symbols':>10} {'bytes':>9} {'coded':>9} "
-        f"{'bits/sym':>8} {'H0':>7}"
+        f"{'stream':<26} {'role':<8} {'kind':<8} {'coder':<7} {'symbols':>10} {'bytes':>9} {'coded':>9} "
+        f"{'bits/sym':>8} {'H0':>6}"
     )
     for s in stats.streams:
-        name = s.name if len(s.name) <= 34 else "..." + s.name[-31:]
+        name = s.name if len(s.name) <= 26 else s.name[:11] + "..." + s.name[-12:]
         lines.append(
-            f"{name:<34} {s.role:<8} {s.kind:<8} {s.coder:<7} {s.symbols:>10,} {s.tensor_bytes:>9,} "
-            f"{s.coded_bytes:>9,} {s.bits_per_symbol:>8.3f} {s.entropy_bits:>7.3f}"
+            f"{name:<26} {s.role:<8} {s.kind:<8} {s.coder:<7} {s.symbols:>10,} {s.tensor_bytes:>9,} "
+            f"{s.coded_bytes:>9,} {s.bits_per_symbol:>8.3f} {s.entropy_bits:>6.3f}"
         )
     lines.append(
-        f"{'(rest of the model)':<34} {'':<8} {'':<8} {stats.remainder_codec:<7} {'':>10} "
+        f"{'(rest of the model)':<26} {'':<8} {'':<8} {stats.remainder_codec:<7} {'':>10} "
         f"{stats.remainder_bytes:>9,} {stats.remainder_coded_bytes:>9,}"
     )
     return "\n".join(lines)

@@ -67,6 +67,21 @@ def metric_rows(result: VerifyResult) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+#: columns of the first text table (output name and agreement metrics); the accuracy columns go
+#: into a second table under it, so that a labelled run fits 100 columns (one table was 156 wide)
+_FIRST_TABLE_COLUMNS = 8
+
+
+def _split_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The metric table as one table, or two stacked ones (output-agreement metrics, then accuracy)
+    when there are accuracy columns, each keyed by the output name."""
+    if len(header) <= _FIRST_TABLE_COLUMNS:
+        return [table(header, rows)]
+    first = table(header[:_FIRST_TABLE_COLUMNS], [r[:_FIRST_TABLE_COLUMNS] for r in rows])
+    second = table(header[:1] + header[_FIRST_TABLE_COLUMNS:], [r[:1] + r[_FIRST_TABLE_COLUMNS:] for r in rows])
+    return [first, "", second]
+
+
 def render_text(result: VerifyResult) -> str:
     """The terminal report: context, metric table, gate lines, verdict."""
     prov = ", ".join(result.reference_providers)
@@ -79,7 +94,7 @@ def render_text(result: VerifyResult) -> str:
         + (f", labels {result.labels_key!r}" if result.labels_key else ""),
         f"providers: {prov}",
         "",
-        table(*metric_rows(result)),
+        *_split_table(*metric_rows(result)),
     ]
     if result.skipped_outputs:
         lines.append(f"(not compared, non-tensor outputs: {', '.join(result.skipped_outputs)})")
@@ -101,7 +116,7 @@ def _md_escape(text: str) -> str:
 def to_markdown(result: VerifyResult) -> str:
     """Markdown for a pull-request comment."""
     if not result.gates:
-        verdict = "**onnxcompress verify: no gates set**"
+        verdict = "**onnxcompress verify: no gate set: nothing was checked**"
     elif result.passed:
         verdict = f"**onnxcompress verify: :white_check_mark: PASS** ({len(result.gates)} gate checks)"
     else:

@@ -116,7 +116,10 @@ class VerifyResult:
     def summary(self) -> str:
         """One line for humans: PASS/FAIL, and each failed gate with its shortfall."""
         if not self.gates:
-            return f"verify: no gates set; compared {len(self.outputs)} output(s) on {self.samples} samples"
+            return (
+                f"verify: no gate set: nothing was checked ({len(self.outputs)} output(s) compared "
+                f"on {self.samples} samples)"
+            )
         if self.passed:
             return f"verify: PASS, all {len(self.gates)} gate check(s) passed on {self.samples} samples"
         return "verify: FAIL: " + "; ".join(g.describe() for g in self.failures)
