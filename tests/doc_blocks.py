@@ -6,7 +6,7 @@ A block's fence tag says what it is:
   repository's ``models/``; ``onnxcompress`` and ``python`` resolve to this checkout (a shim on
   ``PATH`` running ``sys.executable -m onnxcompress``, ``PYTHONPATH`` at the repository root).
   Install commands (``pip install ...``, ``pip wheel ...``) and the test suite itself
-  (``python -m pytest ... tests``) are dropped: ``test_docs.test_wheel_installs`` builds and installs the
+  (``python -m pytest ... tests``) and ``python -m mypy`` are dropped: ``test_docs.test_wheel_installs`` builds and installs the
   wheel instead, and ``.ci/run`` runs the suite. ``bench`` runs with ``--runs 20 --rounds 1``, as the
   README's Development section says. Blocks whose commands are all ``ruff`` check the repository and
   run in it.
@@ -37,7 +37,7 @@ TIMEOUT_S = 300
 
 _FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 _INSTALL_PREFIX = re.compile(r"\bpip (?:install|wheel)\b[^&\n]*&&\s*")
-_DROPPED_LINE = re.compile(r"^\s*(?:pip (?:install|wheel)\b|python3? -m pytest\b.*\btests\s*$)")
+_DROPPED_LINE = re.compile(r"^\s*(?:pip (?:install|wheel)\b|python3? -m (?:mypy\b|pytest\b.*\btests\s*$))")
 
 
 @dataclass(frozen=True)

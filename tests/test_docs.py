@@ -37,7 +37,7 @@ def test_readme_starts_with_the_setup_commands() -> None:
     first = blocks(ROOT / "README.md")[0]
     commands = [ln for ln in first.text.splitlines() if ln.strip() and not ln.startswith("#")]
     assert commands[0].startswith("pip install -e . && onnxcompress compress models/lenet5.onnx")
-    assert commands[1] == "pip install -e '.[test]' && python -m pytest -q tests"
+    assert commands[1] == "pip install -e '.[test]' && python -m mypy && python -m pytest -q tests"
 
 
 def test_ci_script_runs_the_readme_test_command() -> None:
