@@ -25,6 +25,7 @@ _API = {
     "load": ("onnxcompress.loading", "load"),
     "load_model": ("onnxcompress.loading", "load_model"),
     "make_session": ("onnxcompress.sessions", "make_session"),
+    "search": ("onnxcompress.search.api", "search"),
 }
 
 __all__ = ["__version__", *_API]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from onnxcompress.errors import OnnxCompressError
 
 # Order is the order shown by --help.
-COMMANDS: tuple[str, ...] = ("compress", "inspect", "verify", "bench", "pack", "unpack")
+COMMANDS: tuple[str, ...] = ("compress", "search", "inspect", "verify", "bench", "pack", "unpack")
 
 
 def _load(name: str):
