@@ -37,36 +37,88 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from onnxcompress.commands.verify import add_gate_arguments
 
     p.add_argument("model", help="input ONNX model")
-    p.add_argument("-o", "--output", required=True, help="where the best model goes (.onnx, or .onnxc: sizes are then .onnxc sizes)")
-    p.add_argument("--data", required=True, metavar="VAL", help="validation data (.npz keyed by input name, or a folder); never the test set")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="where the best model goes (.onnx, or .onnxc: sizes are then .onnxc sizes)",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="VAL",
+        help="validation data (.npz keyed by input name, or a folder); never the test set",
+    )
     p.add_argument("--labels", metavar="KEY", help="labels array in the data (default: 'labels' if present)")
     add_gate_arguments(p)
     g = p.add_argument_group("objective")
-    g.add_argument("--target-ratio", type=float, metavar="R", help="best metric at a file R times smaller than the input")
+    g.add_argument(
+        "--target-ratio", type=float, metavar="R", help="best metric at a file R times smaller than the input"
+    )
     g.add_argument("--max-bytes", type=int, metavar="B", help="best metric at a file of at most B bytes")
-    g.add_argument("--pareto", action="store_true", help="multi-objective: search the whole size/metric front")
+    g.add_argument(
+        "--pareto", action="store_true", help="multi-objective: search the whole size/metric front"
+    )
     g.add_argument(
         "--metric", default="auto",
         help="accuracy, agreement, cosine, or module:function taking (session, data) -> float (default: accuracy with labels, else agreement)",
     )  # fmt: skip
-    g.add_argument("--metric-direction", choices=("max", "min"), help="whether a larger metric is better (default max, or function.direction)")
-    g.add_argument("--metric-limit", type=float, metavar="X", help="gate on the metric itself (>= X for max, <= X for min)")
+    g.add_argument(
+        "--metric-direction",
+        choices=("max", "min"),
+        help="whether a larger metric is better (default max, or function.direction)",
+    )
+    g.add_argument(
+        "--metric-limit",
+        type=float,
+        metavar="X",
+        help="gate on the metric itself (>= X for max, <= X for min)",
+    )
     b = p.add_argument_group("budget and study")
-    b.add_argument("--trials", type=int, default=40, help="trials in the study, stage 2 included (default 40)")
+    b.add_argument(
+        "--trials", type=int, default=40, help="trials in the study, stage 2 included (default 40)"
+    )
     b.add_argument("--timeout", type=float, metavar="S", help="stop stage 3 after S seconds")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--sampler", choices=("tpe", "gp", "random"), default="tpe")
-    b.add_argument("--storage", default="default", help="Optuna storage URL (default: sqlite file OUT.search.db, so a rerun resumes); 'memory' keeps nothing")
+    b.add_argument(
+        "--storage",
+        default="default",
+        help="Optuna storage URL (default: sqlite file OUT.search.db, so a rerun resumes); 'memory' keeps nothing",
+    )
     b.add_argument("--study", help="study name (default: derived from the model and the settings)")
-    b.add_argument("--workers", type=int, default=1, help="local worker processes on the study (needs a shared --storage)")
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local worker processes on the study (needs a shared --storage)",
+    )
     b.add_argument("--no-early-stop", action="store_true", help="evaluate every trial fully")
     s = p.add_argument_group("search space")
-    s.add_argument("--sparsities", type=_floats, metavar="LIST", help="stage-1 grid of pruned fractions (default 0,.5,.7,.8,.9,.95,.97)")
-    s.add_argument("--bits", type=_ints, metavar="LIST", help="stage-1 grid of codebook bits (default 2,3,4,5,6)")
-    s.add_argument("--granularity", default="tensor", help="comma-separated: tensor, channel, group (default tensor)")
-    s.add_argument("--sensitivity-samples", type=int, default=256, help="validation samples per stage-1 point (default 256)")
+    s.add_argument(
+        "--sparsities",
+        type=_floats,
+        metavar="LIST",
+        help="stage-1 grid of pruned fractions (default 0,.5,.7,.8,.9,.95,.97)",
+    )
+    s.add_argument(
+        "--bits", type=_ints, metavar="LIST", help="stage-1 grid of codebook bits (default 2,3,4,5,6)"
+    )
+    s.add_argument(
+        "--granularity", default="tensor", help="comma-separated: tensor, channel, group (default tensor)"
+    )
+    s.add_argument(
+        "--sensitivity-samples",
+        type=int,
+        default=256,
+        help="validation samples per stage-1 point (default 256)",
+    )
     s.add_argument("--min-elements", type=int, default=256)
-    s.add_argument("--calibration-data", metavar="DATA", help="candidates use the calibrated methods (GPTQ/OBS) on this data")
+    s.add_argument(
+        "--calibration-data",
+        metavar="DATA",
+        help="candidates use the calibrated methods (GPTQ/OBS) on this data",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
@@ -95,7 +147,11 @@ class _Progress:
             self.count += 1
             if rec.passed and rec.size is not None and (self.best is None or rec.size < self.best):
                 self.best = rec.size
-            best = f"best {self.best:,} B ({self.original / self.best:.1f}x)" if self.best else "no passing plan yet"
+            best = (
+                f"best {self.best:,} B ({self.original / self.best:.1f}x)"
+                if self.best
+                else "no passing plan yet"
+            )
             line = f"{rec.stage} trial {rec.number + 1}/{self.trials}: {rec.size or 0:,} B {rec.state.lower()}; {best}"
         self.last = now
         print("\r" + line[:120].ljust(120), end="", file=sys.stderr, flush=True)
@@ -117,11 +173,20 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"model not found: {args.model}")
     check_output_path(args.model, args.output, overwrite=args.overwrite)
     for path in side_files(args.output).values():
-        if path.suffix != ".json" and path.exists() and not args.overwrite and path.name.endswith(".plan.yaml"):
+        if (
+            path.suffix != ".json"
+            and path.exists()
+            and not args.overwrite
+            and path.name.endswith(".plan.yaml")
+        ):
             raise ConfigError(f"{path}: already exists; pass --overwrite to replace it")
     metric: Any = args.metric
     if args.metric != "auto" or args.metric_limit is not None or args.metric_direction:
-        metric = load_metric("accuracy" if args.metric == "auto" else args.metric, direction=args.metric_direction, limit=args.metric_limit)
+        metric = load_metric(
+            "accuracy" if args.metric == "auto" else args.metric,
+            direction=args.metric_direction,
+            limit=args.metric_limit,
+        )
     granularities = tuple(g.strip() for g in args.granularity.split(",") if g.strip())
     progress = _Progress(not args.quiet, model_file_size(args.model), args.trials)
     kwargs: dict[str, Any] = {}

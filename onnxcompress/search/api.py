@@ -88,9 +88,10 @@ class SearchResult:
             )
             if c is None:
                 return f"search: {what} (no plan was evaluated)"
+            metric = f"{self.metric} {c.metric:.4f}, " if c.metric is not None else ""
             return (
-                f"search: {what}; closest: {c.size:,} B ({self.original_size / (c.size or 1):.1f}x), "
-                f"{self.metric} {c.metric if c.metric is not None else float('nan'):.4f}: {c.note}"
+                f"search: {what}; closest: trial {c.number}, {c.size:,} B "
+                f"({self.original_size / (c.size or 1):.1f}x), {metric}{c.note}"
             )
         b = self.best
         return (
@@ -285,8 +286,11 @@ def _select(mode: str, trials: Sequence[bayes.TrialRecord], metric: Metric, max_
     else:
         best = min(passing, key=lambda t: (t.size, -sign * t.metric, t.number)) if passing else None
     closest = None
-    if best is None and ev:
-        closest = min(ev, key=lambda t: (t.shortfall if t.shortfall is not None else math.inf, t.size))
+    measured = ev or [t for t in trials if t.shortfall is not None and t.size is not None]  # quick-stopped
+    if best is None and measured:
+        closest = min(
+            measured, key=lambda t: (t.shortfall if t.shortfall is not None else math.inf, t.size or 0)
+        )
     return best, closest
 
 

@@ -188,6 +188,7 @@ class Objective:
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 4))
             if metric is not None:
                 trial.set_user_attr("quick_metric", metric)
+                trial.set_user_attr("shortfall", constraint if math.isfinite(constraint) else 1e9)
                 trial.set_user_attr("samples", samples)
             self._report(trial, plan, "PRUNED")
             raise optuna.TrialPruned(note)
