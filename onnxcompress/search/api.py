@@ -67,7 +67,8 @@ class SearchResult:
     storage: str | None
     gates: Gates
     max_bytes: int | None
-    evaluations: int
+    evaluations: int  # model runs of this call after stage 1 (stage 2 and 3; a quick check counts as one)
+    sensitivity_evaluations: int = 0  # model runs behind the stage-1 table (0 new ones when cached)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -97,7 +98,7 @@ class SearchResult:
         return (
             f"search: best {b.size:,} B ({self.ratio:.1f}x smaller than {self.original_size:,} B), "
             f"{self.metric} {b.metric:.4f} (reference {self.reference_metric:.4f}), trial {b.number} ({b.stage}), "
-            f"{len(self.trials)} trials, {self.evaluations} model evaluations"
+            f"{len(self.trials)} trials, {self.sensitivity_evaluations} + {self.evaluations} model evaluations (stage 1 + stages 2-3)"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,6 +123,7 @@ class SearchResult:
             "study": self.study,
             "storage": self.storage,
             "evaluations": self.evaluations,
+            "sensitivity_evaluations": self.sensitivity_evaluations,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
@@ -149,7 +151,7 @@ class SearchResult:
             ]
             for t in self.pareto:
                 lines.append(
-                    f"| {t.number} | {t.size:,} | {self.original_size / t.size:.1f}x | {t.metric:.4f} | {t.passed} |"
+                    f"| {t.number} | {_sz(t):,} | {self.original_size / max(1, _sz(t)):.1f}x | {_mv(t):.4f} | {t.passed} |"
                 )
             lines.append("")
         lines += [
@@ -180,13 +182,13 @@ class SearchResult:
         for stage, color in (("stage2", "tab:orange"), ("stage3", "tab:blue")):
             pts = [t for t in ev if t.stage == stage]
             ax.scatter(
-                [t.size for t in pts], [t.metric for t in pts], s=14, alpha=0.6, color=color, label=stage
+                [_sz(t) for t in pts], [_mv(t) for t in pts], s=14, alpha=0.6, color=color, label=stage
             )
         front = sorted(self.pareto, key=lambda t: t.size or 0)
         if front:
             ax.step(
-                [t.size for t in front],
-                [t.metric for t in front],
+                [_sz(t) for t in front],
+                [_mv(t) for t in front],
                 where="post",
                 color="k",
                 lw=1,
@@ -194,8 +196,8 @@ class SearchResult:
             )
         if self.best is not None:
             ax.scatter(
-                [self.best.size],
-                [self.best.metric],
+                [_sz(self.best)],
+                [_mv(self.best)],
                 marker="*",
                 s=160,
                 color="tab:red",
@@ -237,6 +239,19 @@ class SearchResult:
         return written
 
 
+@dataclass(frozen=True)
+class CalibratedHooks:
+    """Builds each candidate with ``compress``'s calibrated methods (GPTQ/OBS with the default
+    calibration settings) on ``data``; a class, not a closure, so worker processes can receive it."""
+
+    data: Any
+
+    def __call__(self, model: Any, config: Any) -> Any:
+        from onnxcompress.calibration.pipeline import calibrate
+
+        return calibrate(model, self.data, config, progress=False).hook
+
+
 def side_files(output: str | os.PathLike[str]) -> dict[str, Path]:
     out = Path(output)
     stem = out.with_suffix("")
@@ -259,6 +274,14 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def _sz(t: bayes.TrialRecord) -> int:
+    return t.size if t.size is not None else 0
+
+
+def _mv(t: bayes.TrialRecord) -> float:
+    return t.metric if t.metric is not None else math.nan
+
+
 def _pareto(trials: Sequence[bayes.TrialRecord], direction: str) -> list[bayes.TrialRecord]:
     pts = [
         t
@@ -266,25 +289,28 @@ def _pareto(trials: Sequence[bayes.TrialRecord], direction: str) -> list[bayes.T
         if t.evaluated and t.size is not None and t.metric is not None and math.isfinite(t.metric)
     ]
     sign = 1.0 if direction == "max" else -1.0
-    pts.sort(key=lambda t: (t.size, -sign * t.metric))
+    pts.sort(key=lambda t: (_sz(t), -sign * _mv(t)))
     front: list[bayes.TrialRecord] = []
     best = -math.inf
     for t in pts:
-        if sign * t.metric > best:
+        if sign * _mv(t) > best:
             front.append(t)
-            best = sign * t.metric
+            best = sign * _mv(t)
     return front
 
 
-def _select(mode: str, trials: Sequence[bayes.TrialRecord], metric: Metric, max_bytes: int | None):
+def _select(
+    mode: str, trials: Sequence[bayes.TrialRecord], metric: Metric, max_bytes: int | None
+) -> tuple[bayes.TrialRecord | None, bayes.TrialRecord | None]:
+    """The best record for the objective, and (when none passed) the closest to passing."""
     ev = [t for t in trials if t.evaluated and t.size is not None]
     passing = [t for t in ev if t.passed]
     sign = 1.0 if metric.direction == "max" else -1.0
     if mode == "target" or (mode == "pareto" and max_bytes is not None):
-        fits = [t for t in passing if max_bytes is None or t.size <= max_bytes]
-        best = max(fits, key=lambda t: (sign * t.metric, -t.size, -t.number)) if fits else None
+        fits = [t for t in passing if max_bytes is None or _sz(t) <= max_bytes]
+        best = max(fits, key=lambda t: (sign * _mv(t), -_sz(t), -t.number)) if fits else None
     else:
-        best = min(passing, key=lambda t: (t.size, -sign * t.metric, t.number)) if passing else None
+        best = min(passing, key=lambda t: (_sz(t), -sign * _mv(t), t.number)) if passing else None
     closest = None
     measured = ev or [t for t in trials if t.shortfall is not None and t.size is not None]  # quick-stopped
     if best is None and measured:
@@ -375,7 +401,7 @@ def search(
         raise ConfigError(f"{output}: folder {Path(output).parent} does not exist")
     if container is None:
         container = output is not None and str(output).lower().endswith(".onnxc")
-    mode = "pareto" if pareto else ("target" if (target_ratio or max_bytes) else "gates")
+    mode: bayes.Mode = "pareto" if pareto else ("target" if (target_ratio or max_bytes) else "gates")
     if isinstance(metric, Metric):
         m = metric
     elif metric == "auto":
@@ -390,12 +416,7 @@ def search(
     if not sparsities or not bits:
         raise ConfigError("the sensitivity grid needs at least one sparsity and one bit width")
 
-    hook_factory = None
-    if calibration_data is not None:
-        from onnxcompress.calibration.pipeline import calibrate
-
-        def hook_factory(model_copy: Any, config: Any) -> Any:
-            return calibrate(model_copy, calibration_data, config, progress=False).hook
+    hook_factory = CalibratedHooks(calibration_data) if calibration_data is not None else None
 
     base = base_config(min_elements=min_elements, seed=0)
     cand_kwargs: dict[str, Any] = {
@@ -420,6 +441,7 @@ def search(
         progress=lambda i, n, what: report("sensitivity", {"done": i, "total": n, "what": what}),
     )  # fmt: skip
     t1 = time.perf_counter()
+    evals_after_stage1 = cands.evaluations
 
     # ---------------------------------------------------------------- the study
     if storage == "default":
@@ -472,8 +494,9 @@ def search(
                 st.enqueue_trial(space.params(plans[mid]), user_attrs={"stage": "stage2"})
                 bayes.optimize(st, objective, _one(spec, bayes.finished(st) + 1))
                 tried += 1
-                last = bayes.records(st)[-1]
-                if last.passed:
+                last = objective.last  # this process's trial (another worker may have taken the queued one)
+                bigger_than_passing = last is not None and "not below the best passing" in last.note
+                if last is not None and (last.passed or bigger_than_passing):
                     hi = mid
                 else:
                     lo = mid + 1
@@ -535,7 +558,8 @@ def search(
         original_size=cands.original_size, container=container, best=best, closest=closest,
         trials=trials_done, stage2=stage2_best, sensitivity=table, pareto=_pareto(trials_done, m.direction),
         model_bytes=model_bytes, plan_yaml=plan_yaml, layers=layers, study=study_name, storage=storage,
-        gates=gates, max_bytes=limit_bytes, evaluations=cands.evaluations + table.evaluations * 0,
+        gates=gates, max_bytes=limit_bytes, evaluations=cands.evaluations - evals_after_stage1,
+        sensitivity_evaluations=table.evaluations,
         seconds={"setup": t0 - t_start, "stage1": t1 - t0, "stage2": t2 - t1, "stage3": t3 - t2,
                  "total": time.perf_counter() - t_start, "stage1_cached": float(bool(table.extra.get("cached")))},
     )  # fmt: skip

@@ -78,8 +78,8 @@ class Goal:
     early_stop: bool = True
 
     @property
-    def directions(self) -> list[str]:
-        metric = "maximize" if self.metric_direction == "max" else "minimize"
+    def directions(self) -> list[Literal["minimize", "maximize"]]:
+        metric: Literal["minimize", "maximize"] = "maximize" if self.metric_direction == "max" else "minimize"
         if self.mode == "gates":
             return ["minimize"]
         if self.mode == "target":
@@ -165,6 +165,7 @@ class Objective:
         self.worker = worker
         self.stage = "stage3"
         self.on_trial = on_trial
+        self.last: TrialRecord | None = None  # the last trial this process ran
 
     def __call__(self, trial: Any) -> Any:
         import optuna
@@ -229,8 +230,9 @@ class Objective:
         return float(size), float(metric)
 
     def _report(self, trial: Any, plan: Plan, state: str) -> None:
+        self.last = record_of(trial, state, plan)
         if self.on_trial is not None:
-            self.on_trial(record_of(trial, state, plan))
+            self.on_trial(self.last)
 
 
 def record_of(trial: Any, state: str | None = None, plan: Plan | None = None) -> TrialRecord:

@@ -100,7 +100,9 @@ def load_metric(spec: str, *, direction: Direction | None = None, limit: float |
     if not callable(fn):
         raise ConfigError(f"--metric {spec!r}: {module_name} has no function {func_name!r}")
     d = direction or getattr(fn, "direction", "max")
-    return Metric(func_name, d, fn=fn, limit=limit, spec=spec)
+    if d not in ("max", "min"):
+        raise ConfigError(f"--metric {spec!r}: direction must be 'max' or 'min', got {d!r}")
+    return Metric(func_name, "max" if d == "max" else "min", fn=fn, limit=limit, spec=spec)
 
 
 @dataclass(frozen=True)
