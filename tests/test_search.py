@@ -193,3 +193,34 @@ def test_two_worker_processes_share_one_study_and_record_every_trial_once(tmp_pa
     assert workers == {1, 2}  # both processes ran trials
     assert len({t.user_attrs["pid"] for t in all_trials}) == 3  # the parent (stage 2) and two workers
     assert res.passed
+
+
+def test_size_target_and_pareto_modes(tmp_path) -> None:
+    out = tmp_path / "t.onnxc"  # one output path: the second search reuses the stage-1 table
+    target = oc.search(str(MODEL), str(VAL), output=out, target_ratio=30, trials=8, storage=None, **FAST)
+    assert target.passed and target.mode == "target"
+    assert target.best.size <= target.max_bytes == int(target.original_size / 30)
+    front = oc.search(
+        str(MODEL), str(VAL), output=out, pareto=True, gates=oc.Gates(max_accuracy_drop=1.0), trials=8,
+        storage=None, **FAST,
+    )  # fmt: skip
+    assert front.mode == "pareto" and len(front.pareto) >= 2
+    sizes = [t.size for t in front.pareto]
+    metrics = [t.metric for t in front.pareto]
+    assert sizes == sorted(sizes) and metrics == sorted(metrics)  # a real front: bigger is better
+    assert front.plot_front(tmp_path / "front.png") and (tmp_path / "front.png").stat().st_size > 0
+
+
+def test_calibrated_search_plan_reproduces_through_compress(tmp_path) -> None:
+    out = tmp_path / "c.onnx"
+    calib = ROOT / "models" / "digits_calib.npz"
+    rc = main([
+        "search", str(MODEL), "-o", str(out), "--data", str(VAL), "--max-accuracy-drop", "1", "--trials", "2",
+        "--storage", "memory", "--quiet", "--sparsities", "0.5", "--bits", "4", "--sensitivity-samples", "64",
+        "--calibration-data", str(calib),
+    ])  # fmt: skip
+    assert rc == 0
+    again = tmp_path / "again.onnx"
+    argv = ["compress", str(MODEL), "-o", str(again), "--config", str(tmp_path / "c.plan.yaml"), "--quiet"]
+    assert main([*argv, "--calibration-data", str(calib)]) == 0
+    assert again.read_bytes() == out.read_bytes()

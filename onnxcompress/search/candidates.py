@@ -117,9 +117,8 @@ class Candidates:
 
         self.model = model if isinstance(model, onnx.ModelProto) else load_model(model)
         self.model_bytes = self.model.SerializeToString()
-        self.original_size = (
-            os.path.getsize(model) if isinstance(model, (str, os.PathLike)) else len(self.model_bytes)
-        )
+        # the ratio's denominator: the input file on disk (external data included), else its bytes
+        self.original_size = len(self.model_bytes)
         if isinstance(model, (str, os.PathLike)):
             from onnxcompress.model_io import model_file_size
 
