@@ -28,6 +28,7 @@ _API = {
     "load_model": ("onnxcompress.model_io", "open_model"),
     "open_model": ("onnxcompress.model_io", "open_model"),
     "make_session": ("onnxcompress.sessions", "make_session"),
+    "search": ("onnxcompress.search.api", "search"),
 }
 
 __all__ = ["__version__", *_API]

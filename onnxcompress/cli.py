@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 # Order is the order shown by --help.
-COMMANDS: tuple[str, ...] = ("compress", "inspect", "verify", "bench", "pack", "unpack", "decode")
+COMMANDS: tuple[str, ...] = ("compress", "search", "inspect", "verify", "bench", "pack", "unpack", "decode")
 
 
 def _load(name: str):

@@ -138,6 +138,7 @@ def predicted_damage(weights: list[WeightReport], threshold: float = DAMAGE_REL_
         f"{len(bad)} of {len(weights)} weights ({share:.0%} of the parameters) changed by more than "
         f"{threshold:.0%} (relative L2 error; worst {worst.rel_error:.2f}, {worst.name}): accuracy may "
         "drop a lot. Check it with --verify-data DATA.npz --max-accuracy-drop 1 (or `onnxcompress verify`); "
-        "to keep accuracy, give --calibration-data or try milder settings (--preset balanced, lower "
-        "--sparsity, more --bits) and compare them with `onnxcompress inspect` and verify"
+        "to keep accuracy, let `onnxcompress search MODEL -o OUT --data VAL --max-accuracy-drop 1` choose "
+        "each layer's setting on validation data, give --calibration-data, or try milder settings "
+        "(--preset balanced, lower --sparsity, more --bits)"
     )

@@ -155,6 +155,9 @@ def _tree(*folders: Path) -> dict[str, str]:
     return out
 
 
+VAL_DATA = Path(__file__).resolve().parents[1] / "models" / "digits_val.npz"
+
+
 def _argvs(bad: Path, good: Path, out: Path) -> dict[str, list[str]]:
     return {
         "compress": ["compress", str(bad), "-o", str(out / "c.onnx"), "--report", str(out / "r.json")],
@@ -179,6 +182,7 @@ def _argvs(bad: Path, good: Path, out: Path) -> dict[str, list[str]]:
         "pack": ["pack", str(bad), "-o", str(out / "p.onnxc")],
         "unpack": ["unpack", str(bad), "-o", str(out / "u.onnx")],
         "decode": ["decode", str(bad), "-o", str(out / "d.onnx")],
+        "search": ["search", str(bad), "-o", str(out / "s.onnx"), "--data", str(VAL_DATA), "--max-accuracy-drop", "1", "-q"],
     }
 
 

@@ -1,0 +1,224 @@
+"""``onnxcompress search MODEL -o OUT --data VAL [gates] [size target]``: per-weight search.
+
+Finds the smallest file that passes the gates on the validation data (or the best metric at a size
+target, or the size/metric front), writes it with its plan (``OUT.plan.yaml``, which ``compress
+--config`` turns into the same bytes), a report (``OUT.search.json`` / ``.md``), the front
+(``OUT.front.png``) and the stage-1 sensitivity (``OUT.sensitivity.json`` / ``.md`` / ``.png``).
+Exit 1 with nothing written when no tried plan passes; 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from onnxcompress.errors import ConfigError
+
+HELP = "search per-weight sparsity and bits for the smallest model that passes accuracy gates"
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from onnxcompress.commands.verify import add_gate_arguments
+
+    p.add_argument("model", help="input ONNX model")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="where the best model goes (.onnx, or .onnxc: sizes are then .onnxc sizes)",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="VAL",
+        help="validation data (.npz keyed by input name, or a folder); never the test set",
+    )
+    p.add_argument("--labels", metavar="KEY", help="labels array in the data (default: 'labels' if present)")
+    add_gate_arguments(p)
+    g = p.add_argument_group("objective")
+    g.add_argument(
+        "--target-ratio", type=float, metavar="R", help="best metric at a file R times smaller than the input"
+    )
+    g.add_argument("--max-bytes", type=int, metavar="B", help="best metric at a file of at most B bytes")
+    g.add_argument(
+        "--pareto", action="store_true", help="multi-objective: search the whole size/metric front"
+    )
+    g.add_argument(
+        "--metric", default="auto",
+        help="accuracy, agreement, cosine, or module:function taking (session, data) -> float (default: accuracy with labels, else agreement)",
+    )  # fmt: skip
+    g.add_argument(
+        "--metric-direction",
+        choices=("max", "min"),
+        help="whether a larger metric is better (default max, or function.direction)",
+    )
+    g.add_argument(
+        "--metric-limit",
+        type=float,
+        metavar="X",
+        help="gate on the metric itself (>= X for max, <= X for min)",
+    )
+    b = p.add_argument_group("budget and study")
+    b.add_argument(
+        "--trials", type=int, default=40, help="trials in the study, stage 2 included (default 40)"
+    )
+    b.add_argument("--timeout", type=float, metavar="S", help="stop stage 3 after S seconds")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--sampler", choices=("tpe", "gp", "random"), default="tpe")
+    b.add_argument(
+        "--storage",
+        default="default",
+        help="Optuna storage URL (default: sqlite file OUT.search.db, so a rerun resumes); 'memory' keeps nothing",
+    )
+    b.add_argument("--study", help="study name (default: derived from the model and the settings)")
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local worker processes on the study (needs a shared --storage)",
+    )
+    b.add_argument("--no-early-stop", action="store_true", help="evaluate every trial fully")
+    s = p.add_argument_group("search space")
+    s.add_argument(
+        "--sparsities",
+        type=_floats,
+        metavar="LIST",
+        help="stage-1 grid of pruned fractions (default 0,.5,.7,.8,.9,.95,.97)",
+    )
+    s.add_argument(
+        "--bits", type=_ints, metavar="LIST", help="stage-1 grid of codebook bits (default 2,3,4,5,6)"
+    )
+    s.add_argument(
+        "--granularity", default="tensor", help="comma-separated: tensor, channel, group (default tensor)"
+    )
+    s.add_argument(
+        "--sensitivity-samples",
+        type=int,
+        default=256,
+        help="validation samples per stage-1 point (default 256)",
+    )
+    s.add_argument("--min-elements", type=int, default=256)
+    s.add_argument(
+        "--calibration-data",
+        metavar="DATA",
+        help="candidates use the calibrated methods (GPTQ/OBS) on this data",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+
+
+class _Progress:
+    """One status line on stderr: stage, trial count, best size so far."""
+
+    def __init__(self, enabled: bool, original: int, trials: int) -> None:
+        self.enabled = enabled
+        self.original = original
+        self.trials = trials
+        self.count = 0
+        self.last = 0.0
+        self.best: int | None = None
+
+    def __call__(self, stage: str, info: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if stage == "sensitivity":
+            if now - self.last < 0.5 and info["done"] < info["total"]:
+                return
+            line = f"stage 1 sensitivity {info['done']}/{info['total']} {info['what']}"
+        else:
+            rec = info["record"]
+            self.count += 1
+            if rec.passed and rec.size is not None and (self.best is None or rec.size < self.best):
+                self.best = rec.size
+            best = (
+                f"best {self.best:,} B ({self.original / self.best:.1f}x)"
+                if self.best
+                else "no passing plan yet"
+            )
+            line = f"{rec.stage} trial {rec.number + 1}/{self.trials}: {rec.size or 0:,} B {rec.state.lower()}; {best}"
+        self.last = now
+        print("\r" + line[:120].ljust(120), end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+
+    from onnxcompress import model_io
+    from onnxcompress.commands.verify import gates_from_args
+    from onnxcompress.search import load_metric, search
+    from onnxcompress.search.api import side_files
+
+    model_io.check_input(args.model)
+    model_io.check_data_path(args.data)
+    if getattr(args, "calibration_data", None):
+        model_io.check_data_path(args.calibration_data, "--calibration-data")
+    model_io.check_output(args.output, inputs=[args.model], overwrite=args.overwrite)
+    for path in side_files(args.output).values():
+        if (
+            path.suffix != ".json"
+            and path.exists()
+            and not args.overwrite
+            and path.name.endswith(".plan.yaml")
+        ):
+            raise ConfigError(f"{path}: already exists; pass --overwrite to replace it")
+    metric: Any = args.metric
+    if args.metric != "auto" or args.metric_limit is not None or args.metric_direction:
+        metric = load_metric(
+            "accuracy" if args.metric == "auto" else args.metric,
+            direction=args.metric_direction,
+            limit=args.metric_limit,
+        )
+    granularities = tuple(g.strip() for g in args.granularity.split(",") if g.strip())
+    progress = _Progress(not args.quiet, model_io.size_on_disk(args.model), args.trials)
+    kwargs: dict[str, Any] = {}
+    if args.sparsities:
+        kwargs["sparsities"] = args.sparsities
+    if args.bits:
+        kwargs["bits"] = args.bits
+    try:
+        result = search(
+            args.model, args.data, output=args.output, gates=gates_from_args(args), metric=metric,
+            target_ratio=args.target_ratio, max_bytes=args.max_bytes, pareto=args.pareto, trials=args.trials,
+            timeout=args.timeout, seed=args.seed, storage=None if args.storage == "memory" else args.storage,
+            study=args.study, workers=args.workers, labels_key=args.labels, sampler=args.sampler,
+            granularities=granularities, sensitivity_samples=args.sensitivity_samples,
+            calibration_data=args.calibration_data, min_elements=args.min_elements,
+            early_stop=not args.no_early_stop, progress=progress, **kwargs,
+        )  # fmt: skip
+    finally:
+        progress.done()
+    side = side_files(args.output)
+    if not result.passed:
+        print(f"onnxcompress: {result.summary()}; nothing written", file=sys.stderr)
+        return 1
+    written = result.save(args.output, overwrite=args.overwrite)
+    table = result.sensitivity
+    model_io.write_bytes(side["sensitivity_md"], table.markdown().encode())
+    if table.plot(side["sensitivity_png"]):
+        written.append(side["sensitivity_png"])
+    if not args.quiet:
+        print(result.markdown().split("## Trials")[0].rstrip())
+        print()
+    print(result.summary())
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0

@@ -1,0 +1,598 @@
+"""``oc.search(...)``: the three stages end to end, returning data (the command writes files).
+
+1. :mod:`~onnxcompress.search.sensitivity`: every weight alone under every grid choice (cached);
+2. :mod:`~onnxcompress.search.allocate`: the Lagrangian path of plans, checked on the real model to
+   find the smallest passing plan (or the best one at the size target) in a handful of runs;
+3. :mod:`~onnxcompress.search.bayes`: Optuna trials warm-started from stage 2, in one process or
+   ``workers`` processes sharing the study's storage.
+
+The best plan is rebuilt at the end through the same ``compress_model`` call, so the bytes in
+:attr:`SearchResult.model_bytes` are what ``compress --config plan.yaml`` writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxcompress.errors import ConfigError
+from onnxcompress.evaluation.verify import Gates
+from onnxcompress.search import allocate as stage2
+from onnxcompress.search import bayes
+from onnxcompress.search import sensitivity as stage1
+from onnxcompress.search.candidates import Candidates
+from onnxcompress.search.metrics import Metric, load_metric
+from onnxcompress.search.space import (
+    DEFAULT_BITS,
+    DEFAULT_GRANULARITIES,
+    DEFAULT_SPARSITIES,
+    Plan,
+    base_config,
+    config_to_yaml,
+    grid,
+)
+
+ProgressFn = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class SearchResult:
+    """What a search found. ``best`` is None when no tried plan passed (see ``closest``)."""
+
+    mode: str
+    metric: str
+    metric_direction: str
+    reference_metric: float
+    original_size: int
+    container: bool
+    best: bayes.TrialRecord | None
+    closest: bayes.TrialRecord | None
+    trials: list[bayes.TrialRecord]
+    stage2: bayes.TrialRecord | None
+    sensitivity: stage1.SensitivityTable
+    pareto: list[bayes.TrialRecord]
+    model_bytes: bytes | None
+    plan_yaml: str | None
+    layers: list[dict[str, Any]]
+    study: str
+    storage: str | None
+    gates: Gates
+    max_bytes: int | None
+    evaluations: int  # model runs of this call after stage 1 (stage 2 and 3; a quick check counts as one)
+    sensitivity_evaluations: int = 0  # model runs behind the stage-1 table (0 new ones when cached)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.best is not None
+
+    @property
+    def ratio(self) -> float | None:
+        return self.original_size / self.best.size if self.best and self.best.size else None
+
+    def summary(self) -> str:
+        if self.best is None:
+            c = self.closest
+            what = (
+                "no tried plan passed the gates"
+                if self.mode != "target"
+                else "no tried plan fits the size target and passes"
+            )
+            if c is None:
+                return f"search: {what} (no plan was evaluated)"
+            metric = f"{self.metric} {c.metric:.4f}, " if c.metric is not None else ""
+            return (
+                f"search: {what}; closest: trial {c.number}, {c.size:,} B "
+                f"({self.original_size / (c.size or 1):.1f}x), {metric}{c.note}"
+            )
+        b = self.best
+        return (
+            f"search: best {b.size:,} B ({self.ratio:.1f}x smaller than {self.original_size:,} B), "
+            f"{self.metric} {b.metric:.4f} (reference {self.reference_metric:.4f}), trial {b.number} ({b.stage}), "
+            f"{len(self.trials)} trials, {self.sensitivity_evaluations} + {self.evaluations} model evaluations (stage 1 + stages 2-3)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary(),
+            "passed": self.passed,
+            "mode": self.mode,
+            "metric": self.metric,
+            "metric_direction": self.metric_direction,
+            "reference_metric": self.reference_metric,
+            "original_bytes": self.original_size,
+            "container": self.container,
+            "gates": self.gates.to_dict(),
+            "max_bytes": self.max_bytes,
+            "best": self.best.to_dict() if self.best else None,
+            "ratio": self.ratio,
+            "closest": self.closest.to_dict() if self.closest else None,
+            "stage2": self.stage2.to_dict() if self.stage2 else None,
+            "layers": self.layers,
+            "pareto": [t.to_dict() for t in self.pareto],
+            "trials": [t.to_dict() for t in self.trials],
+            "study": self.study,
+            "storage": self.storage,
+            "evaluations": self.evaluations,
+            "sensitivity_evaluations": self.sensitivity_evaluations,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
+
+    def markdown(self) -> str:
+        lines = ["# onnxcompress search", "", self.summary(), ""]
+        if self.layers:
+            lines += [
+                "| weight | shape | params | choice | sparsity | bits | granularity | bytes (.onnx) | alone: output error | alone: "
+                + self.metric
+                + " |",
+                "| --- | --- | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: |",
+            ]
+            for r in self.layers:
+                lines.append(
+                    f"| `{r['name']}` | {r['shape']} | {r['params']:,} | {r['choice']} | {r['sparsity']} | {r['bits']} | "
+                    f"{r['granularity']} | {r['bytes']} | {r['alone_error']} | {r['alone_metric']} |"
+                )
+            lines.append("")
+        if self.pareto:
+            lines += [
+                "## Pareto front (size vs metric)",
+                "",
+                "| trial | bytes | ratio | metric | passed |",
+                "| ---: | ---: | ---: | ---: | --- |",
+            ]
+            for t in self.pareto:
+                lines.append(
+                    f"| {t.number} | {_sz(t):,} | {self.original_size / max(1, _sz(t)):.1f}x | {_mv(t):.4f} | {t.passed} |"
+                )
+            lines.append("")
+        lines += [
+            "## Trials",
+            "",
+            "| trial | stage | state | bytes | metric | passed | note |",
+            "| ---: | --- | --- | ---: | ---: | --- | --- |",
+        ]
+        for t in self.trials:
+            m = "" if t.metric is None else f"{t.metric:.4f}"
+            size = "" if t.size is None else f"{t.size:,}"
+            lines.append(
+                f"| {t.number} | {t.stage} | {t.state} | {size} | {m} | {t.passed} | {t.note[:120]} |"
+            )
+        return "\n".join(lines) + "\n"
+
+    def plot_front(self, path: str | os.PathLike[str]) -> bool:
+        """Size against metric for every evaluated trial, the Pareto front and the chosen plan."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return False
+        ev = [t for t in self.trials if t.evaluated and t.size]
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for stage, color in (("stage2", "tab:orange"), ("stage3", "tab:blue")):
+            pts = [t for t in ev if t.stage == stage]
+            ax.scatter(
+                [_sz(t) for t in pts], [_mv(t) for t in pts], s=14, alpha=0.6, color=color, label=stage
+            )
+        front = sorted(self.pareto, key=lambda t: t.size or 0)
+        if front:
+            ax.step(
+                [_sz(t) for t in front],
+                [_mv(t) for t in front],
+                where="post",
+                color="k",
+                lw=1,
+                label="Pareto front",
+            )
+        if self.best is not None:
+            ax.scatter(
+                [_sz(self.best)],
+                [_mv(self.best)],
+                marker="*",
+                s=160,
+                color="tab:red",
+                label="chosen",
+                zorder=5,
+            )
+        ax.axhline(self.reference_metric, color="gray", ls=":", lw=1, label="uncompressed")
+        ax.set_xscale("log")
+        ax.set_xlabel("file size (bytes" + (", .onnxc)" if self.container else ", .onnx)"))
+        ax.set_ylabel(self.metric + " (validation)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return True
+
+    def save(self, output: str | os.PathLike[str], *, overwrite: bool = False) -> list[Path]:
+        """Write the best model, ``<out>.plan.yaml``, ``<out>.search.json`` / ``.md`` and
+        ``<out>.front.png``. Nothing is written when the search found no passing plan."""
+        from onnxcompress.errors import GateFailedError
+        from onnxcompress.model_io import check_output
+        from onnxcompress.model_io import write_bytes as write_atomic
+
+        if self.best is None or self.model_bytes is None or self.plan_yaml is None:
+            raise GateFailedError(self.summary() + "; nothing written")
+        out = Path(output)
+        check_output(out, overwrite=overwrite)
+        paths = side_files(out)
+        write_atomic(paths["plan"], self.plan_yaml.encode())
+        write_atomic(
+            paths["json"], (json.dumps(self.to_dict(), indent=1, default=_json_default) + "\n").encode()
+        )
+        write_atomic(paths["markdown"], self.markdown().encode())
+        written = [out, paths["plan"], paths["json"], paths["markdown"]]
+        if self.plot_front(paths["png"]):
+            written.append(paths["png"])
+        write_atomic(out, self.model_bytes)
+        return written
+
+
+@dataclass(frozen=True)
+class CalibratedHooks:
+    """Builds each candidate with ``compress``'s calibrated methods (GPTQ/OBS with the default
+    calibration settings) on ``data``; a class, not a closure, so worker processes can receive it."""
+
+    data: Any
+
+    def __call__(self, model: Any, config: Any) -> Any:
+        from onnxcompress.calibration.pipeline import calibrate
+
+        return calibrate(model, self.data, config).hook
+
+
+def side_files(output: str | os.PathLike[str]) -> dict[str, Path]:
+    out = Path(output)
+    stem = out.with_suffix("")
+    return {
+        "plan": Path(f"{stem}.plan.yaml"),
+        "json": Path(f"{stem}.search.json"),
+        "markdown": Path(f"{stem}.search.md"),
+        "png": Path(f"{stem}.front.png"),
+        "sensitivity": Path(f"{stem}.sensitivity.json"),
+        "sensitivity_md": Path(f"{stem}.sensitivity.md"),
+        "sensitivity_png": Path(f"{stem}.sensitivity.png"),
+    }
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    return str(o)
+
+
+def _sz(t: bayes.TrialRecord) -> int:
+    return t.size if t.size is not None else 0
+
+
+def _mv(t: bayes.TrialRecord) -> float:
+    return t.metric if t.metric is not None else math.nan
+
+
+def _pareto(trials: Sequence[bayes.TrialRecord], direction: str) -> list[bayes.TrialRecord]:
+    pts = [
+        t
+        for t in trials
+        if t.evaluated and t.size is not None and t.metric is not None and math.isfinite(t.metric)
+    ]
+    sign = 1.0 if direction == "max" else -1.0
+    pts.sort(key=lambda t: (_sz(t), -sign * _mv(t)))
+    front: list[bayes.TrialRecord] = []
+    best = -math.inf
+    for t in pts:
+        if sign * _mv(t) > best:
+            front.append(t)
+            best = sign * _mv(t)
+    return front
+
+
+def _select(
+    mode: str, trials: Sequence[bayes.TrialRecord], metric: Metric, max_bytes: int | None
+) -> tuple[bayes.TrialRecord | None, bayes.TrialRecord | None]:
+    """The best record for the objective, and (when none passed) the closest to passing."""
+    ev = [t for t in trials if t.evaluated and t.size is not None]
+    passing = [t for t in ev if t.passed]
+    sign = 1.0 if metric.direction == "max" else -1.0
+    if mode == "target" or (mode == "pareto" and max_bytes is not None):
+        fits = [t for t in passing if max_bytes is None or _sz(t) <= max_bytes]
+        best = max(fits, key=lambda t: (sign * _mv(t), -_sz(t), -t.number)) if fits else None
+    else:
+        best = min(passing, key=lambda t: (_sz(t), -sign * _mv(t), t.number)) if passing else None
+    closest = None
+    measured = ev or [t for t in trials if t.shortfall is not None and t.size is not None]  # quick-stopped
+    if best is None and measured:
+        closest = min(
+            measured, key=lambda t: (t.shortfall if t.shortfall is not None else math.inf, t.size or 0)
+        )
+    return best, closest
+
+
+def _stage2_points(
+    cands: Candidates, table: stage1.SensitivityTable, mode: str, max_bytes: int | None, limit: int
+) -> list[Plan]:
+    """The stage-2 plans to check on the real model, in the order they are tried."""
+    path = stage2.frontier(table)
+    if mode == "target" and max_bytes is not None:
+        # by exact size (no model run): the least-error plans whose real file fits the target
+        fits = [a for a in path if a.est_bytes <= max_bytes * 1.15]
+        fits.sort(key=lambda a: a.est_error)
+        out = []
+        for a in fits:
+            if cands.build(a.plan).size <= max_bytes:
+                out.append(a.plan)
+            if len(out) >= max(1, limit // 3):
+                break
+        return out or [path[0].plan]
+    return [a.plan for a in path]
+
+
+def search(
+    model: str | os.PathLike[str] | Any,
+    data: str | os.PathLike[str] | Mapping[str, np.ndarray],
+    *,
+    output: str | os.PathLike[str] | None = None,
+    gates: Gates | None = None,
+    metric: str | Metric = "auto",
+    target_ratio: float | None = None,
+    max_bytes: int | None = None,
+    pareto: bool = False,
+    trials: int = 40,
+    timeout: float | None = None,
+    seed: int = 0,
+    storage: str | None = "default",
+    study: str | None = None,
+    workers: int = 1,
+    container: bool | None = None,
+    labels_key: str | None = None,
+    sampler: str = "tpe",
+    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+    bits: Sequence[int] = DEFAULT_BITS,
+    granularities: Sequence[str] = DEFAULT_GRANULARITIES,
+    sensitivity_samples: int = 256,
+    quick_samples: int | None = None,
+    calibration_data: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None,
+    min_elements: int = 256,
+    stage2_evaluations: int = 12,
+    early_stop: bool = True,
+    threads: int | None = 1,
+    progress: ProgressFn | None = None,
+) -> SearchResult:
+    """Find the smallest plan that passes ``gates`` (default), the best ``metric`` at a size
+    target (``target_ratio`` or ``max_bytes``), or the size/metric front (``pareto``).
+
+    ``model``: a path or ModelProto. ``data``: validation data (``.npz``, folder or dict of arrays;
+    labels under ``labels_key``/``labels``). ``metric``: ``auto`` (accuracy with labels, else
+    agreement), a built-in name, ``module:function``, or a :class:`Metric` (user callables:
+    ``Metric("cer", "min", fn=..., limit=0.05)``). ``output``: where the model will be written: its
+    suffix sets ``.onnxc`` sizing (``container`` overrides) and, with ``storage="default"``, the
+    study is kept in ``<output>.search.db`` so a rerun resumes. ``storage``: None (in memory), a URL
+    (:mod:`onnxcompress.search.storage`). ``workers``: local processes sharing the study (the metric
+    must then be importable). Deterministic for a fixed ``seed`` with one worker and no ``timeout``.
+    Raises ConfigError / DataError on bad input; a search that finds nothing returns a result with
+    ``passed == False`` and ``closest`` set.
+    """
+    t_start = time.perf_counter()
+    gates = gates if gates is not None else Gates()
+    report = progress or (lambda stage, info: None)
+    if trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {trials}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if target_ratio is not None and max_bytes is not None:
+        raise ConfigError("give --target-ratio or --max-bytes, not both")
+    if target_ratio is not None and not target_ratio > 1:
+        raise ConfigError(f"--target-ratio must be > 1 (e.g. 40 for 40x smaller), got {target_ratio}")
+    if max_bytes is not None and max_bytes < 1:
+        raise ConfigError(f"--max-bytes must be positive, got {max_bytes}")
+    if output is not None and not Path(output).resolve().parent.is_dir():
+        raise ConfigError(f"{output}: folder {Path(output).parent} does not exist")
+    if container is None:
+        container = output is not None and str(output).lower().endswith(".onnxc")
+    mode: bayes.Mode = "pareto" if pareto else ("target" if (target_ratio or max_bytes) else "gates")
+    if isinstance(metric, Metric):
+        m = metric
+    elif metric == "auto":
+        m = None
+    else:
+        m = load_metric(metric)
+    if mode == "gates" and not gates.any() and (m is None or m.limit is None):
+        raise ConfigError(
+            "nothing to satisfy: give a gate (--max-accuracy-drop, --min-agreement, --min-cosine, --max-rel-error, "
+            "--metric-limit) or a size target (--target-ratio / --max-bytes)"
+        )
+    if not sparsities or not bits:
+        raise ConfigError("the sensitivity grid needs at least one sparsity and one bit width")
+
+    hook_factory = CalibratedHooks(calibration_data) if calibration_data is not None else None
+
+    base = base_config(min_elements=min_elements, seed=0)
+    cand_kwargs: dict[str, Any] = {
+        "model": model, "data": data, "base": base, "metric": m or Metric("agreement"), "gates": gates,
+        "container": container, "labels_key": labels_key, "threads": threads, "hook_factory": hook_factory,
+    }  # fmt: skip
+    t0 = time.perf_counter()
+    cands = Candidates(**cand_kwargs)
+    if m is None:  # auto: accuracy when the data has labels
+        m = Metric("accuracy" if cands.labels is not None else "agreement")
+        cands = Candidates(**{**cand_kwargs, "metric": m})
+    cand_kwargs["metric"] = m
+    limit_bytes = max_bytes
+    if target_ratio is not None:
+        limit_bytes = int(cands.original_size / target_ratio)
+
+    # ---------------------------------------------------------------- stage 1
+    side = side_files(output) if output is not None else None
+    table = stage1.measure(
+        cands, grid(sparsities, bits, granularities), samples=sensitivity_samples,
+        cache=side["sensitivity"] if side else None,
+        progress=lambda i, n, what: report("sensitivity", {"done": i, "total": n, "what": what}),
+    )  # fmt: skip
+    t1 = time.perf_counter()
+    evals_after_stage1 = cands.evaluations
+
+    # ---------------------------------------------------------------- the study
+    if storage == "default":
+        from onnxcompress.search.storage import default_storage
+
+        storage = default_storage(output) if output is not None else None
+    settings = json.dumps(
+        [mode, m.name, m.direction, m.limit, gates.to_dict(), limit_bytes, container, sampler,
+         list(sparsities), list(bits), list(granularities), seed, table.fingerprint],
+        default=str,
+    )  # fmt: skip
+    study_name = (
+        study
+        or f"{Path(str(getattr(model, 'name', model) or 'model')).stem}-{mode}-"
+        + hashlib.sha256(settings.encode()).hexdigest()[:10]
+    )
+    space = bayes.Space(tuple(layer.name for layer in cands.layers), granularities=tuple(granularities))
+    goal = bayes.Goal(
+        mode, m.direction, limit_bytes,
+        quick_samples=quick_samples if quick_samples is not None else (cands.samples // 4 if cands.samples >= 400 else None),
+        early_stop=early_stop,
+    )  # fmt: skip
+    spec = bayes.StudySpec(
+        storage, study_name, sampler, seed, trials, timeout, max(4, min(10, trials // 4)), goal, space,
+        {k: v for k, v in cand_kwargs.items()},
+    )  # fmt: skip
+    storage_obj = None
+    if storage is not None:
+        from onnxcompress.search.storage import open_storage
+
+        storage_obj = open_storage(storage)
+    st = bayes.open_study(spec, seed=seed, storage_obj=storage_obj)
+
+    def on_trial(rec: bayes.TrialRecord) -> None:
+        report("trial", {"record": rec, "best": bayes.best_passing_size(st) if mode == "gates" else None})
+
+    objective = bayes.Objective(cands, space, goal, on_trial=on_trial)
+
+    # ---------------------------------------------------------------- stage 2 (in the study)
+    stage2_best = None
+    if bayes.finished(st) == 0:
+        objective.stage = "stage2"
+        plans = _stage2_points(cands, table, mode, limit_bytes, stage2_evaluations)
+        budget = min(stage2_evaluations, trials)
+        if mode == "gates":
+            # bisection along the path (smallest first): the smallest plan that passes
+            lo, hi, tried = 0, len(plans) - 1, 0
+            while lo < hi and tried < budget:
+                mid = (lo + hi) // 2
+                st.enqueue_trial(space.params(plans[mid]), user_attrs={"stage": "stage2"})
+                bayes.optimize(st, objective, _one(spec, bayes.finished(st) + 1))
+                tried += 1
+                last = objective.last  # this process's trial (another worker may have taken the queued one)
+                bigger_than_passing = last is not None and "not below the best passing" in last.note
+                if last is not None and (last.passed or bigger_than_passing):
+                    hi = mid
+                else:
+                    lo = mid + 1
+        else:
+            picks = (
+                plans[:budget]
+                if mode == "target"
+                else [plans[i] for i in np.linspace(0, len(plans) - 1, min(budget, len(plans))).astype(int)]
+            )
+            for plan in picks:
+                st.enqueue_trial(space.params(plan), user_attrs={"stage": "stage2"})
+                bayes.optimize(st, objective, _one(spec, bayes.finished(st) + 1))
+        stage2_trials = bayes.records(st)
+        stage2_best, _ = _select(mode, stage2_trials, m, limit_bytes)
+    else:
+        done = [t for t in bayes.records(st) if t.stage == "stage2"]
+        stage2_best, _ = _select(mode, done, m, limit_bytes)
+    t2 = time.perf_counter()
+
+    # ---------------------------------------------------------------- stage 3
+    objective.stage = "stage3"
+    if workers == 1 or storage is None:
+        if workers > 1:
+            raise ConfigError("--workers > 1 needs a shared --storage (e.g. journal:///tmp/study.log)")
+        bayes.optimize(st, objective, spec)
+    else:
+        _run_workers(spec, workers, m)
+    t3 = time.perf_counter()
+
+    trials_done = bayes.records(st)
+    best, closest = _select(mode, trials_done, m, limit_bytes)
+    model_bytes = plan_yaml = None
+    layers: list[dict[str, Any]] = []
+    if best is not None:
+        built = cands.build(best.plan)
+        model_bytes = built.file_bytes
+        header = [
+            f"onnxcompress search: {best.size:,} B, {m.name} {best.metric:.4f} on the validation data "
+            f"(reference {cands.reference_metric:.4f})",
+            "reproduce: onnxcompress compress MODEL -o OUT --config THIS_FILE"
+            + (" --calibration-data DATA" if calibration_data is not None else ""),
+        ]
+        plan_yaml = config_to_yaml(built.config, header)
+        by_name = {w.name: w for w in (built.report.weights if built.report else [])}
+        for layer in cands.layers:
+            c = best.plan.choices.get(layer.name)
+            p = table.point(layer.name, c) if c is not None else None
+            w = by_name.get(layer.name)
+            layers.append({
+                "name": layer.name, "shape": list(layer.shape), "params": layer.params,
+                "choice": c.label() if c else "fp32", "sparsity": None if c is None or c.kept else c.sparsity,
+                "bits": None if c is None or c.kept else c.bits, "granularity": None if c is None or c.kept else c.granularity,
+                "bytes": w.bytes_after if w else layer.fp32_bytes,
+                "alone_error": None if p is None else f"{p.error:.3g}",
+                "alone_metric": None if p is None else f"{p.metric:.4f}",
+            })  # fmt: skip
+    return SearchResult(
+        mode=mode, metric=m.name, metric_direction=m.direction, reference_metric=cands.reference_metric,
+        original_size=cands.original_size, container=container, best=best, closest=closest,
+        trials=trials_done, stage2=stage2_best, sensitivity=table, pareto=_pareto(trials_done, m.direction),
+        model_bytes=model_bytes, plan_yaml=plan_yaml, layers=layers, study=study_name, storage=storage,
+        gates=gates, max_bytes=limit_bytes, evaluations=cands.evaluations - evals_after_stage1,
+        sensitivity_evaluations=table.evaluations,
+        seconds={"setup": t0 - t_start, "stage1": t1 - t0, "stage2": t2 - t1, "stage3": t3 - t2,
+                 "total": time.perf_counter() - t_start, "stage1_cached": float(bool(table.extra.get("cached")))},
+    )  # fmt: skip
+
+
+def _one(spec: bayes.StudySpec, total: int) -> bayes.StudySpec:
+    """The same study spec, capped at ``total`` finished trials (one more trial)."""
+    import dataclasses
+
+    return dataclasses.replace(spec, trials=total, timeout=None)
+
+
+def _run_workers(spec: bayes.StudySpec, workers: int, metric: Metric) -> None:
+    """Start ``workers`` local processes on the study and wait for them (spawned: no inherited
+    onnxruntime threads). Each worker seeds its sampler with seed + its index."""
+    import multiprocessing as mp
+
+    if metric.fn is not None and metric.spec is None:
+        import pickle
+
+        try:
+            pickle.dumps(metric.fn)
+        except Exception:
+            raise ConfigError(
+                "--workers > 1 needs a metric that worker processes can import (a module-level function), "
+                "not a lambda or closure"
+            ) from None
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=bayes.worker_main, args=(spec, i + 1)) for i in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    bad = [p.exitcode for p in procs if p.exitcode != 0]
+    if bad:
+        raise ConfigError(f"{len(bad)} search worker(s) failed (exit codes {bad}); see their messages above")

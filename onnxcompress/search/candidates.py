@@ -1,0 +1,241 @@
+"""Build and measure one candidate: plan -> CompressionConfig -> compress_model -> bytes -> session.
+
+Everything goes through the public pipeline (``compress_model``, the ``.onnxc`` packer,
+``make_session``); the size is the length of the exact bytes ``compress`` would write (the
+serialized ``.onnx``, or the container for an ``.onnxc`` output), so the searched size is the
+file size. The reference outputs are computed once; each candidate runs once on the validation data
+(or on its first ``quick`` samples, to drop hopeless candidates early).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxcompress.compressor import CompressionReport, WeightHook, compress_model
+from onnxcompress.config import CompressionConfig
+from onnxcompress.errors import DataError, NoCompressibleWeightsError
+from onnxcompress.evaluation.data import input_specs, open_data
+from onnxcompress.evaluation.metrics import OutputMetrics
+from onnxcompress.evaluation.verify import Gates
+from onnxcompress.inventory import build_inventory
+from onnxcompress.search.metrics import Evaluation, Metric, builtin_value, evaluate, output_metrics
+from onnxcompress.search.space import Plan
+from onnxcompress.sessions import make_session
+
+HookFactory = Callable[[onnx.ModelProto, CompressionConfig], "WeightHook | None"]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A compressible weight as the search sees it."""
+
+    name: str
+    shape: tuple[int, ...]
+    params: int
+    op_types: tuple[str, ...]
+    fp32_bytes: int
+
+
+@dataclass
+class Built:
+    """A compressed candidate: its file bytes (what is written), the plain ONNX bytes (what runs)."""
+
+    plan: Plan
+    config: CompressionConfig
+    file_bytes: bytes
+    onnx_bytes: bytes
+    report: CompressionReport | None
+    seconds: float
+
+    @property
+    def size(self) -> int:
+        return len(self.file_bytes)
+
+
+@dataclass
+class Measured:
+    built: Built
+    evaluation: Evaluation
+    samples: int
+    seconds: float
+    outputs: list[np.ndarray] = field(default_factory=list, repr=False)
+
+
+def load_arrays(
+    data: str | os.PathLike[str] | Mapping[str, np.ndarray], session: Any, labels_key: str | None
+) -> tuple[dict[str, np.ndarray], np.ndarray | None, str | None]:
+    """All validation samples in memory (a search reruns them hundreds of times)."""
+    source = open_data(data, input_specs(session), labels_key=labels_key)
+    n = len(source)
+    if n == 0:
+        raise DataError("the validation data holds no samples")
+    feeds: dict[str, list[np.ndarray]] = {}
+    labels: list[np.ndarray] = []
+    bs = source.batch_size_for(None, min(n, 1024))
+    for batch in source.batches(bs):
+        for k, v in batch.inputs.items():
+            feeds.setdefault(k, []).append(np.asarray(v)[: batch.valid])
+        if batch.labels is not None:
+            labels.append(np.asarray(batch.labels)[: batch.valid])
+    arrays = {k: np.concatenate(v) for k, v in feeds.items()}
+    lab = np.concatenate(labels) if labels and source.has_labels else None
+    return arrays, lab, (source.labels_key if source.has_labels else None)
+
+
+class Candidates:
+    """The model, data, metric and gates of one search; builds and measures plans.
+
+    ``container``: sizes are ``.onnxc`` sizes (entropy-coded) rather than ``.onnx``.
+    ``hook_factory(model, config)``: calibrated methods (the model copy being compressed is passed,
+    since calibration may edit its biases). ``threads``: onnxruntime intra-op threads (1 keeps
+    workers from fighting over cores).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | onnx.ModelProto,
+        data: str | os.PathLike[str] | Mapping[str, np.ndarray],
+        *,
+        base: CompressionConfig,
+        metric: Metric,
+        gates: Gates,
+        container: bool,
+        labels_key: str | None = None,
+        threads: int | None = 1,
+        hook_factory: HookFactory | None = None,
+    ) -> None:
+        from onnxcompress.model_io import open_model, size_on_disk
+
+        self.model = model if isinstance(model, onnx.ModelProto) else open_model(model)
+        self.model_bytes = self.model.SerializeToString()
+        # the ratio's denominator: the input file on disk (external data included), else its bytes
+        self.original_size = len(self.model_bytes)
+        if isinstance(model, (str, os.PathLike)):
+            self.original_size = size_on_disk(model)
+        self.base = base
+        self.metric = metric
+        self.gates = gates
+        self.container = container
+        self.threads = threads
+        self.hook_factory = hook_factory
+        inv = build_inventory(self.model, min_elements=base.min_elements)
+        self.layers = [
+            Layer(w.name, tuple(w.shape), int(w.size), tuple(w.op_types), int(w.nbytes))
+            for w in inv.weights
+            if w.compressible and base.resolve(w.name, w.op_types) is not None
+        ]
+        if not self.layers:
+            raise NoCompressibleWeightsError("the model has no compressible weight to search over")
+        ref = make_session(self.model_bytes, threads=threads)
+        self.output_names = [o.name for o in ref.get_outputs()]
+        self.data, self.labels, self.labels_key = load_arrays(data, ref, labels_key)
+        if self.labels is not None and self.labels_key is not None:
+            self.data_with_labels = {**self.data, self.labels_key: self.labels}
+        else:
+            self.data_with_labels = dict(self.data)
+        self.samples = len(self.labels) if self.labels is not None else len(next(iter(self.data.values())))
+        self.reference_outputs = ref.run(self.output_names, self.data)
+        if metric.fn is None and metric.name == "accuracy" and self.labels is None:
+            raise DataError("metric 'accuracy' needs labels in the data (name them with --labels KEY)")
+        ref_eval = self._evaluate(self.reference_outputs, ref, self.samples)
+        self.reference_metric = ref_eval.metric
+        self.evaluations = 0
+        self._cache: dict[Any, Built] = {}
+
+    # ------------------------------------------------------------------ identity (for caches)
+
+    def fingerprint(self) -> str:
+        """Changes whenever the model, the data or what sizes mean changes."""
+        h = hashlib.sha256(self.model_bytes)
+        for k in sorted(self.data):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(self.data[k]).tobytes())
+        if self.labels is not None:
+            h.update(self.labels.tobytes())
+        h.update(repr((self.container, self.base.to_dict(), self.hook_factory is not None)).encode())
+        return h.hexdigest()[:20]
+
+    # ------------------------------------------------------------------ build
+
+    def config(self, plan: Plan) -> CompressionConfig:
+        return plan.to_config(self.base, [layer.name for layer in self.layers])
+
+    def build(self, plan: Plan) -> Built:
+        key = plan.key()
+        if key in self._cache:
+            return self._cache[key]
+        t0 = time.perf_counter()
+        config = self.config(plan)
+        report = None
+        if not plan.compresses_anything:
+            onnx_bytes = self.model_bytes
+        else:
+            model = onnx.ModelProto()
+            model.CopyFrom(self.model)
+            hook = self.hook_factory(model, config) if self.hook_factory is not None else None
+            try:
+                result = compress_model(model, config, keep_decoded=False, weight_hook=hook)
+                onnx_bytes = result.model.SerializeToString()
+                report = result.report
+            except NoCompressibleWeightsError:  # every chosen setting would grow its weight
+                onnx_bytes = self.model_bytes
+        file_bytes = onnx_bytes
+        if self.container:
+            from onnxcompress.container.pack import pack_bytes
+
+            file_bytes, _ = pack_bytes(onnx_bytes, verify=False)
+        built = Built(plan, config, file_bytes, onnx_bytes, report, time.perf_counter() - t0)
+        if len(self._cache) > 256:
+            self._cache.clear()
+        self._cache[key] = built
+        return built
+
+    # ------------------------------------------------------------------ measure
+
+    def _evaluate(self, outputs: list[np.ndarray], session: Any, n: int) -> Evaluation:
+        labels = None if self.labels is None else self.labels[:n]
+        metrics: tuple[OutputMetrics, ...] = output_metrics(
+            [r[:n] for r in self.reference_outputs], outputs, self.output_names, labels
+        )
+        if self.metric.fn is not None:
+            data = (
+                self.data_with_labels
+                if n >= self.samples
+                else {k: v[:n] for k, v in self.data_with_labels.items()}
+            )
+            value = float(self.metric.fn(session, data))
+        else:
+            value = builtin_value(self.metric.name, metrics)
+        return evaluate(self.metric, self.gates, metrics, value, has_labels=labels is not None)
+
+    def measure(self, built: Built, samples: int | None = None) -> Measured:
+        """Run the candidate on the first ``samples`` validation samples (default: all)."""
+        t0 = time.perf_counter()
+        n = self.samples if samples is None else max(1, min(samples, self.samples))
+        session = make_session(built.onnx_bytes, threads=self.threads)
+        feed = self.data if n >= self.samples else {k: v[:n] for k, v in self.data.items()}
+        outputs = session.run(self.output_names, feed)
+        evaluation = self._evaluate(outputs, session, n)
+        self.evaluations += 1
+        return Measured(built, evaluation, n, time.perf_counter() - t0, outputs)
+
+    def output_error(self, outputs: list[np.ndarray]) -> float:
+        """Relative squared output error summed over outputs: the additive proxy of stage 2
+        (independent small perturbations of different layers add up in squared error)."""
+        total = 0.0
+        for r, c in zip(self.reference_outputs, outputs, strict=True):
+            r = np.asarray(r[: len(c)], dtype=np.float64)
+            d = np.asarray(c, dtype=np.float64) - r
+            denom = float(np.sum(r * r)) or 1.0
+            e = float(np.sum(d * d)) / denom
+            total += e if math.isfinite(e) else math.inf
+        return total

@@ -1,0 +1,226 @@
+"""The per-weight search (issue 12): allocator, end-to-end search, plan reproduction, refusal,
+determinism and a study shared by two worker processes. Small grids and budgets keep it fast."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+import onnxcompress as oc  # noqa: E402
+from onnxcompress.cli import main  # noqa: E402
+from onnxcompress.search import allocate  # noqa: E402
+from onnxcompress.search.candidates import Layer  # noqa: E402
+from onnxcompress.search.sensitivity import Point, SensitivityTable  # noqa: E402
+from onnxcompress.search.space import Choice  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "models" / "lenet_300_100.onnx"
+VAL = ROOT / "models" / "digits_val.npz"
+FAST = {"sparsities": (0.0, 0.7, 0.9), "bits": (3, 5), "sensitivity_samples": 128}
+FAST_CLI = ["--sparsities", "0,0.7,0.9", "--bits", "3,5", "--sensitivity-samples", "128"]
+
+
+def _table() -> SensitivityTable:
+    rng = np.random.default_rng(0)
+    layers = [Layer(f"w{i}", (10, 10), 100, ("Gemm",), 400) for i in range(3)]
+    points = {}
+    for layer in layers:
+        pts = [Point(Choice.keep(), 0, 0.0, 1.0, 0.0)]
+        for b in (2, 4, 6):
+            for p in (0.0, 0.5, 0.9):
+                size = -int(400 - 100 * b / 32 * (1 - p) * 10) + int(rng.integers(0, 5))
+                err = float((1 + p * 4) * 2.0 ** (-2 * b) * rng.uniform(0.5, 2))
+                pts.append(Point(Choice(p, b), size, err, 1.0 - err, err))
+        points[layer.name] = pts
+    return SensitivityTable("x", "agreement", 10, 2000, 1.0, layers, points)
+
+
+def test_allocator_is_optimal_for_its_own_size_on_a_synthetic_table() -> None:
+    table = _table()
+    path = allocate.frontier(table)
+    assert len(path) > 3
+    sizes = [a.est_bytes for a in path]
+    assert sizes == sorted(sizes)
+    # every Lagrangian plan is optimal for its size: brute force over all combinations
+    combos = list(itertools.product(*[table.points[layer.name] for layer in table.layers]))
+    for a in path:
+        best = min(
+            sum(p.error for p in c)
+            for c in combos
+            if table.base_size + sum(p.delta_bytes for p in c) <= a.est_bytes
+        )
+        assert a.est_error <= best + 1e-12
+    budget = (path[0].est_bytes + path[-1].est_bytes) // 2
+    got = allocate.allocate(table, budget)
+    assert got.est_bytes <= budget
+    assert table.estimate(got.plan) == (got.est_bytes, got.est_error)
+    assert allocate.allocate(table, 0).plan == path[0].plan  # nothing fits: the smallest plan
+
+
+def test_search_finds_a_passing_plan_smaller_than_uniform_8_bit_and_its_yaml_reproduces_the_bytes(
+    tmp_path,
+) -> None:
+    out = tmp_path / "l.onnxc"
+    gates = ["--max-accuracy-drop", "1"]
+    rc = main(
+        [
+            "search",
+            str(MODEL),
+            "-o",
+            str(out),
+            "--data",
+            str(VAL),
+            *gates,
+            "--trials",
+            "10",
+            "--quiet",
+            *FAST_CLI,
+        ]
+    )
+    assert rc == 0
+    report = json.loads((tmp_path / "l.search.json").read_text())
+    assert report["passed"] and report["best"]["size"] == out.stat().st_size
+    assert (tmp_path / "l.plan.yaml").is_file() and (tmp_path / "l.search.md").is_file()
+    # uniform baseline: 8-bit k-means on every weight (the default preset), same container
+    main(["compress", str(MODEL), "-o", str(tmp_path / "u.onnxc"), "--quiet"])
+    assert out.stat().st_size < (tmp_path / "u.onnxc").stat().st_size / 2
+    res = oc.verify(str(MODEL), str(out), str(VAL), gates=oc.Gates(max_accuracy_drop=1.0), progress=False)
+    assert res.passed
+    # the plan file turns into the very same bytes through `compress --config`
+    again = tmp_path / "again.onnxc"
+    assert (
+        main(["compress", str(MODEL), "-o", str(again), "--config", str(tmp_path / "l.plan.yaml"), "--quiet"])
+        == 0
+    )
+    assert again.read_bytes() == out.read_bytes()
+    # a rerun resumes the stored study: nothing new to run, the same answer
+    rc = main(
+        [
+            "search",
+            str(MODEL),
+            "-o",
+            str(out),
+            "--data",
+            str(VAL),
+            *gates,
+            "--trials",
+            "10",
+            "--quiet",
+            "--overwrite",
+            *FAST_CLI,
+        ]
+    )
+    assert rc == 0
+    again_report = json.loads((tmp_path / "l.search.json").read_text())
+    assert len(again_report["trials"]) == len(report["trials"]) == 10
+    assert again_report["best"] == report["best"]
+
+
+def test_search_refuses_when_no_plan_passes_and_writes_nothing(tmp_path, capsys) -> None:
+    out = tmp_path / "x.onnx"
+    rc = main([
+        "search", str(MODEL), "-o", str(out), "--data", str(VAL), "--max-accuracy-drop", "-5", "--trials", "4",
+        "--storage", "memory", "--quiet", *FAST_CLI,
+    ])  # fmt: skip
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "no tried plan passed" in err and "closest" in err and "nothing written" in err
+    for name in ("x.onnx", "x.plan.yaml", "x.search.json", "x.search.md", "x.front.png"):
+        assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--data", "missing.npz", "--max-accuracy-drop", "1"], "no such file"),
+        (["--data", str(VAL)], "nothing to satisfy"),
+        (["--data", str(VAL), "--max-accuracy-drop", "1", "--storage", "nonsense"], "--storage"),
+        (["--data", str(VAL), "--target-ratio", "0.5"], "--target-ratio"),
+        (["--data", str(VAL), "--metric", "nosuchmodule:f", "--max-accuracy-drop", "1"], "cannot import"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message) -> None:
+    rc = main(["search", str(MODEL), "-o", str(tmp_path / "o.onnx"), *argv, "--quiet", *FAST_CLI])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_search_is_deterministic_for_a_seed_and_takes_a_user_metric(tmp_path) -> None:
+    out = tmp_path / "d.onnx"  # same output: the second run reuses the stage-1 cache
+    kw = {"output": out, "storage": None, "trials": 8, "seed": 3, **FAST}
+    metric = oc.search.Metric("mean_abs_logit", "max", fn=_mean_abs_logit, limit=0.0)
+    a = oc.search(str(MODEL), str(VAL), gates=oc.Gates(min_agreement=0.97), metric=metric, **kw)
+    b = oc.search(str(MODEL), str(VAL), gates=oc.Gates(min_agreement=0.97), metric=metric, **kw)
+    assert a.passed and a.metric == "mean_abs_logit"
+    assert [(t.plan, t.size, t.metric, t.state) for t in a.trials] == [
+        (t.plan, t.size, t.metric, t.state) for t in b.trials
+    ]
+    assert a.model_bytes == b.model_bytes
+    assert b.seconds["stage1_cached"] == 1.0
+    assert all(math.isfinite(t.metric) and t.metric > 0 for t in a.trials if t.evaluated)
+
+
+def _mean_abs_logit(session, data) -> float:
+    (out,) = session.run(["logits"], {"input": data["input"]})
+    return float(np.abs(out).mean())
+
+
+def test_two_worker_processes_share_one_study_and_record_every_trial_once(tmp_path) -> None:
+    journal = tmp_path / "study.log"
+    trials = 14
+    res = oc.search(
+        str(MODEL), str(VAL), output=tmp_path / "w.onnx", gates=oc.Gates(max_accuracy_drop=1.0), trials=trials,
+        storage=f"journal://{journal}", study="shared", workers=2, **FAST,
+    )  # fmt: skip
+    study = optuna.load_study(
+        study_name="shared", storage=oc.search.storage.open_storage(f"journal://{journal}")
+    )
+    all_trials = study.get_trials(deepcopy=False)
+    numbers = [t.number for t in all_trials]
+    assert len(numbers) == len(set(numbers)) == len(res.trials)
+    assert trials <= len(all_trials) <= trials + 1  # MaxTrialsCallback may let one in-flight trial finish
+    assert {t.state.name for t in all_trials} <= {"COMPLETE", "PRUNED"}  # none lost, failed or left running
+    workers = {t.user_attrs.get("worker") for t in all_trials if t.user_attrs.get("stage") == "stage3"}
+    assert workers == {1, 2}  # both processes ran trials
+    assert len({t.user_attrs["pid"] for t in all_trials}) == 3  # the parent (stage 2) and two workers
+    assert res.passed
+
+
+def test_size_target_and_pareto_modes(tmp_path) -> None:
+    out = tmp_path / "t.onnxc"  # one output path: the second search reuses the stage-1 table
+    target = oc.search(str(MODEL), str(VAL), output=out, target_ratio=30, trials=8, storage=None, **FAST)
+    assert target.passed and target.mode == "target"
+    assert target.best.size <= target.max_bytes == int(target.original_size / 30)
+    front = oc.search(
+        str(MODEL), str(VAL), output=out, pareto=True, gates=oc.Gates(max_accuracy_drop=1.0), trials=8,
+        storage=None, **FAST,
+    )  # fmt: skip
+    assert front.mode == "pareto" and len(front.pareto) >= 2
+    sizes = [t.size for t in front.pareto]
+    metrics = [t.metric for t in front.pareto]
+    assert sizes == sorted(sizes) and metrics == sorted(metrics)  # a real front: bigger is better
+    assert front.plot_front(tmp_path / "front.png") and (tmp_path / "front.png").stat().st_size > 0
+
+
+def test_calibrated_search_plan_reproduces_through_compress(tmp_path) -> None:
+    out = tmp_path / "c.onnx"
+    calib = ROOT / "models" / "digits_calib.npz"
+    rc = main([
+        "search", str(MODEL), "-o", str(out), "--data", str(VAL), "--max-accuracy-drop", "1", "--trials", "2",
+        "--storage", "memory", "--quiet", "--sparsities", "0.5", "--bits", "4", "--sensitivity-samples", "64",
+        "--calibration-data", str(calib),
+    ])  # fmt: skip
+    assert rc == 0
+    again = tmp_path / "again.onnx"
+    argv = ["compress", str(MODEL), "-o", str(again), "--config", str(tmp_path / "c.plan.yaml"), "--quiet"]
+    assert main([*argv, "--calibration-data", str(calib)]) == 0
+    assert again.read_bytes() == out.read_bytes()
