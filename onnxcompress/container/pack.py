@@ -484,18 +484,15 @@ def _has_external(proto: onnx.ModelProto) -> bool:
 
 def pack_bytes(data: bytes, *, coder: str = "auto", verify: bool = True) -> tuple[bytes, ContainerStats]:
     """Build a container for the serialized model ``data``; returns its bytes and statistics."""
-    import onnx
 
     coders = _coder_names(coder)
     if len(data) > fmt.MAX_MODEL_BYTES:
         raise EncodingError(
             "the model is 2 GB or larger: the .onnxc container holds single-protobuf models only"
         )
-    proto = onnx.ModelProto()
-    try:
-        proto.ParseFromString(data)
-    except Exception:
-        raise InvalidModelError("not a serialized ONNX model") from None
+    from onnxcompress.model_io import parse_model
+
+    proto = parse_model(data, "the model to pack")
     specs = stream_specs(proto)
     ranges = locate_raw_data(data)
     chosen = sorted((ranges[n], n) for n in specs if n in ranges and ranges[n][1] > ranges[n][0])
@@ -613,16 +610,15 @@ def staircase(
     """
     import onnx
 
+    from onnxcompress.model_io import model_bytes as read_bytes
+    from onnxcompress.model_io import parse_model
+
     if isinstance(model, (bytes, bytearray)):
-        proto = onnx.ModelProto()
-        proto.ParseFromString(bytes(model))
+        proto = parse_model(bytes(model), "the model")
         model_bytes = model_bytes or len(model)
     elif isinstance(model, (str, os.PathLike)):
-        from onnxcompress.model_io import model_bytes as read_bytes
-
         raw_bytes = read_bytes(model)
-        proto = onnx.ModelProto()
-        proto.ParseFromString(raw_bytes)
+        proto = parse_model(raw_bytes, model)
         model_bytes = model_bytes or len(raw_bytes)
     else:
         proto = model
