@@ -139,6 +139,29 @@ def iter_graphs(graph: onnx.GraphProto, path: str = "") -> Iterator[tuple[str, o
                 yield from iter_graphs(sub, f"{path}/{label}" if path else label)
 
 
+def graph_names(model: onnx.ModelProto) -> set[str]:
+    """Every name the model uses, in every graph: initializers, inputs, node outputs and node names
+    (what a pass that adds tensors or nodes must not reuse)."""
+    names: set[str] = set()
+    for _, g in iter_graphs(model.graph):
+        names.update(i.name for i in g.initializer)
+        names.update(i.name for i in g.input)
+        for n in g.node:
+            names.update(n.output)
+            names.add(n.name)
+    return names
+
+
+def fresh_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``... whichever is not in ``taken``; added to ``taken``."""
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
     for a in node.attribute:
         if a.name == name:

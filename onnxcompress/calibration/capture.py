@@ -51,7 +51,7 @@ from onnxcompress.algorithms.calibrated.hessian import (
     im2col_grouped,
 )
 from onnxcompress.errors import DataError
-from onnxcompress.inventory import WeightInfo
+from onnxcompress.inventory import WeightInfo, fresh_name, graph_names
 
 IM2COL_ELEMENTS = 1 << 24  # largest patch matrix built at once (128 MiB in float64)
 # grouped (depthwise) patches: smaller pieces stay in cache (measured 1.5x faster at 2M than at 16M)
@@ -274,26 +274,6 @@ def _scoped_target(model: onnx.ModelProto, info: WeightInfo) -> Target | str:
     return t
 
 
-def _fresh(base: str, taken: set[str]) -> str:
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name
-
-
-def _all_names(model: onnx.ModelProto) -> set[str]:
-    names = {t.name for t in model.graph.initializer} | {i.name for i in model.graph.input}
-    graphs = [model.graph, *(g for _, g in _walk(model.graph))]
-    for g in graphs:
-        names |= {t.name for t in g.initializer}
-        for n in g.node:
-            names.update(n.input)
-            names.update(n.output)
-    return names
-
-
 def prepare(model: onnx.ModelProto, targets: Sequence[Target]) -> tuple[onnx.ModelProto, list[Target]]:
     """The model to capture from and the targets as they read it: ``model`` itself when no target sits
     in an If branch; otherwise a copy in which each such target's activation is an output of the
@@ -306,14 +286,14 @@ def prepare(model: onnx.ModelProto, targets: Sequence[Target]) -> tuple[onnx.Mod
         return model, list(targets)
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    taken = _all_names(m)
+    taken = graph_names(m)
     out: list[Target] = []
     named: dict[int, str] = {}
     for t in targets:
         if t.kind == "rnn" and t.rnn["which"] == "R" and not t.rnn["y"]:  # Y unused: give it a name
             node = m.graph.node[t.node_index]
             if t.node_index not in named:
-                named[t.node_index] = _fresh(f"{node.name or node.op_type}__calib_Y", taken)
+                named[t.node_index] = fresh_name(f"{node.name or node.op_type}__calib_Y", taken)
                 if not node.output:
                     node.output.append("")
                 node.output[0] = named[t.node_index]
@@ -332,14 +312,14 @@ def prepare(model: onnx.ModelProto, targets: Sequence[Target]) -> tuple[onnx.Mod
             inner = graphs[level + 1]
             other = _branch(if_node, "else_branch" if attr == "then_branch" else "then_branch")
             # through an Identity: the value may come from an outer scope, not from this branch
-            ident = _fresh(f"{name}__calib", taken)
+            ident = fresh_name(f"{name}__calib", taken)
             inner.node.append(onnx.helper.make_node("Identity", [name], [ident]))
             inner.output.append(onnx.helper.make_tensor_value_info(ident, elem, None))
-            empty = _fresh(f"{name}__calib_empty", taken)
+            empty = fresh_name(f"{name}__calib_empty", taken)
             value = onnx.helper.make_tensor(empty, elem, [0], [])
             other.node.append(onnx.helper.make_node("Constant", [], [empty], value=value))
             other.output.append(onnx.helper.make_tensor_value_info(empty, elem, None))
-            name = _fresh(f"{t.act}__calib_exposed", taken)
+            name = fresh_name(f"{t.act}__calib_exposed", taken)
             if_node.output.append(name)
         m.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, None))
         out.append(dataclasses.replace(t, act=name))

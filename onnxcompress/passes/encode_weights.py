@@ -19,24 +19,13 @@ from onnx import helper, numpy_helper
 
 from onnxcompress.encoding import Group, WeightSlot
 from onnxcompress.errors import EncodingError
-from onnxcompress.inventory import iter_graphs
+from onnxcompress.inventory import graph_names, iter_graphs
 from onnxcompress.ops import DOMAIN
 from onnxcompress.ops.functions import functions_for
 from onnxcompress.passes.base import Pass, PassResult
 from onnxcompress.passes.versions import default_opset
 
 PREFIX = "onnxcompress"
-
-
-def _all_names(model: onnx.ModelProto) -> set[str]:
-    names: set[str] = set()
-    for _, g in iter_graphs(model.graph):
-        names.update(i.name for i in g.initializer)
-        names.update(i.name for i in g.input)
-        for n in g.node:
-            names.update(n.output)
-            names.add(n.name)
-    return names
 
 
 def remove_tensors(model: onnx.ModelProto, names: set[str]) -> set[str]:
@@ -81,7 +70,7 @@ class EncodeWeightsPass(Pass):
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         opset = default_opset(model)
-        taken = _all_names(model)
+        taken = graph_names(model)
         wanted = {w.name for g in self.groups for w in g.weights}
         found = remove_tensors(model, wanted)
         if found != wanted:

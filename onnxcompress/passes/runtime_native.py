@@ -40,7 +40,7 @@ from onnx import helper, numpy_helper
 
 from onnxcompress.algorithms import affine
 from onnxcompress.errors import ConfigError, EncodingError
-from onnxcompress.inventory import WeightInfo, iter_graphs
+from onnxcompress.inventory import WeightInfo, fresh_name, graph_names, iter_graphs
 from onnxcompress.passes.base import Pass, PassResult
 from onnxcompress.passes.encode_weights import remove_tensors
 from onnxcompress.passes.versions import default_opset
@@ -195,14 +195,10 @@ class RuntimeNativePass(Pass):
         if found != wanted:
             raise EncodingError(f"weights not found in the model: {sorted(wanted - found)[:5]}")
         users = consumers(model)
-        taken = _names(model)
+        taken = graph_names(model)
 
         def fresh(base: str) -> str:
-            name, i = base, 1
-            while name in taken:
-                name, i = f"{base}_{i}", i + 1
-            taken.add(name)
-            return name
+            return fresh_name(base, taken)
 
         graph = model.graph
 
@@ -245,17 +241,6 @@ class RuntimeNativePass(Pass):
             model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
         details["kinds"] = counts
         return PassResult(model, bool(self.weights), details)
-
-
-def _names(model: onnx.ModelProto) -> set[str]:
-    names: set[str] = set()
-    for _, g in iter_graphs(model.graph):
-        names.update(i.name for i in g.initializer)
-        names.update(i.name for i in g.input)
-        for n in g.node:
-            names.update(n.output)
-            names.add(n.name)
-    return names
 
 
 def _scales(rw: RuntimeWeight) -> np.ndarray:

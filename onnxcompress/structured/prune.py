@@ -21,6 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxcompress.calibration.capture import get_tensor, set_tensor
+from onnxcompress.inventory import fresh_name
 from onnxcompress.structured.graph import Analysis
 
 
@@ -37,15 +38,6 @@ class Pruned:
 def keep_mask(analysis: Analysis, ids: np.ndarray, removed: set[int]) -> np.ndarray:
     """True for each position whose channel class survives."""
     return np.array([c not in removed for c in analysis.classes_of(ids)], dtype=bool)
-
-
-def _fresh_name(model: onnx.ModelProto, base: str, taken: set[str]) -> str:
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name
 
 
 def apply(model: onnx.ModelProto, analysis: Analysis, removed: Iterable[int]) -> Pruned:
@@ -87,7 +79,7 @@ def apply(model: onnx.ModelProto, analysis: Analysis, removed: Iterable[int]) ->
             kept = int(keep_mask(analysis, e.ids, removed).sum())
             shape_value = get_tensor(out, node.input[e.input_index]).copy()
             shape_value.reshape(-1)[e.position] = kept * e.inner
-            name = _fresh_name(out, f"{node.input[e.input_index]}_pruned", taken)
+            name = fresh_name(f"{node.input[e.input_index]}_pruned", taken)
             graph.initializer.append(numpy_helper.from_array(shape_value, name))
             node.input[e.input_index] = name
         elif e.kind == "split":
@@ -100,7 +92,7 @@ def apply(model: onnx.ModelProto, analysis: Analysis, removed: Iterable[int]) ->
             for idx, bound in zip((1, 2), bounds, strict=True):
                 arr = get_tensor(out, node.input[idx]).astype(np.int64).copy()
                 arr.reshape(-1)[e.position] = bound
-                name = _fresh_name(out, f"{node.input[idx]}_pruned", taken)
+                name = fresh_name(f"{node.input[idx]}_pruned", taken)
                 graph.initializer.append(numpy_helper.from_array(arr, name))
                 node.input[idx] = name
     del graph.value_info[:]
@@ -113,7 +105,7 @@ def _set_split(model: onnx.ModelProto, node: onnx.NodeProto, sizes: np.ndarray, 
     del node.attribute[:]
     node.attribute.extend(keep)
     if opset >= 13:
-        name = _fresh_name(model, f"{node.name or 'split'}_sizes", taken)
+        name = fresh_name(f"{node.name or 'split'}_sizes", taken)
         model.graph.initializer.append(numpy_helper.from_array(sizes, name))
         while len(node.input) < 2:
             node.input.append("")
