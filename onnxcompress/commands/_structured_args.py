@@ -43,8 +43,8 @@ def structured_config_from_args(args: argparse.Namespace) -> StructuredConfig | 
 
 def prune_in_place(model: onnx.ModelProto, cfg: StructuredConfig, args: argparse.Namespace) -> dict[str, Any]:
     """Replace ``model`` by its structurally pruned copy; print the table unless ``--quiet``."""
+    from onnxcompress.commands.render import format_structured_report
     from onnxcompress.structured.api import prune_model
-    from onnxcompress.structured.report import format_report
 
     data = None
     if getattr(args, "calibration_data", None):
@@ -56,6 +56,6 @@ def prune_in_place(model: onnx.ModelProto, cfg: StructuredConfig, args: argparse
     pruned, report = prune_model(model, cfg, data)
     model.CopyFrom(pruned)
     if not getattr(args, "quiet", False):
-        print(format_report(report))
+        print(format_structured_report(report))
         print()
     return report.to_dict()

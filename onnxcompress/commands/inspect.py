@@ -39,9 +39,10 @@ def run(args: argparse.Namespace) -> int:
 
     model_io.check_input(args.model)
     if args.groups:
-        from onnxcompress.structured import analyze, format_groups
+        from onnxcompress.commands.render import format_structured_groups
+        from onnxcompress.structured import analyze
 
-        print(format_groups(analyze(model_io.open_model(args.model)).summary()))
+        print(format_structured_groups(analyze(model_io.open_model(args.model)).summary()))
         return 0
     if args.json:
         model_io.check_output(args.json, inputs=[args.model], overwrite=True)

@@ -16,8 +16,12 @@ from onnxcompress.report import CompressionReport
 if TYPE_CHECKING:
     from onnxcompress.calibration.pipeline import CalibrationResult
     from onnxcompress.evaluation.bench import BenchReport
+    from onnxcompress.structured.report import StructuredReport
 
-__all__ = ["format_bench", "format_calibration", "format_report"]
+__all__ = [
+    "format_bench", "format_calibration", "format_report", "format_structured_groups",
+    "format_structured_report",
+]  # fmt: skip
 
 
 #: widest line of the compression and calibration tables
@@ -156,3 +160,40 @@ def format_bench(report: BenchReport) -> str:
         f"decode by {cfg.get('decode', 'onnxruntime')}"
     )
     return table(header, rows) + "\n" + foot
+
+
+def format_structured_groups(rows: list[dict[str, Any]]) -> str:
+    """``inspect --groups``: the structured-pruning dependency groups, one line per group (from :meth:`Analysis.summary`)."""
+    lines = [f"{'group':>5}  {'channels':>8}  {'sources':<44}  status"]
+    for r in rows:
+        status = "prunable" if r["refused"] is None else f"left alone: {r['refused']}"
+        if r["refused"] is None and r["fixed"]:
+            status += f" ({r['fixed']} channels fixed)"
+        src = ", ".join(r["sources"])
+        lines.append(f"{r['group']:>5}  {r['channels']:>8}  {src[:44]:<44}  {status}")
+        if r["consumers"]:
+            lines.append(f"{'':>17}  read by: {', '.join(r['consumers'])[:100]}")
+    return "\n".join(lines)
+
+
+def format_structured_report(report: StructuredReport) -> str:
+    """``compress --structured``: channels, parameters and FLOPs per group, before and after."""
+    lines = [f"{'group':<36} {'ratio':>5} {'channels':>11} {'params':>17} {'MFLOPs':>15}  note"]
+    for g in report.groups:
+        note = g.refused or ""
+        lines.append(
+            f"{g.name[:36]:<36} {g.ratio:>5.2f} {g.channels_before:>5}->{g.channels_after:<5} "
+            f"{g.params_before:>8}->{g.params_after:<8} {g.flops_before / 1e6:>7.2f}->{g.flops_after / 1e6:<7.2f}  {note[:60]}"
+        )
+    lines.append(
+        f"total: {report.params_before:,} -> {report.params_after:,} parameters, "
+        f"{report.flops_before / 1e6:.2f} -> {report.flops_after / 1e6:.2f} MFLOPs "
+        f"({report.flop_reduction:.2f}x fewer), criterion {report.criterion}"
+    )
+    if report.refit:
+        worst = max(report.refit, key=lambda r: r.error_after)
+        lines.append(
+            f"refit ({report.refit[0].mode}) {len(report.refit)} layers; worst relative output error "
+            f"{worst.error_before:.3f} -> {worst.error_after:.3f} ({worst.layer})"
+        )
+    return "\n".join(lines)

@@ -9,9 +9,9 @@ from onnxcompress.structured.api import prune_model
 from onnxcompress.structured.config import StructuredConfig, structured_from_dict
 from onnxcompress.structured.flops import count_flops
 from onnxcompress.structured.graph import Analysis, Group, analyze
-from onnxcompress.structured.report import StructuredReport, format_groups, format_report
+from onnxcompress.structured.report import StructuredReport
 
 __all__ = [
-    "Analysis", "Group", "StructuredConfig", "StructuredReport", "analyze", "count_flops", "format_groups",
-    "format_report", "prune_model", "structured_from_dict",
+    "Analysis", "Group", "StructuredConfig", "StructuredReport", "analyze", "count_flops",
+    "prune_model", "structured_from_dict",
 ]  # fmt: skip

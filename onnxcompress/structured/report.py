@@ -1,4 +1,4 @@
-"""What structured pruning did, per dependency group, as data and as a text table."""
+"""What structured pruning did, per dependency group, as data (rendered by ``commands/render.py``)."""
 
 from __future__ import annotations
 
@@ -50,39 +50,3 @@ class StructuredReport:
             "seconds": self.seconds, "groups": [asdict(g) for g in self.groups],
             "refit": [asdict(r) for r in self.refit],
         }  # fmt: skip
-
-
-def format_groups(rows: list[dict[str, Any]]) -> str:
-    """``inspect --groups``: one line per group (from :meth:`Analysis.summary`)."""
-    lines = [f"{'group':>5}  {'channels':>8}  {'sources':<44}  status"]
-    for r in rows:
-        status = "prunable" if r["refused"] is None else f"left alone: {r['refused']}"
-        if r["refused"] is None and r["fixed"]:
-            status += f" ({r['fixed']} channels fixed)"
-        src = ", ".join(r["sources"])
-        lines.append(f"{r['group']:>5}  {r['channels']:>8}  {src[:44]:<44}  {status}")
-        if r["consumers"]:
-            lines.append(f"{'':>17}  read by: {', '.join(r['consumers'])[:100]}")
-    return "\n".join(lines)
-
-
-def format_report(report: StructuredReport) -> str:
-    lines = [f"{'group':<36} {'ratio':>5} {'channels':>11} {'params':>17} {'MFLOPs':>15}  note"]
-    for g in report.groups:
-        note = g.refused or ""
-        lines.append(
-            f"{g.name[:36]:<36} {g.ratio:>5.2f} {g.channels_before:>5}->{g.channels_after:<5} "
-            f"{g.params_before:>8}->{g.params_after:<8} {g.flops_before / 1e6:>7.2f}->{g.flops_after / 1e6:<7.2f}  {note[:60]}"
-        )
-    lines.append(
-        f"total: {report.params_before:,} -> {report.params_after:,} parameters, "
-        f"{report.flops_before / 1e6:.2f} -> {report.flops_after / 1e6:.2f} MFLOPs "
-        f"({report.flop_reduction:.2f}x fewer), criterion {report.criterion}"
-    )
-    if report.refit:
-        worst = max(report.refit, key=lambda r: r.error_after)
-        lines.append(
-            f"refit ({report.refit[0].mode}) {len(report.refit)} layers; worst relative output error "
-            f"{worst.error_before:.3f} -> {worst.error_after:.3f} ({worst.layer})"
-        )
-    return "\n".join(lines)
