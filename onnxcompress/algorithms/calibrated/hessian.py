@@ -162,24 +162,10 @@ def im2col(
     if groups == 1 and all(k == 1 for k in kernel) and not any(p):  # pointwise: the rows are the pixels
         xs = x[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in strides)]
         return [np.ascontiguousarray(np.moveaxis(xs, 1, -1).reshape(-1, c))]
-    xp = np.pad(x, [(0, 0), (0, 0)] + [(p[i], p[nd + i]) for i in range(nd)])
-    out_sp = [(xp.shape[2 + i] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(nd)]
-    if min(out_sp) <= 0:
-        raise ConfigError(f"convolution of input {x.shape} with kernel {kernel} has an empty output")
-    cols = np.empty((n, c, int(np.prod(kernel)), *out_sp), dtype=x.dtype)
-    for ki, offs in enumerate(itertools.product(*[range(k) for k in kernel])):
-        sl = tuple(
-            slice(o * d, o * d + (os - 1) * st + 1, st)
-            for o, d, os, st in zip(offs, dilations, out_sp, strides, strict=True)
-        )
-        cols[:, :, ki] = xp[(slice(None), slice(None)) + tuple(sl)]
-    length = int(np.prod(out_sp))
-    cg = c // groups
-    k = int(np.prod(kernel))
-    cols = cols.reshape(n, groups, cg * k, length)
-    return [
-        np.ascontiguousarray(cols[:, g].transpose(0, 2, 1).reshape(n * length, cg * k)) for g in range(groups)
-    ]
+    grouped = im2col_grouped(
+        x, kernel, strides=strides, pads=pads, dilations=dilations, groups=groups, auto_pad=auto_pad
+    )
+    return [np.ascontiguousarray(g.T) for g in grouped]
 
 
 def im2col_grouped(
