@@ -1,7 +1,7 @@
 """Plain vs calibrated post-training compression, side by side on the same settings.
 
     python benchmarks/calibration.py [--quick] [--skip-cost] [--models lenet_300_100,lenet5,resnet_digits,minilm]
-                                     [--digits-samples 1800] [--minilm-samples 128] [--samples 256]
+                                     [--digits-samples 256] [--minilm-samples 128] [--samples 256]
                                      [--settings LABEL,...] [--timeout 900] [--resume] [--merge OTHER.json]
 
 For each model and each setting (a plan, plus calibration options), the model is compressed twice
@@ -9,16 +9,15 @@ with the *same* plan: with the plain algorithms and with calibration (OBS prunin
 codebook + least-squares refit unless the setting says otherwise). Both are packed into ``.onnxc``
 containers; the ratio is fp32 ``.onnx`` bytes (external data included) / container bytes.
 
-Data (no training set ships, so the digits test images are split by *source image*):
+Data (calibration never sees a test image, nor a variant of one):
 
-* digits: calibration on the augmentations of the first 180 held-out images
-  (``digits_test_aug.npz[:1800]``, ``--digits-samples`` of them spread evenly); accuracy on the other 180
-  held-out images (``digits_test.npz[180:]``) and on their 1800 augmentations
-  (``digits_test_aug.npz[1800:]``). No test image, nor any variant of one, is seen by calibration.
-  fp32 accuracy is measured on the same halves. "Within 1 point" = top-1 drop <= 1 point on both.
-* MiniLM: calibration on ``--minilm-samples`` of the 500 sentences (spread evenly); mean cosine to
-  the fp32 ONNX embeddings and nearest-neighbour agreement over all 500 sentences (the brief's
-  metric), plus the mean cosine over the sentences calibration did not see.
+* digits: calibration on ``--digits-samples`` of ``models/digits_calib.npz`` (256 images made from the
+  training images only by ``models/make_digits_splits.py``, augmented like the test set); accuracy on
+  all of ``digits_test.npz`` and ``digits_test_aug.npz``. fp32 accuracy is measured on the same sets.
+  "Within 1 point" = top-1 drop <= 1 point on both.
+* MiniLM: calibration on ``--minilm-samples`` of the 500 validation sentences (``val_sentences.npz``,
+  spread evenly); mean cosine to the fp32 ONNX embeddings and nearest-neighbour agreement over the 500
+  test sentences (the brief's metric), which share no sentence with the validation split.
 
 Every (model, setting) row is isolated: an exception or the per-part ``--timeout`` becomes an
 ``error`` in the row, and the JSON (``benchmarks/results/calibration.json``) is rewritten after
@@ -82,7 +81,6 @@ from onnxcompress.config import from_dict  # noqa: E402
 from onnxcompress.evaluation.bench import peak_rss_bytes  # noqa: E402
 
 OUT = RESULTS_DIR / "calibration.json"
-DIGITS_HALF = 180  # source images 0..179 calibrate, 180..359 test
 MIN_COSINE, MIN_NN = 0.99, 0.95
 TARGETS = {"lenet_300_100": 40.0, "lenet5": 40.0, "resnet_digits": 12.0, "minilm": 8.0}
 
@@ -231,12 +229,11 @@ class Case:
 def digits_case(name: str, samples: int) -> Case:
     path = MODELS_DIR / f"{name}.onnx"
     with np.load(MODELS_DIR / "digits_test.npz") as z:
-        test_x, test_y = z["input"][DIGITS_HALF:], z["labels"][DIGITS_HALF:]
+        test_x, test_y = z["input"], z["labels"]
     with np.load(MODELS_DIR / "digits_test_aug.npz") as z:
-        # aug[10 * i + j] is variant j of held-out image i (labels == repeat(labels, 10))
-        n_aug = DIGITS_HALF * 10
-        cal_x = z["input"][:n_aug]
-        aug_x, aug_y = z["input"][n_aug:], z["labels"][n_aug:]
+        aug_x, aug_y = z["input"], z["labels"]
+    with np.load(MODELS_DIR / "digits_calib.npz") as z:  # training images only (make_digits_splits.py)
+        cal_x = z["input"]
     idx = np.linspace(0, len(cal_x) - 1, min(samples, len(cal_x))).round().astype(np.int64)
     sets = {"held-out": (test_x, test_y), "augmented": (aug_x, aug_y)}
 
@@ -252,9 +249,8 @@ def digits_case(name: str, samples: int) -> Case:
 
     return Case(
         name, path, path.stat().st_size, lambda: onnx.load(path), {"input": cal_x[idx]}, fidelity, passes,
-        f"calibration: {len(idx)} of digits_test_aug.npz[:1800] (augmentations of held-out images 0-179); "
-        "test: digits_test.npz[180:] (180 images) and digits_test_aug.npz[1800:] (their 1800 augmentations); "
-        "calibration and test share no source image",
+        f"calibration: {len(idx)} of models/digits_calib.npz (training images, augmented like the test set); "
+        "test: all of digits_test.npz and digits_test_aug.npz, which calibration never sees",
     )  # fmt: skip
 
 
@@ -265,9 +261,10 @@ def minilm_case(samples: int) -> Case:
     paths = ensure_minilm()
     with np.load(paths["data"]) as z:
         inputs = {k: z[k] for k in z.files}
-    n = len(next(iter(inputs.values())))
-    idx = np.linspace(0, n - 1, min(samples, n)).round().astype(np.int64)
-    unseen = np.setdiff1d(np.arange(n), idx)
+    with np.load(paths["validation"]) as z:
+        validation = {k: z[k] for k in z.files}
+    n_val = len(next(iter(validation.values())))
+    idx = np.linspace(0, n_val - 1, min(samples, n_val)).round().astype(np.int64)
     reference = embeddings(paths["model"], inputs)
     ref_nn = nearest_neighbours(reference)
 
@@ -277,17 +274,17 @@ def minilm_case(samples: int) -> Case:
             np.linalg.norm(e, axis=1) * np.linalg.norm(reference, axis=1) + 1e-12
         )
         nn = float(np.mean(nearest_neighbours(e) == ref_nn))
-        return {"cosine": float(np.mean(cos)), "cosine_min": float(np.min(cos)), "nn_agreement": nn,
-                "cosine_unseen": float(np.mean(cos[unseen]))}  # fmt: skip
+        return {"cosine": float(np.mean(cos)), "cosine_min": float(np.min(cos)), "nn_agreement": nn}
 
     def passes(fid: Mapping[str, float], base: Mapping[str, float]) -> bool:
         return fid["cosine"] >= MIN_COSINE and fid["nn_agreement"] >= MIN_NN
 
     return Case(
         "minilm", Path(paths["model"]), file_bytes(paths["model"]), lambda: open_model(paths["model"]),
-        {k: v[idx] for k, v in inputs.items()}, fidelity, passes,
-        f"calibration: {len(idx)} of the 500 sentences (evenly spread); fidelity vs fp32 ONNX embeddings over all "
-        f"500 (cosine_unseen: the {len(unseen)} not used for calibration)",
+        {k: v[idx] for k, v in validation.items()}, fidelity, passes,
+        f"calibration: {len(idx)} of the {n_val} validation sentences (val_sentences.npz, evenly spread); "
+        f"fidelity vs fp32 ONNX embeddings over the {len(next(iter(inputs.values())))} test sentences, "
+        "which share no sentence with the validation split",
     )  # fmt: skip
 
 
@@ -375,11 +372,11 @@ def tables(result: Mapping[str, Any]) -> str:
         fid = info.get("fp32") or {}
         if kind == "minilm":
             base = "fp32: cosine 1, NN 1"
-            head = ["setting", "ratio plain", "plain cos / NN", "ok", "ratio calib", "calib cos / NN (unseen cos)", "ok",
+            head = ["setting", "ratio plain", "plain cos / NN", "ok", "ratio calib", "calib cos / NN", "ok",
                     "calib s"]  # fmt: skip
         else:
-            base = (f"fp32: {100 * fid['held-out']:.2f}% held-out (2nd half) / {100 * fid['augmented']:.2f}% "
-                    "augmented (2nd half)") if fid else ""  # fmt: skip
+            base = (f"fp32: {100 * fid['held-out']:.2f}% held-out / {100 * fid['augmented']:.2f}% "
+                    "augmented") if fid else ""  # fmt: skip
             head = ["setting", "ratio plain", "plain acc % (held-out / aug)", "ok", "ratio calib",
                     "calib acc % (held-out / aug)", "ok", "calib s"]  # fmt: skip
         out.append(f"\n### {name} (target {TARGETS.get(name, 0):g}x)  {base}")
@@ -392,8 +389,6 @@ def tables(result: Mapping[str, Any]) -> str:
                 continue
             c = r.get("calibrated") or {}
             cal = fmt_part(c, kind)
-            if kind == "minilm" and "fidelity" in c:
-                cal[1] += f" ({c['fidelity']['cosine_unseen']:.4f})"
             secs = c.get("calibrate_s")
             body.append(
                 [r["setting"], *fmt_part(r.get("plain"), kind), *cal, "-" if secs is None else f"{secs:.1f}"]
@@ -683,7 +678,7 @@ def main() -> int:
     ap.add_argument("--models", default="lenet_300_100,lenet5,resnet_digits,minilm")
     ap.add_argument("--settings", default=None, help="comma-separated setting labels to run (default: all)")
     ap.add_argument("--samples", type=int, default=256, help="calibration samples of the cost models")
-    ap.add_argument("--digits-samples", type=int, default=1800, help="of the 1800 calibration-half images")
+    ap.add_argument("--digits-samples", type=int, default=256, help="of the 256 images of models/digits_calib.npz")
     ap.add_argument("--minilm-samples", type=int, default=128)
     ap.add_argument(
         "--timeout", type=float, default=900, help="seconds per plain or calibrated part (0: none)"

