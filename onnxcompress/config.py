@@ -29,10 +29,12 @@ if TYPE_CHECKING:
 
 ENCODINGS = ("auto", "dense", "relative", "mask")
 FORMATS = ("codebook", "runtime")  # runtime: onnxruntime-native affine codes (passes/runtime_native.py)
-#: ``auto``: per channel, per group of channels or per tensor, whichever codebooks pay for
-#: themselves (:func:`onnxcompress.granularity.cost_aware_granularity`), resolved per weight by
-#: :func:`plan` from its shape, bits and codebook dtype.
-GRANULARITY_CHOICES = (*GRANULARITIES, "auto")
+#: ``shared``: one codebook shared by every such weight of the model, times a per-weight scale
+#: (:mod:`onnxcompress.algorithms.scaled_codebook`). ``auto``: per channel, per group of channels,
+#: per tensor or shared, whichever codebooks pay for themselves
+#: (:func:`onnxcompress.granularity.cost_aware_granularity`), resolved per weight by :func:`plan`
+#: from its shape, bits and codebook dtype.
+GRANULARITY_CHOICES = (*GRANULARITIES, "shared", "auto")
 
 #: The allowed values of every WeightConfig field that is a choice, each defined once beside the
 #: code that implements it; plan validation and the CLI's ``choices=`` both read this.
@@ -74,6 +76,10 @@ class WeightConfig:
     gap_bits: int | None = None
     format: str = "codebook"
     block_size: int = 32  # format: runtime, values per scale along the reduction axis
+    # the largest share of a weight's index bytes its own codebooks may take: granularity auto
+    # picks the finest granularity within it (1/8 when unset); with granularity tensor, a weight
+    # whose one codebook would exceed it shares a scaled codebook instead (unset: never)
+    codebook_share: float | None = None
 
     def __post_init__(self) -> None:
         method = methods.get(self.method)  # the live table, so a row added at run time counts too
@@ -99,6 +105,20 @@ class WeightConfig:
             )
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ConfigError(f"block_size must be a power of 2 and at least 16, got {self.block_size!r}")
+        if self.codebook_share is not None and (
+            isinstance(self.codebook_share, bool)
+            or not isinstance(self.codebook_share, (int, float))
+            or not 0 < self.codebook_share <= 1
+        ):
+            raise ConfigError(
+                f"codebook_share must be a fraction in (0, 1] or null, got {self.codebook_share!r} "
+                "(e.g. 0.015625: codebooks may cost 1/64 of a weight's index bytes)"
+            )
+        if self.granularity == "shared" and not self.can_share:
+            raise ConfigError(
+                "granularity shared needs method kmeans, no pruning and format codebook; "
+                "use granularity tensor for this weight"
+            )
         if method.needs_pruning and not self.prunes:
             raise ConfigError(
                 f"method {self.method!r} needs pruning: set sparsity > 0 (or pruning: std / nm)"
@@ -111,6 +131,11 @@ class WeightConfig:
     @property
     def quantizes(self) -> bool:
         return methods.get(self.method).quantizes
+
+    @property
+    def can_share(self) -> bool:
+        """A shared scaled codebook can hold this setting's weights (dense k-means codes)."""
+        return self.method == "kmeans" and not self.prunes and self.format == "codebook"
 
     def describe(self) -> str:
         parts: list[str] = [self.method]
@@ -251,17 +276,31 @@ def plan(
 
 def resolve_granularity(info: WeightInfo, cfg: WeightConfig) -> WeightConfig:
     """``cfg`` with ``granularity: auto`` replaced by the cost-aware choice for ``info``'s shape
-    (the finest granularity whose codebooks cost at most an eighth of the index bytes); any
-    other setting is returned as it is. Why: a 2**bits-entry codebook per short row costs more
-    than the row, and the weight then stays fp32."""
-    if cfg.granularity != "auto":
-        return cfg
-    from onnxcompress.granularity import cost_aware_granularity
+    (the finest granularity whose codebooks cost at most ``codebook_share``, default an eighth, of
+    the index bytes; ``shared`` when even one codebook for the whole tensor costs more), and
+    ``granularity: tensor`` with a ``codebook_share`` replaced by ``shared`` where one codebook
+    costs more than that share; any other setting is returned as it is. Why: a 2**bits-entry
+    codebook per short row costs more than the row, and one per small tensor (a 3x3 depthwise
+    filter bank, a squeeze-excite layer) costs a large part of it."""
+    from onnxcompress.granularity import DEFAULT_SHARE, cost_aware_granularity, tensor_codebook_pays
 
-    granularity, group = cost_aware_granularity(info.shape, info.axis, cfg.bits, cfg.codebook_dtype)
-    if granularity == "group":
-        return dataclasses.replace(cfg, granularity="group", group_size=group)
-    return dataclasses.replace(cfg, granularity=granularity)
+    share = cfg.codebook_share if cfg.codebook_share is not None else DEFAULT_SHARE
+    can_share = cfg.can_share and info.dtype == "float32"  # fp16/bf16 weights keep their own dtype
+    if cfg.granularity == "auto":
+        granularity, group = cost_aware_granularity(
+            info.shape, info.axis, cfg.bits, cfg.codebook_dtype, share, can_share=can_share
+        )
+        if granularity == "group":
+            return dataclasses.replace(cfg, granularity="group", group_size=group)
+        return dataclasses.replace(cfg, granularity=granularity)
+    if (
+        cfg.granularity == "tensor"
+        and cfg.codebook_share is not None
+        and can_share
+        and not tensor_codebook_pays(info.size, cfg.bits, cfg.codebook_dtype, share)
+    ):
+        return dataclasses.replace(cfg, granularity="shared")
+    return cfg
 
 
 def _apply(cfg: WeightConfig | None, override: Mapping[str, Any] | None) -> WeightConfig | None:
@@ -273,7 +312,9 @@ def _apply(cfg: WeightConfig | None, override: Mapping[str, Any] | None) -> Weig
 # Named presets. "safe" is the default: 8-bit per-tensor k-means, no pruning (about 4x smaller,
 # no measurable accuracy change on the shipped models).
 PRESETS: dict[str, dict[str, Any]] = {
-    "safe": {"weight": {"bits": 8}},
+    # a weight whose own 8-bit codebook would cost more than 1/64 of its codes shares one scaled
+    # codebook with the other such weights (small convolutions, squeeze-excite, recurrent cells)
+    "safe": {"weight": {"bits": 8, "codebook_share": 1 / 64}},
     # 6-bit codebooks per channel where a channel's codebook costs at most 1/8 of its indices,
     # per group of channels or per tensor elsewhere (granularity.py); fp16 codebook entries
     "balanced": {

@@ -282,7 +282,8 @@ def calibrate_weight(
         return rec, dec, dec2.astype(np.float64), " + ".join(steps)
 
     sdt = store_dtype(w.dtype, cfg.codebook_dtype)
-    seg = row_segments(rows, cfg.granularity, cfg.group_size)
+    # a shared scaled codebook is the plain path's; calibrated, such a weight gets its own table
+    seg = row_segments(rows, "tensor" if cfg.granularity == "shared" else cfg.granularity, cfg.group_size)
     pruned = keep is not None and not keep.all()
     kp = keep if pruned else None
     if ccfg.quant_method == "weighted-kmeans" or (embedding and ccfg.quant_method == "gptq"):
