@@ -14,7 +14,8 @@ The bound (issue 13): ``compressible weight bytes / 4 + every other byte of the 
 ``--variants`` also measures variants that today's settings can express, on the real compressor
 (not estimates): for ``safe`` (a codebook per tensor, shared scaled codebook where one would
 cost over 1/64 of a weight's codes) what it was before (``codebook_share: null``: a codebook per
-tensor everywhere) and every weight on the shared codebook (``granularity: shared``);
+tensor everywhere), every weight on the shared codebook (``granularity: shared``) and the 1-D
+tensors coded too (``code_vectors: true``; the bound still counts them as other bytes);
 ``fp16-codebooks`` (``codebook_dtype: float16``) for the presets with fp32 codebooks and, for
 ``balanced`` (``granularity: auto``, fp16 codebooks), what it was before: 6-bit per-channel fp32
 codebooks.
@@ -188,6 +189,7 @@ def plans(preset: str, original: Any, variants: bool) -> dict[str, Any]:
             out[f"{preset}-before(own codebooks)"] = own
             every = dataclasses.replace(base, weight=dataclasses.replace(base.weight, granularity="shared"))
             out[f"{preset}+all-shared"] = every
+            out[f"{preset}+code_vectors"] = dataclasses.replace(base, code_vectors=True)
         if base.weight.codebook_dtype != "float16":
             fp16 = dataclasses.replace(base, weight=dataclasses.replace(base.weight, codebook_dtype="float16"))
             out[f"{preset}+fp16-codebooks"] = fp16

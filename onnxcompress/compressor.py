@@ -123,7 +123,7 @@ def compress_model(
     """
     t0 = time.perf_counter()
     config = config or preset("safe")
-    inventory = build_inventory(model, min_elements=config.min_elements)
+    inventory = build_inventory(model, min_elements=config.min_elements, code_vectors=config.code_vectors)
     planned, skipped = plan(inventory, config)
     runtime = [(i, c) for i, c in planned if c.format == "runtime"]  # onnxruntime-native, below
     if not planned:

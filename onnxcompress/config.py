@@ -193,6 +193,9 @@ class CompressionConfig:
     exclude: tuple[str, ...] = ()
     min_elements: int = 256
     seed: int = 0
+    #: also code 1-D tensors (biases, normalization scales and shifts; not BatchNormalization
+    #: variances) of 16+ elements, on the shared scaled codebook: smaller, no longer exact
+    code_vectors: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.weight, WeightConfig):
@@ -202,6 +205,8 @@ class CompressionConfig:
         for key, ov in self.names.items():
             _validate_override(f"names.{key}", ov)
         _check_int("min_elements", self.min_elements, 0, 1 << 62)
+        if not isinstance(self.code_vectors, bool):
+            raise ConfigError(f"code_vectors must be true or false, got {self.code_vectors!r}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
         object.__setattr__(self, "op_types", dict(self.op_types))
         object.__setattr__(self, "names", dict(self.names))
@@ -250,6 +255,7 @@ class CompressionConfig:
             "exclude": list(self.exclude),
             "min_elements": self.min_elements,
             "seed": self.seed,
+            "code_vectors": self.code_vectors,
         }
 
 
@@ -269,6 +275,11 @@ def plan(
         cfg = config.resolve(info.name, info.op_types)
         if cfg is None:
             skipped.append((info.name, "excluded by the plan"))
+        elif info.role == "vector":  # code_vectors: a table per vector never pays, a shared one does
+            if cfg.can_share and info.dtype == "float32":
+                planned.append((info, dataclasses.replace(cfg, granularity="shared")))
+            else:
+                skipped.append((info.name, "1-D tensor: code_vectors needs a k-means setting without pruning"))
         else:
             planned.append((info, resolve_granularity(info, cfg)))
     return planned, skipped
@@ -353,7 +364,7 @@ def from_dict(data: Mapping[str, Any], base: CompressionConfig | None = None) ->
         raise ConfigError("a config file must hold a mapping at the top level")
     # "calibration" belongs to onnxcompress.calibration.config, "structured" to
     # onnxcompress.structured.config: each is read there
-    known = {"preset", "weight", "op_types", "names", "exclude", "min_elements", "seed", "calibration"}
+    known = {"preset", "weight", "op_types", "names", "exclude", "min_elements", "seed", "calibration", "code_vectors"}
     known.add("structured")
     unknown = set(data) - known
     if unknown:
@@ -378,6 +389,7 @@ def from_dict(data: Mapping[str, Any], base: CompressionConfig | None = None) ->
         exclude=tuple(exclude),
         min_elements=data.get("min_elements", base.min_elements),
         seed=data.get("seed", base.seed),
+        code_vectors=data.get("code_vectors", base.code_vectors),
     )
 
 

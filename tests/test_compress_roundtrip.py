@@ -142,6 +142,21 @@ def test_codebook_share_mixes_own_and_shared_codebooks():
     assert "Unpack" not in {f.name for f in result.model.functions}
 
 
+def test_code_vectors_codes_biases_and_norm_scales_but_not_variances():
+    """code_vectors: biases and normalization scales/shifts of 16+ elements join the shared
+    codebook (decoded bit for bit like every weight); a BatchNormalization variance stays exact."""
+    cfg = CompressionConfig(weight=WeightConfig(bits=8, codebook_share=1 / 64), min_elements=256, code_vectors=True)
+    result = _check(zoo_model(), cfg, tol=0.02)
+    coded = {w.name: w.setting for w in result.report.weights}
+    for name in ("conv.b", "bn.scale", "bn.bias", "bn.mean", "fc1.b"):
+        assert coded.get(name) == "kmeans 8b/shared", (name, coded.get(name))
+    assert "bn.var" not in coded
+    assert dict(result.report.skipped)["bn.var"].startswith("normalization parameter")
+    pruned = CompressionConfig(weight=WeightConfig(bits=5, sparsity=0.5), code_vectors=True)
+    skipped = dict(compress_model(zoo_model(), pruned).report.skipped)
+    assert skipped["conv.b"].startswith("1-D tensor: code_vectors needs")
+
+
 @pytest.mark.parametrize("encoding", ["relative", "mask"])
 def test_prune_only_raw_values(encoding):
     result = _check(zoo_model(), _cfg(method="prune", sparsity=0.9, encoding=encoding))

@@ -80,3 +80,13 @@ def test_plan_shares_only_where_a_table_does_not_pay():
         WeightConfig(granularity="shared", sparsity=0.5)
     with pytest.raises(ConfigError, match="codebook_share"):
         WeightConfig(codebook_share=2)
+
+
+def test_code_vectors_is_a_plan_setting():
+    from onnxcompress.config import from_dict
+
+    cfg = from_dict({"preset": "safe", "code_vectors": True})
+    assert cfg.code_vectors and cfg.weight.codebook_share == 1 / 64
+    assert cfg.to_dict()["code_vectors"] is True
+    with pytest.raises(ConfigError, match="code_vectors must be true or false"):
+        from_dict({"code_vectors": "yes"})

@@ -432,13 +432,16 @@ def calibrate(
         ccfg = dataclasses.replace(ccfg, samples=int(samples))
     if sequential is not None:
         ccfg = dataclasses.replace(ccfg, sequential=bool(sequential))
-    inventory = build_inventory(model, min_elements=config.min_elements)
+    inventory = build_inventory(model, min_elements=config.min_elements, code_vectors=config.code_vectors)
     planned, _ = plan(inventory, config)
     result = CalibrationResult(config=ccfg)
     by_cfg: dict[str, WeightConfig] = {}
     infos = []
     for info, cfg in planned:
         plain = methods.get(cfg.method)
+        if info.role == "vector":  # code_vectors: a bias or scale, not a layer's weight
+            result.skipped[info.name] = "1-D tensor on the shared codebook (plain algorithm used)"
+            continue
         if not plain.calibrated:
             result.skipped[info.name] = f"{plain.label} has no calibrated variant (plain algorithm used)"
             continue

@@ -174,7 +174,7 @@ def warn_plan(args: argparse.Namespace, config: CompressionConfig, model: Any) -
     from onnxcompress.plan_check import check_plan
 
     _, base = plan_from_args(args)
-    inv = build_inventory(model, min_elements=config.min_elements)
+    inv = build_inventory(model, min_elements=config.min_elements, code_vectors=config.code_vectors)
     for issue in check_plan(config, inv, base=base):
         print(f"onnxcompress: warning: {issue}", file=sys.stderr)
 
