@@ -268,6 +268,7 @@ def plan(
     """Resolve the setting of every compressible weight; the rest with the reason they are skipped."""
     planned: list[tuple[WeightInfo, WeightConfig]] = []
     skipped: list[tuple[str, str]] = []
+    chosen: list[int] = []  # indices in planned of weights the cost rule (not the plan) put on shared
     for info in inventory.weights:
         if not info.compressible:
             skipped.append((info.name, info.skip_reason or ""))
@@ -281,8 +282,35 @@ def plan(
             else:
                 skipped.append((info.name, "1-D tensor: code_vectors needs a k-means setting without pruning"))
         else:
-            planned.append((info, resolve_granularity(info, cfg)))
-    return planned, skipped
+            resolved = resolve_granularity(info, cfg)
+            if resolved.granularity == "shared" and cfg.granularity != "shared":
+                chosen.append(len(planned))
+            planned.append((info, resolved))
+    return _unshare_where_it_does_not_pay(planned, chosen), skipped
+
+
+#: about what the ``CodebookScaled`` function body adds to a model that stores no other use of it
+SHARED_BODY_BYTES = 1024
+
+
+def _unshare_where_it_does_not_pay(
+    planned: list[tuple[WeightInfo, WeightConfig]], chosen: list[int]
+) -> list[tuple[WeightInfo, WeightConfig]]:
+    """Give the weights the cost rule put on a shared codebook their own tables back when sharing
+    saves less than the decode function it needs (one or two small weights: LeNet's last layer)."""
+    from onnxcompress.granularity import codebook_bytes
+
+    if not chosen or any(c.granularity == "shared" for i, (_, c) in enumerate(planned) if i not in set(chosen)):
+        return planned  # nothing chosen, or the plan shares weights anyway: the body is paid for
+    keys = {(planned[i][1].bits, planned[i][1].codebook_dtype) for i in chosen}
+    saved = sum(codebook_bytes(planned[i][1].bits, planned[i][1].codebook_dtype) + 4 for i in chosen)
+    saved -= sum(codebook_bytes(bits, dtype) for bits, dtype in keys) + 4 * len(chosen)  # tables, scales
+    if saved >= SHARED_BODY_BYTES:
+        return planned
+    out = list(planned)
+    for i in chosen:
+        out[i] = (planned[i][0], dataclasses.replace(planned[i][1], granularity="tensor"))
+    return out
 
 
 def resolve_granularity(info: WeightInfo, cfg: WeightConfig) -> WeightConfig:

@@ -90,3 +90,17 @@ def test_code_vectors_is_a_plan_setting():
     assert cfg.to_dict()["code_vectors"] is True
     with pytest.raises(ConfigError, match="code_vectors must be true or false"):
         from_dict({"code_vectors": "yes"})
+
+
+def test_sharing_one_small_weight_does_not_pay_for_its_decode_function():
+    """LeNet-300-100 under balanced: only the 100x10 layer would share, and a shared table saves
+    less than the CodebookScaled body costs, so it keeps a table of its own; MobileNet-style
+    layers share (dozens of tables saved)."""
+    from onnxcompress.config import plan
+    from onnxcompress.inventory import build_inventory
+    from onnxcompress.model_io import open_model
+
+    for name, want in (("lenet_300_100", False), ("mobilenet_se", True)):
+        cfg = preset("balanced")
+        planned, _ = plan(build_inventory(open_model(MODELS / f"{name}.onnx"), min_elements=256), cfg)
+        assert any(c.granularity == "shared" for _, c in planned) is want, name
