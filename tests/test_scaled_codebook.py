@@ -104,3 +104,25 @@ def test_sharing_one_small_weight_does_not_pay_for_its_decode_function():
         cfg = preset("balanced")
         planned, _ = plan(build_inventory(open_model(MODELS / f"{name}.onnx"), min_elements=256), cfg)
         assert any(c.granularity == "shared" for _, c in planned) is want, name
+
+
+@pytest.mark.parametrize("name", ["lenet_300_100", "lenet5", "resnet_digits", "vad_rnn", "mobilenet_se"])
+def test_safe_meets_the_8bit_size_bound(name, tmp_path):
+    """Issue 13's goal on every shipped model: with safe, the .onnx is within 3% of
+    (compressible weight bytes / 4 + every other byte of the original), the .onnxc below it."""
+    from onnxcompress.compressor import compress_file
+    from onnxcompress.container import write_container
+    from onnxcompress.inventory import build_inventory
+    from onnxcompress.model_io import open_model
+
+    src = MODELS / f"{name}.onnx"
+    cfg = preset("safe")
+    compressible = sum(
+        w.nbytes for w in build_inventory(open_model(src), min_elements=cfg.min_elements).compressible()
+    )
+    bound = compressible / 4 + (src.stat().st_size - compressible)
+    out = tmp_path / "m.onnx"
+    compress_file(src, out, cfg)
+    write_container(out, tmp_path / "m.onnxc")
+    assert out.stat().st_size <= 1.03 * bound, out.stat().st_size / bound
+    assert (tmp_path / "m.onnxc").stat().st_size < bound
