@@ -12,9 +12,13 @@ The bound (issue 13): ``compressible weight bytes / 4 + every other byte of the 
 3% of it at 8 bits, ``.onnxc`` below it.
 
 ``--variants`` also measures variants that today's settings can express, on the real compressor
-(not estimates): ``fp16-codebooks`` (``codebook_dtype: float16``) for the presets with fp32
-codebooks and, for ``balanced`` (now ``granularity: auto``, fp16 codebooks), what it was before:
-6-bit per-channel fp32 codebooks.
+(not estimates): for ``safe`` (a codebook per tensor, shared scaled codebook where one would
+cost over 1/64 of a weight's codes) what it was before (``codebook_share: null``: a codebook per
+tensor everywhere), every weight on the shared codebook (``granularity: shared``) and the 1-D
+tensors coded too (``code_vectors: true``; the bound still counts them as other bytes);
+``fp16-codebooks`` (``codebook_dtype: float16``) for the presets with fp32 codebooks and, for
+``balanced`` (``granularity: auto``, fp16 codebooks), what it was before: 6-bit per-channel fp32
+codebooks.
 
     python benchmarks/small_models.py              # table + benchmarks/results/small_models.json
     python benchmarks/small_models.py --variants   # plus the proposed changes (about 2x longer)
@@ -70,7 +74,8 @@ def fidelity(name: str, path: Path, reference: Any) -> dict[str, float]:
     if name not in SYNTHETIC:
         import onnxcompress as oc
 
-        return {"accuracy": digits_accuracy(oc.load(path))["held-out"]}
+        acc = digits_accuracy(oc.load(path))
+        return {"accuracy": acc["held-out"], "accuracy_aug": acc["augmented"]}
     got = _outputs(path, _synthetic_feeds(name))
     err = max(
         float(np.linalg.norm(g - r) / (np.linalg.norm(r) + 1e-12))
@@ -100,6 +105,7 @@ def _stream_kind(name: str) -> str:
         "mask": "positions",
         "values": "raw kept values",
         "codebook": "codebooks",
+        "scales": "codebooks",
         "segments": "segment tables",
     }.get(last, "shape constants")
 
@@ -113,11 +119,20 @@ def breakdown(original: Any, compressed: Any, report: Any) -> dict[str, int]:
     inv = build_inventory(original)
     reason = {w.name: (w.skip_reason or "") for w in inv.weights}
     rejected = {n for n, r in report.skipped if r.startswith("compressed form")}
+    # the decode nodes and the cut nodes after them: whatever reads a decode output or a cut piece
+    added, made = [], set()
+    for n in compressed.graph.node:
+        if n.domain == DOMAIN or (n.op_type in ("Split", "Reshape", "Transpose") and n.input[0] in made):
+            added.append(n)
+            made.update(n.output)
+    cut_inputs = {i for n in added for i in n.input[1:]}  # shape and split-size constants
     parts: dict[str, int] = defaultdict(int)
     for path, g in iter_graphs(compressed.graph):
         for t in g.initializer:
             if t.name.startswith("onnxcompress/"):
                 parts[_stream_kind(t.name)] += _tensor_bytes(t)
+            elif not path and t.name in cut_inputs:
+                parts["shape constants"] += _tensor_bytes(t)
             else:
                 parts[_kept(t.name, reason, rejected, path)] += _tensor_bytes(t)
         for n in g.node:
@@ -126,11 +141,6 @@ def breakdown(original: Any, compressed: Any, report: Any) -> dict[str, int]:
                     if a.name == "value":
                         parts[_kept(n.output[0], reason, rejected, path)] += _tensor_bytes(a.t)
     parts["decode functions"] = sum(f.ByteSize() for f in compressed.functions)
-    added = [
-        n
-        for n in compressed.graph.node
-        if n.domain == DOMAIN or n.name.startswith("onnxcompress/") or n.name.endswith("/Transpose")
-    ]
     parts["decode + cut nodes"] = sum(n.ByteSize() for n in added)
     parts["metadata"] = sum(p.ByteSize() for p in compressed.metadata_props)
     parts["graph, names, protobuf"] = total - sum(parts.values())
@@ -166,22 +176,6 @@ def original_split(original: Any, min_elements: int) -> dict[str, int]:
 # --------------------------------------------------------------------------- plans
 
 
-def shared_codebook_estimate(row: dict[str, Any], config: Any, groups: int) -> int | None:
-    """Estimated .onnx bytes if the per-tensor codebooks of a decode group were one shared,
-    scale-normalised codebook (stored once per group) plus one fp32 scale per weight, and the
-    weights left in fp32 as "not smaller" were coded too (an estimate, not a measurement)."""
-    if config.weight.granularity != "tensor" or config.weight.prunes:
-        return None
-    b = row["breakdown"]
-    cb = 4 if config.weight.codebook_dtype == "float32" else 2
-    n = row["weights_compressed"] + len(row["skipped_not_smaller"])
-    not_smaller = b.get("fp32: not smaller compressed", 0)
-    return int(
-        row["onnx_bytes"] - b.get("codebooks", 0) + groups * (2**config.weight.bits) * cb + 4 * n
-        - not_smaller + not_smaller // 4
-    )  # fmt: skip
-
-
 def plans(preset: str, original: Any, variants: bool) -> dict[str, Any]:
     import dataclasses
 
@@ -190,6 +184,12 @@ def plans(preset: str, original: Any, variants: bool) -> dict[str, Any]:
     base = get(preset)
     out = {preset: base}
     if variants:
+        if base.weight.codebook_share is not None:  # what safe was before: a codebook per tensor
+            own = dataclasses.replace(base, weight=dataclasses.replace(base.weight, codebook_share=None))
+            out[f"{preset}-before(own codebooks)"] = own
+            every = dataclasses.replace(base, weight=dataclasses.replace(base.weight, granularity="shared"))
+            out[f"{preset}+all-shared"] = every
+            out[f"{preset}+code_vectors"] = dataclasses.replace(base, code_vectors=True)
         if base.weight.codebook_dtype != "float16":
             fp16 = dataclasses.replace(base, weight=dataclasses.replace(base.weight, codebook_dtype="float16"))
             out[f"{preset}+fp16-codebooks"] = fp16
@@ -255,9 +255,6 @@ def measure(name: str, variants: bool, work: Path) -> list[dict[str, Any]]:
                     "fidelity_original": base_fid,
                 }
             )
-            est = shared_codebook_estimate(rows[-1], config, res.report.groups)
-            rows[-1]["estimate_shared_codebook_bytes"] = est
-            rows[-1]["estimate_shared_codebook_vs_bound"] = None if est is None else est / bound - 1
             print(_row_text(rows[-1]), flush=True)
     return rows
 
@@ -267,7 +264,7 @@ HEAD = f"{'model':<14} {'plan':<29} {'.onnx':>9} {'.onnxc':>9} {'bound':>9} {'on
 
 def _fid(f: dict[str, float]) -> str:
     if "accuracy" in f:
-        return f"acc {100 * f['accuracy']:.2f}%"
+        return f"acc {100 * f['accuracy']:.2f}/{100 * f.get('accuracy_aug', float('nan')):.2f}%"
     return f"relL2 {f['output_rel_l2']:.4f}"
 
 
@@ -300,14 +297,6 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             rows += measure(name, args.variants, Path(tmp))
-    print()
-    print("estimate with one shared codebook per decode group (8-bit per-tensor plans):")
-    for r in rows:
-        if r.get("estimate_shared_codebook_bytes"):
-            e = r["estimate_shared_codebook_bytes"]
-            print(
-                f"  {r['model']:<14} {r['plan']:<29} {kb(e):>9}  {100 * r['estimate_shared_codebook_vs_bound']:+.1f}% of the bound"
-            )
     print()
     print("breakdown of each compressed .onnx (bytes by what they are):")
     print(format_breakdowns(rows))

@@ -27,6 +27,7 @@ from onnxcompress.config import CompressionConfig, WeightConfig, plan, preset, r
 from onnxcompress.encoding import CodebookWeight, EncodedWeight, build_groups
 from onnxcompress.errors import InvalidModelError, NoCompressibleWeightsError
 from onnxcompress.inventory import WeightInfo, build_inventory, iter_graphs
+from onnxcompress.methods.kmeans import shared_codebooks
 from onnxcompress.methods.masks import global_threshold, keep_mask
 from onnxcompress.passes import CheckModelPass, EncodeWeightsPass, PassManager, RaiseVersionsPass
 from onnxcompress.passes.base import Pass
@@ -81,12 +82,16 @@ def _rel_error(w: np.ndarray, dec: np.ndarray) -> float:
 
 
 def compress_weight(
-    w: np.ndarray, info: WeightInfo, cfg: WeightConfig, *, global_t: float | None = None, seed: int = 0
-) -> tuple[EncodedWeight, np.ndarray]:
+    w: np.ndarray, info: WeightInfo, cfg: WeightConfig, *, global_t: float | None = None, seed: int = 0,
+    ctx: methods.Context | None = None,
+) -> tuple[EncodedWeight, np.ndarray]:  # fmt: skip
     """Compress one weight with its plan's method: its encoding and the exact array it decodes to.
-    ``granularity: auto`` is resolved here too, for callers that bypass :func:`config.plan`."""
+    ``granularity: auto`` is resolved here too, for callers that bypass :func:`config.plan`.
+    ``ctx`` (the model-wide context: global threshold, shared codebooks) replaces ``global_t`` and
+    ``seed`` when given."""
     cfg = resolve_granularity(info, cfg)
-    c = methods.compress(w, info, cfg, methods.Context(seed=seed, global_threshold=global_t))
+    ctx = ctx or methods.Context(seed=seed, global_threshold=global_t)
+    c = methods.compress(w, info, cfg, ctx)
     return methods.encode(info.name, c, encoding=cfg.encoding, gap_bits=cfg.gap_bits), methods.decompress(c)
 
 
@@ -118,7 +123,7 @@ def compress_model(
     """
     t0 = time.perf_counter()
     config = config or preset("safe")
-    inventory = build_inventory(model, min_elements=config.min_elements)
+    inventory = build_inventory(model, min_elements=config.min_elements, code_vectors=config.code_vectors)
     planned, skipped = plan(inventory, config)
     runtime = [(i, c) for i, c in planned if c.format == "runtime"]  # onnxruntime-native, below
     if not planned:
@@ -129,6 +134,10 @@ def compress_model(
         )
     tensors = _tensors(model, {info.name for info, _ in planned})
     global_t = global_threshold(planned, _reader(tensors, external_dir))
+    ctx = methods.Context(
+        seed=config.seed, global_threshold=global_t,
+        shared_codebooks=shared_codebooks(planned, _reader(tensors, external_dir), config.seed),
+    )  # fmt: skip
 
     encoded: list[EncodedWeight] = []
     decoded: dict[str, np.ndarray] = {}
@@ -137,9 +146,7 @@ def compress_model(
     rt_pass = _runtime_native(model, runtime, tensors, external_dir, global_t, reports, decoded, keep_decoded)
     planned = [(i, c) for i, c in planned if c.format != "runtime"]
     for info, cfg in track(planned, "compressing weights", progress):
-        out = _compress_one(
-            _read(tensors[info.name], external_dir), info, cfg, weight_hook, global_t, config.seed
-        )
+        out = _compress_one(_read(tensors[info.name], external_dir), info, cfg, weight_hook, ctx)
         if isinstance(out, str):
             skipped.append((info.name, out))
             continue
@@ -216,13 +223,12 @@ def _runtime_native(
 
 
 def _compress_one(
-    w: np.ndarray, info: WeightInfo, cfg: WeightConfig, weight_hook: WeightHook | None,
-    global_t: float | None, seed: int,
-) -> tuple[EncodedWeight, np.ndarray, WeightReport] | str:  # fmt: skip
+    w: np.ndarray, info: WeightInfo, cfg: WeightConfig, weight_hook: WeightHook | None, ctx: methods.Context
+) -> tuple[EncodedWeight, np.ndarray, WeightReport] | str:
     """One weight: (encoding, decoded array, report row), or why it is left alone. A function of
     its own so that the weight and its temporaries are released when it returns."""
     out = weight_hook(w, info, cfg) if weight_hook is not None else None
-    enc, dec = out if out is not None else compress_weight(w, info, cfg, global_t=global_t, seed=seed)
+    enc, dec = out if out is not None else compress_weight(w, info, cfg, ctx=ctx)
     before = w.nbytes
     if enc.nbytes >= before:
         return f"compressed form ({enc.nbytes} B) would not be smaller than {before} B"
@@ -242,7 +248,7 @@ CODEBOOK_OVERHEAD_NOTE = 0.25
 def _codebook_overhead_note(enc: EncodedWeight, cfg: WeightConfig) -> str | None:
     """Advice when per-channel codebooks eat the savings (an embedding table with short rows:
     each row's 2^bits-entry codebook costs about as much as the row itself)."""
-    if not isinstance(enc, CodebookWeight) or cfg.granularity == "tensor" or enc.nbytes <= 0:
+    if not isinstance(enc, CodebookWeight) or cfg.granularity in ("tensor", "shared") or enc.nbytes <= 0:
         return None
     share = enc.codebook.nbytes / enc.nbytes
     if share <= CODEBOOK_OVERHEAD_NOTE:
@@ -264,8 +270,13 @@ def compress_file(
     weight_hook: WeightHook | None = None,
     hook_factory: Callable[[onnx.ModelProto], WeightHook | None] | None = None,
     keep_decoded: bool = False,
+    model: onnx.ModelProto | None = None,
 ) -> CompressionResult:
     """Load, compress and atomically save; ``.onnxc`` outputs go through the entropy-coded container.
+
+    ``model``: the input already opened by the caller (``model_io.open_model(input_path,
+    load_external=hook_factory is not None)``), so that a caller that read it first (the CLI's plan
+    check) does not parse the file a second time; it is compressed in place.
 
     ``hook_factory`` builds the weight hook from the loaded model (calibration needs the model,
     and may edit its biases in place: it gets the very ModelProto that is then compressed).
@@ -282,7 +293,8 @@ def compress_file(
     t0 = time.perf_counter()
     out = model_io.check_output(output_path, inputs=[input_path], overwrite=overwrite)
     lazy = hook_factory is None  # a factory (calibration) may run the model: it needs all the data
-    model = model_io.open_model(input_path, load_external=not lazy)
+    if model is None:
+        model = model_io.open_model(input_path, load_external=not lazy)
     if has_decode_nodes(model):
         raise InvalidModelError(
             f"{input_path}: already compressed by onnxcompress (it has ai.onnxcompress decode nodes); "

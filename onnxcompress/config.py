@@ -29,10 +29,12 @@ if TYPE_CHECKING:
 
 ENCODINGS = ("auto", "dense", "relative", "mask")
 FORMATS = ("codebook", "runtime")  # runtime: onnxruntime-native affine codes (passes/runtime_native.py)
-#: ``auto``: per channel, per group of channels or per tensor, whichever codebooks pay for
-#: themselves (:func:`onnxcompress.granularity.cost_aware_granularity`), resolved per weight by
-#: :func:`plan` from its shape, bits and codebook dtype.
-GRANULARITY_CHOICES = (*GRANULARITIES, "auto")
+#: ``shared``: one codebook shared by every such weight of the model, times a per-weight scale
+#: (:mod:`onnxcompress.algorithms.scaled_codebook`). ``auto``: per channel, per group of channels,
+#: per tensor or shared, whichever codebooks pay for themselves
+#: (:func:`onnxcompress.granularity.cost_aware_granularity`), resolved per weight by :func:`plan`
+#: from its shape, bits and codebook dtype.
+GRANULARITY_CHOICES = (*GRANULARITIES, "shared", "auto")
 
 #: The allowed values of every WeightConfig field that is a choice, each defined once beside the
 #: code that implements it; plan validation and the CLI's ``choices=`` both read this.
@@ -74,6 +76,10 @@ class WeightConfig:
     gap_bits: int | None = None
     format: str = "codebook"
     block_size: int = 32  # format: runtime, values per scale along the reduction axis
+    # the largest share of a weight's index bytes its own codebooks may take: granularity auto
+    # picks the finest granularity within it (1/8 when unset); with granularity tensor, a weight
+    # whose one codebook would exceed it shares a scaled codebook instead (unset: never)
+    codebook_share: float | None = None
 
     def __post_init__(self) -> None:
         method = methods.get(self.method)  # the live table, so a row added at run time counts too
@@ -99,6 +105,20 @@ class WeightConfig:
             )
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ConfigError(f"block_size must be a power of 2 and at least 16, got {self.block_size!r}")
+        if self.codebook_share is not None and (
+            isinstance(self.codebook_share, bool)
+            or not isinstance(self.codebook_share, (int, float))
+            or not 0 < self.codebook_share <= 1
+        ):
+            raise ConfigError(
+                f"codebook_share must be a fraction in (0, 1] or null, got {self.codebook_share!r} "
+                "(e.g. 0.015625: codebooks may cost 1/64 of a weight's index bytes)"
+            )
+        if self.granularity == "shared" and not self.can_share:
+            raise ConfigError(
+                "granularity shared needs method kmeans, no pruning and format codebook; "
+                "use granularity tensor for this weight"
+            )
         if method.needs_pruning and not self.prunes:
             raise ConfigError(
                 f"method {self.method!r} needs pruning: set sparsity > 0 (or pruning: std / nm)"
@@ -111,6 +131,11 @@ class WeightConfig:
     @property
     def quantizes(self) -> bool:
         return methods.get(self.method).quantizes
+
+    @property
+    def can_share(self) -> bool:
+        """A shared scaled codebook can hold this setting's weights (dense k-means codes)."""
+        return self.method == "kmeans" and not self.prunes and self.format == "codebook"
 
     def describe(self) -> str:
         parts: list[str] = [self.method]
@@ -168,6 +193,9 @@ class CompressionConfig:
     exclude: tuple[str, ...] = ()
     min_elements: int = 256
     seed: int = 0
+    #: also code 1-D tensors (biases, normalization scales and shifts; not BatchNormalization
+    #: variances) of 16+ elements, on the shared scaled codebook: smaller, no longer exact
+    code_vectors: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.weight, WeightConfig):
@@ -177,6 +205,8 @@ class CompressionConfig:
         for key, ov in self.names.items():
             _validate_override(f"names.{key}", ov)
         _check_int("min_elements", self.min_elements, 0, 1 << 62)
+        if not isinstance(self.code_vectors, bool):
+            raise ConfigError(f"code_vectors must be true or false, got {self.code_vectors!r}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
         object.__setattr__(self, "op_types", dict(self.op_types))
         object.__setattr__(self, "names", dict(self.names))
@@ -225,6 +255,7 @@ class CompressionConfig:
             "exclude": list(self.exclude),
             "min_elements": self.min_elements,
             "seed": self.seed,
+            "code_vectors": self.code_vectors,
         }
 
 
@@ -237,6 +268,7 @@ def plan(
     """Resolve the setting of every compressible weight; the rest with the reason they are skipped."""
     planned: list[tuple[WeightInfo, WeightConfig]] = []
     skipped: list[tuple[str, str]] = []
+    chosen: list[int] = []  # indices in planned of weights the cost rule (not the plan) put on shared
     for info in inventory.weights:
         if not info.compressible:
             skipped.append((info.name, info.skip_reason or ""))
@@ -244,24 +276,70 @@ def plan(
         cfg = config.resolve(info.name, info.op_types)
         if cfg is None:
             skipped.append((info.name, "excluded by the plan"))
+        elif info.role == "vector":  # code_vectors: a table per vector never pays, a shared one does
+            if cfg.can_share and info.dtype == "float32":
+                planned.append((info, dataclasses.replace(cfg, granularity="shared")))
+            else:
+                skipped.append((info.name, "1-D tensor: code_vectors needs a k-means setting without pruning"))
         else:
-            planned.append((info, resolve_granularity(info, cfg)))
-    return planned, skipped
+            resolved = resolve_granularity(info, cfg)
+            if resolved.granularity == "shared" and cfg.granularity != "shared":
+                chosen.append(len(planned))
+            planned.append((info, resolved))
+    return _unshare_where_it_does_not_pay(planned, chosen), skipped
+
+
+#: about what the ``CodebookScaled`` function body adds to a model that stores no other use of it
+SHARED_BODY_BYTES = 1024
+
+
+def _unshare_where_it_does_not_pay(
+    planned: list[tuple[WeightInfo, WeightConfig]], chosen: list[int]
+) -> list[tuple[WeightInfo, WeightConfig]]:
+    """Give the weights the cost rule put on a shared codebook their own tables back when sharing
+    saves less than the decode function it needs (one or two small weights: LeNet's last layer)."""
+    from onnxcompress.granularity import codebook_bytes
+
+    if not chosen or any(c.granularity == "shared" for i, (_, c) in enumerate(planned) if i not in set(chosen)):
+        return planned  # nothing chosen, or the plan shares weights anyway: the body is paid for
+    keys = {(planned[i][1].bits, planned[i][1].codebook_dtype) for i in chosen}
+    saved = sum(codebook_bytes(planned[i][1].bits, planned[i][1].codebook_dtype) + 4 for i in chosen)
+    saved -= sum(codebook_bytes(bits, dtype) for bits, dtype in keys) + 4 * len(chosen)  # tables, scales
+    if saved >= SHARED_BODY_BYTES:
+        return planned
+    out = list(planned)
+    for i in chosen:
+        out[i] = (planned[i][0], dataclasses.replace(planned[i][1], granularity="tensor"))
+    return out
 
 
 def resolve_granularity(info: WeightInfo, cfg: WeightConfig) -> WeightConfig:
     """``cfg`` with ``granularity: auto`` replaced by the cost-aware choice for ``info``'s shape
-    (the finest granularity whose codebooks cost at most an eighth of the index bytes); any
-    other setting is returned as it is. Why: a 2**bits-entry codebook per short row costs more
-    than the row, and the weight then stays fp32."""
-    if cfg.granularity != "auto":
-        return cfg
-    from onnxcompress.granularity import cost_aware_granularity
+    (the finest granularity whose codebooks cost at most ``codebook_share``, default an eighth, of
+    the index bytes; ``shared`` when even one codebook for the whole tensor costs more), and
+    ``granularity: tensor`` with a ``codebook_share`` replaced by ``shared`` where one codebook
+    costs more than that share; any other setting is returned as it is. Why: a 2**bits-entry
+    codebook per short row costs more than the row, and one per small tensor (a 3x3 depthwise
+    filter bank, a squeeze-excite layer) costs a large part of it."""
+    from onnxcompress.granularity import DEFAULT_SHARE, cost_aware_granularity, tensor_codebook_pays
 
-    granularity, group = cost_aware_granularity(info.shape, info.axis, cfg.bits, cfg.codebook_dtype)
-    if granularity == "group":
-        return dataclasses.replace(cfg, granularity="group", group_size=group)
-    return dataclasses.replace(cfg, granularity=granularity)
+    share = cfg.codebook_share if cfg.codebook_share is not None else DEFAULT_SHARE
+    can_share = cfg.can_share and info.dtype == "float32"  # fp16/bf16 weights keep their own dtype
+    if cfg.granularity == "auto":
+        granularity, group = cost_aware_granularity(
+            info.shape, info.axis, cfg.bits, cfg.codebook_dtype, share, can_share=can_share
+        )
+        if granularity == "group":
+            return dataclasses.replace(cfg, granularity="group", group_size=group)
+        return dataclasses.replace(cfg, granularity=granularity)
+    if (
+        cfg.granularity == "tensor"
+        and cfg.codebook_share is not None
+        and can_share
+        and not tensor_codebook_pays(info.size, cfg.bits, cfg.codebook_dtype, share)
+    ):
+        return dataclasses.replace(cfg, granularity="shared")
+    return cfg
 
 
 def _apply(cfg: WeightConfig | None, override: Mapping[str, Any] | None) -> WeightConfig | None:
@@ -273,7 +351,9 @@ def _apply(cfg: WeightConfig | None, override: Mapping[str, Any] | None) -> Weig
 # Named presets. "safe" is the default: 8-bit per-tensor k-means, no pruning (about 4x smaller,
 # no measurable accuracy change on the shipped models).
 PRESETS: dict[str, dict[str, Any]] = {
-    "safe": {"weight": {"bits": 8}},
+    # a weight whose own 8-bit codebook would cost more than 1/64 of its codes shares one scaled
+    # codebook with the other such weights (small convolutions, squeeze-excite, recurrent cells)
+    "safe": {"weight": {"bits": 8, "codebook_share": 1 / 64}},
     # 6-bit codebooks per channel where a channel's codebook costs at most 1/8 of its indices,
     # per group of channels or per tensor elsewhere (granularity.py); fp16 codebook entries
     "balanced": {
@@ -281,7 +361,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "op_types": {"Gather": {"granularity": "tensor"}},
     },
     # one magnitude threshold across layers prunes big layers harder and spares small ones:
-    # LeNet-5 13.9x within 1 point of fp32 with no retraining
+    # LeNet-5 14.0x within 1 point of fp32 with no retraining
     "small": {"weight": {"bits": 5, "sparsity": 0.75, "pruning": "global"}},
     "deep-compression": {
         # the paper's LeNet settings: 8% of weights kept, 8-bit conv, 6-bit fc codebooks, 5-bit
@@ -312,7 +392,7 @@ def from_dict(data: Mapping[str, Any], base: CompressionConfig | None = None) ->
         raise ConfigError("a config file must hold a mapping at the top level")
     # "calibration" belongs to onnxcompress.calibration.config, "structured" to
     # onnxcompress.structured.config: each is read there
-    known = {"preset", "weight", "op_types", "names", "exclude", "min_elements", "seed", "calibration"}
+    known = {"preset", "weight", "op_types", "names", "exclude", "min_elements", "seed", "calibration", "code_vectors"}
     known.add("structured")
     unknown = set(data) - known
     if unknown:
@@ -337,6 +417,7 @@ def from_dict(data: Mapping[str, Any], base: CompressionConfig | None = None) ->
         exclude=tuple(exclude),
         min_elements=data.get("min_elements", base.min_elements),
         seed=data.get("seed", base.seed),
+        code_vectors=data.get("code_vectors", base.code_vectors),
     )
 
 

@@ -96,6 +96,22 @@ class CodebookDense(CodebookWeight):
 
 
 @dataclass(frozen=True, kw_only=True)
+class CodebookScaled(CodebookWeight):
+    """A code for every position into a codebook shared by the whole group, times the segment's
+    scale (``CodebookScaled``; ``granularity: shared``). ``codebook`` is the shared table
+    ``[1, 2**bits]``; ``nbytes`` counts the codes, the scales and the segment bounds, not the
+    shared table (stored once per group)."""
+
+    op_type: ClassVar[str] = "CodebookScaled"
+    kind: ClassVar[str] = "dense"
+    scales: np.ndarray  # float32 [S]
+
+    @property
+    def group_key(self) -> tuple[object, ...]:
+        return (*super().group_key, self.codebook.tobytes())
+
+
+@dataclass(frozen=True, kw_only=True)
 class CodebookRelative(CodebookWeight):
     """Codes of the kept ``positions``, placed by a ``gap_bits`` relative index (``CodebookRelative``)."""
 
@@ -156,7 +172,7 @@ class SparseMask(SparseWeight):
     kind: ClassVar[str] = "mask"
 
 
-EncodedWeight = CodebookDense | CodebookRelative | CodebookMask | SparseRelative | SparseMask
+EncodedWeight = CodebookDense | CodebookScaled | CodebookRelative | CodebookMask | SparseRelative | SparseMask
 """One weight in channel-major flat order, ready to join a group: one type per decode operator."""
 
 
@@ -222,6 +238,14 @@ def encode_codebook(
         kind, g, nbytes = _choose(size, positions, t.bits, encoding, gap_bits, dense_bytes)
     slot = WeightSlot(name=name, shape=tuple(t.shape), dtype=np.dtype(t.dtype), axis=t.axis, size=size)
     segments = np.asarray(t.segments, dtype=np.int64)
+    if t.shared is not None and t.scales is not None:
+        if t.pruned:
+            raise EncodingError("a shared codebook cannot encode a pruned weight; use granularity tensor")
+        return CodebookScaled(
+            **vars(slot), bits=t.bits, codebook=np.asarray(t.shared)[None, :], segments=segments,
+            codes=t.codes, scales=np.asarray(t.scales, dtype=np.float32),
+            nbytes=dense_bytes + 4 * t.scales.size + 4 * (segments.size - 1),
+        )  # fmt: skip
     if kind == "dense" or positions is None:
         return CodebookDense(
             **vars(slot), bits=t.bits, codebook=t.codebook, segments=segments, codes=t.codes,
@@ -325,7 +349,7 @@ def _all(ws: Sequence[EncodedWeight], cls: type[T]) -> list[T]:
 
 
 def _kept_positions(w: EncodedWeight) -> np.ndarray:
-    if isinstance(w, CodebookDense):
+    if isinstance(w, (CodebookDense, CodebookScaled)):
         raise EncodingError("internal error: a dense weight in a sparse group; please report it")
     return w.positions
 
@@ -339,7 +363,11 @@ def _assemble(ws: Sequence[EncodedWeight]) -> Group:
     if isinstance(first, CodebookWeight):
         cws = _all(ws, CodebookWeight)
         attrs["bits"] = int(first.bits)
-        codebook = np.concatenate([w.codebook for w in cws], axis=0)
+        if isinstance(first, CodebookScaled):  # one shared table (the group key holds its bytes)
+            codebook = first.codebook.reshape(-1)
+            inputs["scales"] = np.concatenate([w.scales for w in _all(ws, CodebookScaled)])
+        else:
+            codebook = np.concatenate([w.codebook for w in cws], axis=0)
         segments = np.concatenate(
             [cws[0].segments[:1]] + [w.segments[1:] + off for w, off in zip(cws, offsets, strict=True)]
         )
@@ -347,8 +375,8 @@ def _assemble(ws: Sequence[EncodedWeight]) -> Group:
             raise EncodingError("a decode group exceeds 2^31 elements")
         inputs["codebook"] = codebook
         inputs["segments"] = segments.astype(np.int32)
-    if isinstance(first, CodebookDense):
-        inputs["codes"] = bitpack.compress_parts([w.codes for w in _all(ws, CodebookDense)], first.bits)
+    if isinstance(first, (CodebookDense, CodebookScaled)):
+        inputs["codes"] = bitpack.compress_parts([w.codes for w in _all(ws, CodebookWeight)], first.bits)
     else:
         # the group's positions are each weight's plus its offset: the encoders take them per
         # weight, chunk by chunk, instead of one group-wide int64 array

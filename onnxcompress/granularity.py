@@ -29,16 +29,33 @@ def codebook_bytes(bits: int, codebook_dtype: str = "float32") -> int:
     return (1 << bits) * _ITEMSIZE[codebook_dtype]
 
 
+def tensor_codebook_pays(size: int, bits: int, codebook_dtype: str = "float32", share: float = DEFAULT_SHARE) -> bool:
+    """Whether one codebook for a whole weight of ``size`` elements costs at most ``share`` of its
+    index bytes (otherwise the weight shares a scaled codebook: ``granularity: shared``)."""
+    return codebook_bytes(bits, codebook_dtype) <= share * size * bits / 8
+
+
 def cost_aware_granularity(
     shape: tuple[int, ...],
     axis: int,
     bits: int,
     codebook_dtype: str = "float32",
     share: float = DEFAULT_SHARE,
+    can_share: bool = False,
 ) -> tuple[str, int]:
     """``("channel", 1)``, ``("group", g)`` or ``("tensor", channels)`` for a weight of ``shape``
     whose output channels lie on ``axis``: the finest granularity whose codebooks cost at most
-    ``share`` of the weight's index bytes."""
+    ``share`` of the weight's index bytes. With ``can_share`` (the setting allows a shared scaled
+    codebook), ``("shared", channels)`` where even one codebook for the whole tensor costs more."""
+    granularity, n = _finest(shape, axis, bits, codebook_dtype, share)
+    size = math.prod(int(d) for d in shape)
+    if granularity == "tensor" and can_share and not tensor_codebook_pays(size, bits, codebook_dtype, share):
+        return ("shared", n)
+    return (granularity, n)
+
+
+def _finest(shape: tuple[int, ...], axis: int, bits: int, codebook_dtype: str, share: float) -> tuple[str, int]:
+    """:func:`cost_aware_granularity` among channel, group and tensor only."""
     if not 0 < share:
         raise ValueError(f"share must be positive, got {share!r}")
     if not shape:

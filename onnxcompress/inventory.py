@@ -215,8 +215,27 @@ def _float_tensors(graph: onnx.GraphProto, path: str) -> Iterator[tuple[onnx.Ten
                     yield t, "constant"
 
 
-def build_inventory(model: onnx.ModelProto, *, min_elements: int = 256) -> Inventory:
-    """Inventory of every float tensor in the model and its subgraphs."""
+#: ``code_vectors``: the shortest 1-D tensor worth coding (its code bytes plus a scale, a segment
+#: bound and a split size must undercut 4 bytes per element by a margin)
+VECTOR_MIN_ELEMENTS = 16
+
+
+def _codable_vector_use(node: onnx.NodeProto, index: int) -> bool:
+    """A bias or a normalization parameter that ``code_vectors`` may code. Not a BatchNormalization
+    variance: a coded variance could reach zero or below, and the normalization would divide by
+    it."""
+    op = node.op_type
+    if op in NORM_OPS and index > 0:
+        return not (op == "BatchNormalization" and index == 4)
+    return index in BIAS_INPUTS.get(op, ())
+
+
+def build_inventory(model: onnx.ModelProto, *, min_elements: int = 256, code_vectors: bool = False) -> Inventory:
+    """Inventory of every float tensor in the model and its subgraphs.
+
+    ``code_vectors``: 1-D tensors of at least :data:`VECTOR_MIN_ELEMENTS` elements (biases,
+    normalization scales and shifts, other vectors) are compressible too, whatever
+    ``min_elements``, with role ``vector`` (the plan gives them the shared codebook)."""
     weights: dict[str, WeightInfo] = {}
     uses: dict[str, list[tuple[onnx.NodeProto, int, str]]] = {}
     quantized = False
@@ -248,13 +267,17 @@ def build_inventory(model: onnx.ModelProto, *, min_elements: int = 256) -> Inven
         ndim = len(w.shape)
         reasons: list[str] = []
         roles: list[tuple[str, int, int]] = []
+        vector = code_vectors and ndim == 1 and w.size >= VECTOR_MIN_ELEMENTS
         for node, i, path in uses.get(w.name, []):
             w.uses.append(Use(node.op_type, node.name, i, path))
             r = _role(node, i, ndim)
             if isinstance(r, str):
                 reasons.append(r)
+                vector = vector and _codable_vector_use(node, i)
             else:
                 roles.append(r)
+        if vector:
+            reasons = []
         if reasons:
             w.skip_reason = reasons[0]
         elif w.name in graph_outputs:
@@ -263,13 +286,15 @@ def build_inventory(model: onnx.ModelProto, *, min_elements: int = 256) -> Inven
             w.skip_reason = "overridable graph input (an initializer that is also a model input)"
         elif not w.uses:
             w.skip_reason = "unused"
+        elif vector:
+            roles = [("vector", 0, 0)]
         elif ndim <= 1:
             w.skip_reason = "1-D tensor (bias or scale)"
         elif w.size < min_elements:
             w.skip_reason = f"small (< {min_elements} elements)"
         if roles:
             w.role, w.axis, w.input_axis = roles[0]
-            if len({r[0] for r in roles}) > 1:
+            if len({r[0] for r in roles}) > 1 and not vector:
                 w.role = "shared:" + "+".join(dict.fromkeys(r[0] for r in roles))
         w.axis = w.axis % ndim if ndim else 0
         w.input_axis = w.input_axis % ndim if ndim else 0

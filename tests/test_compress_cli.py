@@ -321,3 +321,20 @@ def test_metadata_stamp_holds_only_overrides_and_rebuilds_the_plan(name):
     weight = stamp["config"].get("weight", {})
     assert ("codebook_dtype" in weight) == (cfg.weight.codebook_dtype != "float32")
     assert from_dict(stamp["config"]) == cfg
+
+
+def test_compress_parses_the_model_once(model_path, tmp_path, monkeypatch):
+    """The plan check and the compression read the same opened model: one parse of the file."""
+    import onnxcompress.model_io as model_io
+
+    opened: list[str] = []
+    real = model_io.open_model
+
+    def counting(path, *a, **kw):
+        opened.append(str(path))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(model_io, "open_model", counting)
+    out = tmp_path / "once.onnx"
+    assert main(["compress", str(model_path), "-o", str(out), "--quiet"]) == 0
+    assert opened == [str(model_path)]

@@ -28,13 +28,11 @@ def decoded_weights(model: onnx.ModelProto, expected: dict[str, np.ndarray]) -> 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     g = probe.graph
-    keep = [
-        n
-        for n in g.node
-        if n.domain == DOMAIN
-        or n.op_type in ("Split", "Reshape", "Transpose")
-        and n.name.startswith(("onnxcompress", *names))
-    ]
+    keep, made = [], set()  # the decode nodes and the cut nodes that read their outputs
+    for n in g.node:
+        if n.domain == DOMAIN or (n.op_type in ("Split", "Reshape", "Transpose") and n.input[0] in made):
+            keep.append(n)
+            made.update(n.output)
     del g.node[:]
     g.node.extend(keep)
     del g.input[:]
@@ -119,6 +117,44 @@ def test_methods_granularities_encodings(method, granularity, encoding):
     assert {w.encoding for w in result.report.weights} == {encoding}
     for w in result.report.weights:
         assert w.sparsity >= 0.69
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_shared_scaled_codebook(bits):
+    """granularity shared: one CodebookScaled node decodes every weight from one shared table and
+    a scale each, bit for bit as numpy decompresses it, with no per-tensor table stored."""
+    result = _check(zoo_model(), _cfg(bits=bits, granularity="shared"), tol={8: 0.02}.get(bits))
+    nodes = [n for n in result.model.graph.node if n.domain == DOMAIN]
+    assert [n.op_type for n in nodes] == ["CodebookScaled"]
+    inits = {t.name: t for t in result.model.graph.initializer}
+    assert list(inits[nodes[0].input[1]].dims) == [2**bits]
+    assert list(inits[nodes[0].input[2]].dims) == [len(result.report.weights)]
+    assert {w.setting for w in result.report.weights} == {f"kmeans {bits}b/shared"}
+
+
+def test_codebook_share_mixes_own_and_shared_codebooks():
+    """granularity tensor with a codebook_share: weights too small for their own table share one;
+    8-bit codes are read as bytes, so no Unpack function is stored."""
+    result = _check(zoo_model(), _cfg(bits=8, codebook_share=1 / 64), tol=0.02)
+    settings = {w.setting for w in result.report.weights}
+    assert settings == {"kmeans 8b/shared", "kmeans 8b/tensor"}, settings
+    assert {n.op_type for n in result.model.graph.node if n.domain == DOMAIN} == {"CodebookDense", "CodebookScaled"}
+    assert "Unpack" not in {f.name for f in result.model.functions}
+
+
+def test_code_vectors_codes_biases_and_norm_scales_but_not_variances():
+    """code_vectors: biases and normalization scales/shifts of 16+ elements join the shared
+    codebook (decoded bit for bit like every weight); a BatchNormalization variance stays exact."""
+    cfg = CompressionConfig(weight=WeightConfig(bits=8, codebook_share=1 / 64), min_elements=256, code_vectors=True)
+    result = _check(zoo_model(), cfg, tol=0.02)
+    coded = {w.name: w.setting for w in result.report.weights}
+    for name in ("conv.b", "bn.scale", "bn.bias", "bn.mean", "fc1.b"):
+        assert coded.get(name) == "kmeans 8b/shared", (name, coded.get(name))
+    assert "bn.var" not in coded
+    assert dict(result.report.skipped)["bn.var"].startswith("normalization parameter")
+    pruned = CompressionConfig(weight=WeightConfig(bits=5, sparsity=0.5), code_vectors=True)
+    skipped = dict(compress_model(zoo_model(), pruned).report.skipped)
+    assert skipped["conv.b"].startswith("1-D tensor: code_vectors needs")
 
 
 @pytest.mark.parametrize("encoding", ["relative", "mask"])

@@ -66,7 +66,10 @@ def _case(op_type: str, bits: int, gap_bits: int, size: int, segments: int, out_
         inputs["codebook"] = cb
         inputs["segments"] = bounds.astype(np.int32)
         attrs["bits"] = bits
-    if op_type == "CodebookDense":
+    if op_type == "CodebookScaled":  # one shared row, one float32 scale per segment
+        inputs["codebook"] = cb[0]
+        inputs["scales"] = rng.standard_normal(bounds.size - 1).astype(np.float32)
+    if op_type in ("CodebookDense", "CodebookScaled"):
         inputs["codes"] = bitpack.compress(rng.integers(0, 2**bits, size), bits)
     else:
         if "Relative" in op_type:
@@ -85,7 +88,7 @@ def _case(op_type: str, bits: int, gap_bits: int, size: int, segments: int, out_
     return {k: inputs[k] for k in OPS[op_type].input_names}, attrs
 
 
-CASES = ("CodebookDense", "CodebookRelative", "CodebookMask", "SparseRelative", "SparseMask")
+CASES = ("CodebookDense", "CodebookScaled", "CodebookRelative", "CodebookMask", "SparseRelative", "SparseMask")
 ALL_OPS = list(DECODE_OPS)  # every operator the encoder may place: each must have a case
 
 
@@ -256,3 +259,22 @@ def test_relative_index_every_width_round_trips():
         decoded, real = sparse.decode_relative(rel.gaps, g)
         np.testing.assert_array_equal(decoded[real], positions)
         assert decoded.max() < 5000
+
+
+@pytest.mark.parametrize("op_type", ["CodebookDense", "CodebookScaled", "CodebookRelative"])
+def test_fixed_8bit_bodies_read_bytes_without_unpack(op_type):
+    """A model whose every node of an operator has bits 8 stores a body that slices the stream's
+    bytes instead of calling Unpack (no Unpack function at all when nothing else needs it), and
+    onnxruntime still decodes exactly the reference."""
+    rng = np.random.default_rng(8)
+    inputs, attrs = _case(op_type, 8, 8, 1003, 3, np.float32, np.float32, rng)
+    widths = {"bits": 8, "gap_bits": 8} if "Relative" in op_type else {"bits": 8}
+    model = _model(op_type, inputs, attrs, 17)
+    del model.functions[:]
+    model.functions.extend(functions_for([op_type], 17, {op_type: widths}))
+    onnx.checker.check_model(model, full_check=True)
+    assert [f.name for f in model.functions] == [op_type]
+    got = make_session(model).run(None, {})[0]
+    np.testing.assert_array_equal(got.view(np.uint32), reference(op_type, inputs, attrs).view(np.uint32))
+    evaluated = ReferenceEvaluator(model).run(None, {})[0]
+    np.testing.assert_array_equal(evaluated.view(np.uint32), got.view(np.uint32))

@@ -8,11 +8,12 @@ import typing
 import numpy as np
 import pytest
 
-from onnxcompress.algorithms import codebook, pruning
+from onnxcompress.algorithms import codebook, pruning, scaled_codebook
 from onnxcompress.encoding import (
     CodebookDense,
     CodebookMask,
     CodebookRelative,
+    CodebookScaled,
     EncodedWeight,
     SparseMask,
     SparseRelative,
@@ -31,6 +32,7 @@ def test_one_encoding_type_per_decode_operator():
     assert sorted(k.op_type for k in kinds) == sorted(DECODE_OPS)
     assert {(k.op_type, k.kind) for k in kinds} == {
         ("CodebookDense", "dense"),
+        ("CodebookScaled", "dense"),
         ("CodebookRelative", "relative"),
         ("CodebookMask", "mask"),
         ("SparseRelative", "relative"),
@@ -45,6 +47,11 @@ def _weights(rng: np.random.Generator) -> list[np.ndarray]:
 def _encode(kind: type, w: np.ndarray, name: str, axis: int) -> tuple[EncodedWeight, np.ndarray]:
     keep = pruning.magnitude_mask(w, 0.7)
     encoding = kind.kind
+    if kind is CodebookScaled:  # one table fitted on the test's weights (the first three of _weights)
+        rng = np.random.default_rng(7)
+        pool = [scaled_codebook.normalised_sample(x) for x in _weights(rng)[:3]]
+        ct = scaled_codebook.quantize_scaled(w, scaled_codebook.fit_shared(pool, bits=4), bits=4)
+        return encode_codebook(name, ct, encoding=encoding), codebook.decompress(ct)
     if kind.op_type.startswith("Codebook"):
         ct = codebook.quantize(
             w, bits=4, mask=None if kind is CodebookDense else keep, granularity="channel", axis=axis

@@ -48,6 +48,10 @@ class CodebookTensor:
     codes: np.ndarray  # uint8 [size], channel-major flat order
     bits: int  # 1..8
     pruned: bool  # codebook[:, 0] == 0 and code 0 marks the pruned positions
+    # granularity shared (algorithms/scaled_codebook.py): row s is exactly float32(shared) * scales[s];
+    # the encoder stores the shared table once per decode group and one scale per segment
+    shared: np.ndarray | None = None  # [2**bits], float32 or float16
+    scales: np.ndarray | None = None  # float32 [S]
 
     def __post_init__(self) -> None:
         size = int(np.prod(self.shape, dtype=np.int64))
@@ -61,6 +65,10 @@ class CodebookTensor:
             )
         if self.codes.dtype != np.uint8 or self.codes.shape != (size,):
             raise ConfigError(f"CodebookTensor.codes must be uint8 of shape ({size},)")
+        if (self.shared is None) != (self.scales is None) or (
+            self.scales is not None and self.scales.shape != (s.size - 1,)
+        ):
+            raise ConfigError("CodebookTensor.shared and .scales go together: one scale per segment")
 
     @property
     def num_segments(self) -> int:

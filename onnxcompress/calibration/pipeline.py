@@ -282,7 +282,8 @@ def calibrate_weight(
         return rec, dec, dec2.astype(np.float64), " + ".join(steps)
 
     sdt = store_dtype(w.dtype, cfg.codebook_dtype)
-    seg = row_segments(rows, cfg.granularity, cfg.group_size)
+    # a shared scaled codebook is the plain path's; calibrated, such a weight gets its own table
+    seg = row_segments(rows, "tensor" if cfg.granularity == "shared" else cfg.granularity, cfg.group_size)
     pruned = keep is not None and not keep.all()
     kp = keep if pruned else None
     if ccfg.quant_method == "weighted-kmeans" or (embedding and ccfg.quant_method == "gptq"):
@@ -431,13 +432,16 @@ def calibrate(
         ccfg = dataclasses.replace(ccfg, samples=int(samples))
     if sequential is not None:
         ccfg = dataclasses.replace(ccfg, sequential=bool(sequential))
-    inventory = build_inventory(model, min_elements=config.min_elements)
+    inventory = build_inventory(model, min_elements=config.min_elements, code_vectors=config.code_vectors)
     planned, _ = plan(inventory, config)
     result = CalibrationResult(config=ccfg)
     by_cfg: dict[str, WeightConfig] = {}
     infos = []
     for info, cfg in planned:
         plain = methods.get(cfg.method)
+        if info.role == "vector":  # code_vectors: a bias or scale, not a layer's weight
+            result.skipped[info.name] = "1-D tensor on the shared codebook (plain algorithm used)"
+            continue
         if not plain.calibrated:
             result.skipped[info.name] = f"{plain.label} has no calibrated variant (plain algorithm used)"
             continue

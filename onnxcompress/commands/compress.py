@@ -165,16 +165,16 @@ def check_paths(args: argparse.Namespace, output: str) -> None:
         model_io.check_output(args.report, inputs=[args.model], overwrite=True)
 
 
-def warn_plan(args: argparse.Namespace, config: CompressionConfig) -> None:
+def warn_plan(args: argparse.Namespace, config: CompressionConfig, model: Any) -> None:
     """Plan entries that match nothing, or that ``pruning: global`` overrides, as warnings on stderr
-    (the run goes on: a typo in a plan should be seen, not fatal)."""
-    from onnxcompress import model_io
+    (the run goes on: a typo in a plan should be seen, not fatal). ``model``: the opened input,
+    the same ModelProto that is then compressed (the file is parsed once)."""
     from onnxcompress.commands.plan_view import plan_from_args
     from onnxcompress.inventory import build_inventory
     from onnxcompress.plan_check import check_plan
 
     _, base = plan_from_args(args)
-    inv = build_inventory(model_io.open_model(args.model, load_external=False), min_elements=config.min_elements)
+    inv = build_inventory(model, min_elements=config.min_elements, code_vectors=config.code_vectors)
     for issue in check_plan(config, inv, base=base):
         print(f"onnxcompress: warning: {issue}", file=sys.stderr)
 
@@ -184,17 +184,21 @@ def run(args: argparse.Namespace) -> int:
     from onnxcompress.commands.display import terminal_progress
     from onnxcompress.commands.render import format_calibration, format_report
     from onnxcompress.compressor import compress_file
-    from onnxcompress.model_io import write_report
+    from onnxcompress.model_io import open_model, write_report
 
     output = args.output or default_output(args.model)
     check_paths(args, output)
     config = config_from_args(args)
-    warn_plan(args, config)
     calibrations: list[CalibrationResult] = []
 
     from onnxcompress.commands._structured_args import structured_config_from_args
 
     structured = structured_config_from_args(args)
+    # a hook (calibration, structured pruning) runs the model: it needs the external data loaded;
+    # without one, compress_file reads each weight from its data file when it compresses it
+    hooked = bool(getattr(args, "calibration_data", None) or structured)
+    model = open_model(args.model, load_external=hooked)
+    warn_plan(args, config, model)
     structured_reports: list[dict[str, Any]] = []
 
     with terminal_progress(enabled=not args.quiet) as progress:
@@ -221,9 +225,8 @@ def run(args: argparse.Namespace) -> int:
                 progress=progress,
                 # without calibration data or structured pruning there is no hook, and compress_file
                 # can read weights one by one
-                hook_factory=(
-                    calibration_hook if getattr(args, "calibration_data", None) or structured else None
-                ),
+                hook_factory=calibration_hook if hooked else None,
+                model=model,
             )
         except NoCompressibleWeightsError as exc:
             raise NoCompressibleWeightsError(f"{exc} (--min-elements, --exclude, --config)") from None

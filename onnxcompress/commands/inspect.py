@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         model_io.check_output(args.json, inputs=[args.model], overwrite=True)
     config, base = plan_from_args(args)
     model = model_io.open_model(args.model, load_external=False)
-    inv = build_inventory(model, min_elements=config.min_elements)
+    inv = build_inventory(model, min_elements=config.min_elements, code_vectors=config.code_vectors)
     text = format_plan(inv, config, only_compressed=args.compressible)
     summary = [ln for ln in text.splitlines() if ln.startswith(("left alone:", "dry run:"))]
     print(text if not args.quiet else "\n".join(summary))

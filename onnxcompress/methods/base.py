@@ -9,7 +9,7 @@ method, so a new method never touches the encoding or the graph.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,11 +57,15 @@ class Context:
     ``seed``: the plan's seed (k-means initialisation). ``global_threshold``: the magnitude
     threshold shared by every weight whose plan says ``pruning: global`` (one threshold over all
     of them, computed by :func:`onnxcompress.methods.masks.global_threshold` before any weight is
-    compressed).
+    compressed). ``shared_codebooks``: likewise for ``granularity: shared``.
     """
 
     seed: int = 0
     global_threshold: float | None = None
+    #: ``granularity: shared``: the shared codebook of each ``(bits, codebook_dtype)``, fitted on
+    #: every planned weight that shares it before any is compressed (methods.kmeans.shared_codebooks);
+    #: a weight whose key is missing gets a codebook fitted on itself alone
+    shared_codebooks: Mapping[tuple[int, str], np.ndarray] | None = None
 
 
 #: seed 0, no global threshold
@@ -96,7 +100,7 @@ def codebook_axis(info: WeightInfo, cfg: WeightConfig) -> int:
     """The channel axis a codebook method groups by. Only per-channel/group codebooks need it in
     front (contiguous segments); other weights decode in their natural order, which saves a
     Transpose per weight at load time."""
-    return info.axis if cfg.granularity != "tensor" else 0
+    return info.axis if cfg.granularity not in ("tensor", "shared") else 0
 
 
 def decompress(c: Compressed) -> np.ndarray:

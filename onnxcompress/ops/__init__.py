@@ -1,7 +1,7 @@
 """The ``ai.onnxcompress`` decode operators (docs/format.md, part 1).
 
 One file per operator (``codebook_dense.py``, ``codebook_relative.py``, ``codebook_mask.py``,
-``sparse_relative.py``, ``sparse_mask.py`` and the ``unpack.py`` helper they call), each defining
+``codebook_scaled.py``, ``sparse_relative.py``, ``sparse_mask.py`` and the ``unpack.py`` helper they call), each defining
 its :class:`~onnxcompress.ops.spec.OpSpec`: inputs (which are bit-packed streams, of what width
 and count), attributes, the exact numpy ``reference`` and the ``body`` that builds its ONNX
 function from standard ops. :mod:`onnxcompress.ops.registry` lists them in one table

@@ -11,7 +11,7 @@ and spans at most two bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -26,9 +26,11 @@ class Body:
     """Tiny builder of one operator's body: each call appends a node and returns its (auto-named)
     output. ``spec`` says which attributes hold each stream's width and count (:meth:`read_codes`)."""
 
-    def __init__(self, spec: OpSpec, opset: int = 17) -> None:
+    def __init__(self, spec: OpSpec, opset: int = 17, widths: dict[str, int] | None = None) -> None:
         self.spec = spec
         self.opset = opset
+        # stream-width attributes whose value every node of this model shares (e.g. bits 8)
+        self.widths = dict(widths or {})
         self.nodes: list[onnx.NodeProto] = []
         self._n = 0
         self._memo: dict[tuple[Any, ...], str] = {}
@@ -163,7 +165,12 @@ class Body:
         inp = self.spec.input(input_name)
         if inp.bits is None or inp.count is None:
             raise ValueError(f"{self.spec.name}: input {input_name!r} is not a bit-packed stream")
-        return self.op("Cast", self.call_unpack(input_name, inp.bits, inp.count), to=TensorProto.INT32)
+        width = inp.bits if isinstance(inp.bits, int) else self.widths.get(inp.bits)
+        if width == 8:  # 8-bit codes are the stream's bytes: no unpacking, no Unpack function
+            codes = self.op("Slice", input_name, self.const([0], np.int64), self.vec1(self.attr_int(inp.count)))
+        else:
+            codes = self.call_unpack(input_name, inp.bits, inp.count)
+        return self.op("Cast", codes, to=TensorProto.INT32)
 
     def segment_offsets(self, segments: str, size: str, bits_attr: str) -> str:
         """int32 [size]: seg(p) * 2^bits, the offset of each position's codebook row in the flat
@@ -174,6 +181,20 @@ class Body:
         zeros = self.op("ConstantOfShape", size, value=numpy_helper.from_array(np.array([0], np.int32)))
         marks = self.op("ScatterElements", zeros, interior, ks, axis=0)
         return self.op("CumSum", marks, self.const(0))
+
+    def segment_ids(self, segments: str, size: str) -> str:
+        """int32 [size]: seg(p), a CumSum of ones scattered at the interior segment bounds."""
+        interior = self.op("Slice", segments, self.const([1], np.int64), self.const([-1], np.int64))
+        ones = self.op("Expand", self.const(1), self.op("Shape", interior))
+        zeros = self.op("ConstantOfShape", size, value=numpy_helper.from_array(np.array([0], np.int32)))
+        return self.op("CumSum", self.op("ScatterElements", zeros, interior, ones, axis=0), self.const(0))
+
+    def scaled_lookup(self, codebook: str, scales: str, seg: str, codes: str) -> str:
+        """``to(float32(codebook[code]) * float32(scales[seg]))``: one product per position."""
+        f32 = TensorProto.FLOAT
+        table = self.op("Cast", self.op("Reshape", codebook, self.const([-1], np.int64)), to=f32)
+        values = self.op("Gather", table, codes, axis=0)
+        return self.cast_to(self.op("Mul", values, self.op("Gather", self.op("Cast", scales, to=f32), seg, axis=0)))
 
     def lookup(self, codebook: str, offsets: str, codes: str) -> str:
         """codebook[offset + code], cast to ``to`` before the gather (the codebook is small)."""
@@ -223,12 +244,17 @@ class Body:
         return self.op("Cast", mask, to=TensorProto.BOOL), rank
 
 
-def build_function(op_type: str, opset: int) -> onnx.FunctionProto:
-    """The FunctionProto of one decode operator for a model whose default-domain opset is ``opset``."""
+def build_function(op_type: str, opset: int, widths: dict[str, int] | None = None) -> onnx.FunctionProto:
+    """The FunctionProto of one decode operator for a model whose default-domain opset is ``opset``.
+
+    ``widths``: stream-width attributes (``bits``, ``gap_bits``) that every node of this operator
+    in the model sets to the same value; an 8-bit stream is then read as plain bytes (a Slice)
+    instead of through ``Unpack``. The body stays valid for that model only, which is the only
+    model it is stored in."""
     if opset < MIN_OPSET:
         raise ValueError(f"decode functions need opset >= {MIN_OPSET}, got {opset}")
     spec = get_op(op_type)
-    b = Body(spec, opset)
+    b = Body(spec, opset, widths)
     b.nodes.append(helper.make_node("Identity", [spec.body(b)], ["Y"]))
     return helper.make_function(
         DOMAIN,
@@ -241,8 +267,14 @@ def build_function(op_type: str, opset: int) -> onnx.FunctionProto:
     )
 
 
-def functions_for(op_types: Iterable[str], opset: int) -> list[onnx.FunctionProto]:
-    """Function protos a model using ``op_types`` needs (the helpers they call included)."""
+def functions_for(
+    op_types: Iterable[str], opset: int, widths: Mapping[str, dict[str, int]] | None = None
+) -> list[onnx.FunctionProto]:
+    """Function protos a model using ``op_types`` needs (the helpers they call included, listed
+    first: evaluators resolve callees in order). ``widths[op]``: see :func:`build_function`."""
+    widths = widths or {}
     ops = sorted(set(op_types) - set(HELPERS))
-    helpers = list(HELPERS) if ops else []  # listed first: evaluators resolve callees in order
-    return [build_function(op, opset) for op in helpers + ops]
+    bodies = [build_function(op, opset, widths.get(op)) for op in ops]
+    called = {(n.domain, n.op_type) for f in bodies for n in f.node}
+    helpers = [build_function(h, opset) for h in HELPERS if (DOMAIN, h) in called]
+    return helpers + bodies

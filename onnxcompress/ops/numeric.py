@@ -39,6 +39,12 @@ def lookup(
     return out
 
 
+def segment_ids(segments: np.ndarray, size: int) -> np.ndarray:
+    """int64 [size]: the segment of every position (``segments`` holds the S + 1 bounds)."""
+    bounds = np.asarray(segments, dtype=np.int64)
+    return np.repeat(np.arange(bounds.size - 1, dtype=np.int64), np.diff(bounds))[:size]
+
+
 def scatter(size: int, pos: np.ndarray, values: np.ndarray, to: int) -> np.ndarray:
     """``size`` zeros of type ``to`` with ``values`` at ``pos``."""
     y = np.zeros(size, dtype=np_type(to))

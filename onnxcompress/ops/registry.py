@@ -15,6 +15,7 @@ from onnxcompress.ops import (
     codebook_dense,
     codebook_mask,
     codebook_relative,
+    codebook_scaled,
     sparse_mask,
     sparse_relative,
     unpack,
@@ -29,6 +30,7 @@ OPS: Mapping[str, OpSpec] = MappingProxyType(
             codebook_dense.SPEC,
             codebook_relative.SPEC,
             codebook_mask.SPEC,
+            codebook_scaled.SPEC,
             sparse_relative.SPEC,
             sparse_mask.SPEC,
         )

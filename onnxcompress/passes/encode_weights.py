@@ -25,7 +25,8 @@ from onnxcompress.ops.functions import functions_for
 from onnxcompress.passes.base import Pass, PassResult
 from onnxcompress.passes.versions import default_opset
 
-PREFIX = "onnxcompress"
+PREFIX = "onnxcompress"  # the decode streams: onnxcompress/g<group>/<input>
+SHORT = "oc"  # internal values: oc<group>, oc<group>.<run>, shape constants oc/s<i>
 
 
 def remove_tensors(model: onnx.ModelProto, names: set[str]) -> set[str]:
@@ -47,20 +48,25 @@ def remove_tensors(model: onnx.ModelProto, names: set[str]) -> set[str]:
     return found
 
 
+def stream_widths(groups: Sequence[Group]) -> dict[str, dict[str, int]]:
+    """Per operator, the stream-width attributes (``bits``, ``gap_bits``) that all its groups set
+    to one value: its function body can then read them as fixed widths (8-bit codes as bytes)."""
+    seen: dict[str, dict[str, set[int]]] = {}
+    for g in groups:
+        for inp in g.spec.streams:
+            if isinstance(inp.bits, str):
+                seen.setdefault(g.op_type, {}).setdefault(inp.bits, set()).add(int(g.attrs[inp.bits]))
+    return {op: {a: v.pop() for a, v in attrs.items() if len(v) == 1} for op, attrs in seen.items()}
+
+
 class EncodeWeightsPass(Pass):
     name = "encode-weights"
 
     @staticmethod
-    def _split(x: str, outputs: list[str], sizes: list[int], opset: int, const, name: str) -> onnx.NodeProto:
+    def _split(x: str, outputs: list[str], sizes: list[int], opset: int, const, sizes_name: str) -> onnx.NodeProto:
         if opset >= 13:
-            return helper.make_node(
-                "Split",
-                [x, const(np.array(sizes, dtype=np.int64), f"{name}/sizes")],
-                outputs,
-                axis=0,
-                name=name,
-            )
-        return helper.make_node("Split", [x], outputs, axis=0, split=sizes, name=name)
+            return helper.make_node("Split", [x, const(np.array(sizes, dtype=np.int64), sizes_name)], outputs, axis=0)
+        return helper.make_node("Split", [x], outputs, axis=0, split=sizes)
 
     def __init__(self, groups: Sequence[Group], *, consume: bool = False) -> None:
         """``consume``: take each stream out of its group's ``inputs`` as it becomes an
@@ -106,11 +112,12 @@ class EncodeWeightsPass(Pass):
             inputs = [const(get(k), f"{base}/{k}") for k in group.spec.input_names]
             to = helper.np_dtype_to_tensor_dtype(np.dtype(group.weights[0].dtype))
             attrs: dict[str, Any] = {**group.attrs, "to": to}
-            decoded = fresh(f"{base}/decoded")
-            node_name = fresh(f"{base}/{group.op_type}")
-            new_nodes.append(
-                helper.make_node(group.op_type, inputs, [decoded], name=node_name, domain=DOMAIN, **attrs)
-            )
+            # Internal names are short and the added nodes unnamed (names are optional in ONNX):
+            # each weight costs a Reshape and a Split output, and on a model of dozens of small
+            # weights long names were a visible part of the file.
+            short = f"{SHORT}{gi}"
+            decoded = fresh(short)
+            new_nodes.append(helper.make_node(group.op_type, inputs, [decoded], domain=DOMAIN, **attrs))
             # runs of consecutive weights with the same trailing dims (build_groups sorts them so)
             runs: list[list[WeightSlot]] = []
             for w in group.weights:
@@ -121,52 +128,35 @@ class EncodeWeightsPass(Pass):
             if len(runs) == 1:
                 run_outputs = [decoded]
             else:
-                run_outputs = [fresh(f"{base}/run{i}") for i in range(len(runs))]
+                run_outputs = [fresh(f"{short}.{i}") for i in range(len(runs))]
                 sizes = [sum(w.size for w in run) for run in runs]
-                new_nodes.append(
-                    self._split(decoded, run_outputs, sizes, opset, const, fresh(f"{base}/Split"))
-                )
+                new_nodes.append(self._split(decoded, run_outputs, sizes, opset, const, f"{short}/sizes"))
             for ri, (run, flat) in enumerate(zip(runs, run_outputs, strict=True)):
-                targets = [w.name if w.axis == 0 else fresh(f"{w.name}/channel_major") for w in run]
+                targets = [w.name if w.axis == 0 else fresh(f"{short}.{ri}.{j}") for j, w in enumerate(run)]
                 if len(run) == 1:
                     shaped = targets[0]
                     shape = tuple(int(d) for d in run[0].moved_shape)
                 else:
-                    shaped = fresh(f"{base}/run{ri}/shaped")
+                    shaped = fresh(f"{short}.{ri}s")
                     shape = (-1, *(int(d) for d in run[0].moved_shape[1:]))
                 if shape not in shape_consts:
-                    shape_consts[shape] = const(
-                        np.array(shape, dtype=np.int64), f"{PREFIX}/shape{len(shape_consts)}"
-                    )
-                new_nodes.append(
-                    helper.make_node(
-                        "Reshape",
-                        [flat, shape_consts[shape]],
-                        [shaped],
-                        name=fresh(f"{base}/run{ri}/Reshape"),
-                    )
-                )
+                    shape_consts[shape] = const(np.array(shape, dtype=np.int64), f"{SHORT}/s{len(shape_consts)}")
+                new_nodes.append(helper.make_node("Reshape", [flat, shape_consts[shape]], [shaped]))
                 if len(run) > 1:
                     sizes = [int(w.moved_shape[0]) for w in run]
-                    new_nodes.append(
-                        self._split(shaped, targets, sizes, opset, const, fresh(f"{base}/run{ri}/Split"))
-                    )
+                    new_nodes.append(self._split(shaped, targets, sizes, opset, const, f"{short}.{ri}/sizes"))
                 for w, target in zip(run, targets, strict=True):
                     if w.axis != 0:
                         ndim = len(w.shape)
                         perm = list(range(1, w.axis + 1)) + [0] + list(range(w.axis + 1, ndim))
-                        new_nodes.append(
-                            helper.make_node(
-                                "Transpose", [target], [w.name], perm=perm, name=fresh(f"{w.name}/Transpose")
-                            )
-                        )
+                        new_nodes.append(helper.make_node("Transpose", [target], [w.name], perm=perm))
 
         existing = list(graph.node)
         del graph.node[:]
         graph.node.extend(new_nodes + existing)
         used = sorted({g.op_type for g in self.groups})
         have = {(f.domain, f.name) for f in model.functions}
-        for fn in functions_for(used, opset):
+        for fn in functions_for(used, opset, stream_widths(self.groups)):
             if (fn.domain, fn.name) not in have:
                 model.functions.append(fn)
         return PassResult(

@@ -138,11 +138,14 @@ def base_config(
 
 
 def config_to_yaml(config: CompressionConfig, header: Iterable[str] = ()) -> str:
-    """The plan file ``compress --config`` reads: only what differs from the defaults, plus every
-    per-weight override (``null`` = left alone)."""
+    """The plan file ``compress --config`` reads: only what differs from the default preset
+    (``compress``'s base, which the file is applied on), plus every per-weight override (``null`` =
+    left alone)."""
     import yaml
 
-    default = CompressionConfig().to_dict()
+    from onnxcompress.config import DEFAULT_PRESET, preset
+
+    default = preset(DEFAULT_PRESET).to_dict()
     data = config.to_dict()
     out: dict[str, Any] = {}
     weight = {k: v for k, v in data["weight"].items() if v != default["weight"][k]}
