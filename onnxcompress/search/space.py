@@ -137,9 +137,12 @@ def base_config(
     return CompressionConfig(weight=weight or WeightConfig(), min_elements=min_elements, seed=seed)
 
 
-def config_to_yaml(config: CompressionConfig, header: Iterable[str] = ()) -> str:
+def config_to_yaml(
+    config: CompressionConfig, header: Iterable[str] = (), *, calibration: Mapping[str, Any] | None = None
+) -> str:
     """The plan file ``compress --config`` reads: only what differs from the defaults, plus every
-    per-weight override (``null`` = left alone)."""
+    per-weight override (``null`` = left alone), and the ``calibration:`` options a calibrated
+    search used (``compress --calibration-data`` then calibrates the same way)."""
     import yaml
 
     default = CompressionConfig().to_dict()
@@ -154,5 +157,7 @@ def config_to_yaml(config: CompressionConfig, header: Iterable[str] = ()) -> str
     for key in ("exclude", "min_elements", "seed"):
         if data[key] != default[key]:
             out[key] = data[key]
+    if calibration:
+        out["calibration"] = dict(calibration)
     text = "".join(f"# {line}\n" for line in header)
     return text + yaml.safe_dump(out, sort_keys=False, default_flow_style=None, width=200)
