@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from onnxcompress import methods
+from onnxcompress.algorithms.calibrated.hessian import InverseMemo
 from onnxcompress.calibration.capture import LayerStats, Target, capture, find_targets, get_tensor, prepare
 from onnxcompress.calibration.config import CalibrationConfig
 from onnxcompress.calibration.pipeline import (
@@ -79,6 +80,8 @@ class CalibrationCache:
         self._stats: dict[str, LayerStats] | None = None
         self._targets: dict[str, Target] = {}
         self._encodings: dict[tuple[str, WeightConfig], tuple[CalibratedEncoding, float]] = {}
+        # each weight's H is factorised once, not once per setting (and per OBS and GPTQ step)
+        self._inverses = InverseMemo()
         self.capture_seconds = 0.0
         self.calibrate_seconds = 0.0
         self.calibrations = 0  # (weight, setting) pairs calibrated (cache misses)
@@ -134,9 +137,15 @@ class CalibrationCache:
         t0 = time.perf_counter()
         blas = _limit_blas_threads()
         try:
-            rec, _, dec2, _ = calibrate_weight(
-                w, self._targets[info.name].info, cfg, st, self.calibration.resolve(info.name), seed=self.seed
-            )
+            with self._inverses:
+                rec, _, dec2, _ = calibrate_weight(
+                    w,
+                    self._targets[info.name].info,
+                    cfg,
+                    st,
+                    self.calibration.resolve(info.name),
+                    seed=self.seed,
+                )
             err = _error(_w2(w, info.axis), dec2, st)
         finally:
             if blas is not None:
