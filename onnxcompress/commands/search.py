@@ -117,7 +117,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--calibration-data",
         metavar="DATA",
-        help="candidates use the calibrated methods (GPTQ/OBS) on this data",
+        help="candidates use the calibrated methods (OBS, GPTQ, refit) on this data, one-shot: statistics "
+        "captured once, each weight setting calibrated once (the plan records calibration: {sequential: false})",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
