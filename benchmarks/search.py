@@ -48,14 +48,14 @@ from onnxcompress.search import bayes  # noqa: E402
 from onnxcompress.search.api import CalibratedHooks  # noqa: E402
 from onnxcompress.search.candidates import Candidates  # noqa: E402
 from onnxcompress.search.metrics import Metric  # noqa: E402
-from onnxcompress.search.space import Choice, Plan, base_config  # noqa: E402
+from onnxcompress.search.space import DEFAULT_SPARSITIES, Choice, Plan, base_config  # noqa: E402
 
 VAL = MODELS_DIR / "digits_val.npz"
 CALIB = MODELS_DIR / "digits_calib.npz"
 TARGETS = {"lenet_300_100": 40.0, "lenet5": 50.0, "resnet_digits": 16.0}
 GRIDS = {  # stage-1 grids: the residual CNN has 10 weights, so a coarser one
-    "lenet_300_100": ((0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97), (2, 3, 4, 5, 6)),
-    "lenet5": ((0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97), (2, 3, 4, 5, 6)),
+    "lenet_300_100": (DEFAULT_SPARSITIES, (2, 3, 4, 5, 6)),
+    "lenet5": (DEFAULT_SPARSITIES, (2, 3, 4, 5, 6)),
     "resnet_digits": ((0.0, 0.7, 0.9), (3, 5)),
 }
 

@@ -99,7 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--sparsities",
         type=_floats,
         metavar="LIST",
-        help="stage-1 grid of pruned fractions (default 0,.5,.7,.8,.9,.95,.97)",
+        help="stage-1 grid of pruned fractions (default 0,.5,.6,.7,.75,.8,.85,.9,.95,.97)",
     )
     s.add_argument(
         "--bits", type=_ints, metavar="LIST", help="stage-1 grid of codebook bits (default 2,3,4,5,6)"

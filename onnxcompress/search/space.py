@@ -18,7 +18,7 @@ from onnxcompress.errors import ConfigError
 
 KEEP_BITS = 32  # a Choice with this many bits leaves the weight as it is (fp32)
 
-DEFAULT_SPARSITIES: tuple[float, ...] = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97)
+DEFAULT_SPARSITIES: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.97)
 DEFAULT_BITS: tuple[int, ...] = (2, 3, 4, 5, 6)
 DEFAULT_GRANULARITIES: tuple[str, ...] = ("tensor",)
 
