@@ -45,16 +45,17 @@ from common import MODELS_DIR, digits_accuracy, md_table, write_results  # noqa:
 
 import onnxcompress as oc  # noqa: E402
 from onnxcompress.search import bayes  # noqa: E402
+from onnxcompress.search.api import CalibratedHooks  # noqa: E402
 from onnxcompress.search.candidates import Candidates  # noqa: E402
 from onnxcompress.search.metrics import Metric  # noqa: E402
-from onnxcompress.search.space import Choice, Plan, base_config  # noqa: E402
+from onnxcompress.search.space import DEFAULT_SPARSITIES, Choice, Plan, base_config  # noqa: E402
 
 VAL = MODELS_DIR / "digits_val.npz"
 CALIB = MODELS_DIR / "digits_calib.npz"
 TARGETS = {"lenet_300_100": 40.0, "lenet5": 50.0, "resnet_digits": 16.0}
 GRIDS = {  # stage-1 grids: the residual CNN has 10 weights, so a coarser one
-    "lenet_300_100": ((0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97), (2, 3, 4, 5, 6)),
-    "lenet5": ((0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97), (2, 3, 4, 5, 6)),
+    "lenet_300_100": (DEFAULT_SPARSITIES, (2, 3, 4, 5, 6)),
+    "lenet5": (DEFAULT_SPARSITIES, (2, 3, 4, 5, 6)),
     "resnet_digits": ((0.0, 0.7, 0.9), (3, 5)),
 }
 
@@ -127,9 +128,13 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str,
     search_s = time.perf_counter() - t0
     total_evals = res.sensitivity_evaluations + res.evaluations
     budget = min(total_evals, args.baseline_evals) if args.baseline_evals else total_evals
+    # the baselines build their candidates the way the search did (calibrated ones with --calibration:
+    # the same one-shot calibration, so uniform and random get the same lever as the search)
+    hooks = CalibratedHooks(str(CALIB)) if args.calibration else None
     cands = Candidates(
-        str(path), str(VAL), base=base_config(), metric=Metric("accuracy"), gates=gates, container=True
-    )
+        str(path), str(VAL), base=base_config(), metric=Metric("accuracy"), gates=gates, container=True,
+        hook_factory=hooks,
+    )  # fmt: skip
     original = cands.original_size
     rows: dict[str, Any] = {}
 
@@ -156,17 +161,7 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str,
     record(
         "stage2", res.stage2.plan if res.stage2 else None, res.sensitivity_evaluations + len(stage2_trials)
     )
-    if args.calibration:
-        # the searched plan was found with calibrated candidates: measure it through the same hook
-        cal = Candidates(
-            str(path), str(VAL), base=base_config(), metric=Metric("accuracy"), gates=gates, container=True,
-            hook_factory=lambda m, c: __import__("onnxcompress.calibration.pipeline", fromlist=["calibrate"]).calibrate(m, str(CALIB), c, progress=False).hook,
-        )  # fmt: skip
-        built = cal.build(res.best.plan) if res.best else None
-        rows["stage3"] = {"found": built is not None, "evaluations": total_evals, "plan": res.best.plan.describe() if res.best else None,
-                          **(test_figures(built.onnx_bytes, built.size, original, fp32) if built else {})}  # fmt: skip
-    else:
-        record("stage3", res.best.plan if res.best else None, total_evals)
+    record("stage3", res.best.plan if res.best else None, total_evals)
     rows["stage3"]["seconds"] = round(search_s, 1)
     rows["stage3"]["seconds_by_stage"] = {k: round(v, 1) for k, v in res.seconds.items()}
     rows["stage3"]["trials"] = len(res.trials)
@@ -197,6 +192,8 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str,
         },  # fmt: skip
         "beats_uniform": beats,
         "search_seconds": round(search_s, 1),
+        "calibration": bool(args.calibration),
+        "run_args": {k: v for k, v in vars(args).items() if k != "out"},
     }
 
 

@@ -344,3 +344,18 @@ def test_cli_pack_unpack(tmp_path: Path, hand_bytes: bytes, capsys: pytest.Captu
     assert main(["unpack", str(tmp_path / "bad.onnxc"), "-o", str(tmp_path / "bad.onnx")]) != 0
     assert not (tmp_path / "bad.onnx").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_stream_memo_gives_the_same_containers_and_reuses_streams() -> None:
+    # the search packs many variants of one model: with a shared memo, tensors seen before are not
+    # coded again, and every container is the one pack_bytes writes without it
+    variants = [hand_model(seed=0), hand_model(seed=0, bits=4), hand_model(seed=1), hand_model(seed=0)]
+    memo: dict = {}
+    sizes = []
+    for data in variants:
+        with_memo, _ = pack_bytes(data, verify=False, memo=memo)
+        assert with_memo == pack_bytes(data, verify=False)[0]
+        assert expand(with_memo) == data
+        sizes.append(len(memo))
+    assert sizes[3] == sizes[2]  # the last model repeats the first: every stream came from the memo
+    assert sizes[1] < 2 * sizes[0]  # a 4-bit variant shares its float streams with the 5-bit one

@@ -224,3 +224,37 @@ def test_calibrated_search_plan_reproduces_through_compress(tmp_path) -> None:
     argv = ["compress", str(MODEL), "-o", str(again), "--config", str(tmp_path / "c.plan.yaml"), "--quiet"]
     assert main([*argv, "--calibration-data", str(calib)]) == 0
     assert again.read_bytes() == out.read_bytes()
+
+
+def test_calibration_cache_matches_one_shot_calibrate_and_reuses_encodings() -> None:
+    import onnx
+
+    from onnxcompress.calibration import calibrate
+    from onnxcompress.calibration.cache import CalibrationCache
+    from onnxcompress.calibration.config import CalibrationConfig
+    from onnxcompress.compressor import compress_model
+    from onnxcompress.search.space import Plan, base_config
+
+    calib = ROOT / "models" / "digits_calib.npz"
+    model = onnx.load(str(MODEL))
+    ccfg = CalibrationConfig(sequential=False, samples=64)
+    cache = CalibrationCache(model, str(calib), calibration=ccfg)
+    names = ["fc1.weight", "fc2.weight", "fc3.weight"]
+    plans = [
+        Plan({"fc1.weight": Choice(0.9, 3), "fc2.weight": Choice(0.8, 3), "fc3.weight": Choice(0.5, 5)}),
+        Plan({"fc1.weight": Choice(0.9, 3), "fc2.weight": Choice(0.7, 2), "fc3.weight": Choice(0.5, 5)}),
+    ]
+    for plan in plans:
+        cfg = plan.to_config(base_config(), names)
+        fresh = onnx.load(str(MODEL))
+        ref = calibrate(fresh, str(calib), cfg, calibration=ccfg, progress=False)
+        want = compress_model(fresh, cfg, keep_decoded=False, weight_hook=ref.hook).model.SerializeToString()
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        got = compress_model(copy, cfg, keep_decoded=False, weight_hook=cache.hook).model.SerializeToString()
+        assert got == want
+    assert cache.calibrations == 4  # the second plan recalibrated fc2 only
+    wcfg = cfg.resolve("fc2.weight", ("Gemm",))
+    assert wcfg is not None
+    err = cache.layer_error("fc2.weight", wcfg)  # the layer-output proxy, from the memo
+    assert cache.calibrations == 4 and err is not None and 0 < err < 1

@@ -99,7 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--sparsities",
         type=_floats,
         metavar="LIST",
-        help="stage-1 grid of pruned fractions (default 0,.5,.7,.8,.9,.95,.97)",
+        help="stage-1 grid of pruned fractions (default 0,.5,.6,.7,.75,.8,.85,.9,.95,.97)",
     )
     s.add_argument(
         "--bits", type=_ints, metavar="LIST", help="stage-1 grid of codebook bits (default 2,3,4,5,6)"
@@ -117,7 +117,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--calibration-data",
         metavar="DATA",
-        help="candidates use the calibrated methods (GPTQ/OBS) on this data",
+        help="candidates use the calibrated methods (OBS, GPTQ, refit) on this data, one-shot: statistics "
+        "captured once, each weight setting calibrated once (the plan records calibration: {sequential: false})",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line")

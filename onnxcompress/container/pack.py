@@ -21,7 +21,7 @@ import io
 import lzma
 import os
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -482,8 +482,21 @@ def _has_external(proto: onnx.ModelProto) -> bool:
     return has_external_data(proto)
 
 
-def pack_bytes(data: bytes, *, coder: str = "auto", verify: bool = True) -> tuple[bytes, ContainerStats]:
-    """Build a container for the serialized model ``data``; returns its bytes and statistics."""
+#: ``pack_bytes``' optional memo of coded streams: (tensor digest, role, bits, count, elem, coders)
+#: -> the chosen ``(kind, bits, coder, count, alphabet, payload)``.
+StreamMemo = MutableMapping[tuple[Any, ...], tuple[int, int, int, int, int, bytes]]
+
+
+def pack_bytes(
+    data: bytes, *, coder: str = "auto", verify: bool = True, memo: StreamMemo | None = None
+) -> tuple[bytes, ContainerStats]:
+    """Build a container for the serialized model ``data``; returns its bytes and statistics.
+
+    ``memo``: a dict shared by calls that pack many variants of one model (the search packs
+    hundreds, each differing from the last in a few tensors). A tensor whose bytes and spec were
+    coded before reuses that stream instead of trying every coder again; the coders are
+    deterministic, so the container is byte-identical with or without it.
+    """
 
     coders = _coder_names(coder)
     if len(data) > fmt.MAX_MODEL_BYTES:
@@ -503,9 +516,17 @@ def pack_bytes(data: bytes, *, coder: str = "auto", verify: bool = True) -> tupl
     for (start, end), name in chosen:
         spec = specs[name]
         tensor = data[start:end]
-        kind, bits, cid, count, alphabet, payload = min(
-            _code_candidates(tensor, spec, coders), key=lambda c: len(c[5])
-        )
+        key: tuple[Any, ...] | None = None
+        best = None
+        if memo is not None:
+            digest = hashlib.blake2b(tensor, digest_size=16).digest()
+            key = (digest, len(tensor), spec.role, spec.bits, spec.count, spec.elem, tuple(coders))
+            best = memo.get(key)
+        if best is None:
+            best = min(_code_candidates(tensor, spec, coders), key=lambda c: len(c[5]))
+            if memo is not None and key is not None:
+                memo[key] = best
+        kind, bits, cid, count, alphabet, payload = best
         rec = fmt.StreamRecord(
             start,
             end - start,

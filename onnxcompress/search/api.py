@@ -12,6 +12,7 @@ The best plan is rebuilt at the end through the same ``compress_model`` call, so
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -239,17 +240,36 @@ class SearchResult:
         return written
 
 
-@dataclass(frozen=True)
 class CalibratedHooks:
-    """Builds each candidate with ``compress``'s calibrated methods (GPTQ/OBS with the default
-    calibration settings) on ``data``; a class, not a closure, so worker processes can receive it."""
+    """Builds each candidate with ``compress``'s calibrated methods (OBS pruning, GPTQ onto the
+    codebook, least-squares refit) on ``data``, one-shot (``sequential: false``): the statistics are
+    captured once from the original model and each (weight, setting) is calibrated once and reused
+    by every later candidate (:class:`~onnxcompress.calibration.cache.CalibrationCache`). A class,
+    not a closure, so worker processes can receive it (each builds its own cache)."""
 
-    data: Any
+    def __init__(self, data: Any, *, samples: int | None = None) -> None:
+        self.data = data
+        self.samples = samples
+        self.cache: Any = None
+
+    def calibration_config(self) -> Any:
+        from onnxcompress.calibration.config import CalibrationConfig
+
+        ccfg = CalibrationConfig(sequential=False)
+        return ccfg if self.samples is None else dataclasses.replace(ccfg, samples=int(self.samples))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"data": self.data, "samples": self.samples, "cache": None}
 
     def __call__(self, model: Any, config: Any) -> Any:
-        from onnxcompress.calibration.pipeline import calibrate
+        from onnxcompress.calibration.cache import CalibrationCache
 
-        return calibrate(model, self.data, config).hook
+        if self.cache is None:  # candidates are copies of one model; biases are never edited
+            self.cache = CalibrationCache(
+                model, self.data, calibration=self.calibration_config(), min_elements=config.min_elements,
+                seed=config.seed,
+            )  # fmt: skip
+        return self.cache.hook
 
 
 def side_files(output: str | os.PathLike[str]) -> dict[str, Path]:
@@ -366,6 +386,7 @@ def search(
     calibration_data: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None,
     min_elements: int = 256,
     stage2_evaluations: int = 12,
+    descent_trials: int | None = None,
     early_stop: bool = True,
     threads: int | None = 1,
     progress: ProgressFn | None = None,
@@ -386,6 +407,8 @@ def search(
     """
     t_start = time.perf_counter()
     gates = gates if gates is not None else Gates()
+    if descent_trials is None:
+        descent_trials = trials // 2
     report = progress or (lambda stage, info: None)
     if trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {trials}")
@@ -518,6 +541,19 @@ def search(
 
     # ---------------------------------------------------------------- stage 3
     objective.stage = "stage3"
+    if mode == "gates" and workers == 1 and bayes.finished(st) < trials:
+        # warm start: a greedy descent from the best passing plan, one weight one step cheaper at a
+        # time (steps from the stage-1 table), before TPE takes over; trials not smaller than the
+        # best passing one stop before the model runs, so only real improvements cost a run
+        _descend(
+            st,
+            objective,
+            spec,
+            table,
+            space,
+            m,
+            budget=max(0, min(trials - bayes.finished(st), descent_trials)),
+        )
     if workers == 1 or storage is None:
         if workers > 1:
             raise ConfigError("--workers > 1 needs a shared --storage (e.g. journal:///tmp/study.log)")
@@ -539,7 +575,11 @@ def search(
             "reproduce: onnxcompress compress MODEL -o OUT --config THIS_FILE"
             + (" --calibration-data DATA" if calibration_data is not None else ""),
         ]
-        plan_yaml = config_to_yaml(built.config, header)
+        calibration_section = None
+        if hook_factory is not None:
+            calibration_section = {k: v for k, v in hook_factory.calibration_config().to_dict().items()
+                                   if k in ("sequential", "samples")}  # fmt: skip
+        plan_yaml = config_to_yaml(built.config, header, calibration=calibration_section)
         by_name = {w.name: w for w in (built.report.weights if built.report else [])}
         for layer in cands.layers:
             c = best.plan.choices.get(layer.name)
@@ -563,6 +603,55 @@ def search(
         seconds={"setup": t0 - t_start, "stage1": t1 - t0, "stage2": t2 - t1, "stage3": t3 - t2,
                  "total": time.perf_counter() - t_start, "stage1_cached": float(bool(table.extra.get("cached")))},
     )  # fmt: skip
+
+
+def _cheaper(table: stage1.SensitivityTable, name: str, choice: Any) -> Any:
+    """The least-error choice of the stage-1 table that saves bytes over ``choice`` for ``name``
+    (None when nothing smaller was measured)."""
+    here = table.point(name, choice)
+    if here is None:
+        return None
+    smaller = [p for p in table.points[name] if p.delta_bytes < here.delta_bytes and math.isfinite(p.error)]
+    if not smaller:
+        return None
+    return min(smaller, key=lambda p: (p.error, -p.delta_bytes)).choice
+
+
+def _descend(
+    st: Any, objective: bayes.Objective, spec: bayes.StudySpec, table: stage1.SensitivityTable,
+    space: bayes.Space, metric: Metric, *, budget: int,
+) -> None:  # fmt: skip
+    """Greedy descent from the smallest passing plan: per round, every weight moved one step
+    cheaper alone (the most accurate cheaper choice in the table); the smallest passing result
+    becomes the next centre. A weight whose step failed is not moved again from that centre."""
+    tried: set[Any] = {t.plan.key() for t in bayes.records(st)}
+    used = 0
+    while used < budget:
+        best, _ = _select("gates", bayes.records(st), metric, None)
+        if best is None:
+            return
+        moves = []
+        for name in space.layers:
+            c = best.plan.choices.get(name)
+            nxt = _cheaper(table, name, c) if c is not None else None
+            if nxt is not None:
+                plan = best.plan.with_choice(name, nxt)
+                if plan.key() not in tried:
+                    moves.append(plan)
+        if not moves:
+            return
+        improved = False
+        for plan in moves:
+            if used >= budget:
+                return
+            tried.add(plan.key())
+            st.enqueue_trial(space.params(plan), user_attrs={"stage": "stage3"})
+            bayes.optimize(st, objective, _one(spec, bayes.finished(st) + 1))
+            used += 1
+            last = objective.last
+            improved = improved or bool(last is not None and last.passed)
+        if not improved:
+            return
 
 
 def _one(spec: bayes.StudySpec, total: int) -> bayes.StudySpec:

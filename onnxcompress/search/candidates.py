@@ -31,6 +31,9 @@ from onnxcompress.search.metrics import Evaluation, Metric, builtin_value, evalu
 from onnxcompress.search.space import Plan
 from onnxcompress.sessions import make_session
 
+#: Coded container streams kept across candidates (payload bytes) before the memo starts over.
+STREAM_MEMO_BYTES = 256 << 20
+
 HookFactory = Callable[[onnx.ModelProto, CompressionConfig], "WeightHook | None"]
 
 
@@ -150,6 +153,10 @@ class Candidates:
         self.reference_metric = ref_eval.metric
         self.evaluations = 0
         self._cache: dict[Any, Built] = {}
+        # coded container streams by tensor content: a candidate differs from the last in a few
+        # weights, so only those are entropy-coded again (same bytes; see pack_bytes)
+        self._streams: dict[tuple[Any, ...], tuple[int, int, int, int, int, bytes]] = {}
+        self._stream_bytes = 0
 
     # ------------------------------------------------------------------ identity (for caches)
 
@@ -161,7 +168,12 @@ class Candidates:
             h.update(np.ascontiguousarray(self.data[k]).tobytes())
         if self.labels is not None:
             h.update(self.labels.tobytes())
-        h.update(repr((self.container, self.base.to_dict(), self.hook_factory is not None)).encode())
+        calibration = None
+        if self.hook_factory is not None:  # how candidates are calibrated changes every measurement
+            how = getattr(self.hook_factory, "calibration_config", None)
+            calibration = (type(self.hook_factory).__name__, how().to_dict() if callable(how) else None,
+                           str(getattr(self.hook_factory, "data", "")))  # fmt: skip
+        h.update(repr((self.container, self.base.to_dict(), calibration)).encode())
         return h.hexdigest()[:20]
 
     # ------------------------------------------------------------------ build
@@ -192,7 +204,13 @@ class Candidates:
         if self.container:
             from onnxcompress.container.pack import pack_bytes
 
-            file_bytes, _ = pack_bytes(onnx_bytes, verify=False)
+            if self._stream_bytes > STREAM_MEMO_BYTES:
+                self._streams.clear()
+                self._stream_bytes = 0
+            n_before = len(self._streams)
+            file_bytes, _ = pack_bytes(onnx_bytes, verify=False, memo=self._streams)
+            if len(self._streams) != n_before:
+                self._stream_bytes = sum(len(v[5]) for v in self._streams.values())
         built = Built(plan, config, file_bytes, onnx_bytes, report, time.perf_counter() - t0)
         if len(self._cache) > 256:
             self._cache.clear()

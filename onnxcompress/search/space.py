@@ -18,7 +18,7 @@ from onnxcompress.errors import ConfigError
 
 KEEP_BITS = 32  # a Choice with this many bits leaves the weight as it is (fp32)
 
-DEFAULT_SPARSITIES: tuple[float, ...] = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97)
+DEFAULT_SPARSITIES: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.97)
 DEFAULT_BITS: tuple[int, ...] = (2, 3, 4, 5, 6)
 DEFAULT_GRANULARITIES: tuple[str, ...] = ("tensor",)
 
@@ -137,10 +137,13 @@ def base_config(
     return CompressionConfig(weight=weight or WeightConfig(), min_elements=min_elements, seed=seed)
 
 
-def config_to_yaml(config: CompressionConfig, header: Iterable[str] = ()) -> str:
+def config_to_yaml(
+    config: CompressionConfig, header: Iterable[str] = (), *, calibration: Mapping[str, Any] | None = None
+) -> str:
     """The plan file ``compress --config`` reads: only what differs from the default preset
     (``compress``'s base, which the file is applied on), plus every per-weight override (``null`` =
-    left alone)."""
+    left alone), and the ``calibration:`` options a calibrated search used (``compress
+    --calibration-data`` then calibrates the same way)."""
     import yaml
 
     from onnxcompress.config import DEFAULT_PRESET, preset
@@ -157,5 +160,7 @@ def config_to_yaml(config: CompressionConfig, header: Iterable[str] = ()) -> str
     for key in ("exclude", "min_elements", "seed"):
         if data[key] != default[key]:
             out[key] = data[key]
+    if calibration:
+        out["calibration"] = dict(calibration)
     text = "".join(f"# {line}\n" for line in header)
     return text + yaml.safe_dump(out, sort_keys=False, default_flow_style=None, width=200)

@@ -16,8 +16,10 @@ Pure numpy.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -299,12 +301,64 @@ def inverse_cholesky_upper_stacked(hs: np.ndarray, damp: float) -> np.ndarray:
     return np.stack([inverse_cholesky_upper(h, damp)[0] for h in hs])
 
 
+class InverseMemo:
+    """Opt-in memo of :func:`inverse_cholesky_upper` by the exact bytes of ``H`` (and damp, tries).
+
+    Calibrating one weight under many settings (a search) factorises the same ``H`` every time
+    (OBS and GPTQ each invert it: ~40% of a 784-wide layer's calibration). Inside ``with
+    InverseMemo():`` a repeated ``H`` returns the factor computed the first time: the same array
+    bit for bit, so results do not change. Bounded by ``max_bytes`` of kept factors; off by default.
+    """
+
+    active: InverseMemo | None = None
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes = max_bytes
+        self.entries: dict[tuple[Any, ...], tuple[np.ndarray, float]] = {}
+        self.hits = 0
+        self._previous: InverseMemo | None = None
+
+    def __enter__(self) -> InverseMemo:
+        self._previous, InverseMemo.active = InverseMemo.active, self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        InverseMemo.active = self._previous
+
+    def key(self, h: np.ndarray, damp: float, tries: int) -> tuple[Any, ...]:
+        a = np.ascontiguousarray(h)
+        return (a.shape, a.dtype.str, hashlib.blake2b(a.data, digest_size=16).digest(), float(damp), tries)
+
+    def put(self, key: tuple[Any, ...], value: tuple[np.ndarray, float]) -> None:
+        if value[0].nbytes > self.max_bytes:
+            return
+        value[0].setflags(write=False)  # shared by every later caller: an in-place write would raise
+        while self.entries and sum(v[0].nbytes for v in self.entries.values()) + value[0].nbytes > self.max_bytes:
+            self.entries.pop(next(iter(self.entries)))  # oldest first
+        self.entries[key] = value
+
+
 def inverse_cholesky_upper(h: np.ndarray, damp: float, *, tries: int = 8) -> tuple[np.ndarray, float]:
     """Upper Cholesky factor ``U`` of ``(H + damp)^-1`` (``U^T U = H^-1``), as GPTQ/SparseGPT use.
 
     A calibration ``H`` is often singular (fewer samples than features, dead inputs): on a
     factorisation failure the dampening grows tenfold, up to ``tries`` times. Returns ``(U, damp used)``.
+    Inside ``with InverseMemo():`` a repeated ``H`` is factorised once (callers never write ``U``).
     """
+    memo = InverseMemo.active
+    if memo is not None:
+        key = memo.key(h, damp, tries)
+        hit = memo.entries.get(key)
+        if hit is not None:
+            memo.hits += 1
+            return hit
+        found = _inverse_cholesky_upper(h, damp, tries)
+        memo.put(key, found)
+        return found
+    return _inverse_cholesky_upper(h, damp, tries)
+
+
+def _inverse_cholesky_upper(h: np.ndarray, damp: float, tries: int) -> tuple[np.ndarray, float]:
     d = float(damp)
     for _ in range(tries):
         try:
