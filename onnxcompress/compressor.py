@@ -199,11 +199,13 @@ def _runtime_native(
         return None
     from onnxcompress.passes import runtime_native as rn
 
-    users, rws = rn.consumers(model), []
+    users, rws, opset = rn.consumers(model), [], default_opset(model)
     for info, cfg in runtime:
         w = _read(tensors[info.name], external_dir)
-        rw, dec = rn.quantize_planned(users, w, info, cfg.bits, cfg.block_size, keep_mask(w, info, cfg, global_t))
-        rw.opset = default_opset(model)
+        rw, dec = rn.quantize_planned(
+            users, w, info, cfg.bits, cfg.block_size, keep_mask(w, info, cfg, global_t),
+            activations=cfg.activations, opset=opset,
+        )  # fmt: skip
         rws.append(rw)
         reports.append(WeightReport(
             name=info.name, op_types=info.op_types, role=info.role, shape=info.shape, params=info.size,

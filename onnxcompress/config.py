@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 ENCODINGS = ("auto", "dense", "relative", "mask")
 FORMATS = ("codebook", "runtime")  # runtime: onnxruntime-native affine codes (passes/runtime_native.py)
+#: ``int8``: format runtime's MatMul/Gemm/Conv weights computed with int8 activations quantized at run
+#: time (MatMulInteger/ConvInteger, passes/runtime_native.py); ``float``: everything else
+ACTIVATIONS = ("float", "int8")
 #: ``auto``: per channel, per group of channels or per tensor, whichever codebooks pay for
 #: themselves (:func:`onnxcompress.granularity.cost_aware_granularity`), resolved per weight by
 #: :func:`plan` from its shape, bits and codebook dtype.
@@ -44,6 +47,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "encoding": ENCODINGS,
     "codebook_dtype": CODEBOOK_DTYPES,
     "format": FORMATS,
+    "activations": ACTIVATIONS,
 }
 
 
@@ -74,6 +78,7 @@ class WeightConfig:
     gap_bits: int | None = None
     format: str = "codebook"
     block_size: int = 32  # format: runtime, values per scale along the reduction axis
+    activations: str = "float"  # format: runtime, int8: dynamic int8 activations (8-bit weights)
 
     def __post_init__(self) -> None:
         method = methods.get(self.method)  # the live table, so a row added at run time counts too
@@ -96,6 +101,11 @@ class WeightConfig:
             raise ConfigError(
                 f"format runtime needs bits 2, 4 or 8 and a quantizing method (got bits {self.bits}, "
                 f"method {self.method}); use format codebook for other settings"
+            )
+        if self.activations == "int8" and (self.format != "runtime" or self.bits != 8):
+            raise ConfigError(
+                f"activations int8 needs format runtime and bits 8 (got format {self.format}, bits {self.bits}); "
+                "4-bit runtime weights already compute with int8 activations inside MatMulNBits"
             )
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ConfigError(f"block_size must be a power of 2 and at least 16, got {self.block_size!r}")
@@ -122,7 +132,7 @@ class WeightConfig:
             )
         if self.format == "runtime":
             parts[0] = "runtime"
-            parts.append(f"{self.bits}b/block{self.block_size}")
+            parts.append("w8a8" if self.activations == "int8" else f"{self.bits}b/block{self.block_size}")
         elif self.quantizes:
             parts.append(f"{self.bits}b/{self.granularity}")
         return " ".join(parts)
