@@ -204,7 +204,7 @@ def _runtime_native(
         w = _read(tensors[info.name], external_dir)
         rw, dec = rn.quantize_planned(
             users, w, info, cfg.bits, cfg.block_size, keep_mask(w, info, cfg, global_t),
-            activations=cfg.activations, opset=opset,
+            activations=cfg.activations, opset=opset, per_channel=cfg.granularity != "tensor",
         )  # fmt: skip
         rws.append(rw)
         reports.append(WeightReport(

@@ -78,7 +78,9 @@ class WeightConfig:
     gap_bits: int | None = None
     format: str = "codebook"
     block_size: int = 32  # format: runtime, values per scale along the reduction axis
-    activations: str = "float"  # format: runtime, int8: dynamic int8 activations (8-bit weights)
+    # format: runtime, int8: dynamic int8 activations (8-bit weights); the weight scale is one per
+    # tensor with granularity tensor (onnxruntime's fastest path), else one per output channel
+    activations: str = "float"
 
     def __post_init__(self) -> None:
         method = methods.get(self.method)  # the live table, so a row added at run time counts too
@@ -132,7 +134,8 @@ class WeightConfig:
             )
         if self.format == "runtime":
             parts[0] = "runtime"
-            parts.append("w8a8" if self.activations == "int8" else f"{self.bits}b/block{self.block_size}")
+            per = "tensor" if self.granularity == "tensor" else "channel"
+            parts.append(f"w8a8/{per}" if self.activations == "int8" else f"{self.bits}b/block{self.block_size}")
         elif self.quantizes:
             parts.append(f"{self.bits}b/{self.granularity}")
         return " ".join(parts)

@@ -269,8 +269,8 @@ def _int8_parts(model: onnx.ModelProto, weight: str) -> tuple[np.ndarray, np.nda
     return inits[f"{rn.PREFIX}/{weight}/int8"], inits[f"{rn.PREFIX}/{weight}/scale"]
 
 
-def _int8_rewrite(model: onnx.ModelProto, mask: dict[str, np.ndarray] | None = None):
-    spec = rn.RuntimeSpec(bits=8, activations="int8")
+def _int8_rewrite(model: onnx.ModelProto, mask: dict[str, np.ndarray] | None = None, per_channel: bool = True):
+    spec = rn.RuntimeSpec(bits=8, activations="int8", per_channel=per_channel)
     users = rn.consumers(model)
     rws, decoded = [], {}
     for info in build_inventory(model, min_elements=16).compressible():
@@ -287,8 +287,11 @@ def _int8_rewrite(model: onnx.ModelProto, mask: dict[str, np.ndarray] | None = N
     return out, decoded, {rw.name: rw.kind for rw in rws}
 
 
+@pytest.mark.parametrize("per_channel", [True, False])
 @pytest.mark.parametrize("trans_a,trans_b,alpha,beta", [(0, 0, 1.0, 1.0), (1, 1, 0.5, 2.0), (0, 1, 1.0, 0.0)])
-def test_int8_gemm_matches_numpy_reference(trans_a: int, trans_b: int, alpha: float, beta: float) -> None:
+def test_int8_gemm_matches_numpy_reference(
+    trans_a: int, trans_b: int, alpha: float, beta: float, per_channel: bool
+) -> None:
     """Gemm (onnxruntime's MatMulNBits quantizer converts nothing there) in every form: the output
     equals DynamicQuantizeLinear + integer matmul + scales computed in numpy, and ORT fuses it."""
     m = _gemm_model(trans_a, trans_b, alpha, beta)
@@ -296,10 +299,10 @@ def test_int8_gemm_matches_numpy_reference(trans_a: int, trans_b: int, alpha: fl
     c = tensor_array(m, "c")
     a = np.random.default_rng(7).standard_normal((64, 3) if trans_a else (3, 64)).astype(np.float32)
     pruned = np.abs(w) > 0.3  # pruning composes: pruned weights stay exactly zero
-    out, decoded, kinds = _int8_rewrite(m, {"w": pruned})
+    out, decoded, kinds = _int8_rewrite(m, {"w": pruned}, per_channel)
     assert kinds == {"w": "gemm_int8"}
     q, s = _int8_parts(out, "w")
-    assert q.dtype == np.int8 and q.shape == (64, 48) and s.shape == (48,)
+    assert q.dtype == np.int8 and q.shape == (64, 48) and s.shape == ((48,) if per_channel else ())
     wkn = w.T if trans_b else w
     dec = decoded["w"].T if trans_b else decoded["w"]
     assert np.array_equal(q.astype(np.float32) * s, dec)  # the weight decode is exact
@@ -313,7 +316,7 @@ def test_int8_gemm_matches_numpy_reference(trans_a: int, trans_b: int, alpha: fl
     got = _run(out, {"a": a})
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the unfused ONNX ops
     sess = ort.InferenceSession(out.SerializeToString(), so, providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(None, {"a": a})[0], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
@@ -376,6 +379,11 @@ def test_int8_compress_model_zoo_and_cli(tmp_path, capsys) -> None:
     from onnxcompress.container.pack import stream_specs
 
     assert any(n.endswith("fc1.w/int8") for n in stream_specs(model))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    fused = {n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node}
+    assert "DynamicQuantizeMatMul" in fused and "MatMulInteger" not in fused  # what onnxruntime runs
     for argv in (["--activations", "int8"], ["--format", "runtime", "--bits", "4", "--activations", "int8"]):
         bad = tmp_path / "bad.onnx"
         assert main(["compress", str(src), "-o", str(bad), *argv]) != 0

@@ -79,7 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--activations", choices=CHOICES["activations"],
         help="with --format runtime --bits 8: int8 computes MatMul/Gemm/Conv on int8 activations quantized "
-        "at run time (MatMulInteger/ConvInteger; fastest MatMul on CPU, ConvInteger is slow in onnxruntime)",
+        "at run time (MatMulInteger/ConvInteger; fastest MatMul on CPU, ConvInteger is slow in onnxruntime); "
+        "the weight scale is per tensor with --granularity tensor (the default), else per output channel",
     )  # fmt: skip
     p.add_argument(
         "--exclude",
