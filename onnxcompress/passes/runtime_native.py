@@ -251,6 +251,13 @@ def _per_tensor(w2: np.ndarray, spec: RuntimeSpec, mask: np.ndarray | None) -> a
     return affine.AffineCodes(codes, scales, None, spec.bits, row_block, cols)
 
 
+def decoded(rw: RuntimeWeight) -> np.ndarray:
+    """The exact array ``rw`` stands for (original shape and dtype): what onnxruntime computes with."""
+    c = rw.codes
+    moved_shape = (c.rows, *[d for i, d in enumerate(rw.shape) if i != rw.axis])
+    return np.moveaxis(affine.decompress(c).reshape(moved_shape), 0, rw.axis).astype(np.dtype(rw.dtype))
+
+
 class RuntimeNativePass(Pass):
     """Replace each :class:`RuntimeWeight` and rewrite its consumers (module docstring)."""
 
