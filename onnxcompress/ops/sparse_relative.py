@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from onnx import numpy_helper
 
 from onnxcompress.algorithms import bitpack
 from onnxcompress.algorithms.sparse import decode_relative
@@ -27,6 +26,8 @@ def reference(
 
 
 def body(b: Body) -> str:
+    from onnx import numpy_helper  # not at import time: the CLI's --help must not load onnx
+
     size = b.size()
     pos, real, rank = b.relative_entries()
     # the value indices are scattered (int32), then the values gathered: no float Where/Scatter
