@@ -113,12 +113,13 @@ def embedding(vocab: int = 32000, dim: int = 512, seed: int = 0) -> onnx.ModelPr
 # --------------------------------------------------------------------------- variants
 
 
-def ours(fmt: str, bits: int, **extra: Any) -> Callable[[Path, Path], None]:
+def ours(fmt: str, bits: int, op_types: dict[str, Any] | None = None, **extra: Any) -> Callable[[Path, Path], None]:
     def make(src: Path, dst: Path) -> None:
         from onnxcompress.compressor import compress_file
         from onnxcompress.config import from_dict
 
-        compress_file(src, dst, from_dict({"weight": {"bits": bits, "format": fmt, **extra}}), overwrite=True)
+        plan = {"weight": {"bits": bits, "format": fmt, **extra}, "op_types": op_types or {}}
+        compress_file(src, dst, from_dict(plan), overwrite=True)
 
     return make
 
@@ -172,10 +173,17 @@ MAIN_VARIANTS: dict[str, Callable[[Path, Path], None]] = {
     "ours codebook 8-bit (folded)": ours("codebook", 8),
     "ours runtime 8-bit": ours("runtime", 8),
     "ours runtime 4-bit": ours("runtime", 4),
+    "ours runtime w8a8 (--activations int8)": ours("runtime", 8, activations="int8"),
+    "ours runtime w8a8 per-channel": ours("runtime", 8, activations="int8", granularity="channel"),
+    "ours runtime w8a8, Conv float": ours("runtime", 8, {"Conv": {"activations": "float"}}, activations="int8"),
     "ORT quantize_dynamic int8": ort_dynamic,
     "ORT MatMulNBits 8-bit acc4": ort_nbits(8),
     "ORT MatMulNBits 4-bit acc4": ort_nbits(4),
 }
+#: the int8-activation variant that keeps convolutions on ``fold``: only for models with a Conv
+CONV_ONLY = ("ours runtime w8a8, Conv float",)
+#: onnxruntime's own quantizers: the peers the issue's targets compare with
+PEERS = ("ORT quantize_dynamic int8", "ORT MatMulNBits 8-bit acc4", "ORT MatMulNBits 4-bit acc4")
 PROBE_VARIANTS: dict[str, Callable[[Path, Path], None]] = {
     "ORT MatMulNBits 8-bit (no acc level)": ort_nbits(8, None),
     "ORT MatMulNBits 4-bit (no acc level)": ort_nbits(4, None),
@@ -229,6 +237,12 @@ def fidelity(
     if kind == "digits":
         acc = digits_accuracy(str(path))
         return {"accuracy": float(acc.get("held-out", next(iter(acc.values()))))}
+    if kind == "minilm":
+        from common import embedding_fidelity
+
+        assert ref is not None and feed is not None
+        fid = embedding_fidelity(str(path), feed, ref)
+        return {"cosine": fid["cosine"], "nn_agreement": fid["nn_agreement"]}
     assert ref is not None and feed is not None
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = sess.run(None, feed)[0].reshape(len(ref), -1).astype(np.float64)
@@ -242,14 +256,27 @@ def weight_bytes(path: Path) -> int:
     return sum(len(t.raw_data) for t in m.graph.initializer if t.data_type == 1 and len(t.dims) >= 2)
 
 
+def has_conv(path: Path) -> bool:
+    return any(n.op_type == "Conv" for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
 def run_model(
     name: str, src: Path, work: Path, variants: dict[str, Callable[[Path, Path], None]], rounds: int
 ) -> dict[str, Any]:
     from onnxcompress.evaluation.bench import bench
 
     kind = "digits" if name in ("lenet_300_100", "resnet_digits", "lenet5") else "synthetic"
+    kind = "minilm" if name == "minilm" else kind
     feed = None
     ref = None
+    data = None
+    if kind == "minilm":
+        from common import embeddings
+
+        data = str(src.parent / "sentences.npz")
+        with np.load(data) as z:
+            feed = {k: z[k] for k in z.files}
+        ref = embeddings(str(src), feed)
     if kind == "synthetic":
         import onnxruntime as ort
 
@@ -268,7 +295,10 @@ def run_model(
     paths: dict[str, Path] = {"fp32": src}
     errors: dict[str, str] = {}
     make_s: dict[str, float] = {}
+    conv = has_conv(src)
     for label, make in variants.items():
+        if label in CONV_ONLY and not conv:
+            continue
         dst = work / f"{name}.{len(paths)}.onnx"
         t0 = time.perf_counter()
         try:
@@ -282,7 +312,7 @@ def run_model(
             errors[label] = one_line(exc)
     shapes = {"x": [1, 2048]} if name == "mlp" else {}
     report = bench([str(p) for p in paths.values()], runs=50, warmup=5, rounds=rounds, batch_size=1, shapes=shapes,
-                   int_range={"ids": (0, 31999)} if name == "embedding" else {}, progress=False)  # fmt: skip
+                   int_range={"ids": (0, 31999)} if name == "embedding" else {}, progress=False, data=data)  # fmt: skip
     rows = []
     base = report.models[0]
     for (label, path), mb in zip(paths.items(), report.models, strict=True):
@@ -298,7 +328,69 @@ def run_model(
         except Exception as exc:  # noqa: BLE001
             row["onnxruntime_does"] = {"verdict": one_line(exc)}
         rows.append(row)
-    return {"model": name, "rows": rows, "failed": errors, "rounds": rounds}
+    for row in rows:
+        if row["variant"].startswith("ours codebook"):
+            # the folded format's stock load cost: RSS above the fp32 original's, per weight it folds
+            row["params"] = fp32_w // 4
+            row["load_extra_bytes_per_weight"] = ((row["peak_rss_bytes"] or 0) - (base.peak_rss_bytes or 0)) / max(
+                fp32_w // 4, 1
+            )
+    return {"model": name, "rows": rows, "failed": errors, "rounds": rounds, "targets": targets(name, rows)}
+
+
+def _best(rows: list[dict[str, Any]], key: str, lower: bool) -> tuple[float, str] | None:
+    vals = [(r[key], r["variant"]) for r in rows if r.get(key) is not None]
+    if not vals:
+        return None
+    return min(vals) if lower else max(vals)
+
+
+def targets(name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 15's targets, each met or missed with its number. The best peer: among onnxruntime's
+    quantizers that converted something (file < 0.9x fp32); a quantizer that leaves the model fp32
+    is not a peer for RAM or speed."""
+    by = {r["variant"]: r for r in rows}
+    fp32 = by["fp32"]
+    fid = "accuracy" if "accuracy" in fp32 else "cosine"
+    peers = [by[p] for p in PEERS if p in by and by[p]["size_x"] < 0.9]
+    out: list[dict[str, Any]] = []
+
+    def add(variant: str, what: str, value: float, limit: float, lower: bool, against: str) -> None:
+        ok = value <= limit if lower else value >= limit
+        out.append({"variant": variant, "target": what, "value": value, "limit": limit, "against": against,
+                    "met": bool(ok)})  # fmt: skip
+
+    for v in ("ours runtime 8-bit", "ours runtime w8a8 (--activations int8)", "ours runtime w8a8 per-channel",
+              "ours runtime w8a8, Conv float"):  # fmt: skip
+        r = by.get(v)
+        if r is None:
+            continue
+        add(v, "session create <= 1.0x fp32", r["create_x"], 1.0, True, "fp32")
+        for key, label, lower in (("peak_rss_bytes", "peak RSS", True), ("p50_ms", "p50", True),
+                                  (fid, fid, False)):  # fmt: skip
+            best = _best(peers, key, lower)
+            if best is not None:
+                add(v, f"{label} {'<=' if lower else '>='} best peer's", r[key], best[0], lower, best[1])
+        if name == "minilm":
+            add(v, "mean cosine >= 0.99", r["cosine"], 0.99, False, "issue 15")
+            add(v, "peak RSS <= 0.6x fp32", r["rss_x"], 0.6, True, "fp32")
+    r4, o4 = by.get("ours runtime 4-bit"), by.get("ORT MatMulNBits 4-bit acc4")
+    if name == "minilm" and r4 is not None:
+        add("ours runtime 4-bit", "mean cosine >= 0.99", r4["cosine"], 0.99, False, "issue 15")
+        add("ours runtime 4-bit", "NN agreement >= 0.95", r4["nn_agreement"], 0.95, False, "issue 15")
+        add("ours runtime 4-bit", "peak RSS <= 0.45x fp32", r4["rss_x"], 0.45, True, "fp32")
+        if o4 is not None:
+            add("ours runtime 4-bit", "size <= ORT int4's (ratio >= its)", r4["size_x"], o4["size_x"], True,
+                "ORT MatMulNBits 4-bit acc4")  # fmt: skip
+    return out
+
+
+def _fmt(target: str, v: float) -> str:
+    if target.startswith("peak RSS <= best"):
+        return f"{v / 1e6:.1f} MB"
+    if target.startswith("p50"):
+        return f"{v:.4f} ms"
+    return f"{v:.4g}"
 
 
 def render(results: list[dict[str, Any]]) -> str:
@@ -315,6 +407,23 @@ def render(results: list[dict[str, Any]]) -> str:
         ))  # fmt: skip
         for label, err in res["failed"].items():
             out.append(f"- {label}: failed: {err}")
+        if "nn_agreement" in res["rows"][0]:
+            out.append("\nnearest-neighbour agreement with fp32: " + ", ".join(
+                f"{r['variant']} {r['nn_agreement']:.3f}" for r in res["rows"]))  # fmt: skip
+        for r in res["rows"]:
+            if "load_extra_bytes_per_weight" in r:
+                out.append(
+                    f"\nfolded codebook format, stock load cost: session create {r['create_s'] * 1e3:.0f} ms "
+                    f"(x{r['create_x']:.2f}), peak RSS {(r['peak_rss_bytes'] or 0) / 1e6:.0f} MB (x{r['rss_x']:.2f}), "
+                    f"{r['load_extra_bytes_per_weight']:.1f} bytes per weight above fp32's peak ({r['params']:,} weights)"
+                )
+        if res.get("targets"):
+            out.append("")
+            out.append(md_table(
+                ["variant", "target", "value", "limit", "against", "met"],
+                [[t["variant"], t["target"], _fmt(t["target"], t["value"]), _fmt(t["target"], t["limit"]), t["against"],
+                  "met" if t["met"] else "**missed**"] for t in res["targets"]],
+            ))  # fmt: skip
         out.append("")
     return "\n".join(out)
 
@@ -331,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         "mlp": mlp, "mobilenet": mobilenet, "lenet_300_100": MODELS_DIR / "lenet_300_100.onnx",
         "resnet_digits": MODELS_DIR / "resnet_digits.onnx",
     }  # fmt: skip
+    minilm = Path(__file__).resolve().parent.parent / ".cache" / "minilm"
+    if (minilm / "meta.json").exists():  # built by models/export_minilm.py (never built here)
+        builders["minilm"] = minilm / "minilm.onnx"
     variants = dict(MAIN_VARIANTS)
     if args.probe:
         builders = {"mlp": mlp, "mobilenet": mobilenet, "embedding": embedding}
@@ -348,17 +460,24 @@ def main(argv: list[str] | None = None) -> int:
                 onnx.save(b(), src)
             print(f"{name} ...", file=sys.stderr, flush=True)
             results.append(run_model(name, src, work, variants, args.rounds))
-    text = render(results)
-    print(text)
-    desc = (
-        "format runtime against the folded codebook format and onnxruntime's quantizers, side by side; "
-        "fidelity: held-out digits accuracy, or mean cosine to fp32 outputs on 64 random inputs."
-    )
-    payload = {"description": desc, "environment": environment(), "machine_note": "shared 2-core machine, other jobs running beside: "
-               "medians of fresh processes, ratios are the figures to read", "results": results, "table_md": text}  # fmt: skip
-    path = write_results("runtime_probe_" + "_".join(names) if args.probe else "runtime", payload)
+            print(render(results[-1:]), file=sys.stderr, flush=True)
+            path = _write(results, names, args.probe)  # after every model: a later failure loses nothing
+    print(render(results))
     print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _write(results: list[dict[str, Any]], names: list[str], probe: bool) -> Path:
+    desc = (
+        "format runtime against the folded codebook format and onnxruntime's quantizers, side by side; "
+        "fidelity: held-out digits accuracy; MiniLM: mean cosine to the fp32 embeddings of the 500 cached "
+        "sentences and nearest-neighbour agreement (p50 on the first sentence, 64 tokens); otherwise mean "
+        "cosine to fp32 outputs on 64 random inputs. Targets: issue 15, against the best onnxruntime "
+        "quantizer that converted something."
+    )
+    payload = {"description": desc, "environment": environment(), "machine_note": "shared 2-core machine, other jobs running beside: "
+               "medians of fresh processes, ratios are the figures to read", "results": results, "table_md": render(results)}  # fmt: skip
+    return write_results("runtime_probe_" + "_".join(names) if probe else "runtime", payload)
 
 
 if __name__ == "__main__":

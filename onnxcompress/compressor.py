@@ -95,7 +95,9 @@ def compress_weight(
     return methods.encode(info.name, c, encoding=cfg.encoding, gap_bits=cfg.gap_bits), methods.decompress(c)
 
 
-WeightHook = Callable[[np.ndarray, WeightInfo, WeightConfig], "tuple[EncodedWeight, np.ndarray] | None"]
+#: ``(weight, info, setting) -> (encoding, decoded array)`` or None (the plain algorithm). For a
+#: ``format: runtime`` weight the encoding is a ``passes.runtime_native.RuntimeWeight``.
+WeightHook = Callable[[np.ndarray, WeightInfo, WeightConfig], "tuple[Any, np.ndarray] | None"]
 
 
 def compress_model(
@@ -143,7 +145,9 @@ def compress_model(
     decoded: dict[str, np.ndarray] = {}
     reports: list[WeightReport] = []
     notes: list[str] = []
-    rt_pass = _runtime_native(model, runtime, tensors, external_dir, global_t, reports, decoded, keep_decoded)
+    rt_pass = _runtime_native(
+        model, runtime, tensors, external_dir, global_t, reports, decoded, keep_decoded, weight_hook
+    )
     planned = [(i, c) for i, c in planned if c.format != "runtime"]
     for info, cfg in track(planned, "compressing weights", progress):
         out = _compress_one(_read(tensors[info.name], external_dir), info, cfg, weight_hook, ctx)
@@ -199,18 +203,25 @@ def compress_model(
 def _runtime_native(
     model: onnx.ModelProto, runtime: list[tuple[WeightInfo, WeightConfig]], tensors: dict[str, onnx.TensorProto],
     external_dir: str | os.PathLike[str] | None, global_t: float | None, reports: list[WeightReport],
-    decoded: dict[str, np.ndarray], keep_decoded: bool,
+    decoded: dict[str, np.ndarray], keep_decoded: bool, weight_hook: WeightHook | None = None,
 ) -> Pass | None:  # fmt: skip
-    """Quantize the ``format: runtime`` weights (passes/runtime_native.py); their pass, or None."""
+    """Quantize the ``format: runtime`` weights (passes/runtime_native.py); their pass, or None.
+    A weight hook (calibration) may hand over a weight's calibrated ``RuntimeWeight``."""
     if not runtime:
         return None
     from onnxcompress.passes import runtime_native as rn
 
-    users, rws = rn.consumers(model), []
+    users, rws, opset = rn.consumers(model), [], default_opset(model)
     for info, cfg in runtime:
         w = _read(tensors[info.name], external_dir)
-        rw, dec = rn.quantize_planned(users, w, info, cfg.bits, cfg.block_size, keep_mask(w, info, cfg, global_t))
-        rw.opset = default_opset(model)
+        hooked = weight_hook(w, info, cfg) if weight_hook is not None else None
+        if hooked is not None and isinstance(hooked[0], rn.RuntimeWeight):
+            rw, dec = hooked
+        else:
+            rw, dec = rn.quantize_planned(
+                users, w, info, cfg.bits, cfg.block_size, keep_mask(w, info, cfg, global_t),
+                activations=cfg.activations, opset=opset, per_channel=cfg.granularity != "tensor",
+            )  # fmt: skip
         rws.append(rw)
         reports.append(WeightReport(
             name=info.name, op_types=info.op_types, role=info.role, shape=info.shape, params=info.size,
@@ -228,6 +239,8 @@ def _compress_one(
     """One weight: (encoding, decoded array, report row), or why it is left alone. A function of
     its own so that the weight and its temporaries are released when it returns."""
     out = weight_hook(w, info, cfg) if weight_hook is not None else None
+    if out is not None and not isinstance(out[0], EncodedWeight):
+        out = None  # a runtime-native encoding for a weight this plan encodes as a codebook
     enc, dec = out if out is not None else compress_weight(w, info, cfg, ctx=ctx)
     before = w.nbytes
     if enc.nbytes >= before:

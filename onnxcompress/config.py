@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 ENCODINGS = ("auto", "dense", "relative", "mask")
 FORMATS = ("codebook", "runtime")  # runtime: onnxruntime-native affine codes (passes/runtime_native.py)
+#: ``int8``: format runtime's MatMul/Gemm/Conv weights computed with int8 activations quantized at run
+#: time (MatMulInteger/ConvInteger, passes/runtime_native.py); ``float``: everything else
+ACTIVATIONS = ("float", "int8")
 #: ``shared``: one codebook shared by every such weight of the model, times a per-weight scale
 #: (:mod:`onnxcompress.algorithms.scaled_codebook`). ``auto``: per channel, per group of channels,
 #: per tensor or shared, whichever codebooks pay for themselves
@@ -46,6 +49,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "encoding": ENCODINGS,
     "codebook_dtype": CODEBOOK_DTYPES,
     "format": FORMATS,
+    "activations": ACTIVATIONS,
 }
 
 
@@ -80,6 +84,9 @@ class WeightConfig:
     # picks the finest granularity within it (1/8 when unset); with granularity tensor, a weight
     # whose one codebook would exceed it shares a scaled codebook instead (unset: never)
     codebook_share: float | None = None
+    # format: runtime, int8: dynamic int8 activations (8-bit weights); the weight scale is one per
+    # tensor with granularity tensor (onnxruntime's fastest path), else one per output channel
+    activations: str = "float"
 
     def __post_init__(self) -> None:
         method = methods.get(self.method)  # the live table, so a row added at run time counts too
@@ -102,6 +109,11 @@ class WeightConfig:
             raise ConfigError(
                 f"format runtime needs bits 2, 4 or 8 and a quantizing method (got bits {self.bits}, "
                 f"method {self.method}); use format codebook for other settings"
+            )
+        if self.activations == "int8" and (self.format != "runtime" or self.bits != 8):
+            raise ConfigError(
+                f"activations int8 needs format runtime and bits 8 (got format {self.format}, bits {self.bits}); "
+                "4-bit runtime weights already compute with int8 activations inside MatMulNBits"
             )
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ConfigError(f"block_size must be a power of 2 and at least 16, got {self.block_size!r}")
@@ -147,7 +159,8 @@ class WeightConfig:
             )
         if self.format == "runtime":
             parts[0] = "runtime"
-            parts.append(f"{self.bits}b/block{self.block_size}")
+            per = "tensor" if self.granularity == "tensor" else "channel"
+            parts.append(f"w8a8/{per}" if self.activations == "int8" else f"{self.bits}b/block{self.block_size}")
         elif self.quantizes:
             parts.append(f"{self.bits}b/{self.granularity}")
         return " ".join(parts)

@@ -186,7 +186,15 @@ def test_half_precision(dtype, cb):
     _check(zoo_model(17, dtype=dtype), _cfg(bits=6, sparsity=0.5, codebook_dtype=cb))
 
 
-def test_bfloat16_weights():
+@pytest.mark.parametrize(
+    "plan",
+    [{"bits": 4}, {"method": "prune", "sparsity": 0.7, "encoding": "relative"},
+     {"method": "prune", "sparsity": 0.7, "encoding": "mask"}],
+    ids=["codebook", "pruned-relative", "pruned-mask"],
+)  # fmt: skip
+def test_bfloat16_weights(plan):
+    """bf16 weights run in a stock onnxruntime session, pruned-only ones (SparseRelative /
+    SparseMask) too: their bodies select value indices, never bf16 values (no bf16 Where in ORT)."""
     model = zoo_model(17)
     inv = build_inventory(model, min_elements=256)
     target = "fc1.w"
@@ -197,11 +205,20 @@ def test_bfloat16_weights():
             t.CopyFrom(onnx.numpy_helper.from_array(arr, target + ".bf16"))
     model.graph.node.insert(0, helper.make_node("Cast", [target + ".bf16"], [target], to=TensorProto.FLOAT))
     assert any(w.name == "fc1.w" for w in inv.compressible())
-    result = compress_model(model, _cfg(bits=4))
+    result = compress_model(model, _cfg(**plan))
     assert target + ".bf16" in result.decoded
     assert result.decoded[target + ".bf16"].dtype == ml_dtypes.bfloat16
+    if "encoding" in plan:
+        ops = {n.op_type for n in result.model.graph.node}
+        assert {"relative": "SparseRelative", "mask": "SparseMask"}[plan["encoding"]] in ops, ops
     x = zoo_inputs()
-    make_session(result.model).run(None, x)
+    got = make_session(result.model).run(None, x)[0]
+    ref = onnx.ModelProto()
+    ref.CopyFrom(model)
+    for t in ref.graph.initializer:
+        if t.name in result.decoded:
+            t.CopyFrom(onnx.numpy_helper.from_array(result.decoded[t.name], t.name))
+    np.testing.assert_array_equal(got, make_session(ref).run(None, x)[0])  # decoded bit for bit
     _check_host_decode(result)
 
 

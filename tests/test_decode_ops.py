@@ -130,10 +130,6 @@ def test_dtypes_and_opsets(out_dtype, cb_dtype, opset):
         pytest.skip("bfloat16 needs opset 13 (Reshape/Gather accept it from there): no such model exists")
     rng = np.random.default_rng(opset)
     for op_type in ALL_OPS:
-        if op_type.startswith("Sparse") and out_dtype is ml_dtypes.bfloat16:
-            # their bodies apply Where to the output type: ONNX has bfloat16 Where from opset 16
-            # only, and onnxruntime 1.32's CPU provider implements none (a known limitation)
-            continue
         inputs, attrs = _case(op_type, 3, 3, 517, 5, out_dtype, cb_dtype, rng)
         model = _model(op_type, inputs, attrs, opset)
         got = make_session(model).run(None, {})[0]

@@ -249,3 +249,188 @@ def test_tied_weight_folds_and_matches() -> None:
     assert kinds == {"emb": "fold"}
     feed = {"ids": rng.integers(0, 64, (2, 3))}
     assert np.array_equal(_run(out, feed), _run(ref, feed))
+
+
+# ------------------------------------------------------------------ activations int8 (MatMulInteger / ConvInteger)
+
+
+def _dql(x: np.ndarray) -> tuple[np.ndarray, np.float32, int]:
+    """ONNX DynamicQuantizeLinear in numpy: uint8 codes, scale, zero point."""
+    x = x.astype(np.float32)
+    lo, hi = np.float32(min(0.0, float(x.min()))), np.float32(max(0.0, float(x.max())))
+    scale = np.float32((hi - lo) / np.float32(255))
+    zp = int(np.clip(np.rint(-lo / scale), 0, 255))
+    return np.clip(np.rint(x / scale) + zp, 0, 255).astype(np.int32), scale, zp
+
+
+def _int8_parts(model: onnx.ModelProto, weight: str) -> tuple[np.ndarray, np.ndarray]:
+    """The int8 codes and per-channel scales the rewrite stored for ``weight``."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return inits[f"{rn.PREFIX}/{weight}/int8"], inits[f"{rn.PREFIX}/{weight}/scale"]
+
+
+def _int8_rewrite(model: onnx.ModelProto, mask: dict[str, np.ndarray] | None = None, per_channel: bool = True):
+    spec = rn.RuntimeSpec(bits=8, activations="int8", per_channel=per_channel)
+    users = rn.consumers(model)
+    rws, decoded = [], {}
+    for info in build_inventory(model, min_elements=16).compressible():
+        nodes = users.get(info.name, [])
+        kind = rn.choose_kind(info, nodes, spec, 13)
+        m = None if mask is None else mask.get(info.name)
+        rw, dec = rn.quantize(
+            tensor_array(model, info.name), info, kind, spec, axis=rn.layout_axis(kind, info, nodes), mask=m
+        )
+        rws.append(rw)
+        decoded[info.name] = dec
+    out = rn.RuntimeNativePass(rws)(model).model
+    onnx.checker.check_model(out, full_check=True)
+    return out, decoded, {rw.name: rw.kind for rw in rws}
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("trans_a,trans_b,alpha,beta", [(0, 0, 1.0, 1.0), (1, 1, 0.5, 2.0), (0, 1, 1.0, 0.0)])
+def test_int8_gemm_matches_numpy_reference(
+    trans_a: int, trans_b: int, alpha: float, beta: float, per_channel: bool
+) -> None:
+    """Gemm (onnxruntime's MatMulNBits quantizer converts nothing there) in every form: the output
+    equals DynamicQuantizeLinear + integer matmul + scales computed in numpy, and ORT fuses it."""
+    m = _gemm_model(trans_a, trans_b, alpha, beta)
+    w = tensor_array(m, "w")
+    c = tensor_array(m, "c")
+    a = np.random.default_rng(7).standard_normal((64, 3) if trans_a else (3, 64)).astype(np.float32)
+    pruned = np.abs(w) > 0.3  # pruning composes: pruned weights stay exactly zero
+    out, decoded, kinds = _int8_rewrite(m, {"w": pruned}, per_channel)
+    assert kinds == {"w": "gemm_int8"}
+    q, s = _int8_parts(out, "w")
+    assert q.dtype == np.int8 and q.shape == (64, 48) and s.shape == ((48,) if per_channel else ())
+    wkn = w.T if trans_b else w
+    dec = decoded["w"].T if trans_b else decoded["w"]
+    assert np.array_equal(q.astype(np.float32) * s, dec)  # the weight decode is exact
+    kept = pruned.T if trans_b else pruned
+    assert np.all(dec[~kept] == 0)
+    assert np.linalg.norm((dec - wkn)[kept]) < 0.01 * np.linalg.norm(wkn[kept])
+    xq, xs, xz = _dql(a.T if trans_a else a)
+    acc = (xq - xz) @ q.astype(np.int32)
+    want = acc.astype(np.float32) * (xs * s)
+    want = want * np.float32(alpha) + c * np.float32(beta) if (alpha, beta) != (1.0, 1.0) else want + c
+    got = _run(out, {"a": a})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the unfused ONNX ops
+    sess = ort.InferenceSession(out.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"a": a})[0], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def _conv_np(x: np.ndarray, w: np.ndarray, group: int, pad: int) -> np.ndarray:
+    """Integer NCHW convolution, stride 1 (numpy reference)."""
+    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    cout, cin_g, kh, kw = w.shape
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))  # N C H W kh kw
+    outs = []
+    for g in range(group):
+        xg = win[:, g * cin_g : (g + 1) * cin_g]
+        wg = w[g * (cout // group) : (g + 1) * (cout // group)]
+        outs.append(np.einsum("nchwij,ocij->nohw", xg.astype(np.int64), wg.astype(np.int64)))
+    return np.concatenate(outs, axis=1)
+
+
+@pytest.mark.parametrize("group", [1, 4])
+def test_int8_conv_matches_numpy_reference(group: int) -> None:
+    rng = np.random.default_rng(8)
+    w = (rng.standard_normal((8, 8 // group, 3, 3)) * 0.3).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1], group=group)
+    g = helper.make_graph(
+        [node], "c", [helper.make_tensor_value_info("x", 1, [2, 8, 6, 6])], [helper.make_tensor_value_info("y", 1, [2, 8, 6, 6])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )  # fmt: skip
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    out, decoded, kinds = _int8_rewrite(m)
+    assert kinds == {"w": "conv_int8"}
+    q, s = _int8_parts(out, "w")
+    assert q.shape == w.shape and s.shape == (1, 8, 1, 1)
+    assert np.array_equal(q.astype(np.float32) * s.reshape(8, 1, 1, 1), decoded["w"])
+    x = rng.standard_normal((2, 8, 6, 6)).astype(np.float32)
+    xq, xs, xz = _dql(x)
+    want = _conv_np(xq - xz, q, group, 1).astype(np.float32) * (xs * s) + b.reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(_run(out, {"x": x}), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_int8_compress_model_zoo_and_cli(tmp_path, capsys) -> None:
+    """The whole zoo through compress (Gemm, MatMul, Conv, MatMuls in If branches; the embedding
+    keeps GatherBlockQuantized); the container codes the int8 weights and unpacks exactly; bad
+    combinations are refused in one line without an output file."""
+    from onnxcompress.cli import main
+    from onnxcompress.container import read_model
+
+    src = tmp_path / "z.onnx"
+    onnx.save(zoo_model(17), src)
+    out = tmp_path / "z.onnxc"
+    assert main(["compress", str(src), "-o", str(out), "--format", "runtime", "--activations", "int8", "-q"]) == 0
+    model = read_model(out)
+    types = {n.op_type for _, g in iter_graphs(model.graph) for n in g.node}
+    assert {"MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "GatherBlockQuantized"} <= types
+    assert not {"Gemm", "Conv", "MatMulNBits"} & types
+    res = compress_model(zoo_model(17), CompressionConfig(weight=WeightConfig(format="runtime", activations="int8")))
+    assert res.model.SerializeToString() == model.SerializeToString()
+    feed = zoo_inputs()
+    want = _run(_substitute(zoo_model(17), res.decoded), feed)
+    assert np.abs(_run(model, feed) - want).max() < 0.02 * np.abs(want).max()
+    from onnxcompress.container.pack import stream_specs
+
+    assert any(n.endswith("fc1.w/int8") for n in stream_specs(model))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    fused = {n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node}
+    assert "DynamicQuantizeMatMul" in fused and "MatMulInteger" not in fused  # what onnxruntime runs
+    for argv in (["--activations", "int8"], ["--format", "runtime", "--bits", "4", "--activations", "int8"]):
+        bad = tmp_path / "bad.onnx"
+        assert main(["compress", str(src), "-o", str(bad), *argv]) != 0
+        err = capsys.readouterr().err.strip()
+        assert "activations int8 needs format runtime and bits 8" in err and "\n" not in err, err
+        assert not bad.exists()
+    with pytest.raises(ConfigError, match="activations"):
+        CompressionConfig(op_types={"Conv": {"activations": "int4"}})
+
+
+@pytest.mark.parametrize("plan", [{"bits": 4, "block_size": 16}, {"bits": 8, "activations": "int8", "granularity": "channel"}])
+def test_calibration_data_gives_gptq_affine_codes(plan) -> None:
+    """With calibration data a runtime weight's codes get GPTQ error feedback against its inputs'
+    Hessian (scales as without): lower output error on held-out inputs; pruned zeros stay zero."""
+    from onnxcompress.calibration import calibrate
+
+    rng = np.random.default_rng(9)
+    mix = rng.standard_normal((64, 64)) * np.linspace(3, 0.1, 64)[:, None]
+    w1 = (rng.standard_normal((64, 64)) / 8).astype(np.float32)
+    w2 = (rng.standard_normal((64, 32)) / 8).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"])]  # fmt: skip
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", 1, ["N", 64])],
+                          [helper.make_tensor_value_info("y", 1, ["N", 32])],
+                          [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])  # fmt: skip
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    data = {"x": (rng.standard_normal((256, 64)) @ mix).astype(np.float32)}
+    test = {"x": (rng.standard_normal((200, 64)) @ mix).astype(np.float32)}
+    want = _run(model, test)
+    cfg = CompressionConfig(weight=WeightConfig(format="runtime", sparsity=0.3, **plan), min_elements=16)
+
+
+    def copy() -> onnx.ModelProto:  # compress_model works in place
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        return m
+
+    plain = compress_model(copy(), cfg)
+    cal = calibrate(copy(), data, cfg, sequential=False)
+    assert set(cal.runtime) == {"w1", "w2"} and not len(cal.encoded)
+    assert {w.method for w in cal.weights} == {"gptq (affine)"}
+    out = compress_model(copy(), cfg, weight_hook=cal.hook)
+    for name in ("w1", "w2"):
+        assert np.mean(out.decoded[name] == 0) >= 0.29  # the pruned 30% (rounded down) stay exactly 0
+        assert not np.array_equal(out.decoded[name], plain.decoded[name])
+
+    def err(m: onnx.ModelProto) -> float:
+        return float(np.linalg.norm(_run(m, test) - want) / np.linalg.norm(want))
+
+    assert err(out.model) < 0.9 * err(plain.model)

@@ -177,8 +177,9 @@ def gptq(
 ) -> AffineCodes:  # fmt: skip
     """GPTQ-style rounding with the scales of :func:`compress` (fixed per block before rounding):
     columns are rounded in order and each column's error, weighted by the inverse Hessian, is
-    pushed onto the columns not yet rounded. Pruned weights stay exactly zero (their error is fed
-    back like any other)."""
+    pushed onto the columns not yet rounded. Pruned weights (``mask`` False) take the zero-point
+    code, so they stay exactly zero, and their whole value is fed back like any rounding error (the
+    kept weights after them compensate, as in SparseGPT with a fixed mask)."""
     from onnxcompress.algorithms.calibrated.hessian import inverse_cholesky_upper
 
     base = compress(w2, bits=bits, block_size=block_size, symmetric=symmetric, mask=mask, refit=False)
@@ -186,7 +187,6 @@ def gptq(
     hinv, _ = inverse_cholesky_upper(np.asarray(h, dtype=np.float64), damp)
     w = np.array(w2, dtype=np.float64)
     keep = np.ones_like(w, dtype=bool) if mask is None else mask.astype(bool)
-    w[~keep] = 0.0
     s = base.scales.astype(np.float64)
     z = base.zero_point_array().astype(np.float64)
     qmax = (1 << bits) - 1
@@ -202,7 +202,6 @@ def gptq(
         err = (w[:, j] - deq) / hinv[j, j]
         if j + 1 < cols:
             w[:, j + 1 :] -= np.outer(err, hinv[j, j + 1 :])
-            w[:, j + 1 :][~keep[:, j + 1 :]] = 0.0
     return AffineCodes(
         codes=codes,
         scales=base.scales,

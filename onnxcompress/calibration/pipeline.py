@@ -164,6 +164,8 @@ class CalibrationResult:
     weights: list[WeightCalibration] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     bias_updates: dict[str, np.ndarray] = field(default_factory=dict)  # new bias values by name
+    # format: runtime weights: name -> passes.runtime_native.RuntimeWeight (codes, a byte per weight)
+    runtime: dict[str, Any] = field(default_factory=dict)
     samples: int = 0
     stages: int = 0
     seconds: float = 0.0
@@ -178,7 +180,14 @@ class CalibrationResult:
     ) -> tuple[EncodedWeight, np.ndarray] | None:
         """``compress_model``'s weight hook: the calibrated encoding, or None (plain algorithm) when
         this weight was not calibrated or is asked for with different settings."""
-        if info.name not in self.encoded or self.settings.get(info.name) != cfg:
+        if self.settings.get(info.name) != cfg:
+            return None
+        if info.name in self.runtime:
+            from onnxcompress.passes import runtime_native as rn
+
+            rw = self.runtime[info.name]
+            return rw, rn.decoded(rw)
+        if info.name not in self.encoded:
             return None
         return self.encoded[info.name]
 
@@ -324,6 +333,40 @@ def calibrate_weight(
     return rec, _from_w2(dec2, info.shape, info.axis, w.dtype), dec2, " + ".join(steps)
 
 
+def _calibrate_runtime(
+    w: np.ndarray, info: WeightInfo, cfg: WeightConfig, stats: LayerStats, ccfg: CalibrationConfig,
+    users: Mapping[str, list[onnx.NodeProto]], opset: int, global_t: float | None, baseline: bool,
+) -> tuple[Any, Any, np.ndarray, str]:  # fmt: skip
+    """A ``format: runtime`` weight with calibration: GPTQ error feedback on its affine codes
+    (``affine.gptq``: scales fixed per block, codes rounded column by column against the layer's
+    input Hessian) where the rewrite is a MatMul or Gemm and one Hessian covers every row; pruned
+    weights (the plan's magnitude mask) stay exactly zero. Returns ``(RuntimeWeight, the plain
+    RuntimeWeight for the report or None, decoded array, method)``."""
+    from onnxcompress.passes import runtime_native as rn
+
+    mask = keep_mask(w, info, cfg, global_t)
+    hessian = None
+    rows = info.shape[info.axis]
+    if ccfg.quant_method == "gptq" and len(stats.blocks) == 1 and stats.kind != "embedding":
+        sl, h = stats.blocks[0]
+        if range(rows)[sl] == range(rows):
+            hessian = h
+
+    def run(h: np.ndarray | None) -> Any:
+        return rn.quantize_planned(
+            dict(users), w, info, cfg.bits, cfg.block_size, mask, hessian=h, activations=cfg.activations,
+            opset=opset, per_channel=cfg.granularity != "tensor",
+        )  # fmt: skip
+
+    rw, dec = run(hessian)
+    if rw.axis != info.axis:  # the Hessian's rows are the inventory's output channels: layouts differ
+        rw, dec = run(None)
+        hessian = None
+    gptq = hessian is not None and rw.kind in ("matmul", "gemm", "matmul_int8", "gemm_int8")
+    plain = (run(None)[0] if gptq else rw) if baseline else None
+    return rw, plain, dec, "gptq (affine)" if gptq else "affine"
+
+
 def _counts(stats: LayerStats) -> np.ndarray:
     assert stats.counts is not None  # an embedding's statistics are its lookup counts
     return stats.counts
@@ -459,6 +502,10 @@ def calibrate(
     batches, result.samples = open_calibration_data(
         model, data, samples=ccfg.samples, batch_size=ccfg.batch_size, labels_key=labels_key
     )
+    from onnxcompress.passes.runtime_native import consumers
+    from onnxcompress.passes.versions import default_opset
+
+    users, opset = consumers(model), default_opset(model)  # for format: runtime weights
     groups = stages(cmodel, targets) if ccfg.sequential else [list(targets)]
     result.stages = len(groups)
     sequential = ccfg.sequential and len(groups) > 1
@@ -502,13 +549,25 @@ def calibrate(
                 if st.samples == 0:  # e.g. an If branch no calibration batch took
                     result.skipped[name] = "no calibration data reached it (plain algorithm used)"
                     continue
-                rec, dec, dec2, method = calibrate_weight(
-                    w, t.info, cfg, st, lc, global_t=global_t, seed=config.seed
-                )
+                rt = None
+                if cfg.format == "runtime":
+                    rt, plain_rt, dec, method = _calibrate_runtime(
+                        w, t.info, cfg, st, lc, users, opset, global_t, baseline
+                    )
+                    dec2 = _w2(dec, t.info.axis)
+                else:
+                    rec, dec, dec2, method = calibrate_weight(
+                        w, t.info, cfg, st, lc, global_t=global_t, seed=config.seed
+                    )
                 w2 = _w2(w, t.info.axis)
                 err_cal = _error(w2, dec2, st)
                 err_plain = None
-                if baseline:
+                if rt is not None:
+                    if plain_rt is not None:
+                        from onnxcompress.passes import runtime_native as rn
+
+                        err_plain = _error(w2, _w2(rn.decoded(plain_rt), t.info.axis), st)
+                elif baseline:
                     ctx = methods.Context(seed=config.seed, global_threshold=global_t)
                     plain_dec = methods.decompress(methods.compress(w, t.info, cfg, ctx))
                     err_plain = _error(w2, _w2(plain_dec, t.info.axis), st)
@@ -530,7 +589,10 @@ def calibrate(
                         frontier.update(name, dec)
                     if work is not None and work is not model and work is not cmodel:
                         set_tensor(work, name, dec)
-                result.encoded.add(rec)
+                if rt is not None:
+                    result.runtime[name] = rt
+                else:
+                    result.encoded.add(rec)
                 result.settings[name] = cfg
                 result.weights.append(
                     WeightCalibration(

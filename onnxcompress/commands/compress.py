@@ -76,6 +76,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(MatMulNBits, GatherBlockQuantized, DequantizeLinear) that stay quantized in RAM",
     )  # fmt: skip
     g.add_argument("--block-size", type=int, help="with --format runtime: weights per scale (default 32)")
+    g.add_argument(
+        "--activations", choices=CHOICES["activations"],
+        help="with --format runtime --bits 8: int8 computes MatMul/Gemm/Conv on int8 activations quantized "
+        "at run time (MatMulInteger/ConvInteger; fastest MatMul on CPU, ConvInteger is slow in onnxruntime); "
+        "the weight scale is per tensor with --granularity tensor (the default), else per output channel",
+    )  # fmt: skip
     p.add_argument(
         "--exclude",
         action="append",
@@ -116,7 +122,7 @@ def config_from_args(args: argparse.Namespace) -> CompressionConfig:
         cfg = load_config(args.config, cfg)
     overrides: dict[str, Any] = {}
     for name in ("method", "bits", "sparsity", "pruning", "quality", "granularity", "group_size", "init",
-                 "codebook_dtype", "encoding", "format", "block_size"):  # fmt: skip
+                 "codebook_dtype", "encoding", "format", "block_size", "activations"):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value

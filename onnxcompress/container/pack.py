@@ -328,7 +328,8 @@ def stream_specs(model: onnx.ModelProto) -> dict[str, _Spec]:
 
 def _runtime_code_specs(model: onnx.ModelProto, inits: dict[str, Any], specs: dict[str, _Spec]) -> None:
     """Codes of ``format: runtime`` weights (MatMulNBits ``B``, GatherBlockQuantized ``data``, the
-    uint8/uint4 input of a ``Cast``, nibble pairs unpacked by ``BitShift``) are k-bit codes packed low bits first, which is Part 1's bit
+    uint8/uint4 input of a ``Cast``, nibble pairs unpacked by ``BitShift``, the int8 weight of a
+    ``MatMulInteger``/``ConvInteger``) are k-bit codes packed low bits first, which is Part 1's bit
     packing: code them as ``codes`` streams (kind 1) like the codebook indices (8-bit ones as bytes)."""
     import onnx
 
@@ -345,12 +346,20 @@ def _runtime_code_specs(model: onnx.ModelProto, inits: dict[str, Any], specs: di
                 name, bits = node.input[0], 0
             elif node.op_type == "BitShift" and node.domain in ("", "ai.onnx") and node.input:
                 name, bits = node.input[0], 4  # two 4-bit codes per byte (fold below opset 21)
+            elif (
+                node.op_type in ("MatMulInteger", "ConvInteger")
+                and node.domain in ("", "ai.onnx")
+                and len(node.input) > 1
+            ):
+                name, bits = node.input[1], 8  # activations int8: int8 codes, coded as bytes
             else:
                 continue
             t = inits.get(name)
             if t is None or name in specs or len(t.raw_data) < MIN_WEIGHT_BYTES:
                 continue
-            if t.data_type == onnx.TensorProto.UINT8 and bits in (0, 2, 4, 8):
+            if t.data_type == onnx.TensorProto.INT8 and node.op_type in ("MatMulInteger", "ConvInteger"):
+                pass
+            elif t.data_type == onnx.TensorProto.UINT8 and bits in (0, 2, 4, 8):
                 bits = bits or 8
             elif t.data_type == onnx.TensorProto.UINT4 and bits == 0:
                 bits = 4

@@ -215,6 +215,17 @@ class Body:
         entry, gathered from the kept-only stream ``stored``."""
         return self.op("Where", keep, self.op("Gather", stored, rank, axis=0), zero)
 
+    def kept_index(self, keep: str, rank: str) -> str:
+        """int32 ``rank + 1`` where ``keep``, else 0: indices into :meth:`gather_values`' table."""
+        return self.op("Where", keep, self.op("Add", rank, self.const(1)), self.const(0))
+
+    def gather_values(self, index: str) -> str:
+        """``[0, values...][index]`` in the output type. Float values are only cast and moved
+        (Concat, Gather), never selected with ``Where``: onnxruntime 1.32's CPU provider has no
+        bfloat16 ``Where`` (nor ``ScatterElements``), and moving bits is exact for every type."""
+        table = self.op("Concat", self.cast_to(self.const([0.0], np.float32)), self.cast_to("values"), axis=0)
+        return self.op("Gather", table, index, axis=0)
+
     def relative_entries(self) -> tuple[str, str, str]:
         """(positions, is_kept, rank) of every relative-index entry. A gap of 2^gap_bits - 1 is a
         filler: it advances by that much and takes no code; rank indexes the kept-only stream."""

@@ -24,10 +24,8 @@ def reference(values: np.ndarray, mask: np.ndarray, *, entries: int, size: int, 
 
 
 def body(b: Body) -> str:
-    size = b.size()
     keep, rank = b.mask_rank()
-    zeros = b.zeros(size)
-    return b.kept_or_zero(keep, b.cast_to("values"), rank, zeros)
+    return b.gather_values(b.kept_index(keep, rank))
 
 
 SPEC = OpSpec(

@@ -26,10 +26,14 @@ def reference(
 
 
 def body(b: Body) -> str:
+    from onnx import numpy_helper  # not at import time: the CLI's --help must not load onnx
+
     size = b.size()
     pos, real, rank = b.relative_entries()
-    zero = b.cast_to(b.const([0.0], np.float32))
-    return b.scatter(size, pos, b.kept_or_zero(real, b.cast_to("values"), rank, zero))
+    # the value indices are scattered (int32), then the values gathered: no float Where/Scatter
+    zeros = b.op("ConstantOfShape", size, value=numpy_helper.from_array(np.array([0], np.int32)))
+    index = b.op("ScatterElements", zeros, pos, b.kept_index(real, rank), axis=0)
+    return b.gather_values(index)
 
 
 SPEC = OpSpec(

@@ -19,6 +19,24 @@ anything else   ``Cast -> Sub -> Mul`` per output channel (``fold``), writing th
                 (dense in RAM, fp32 speed); ``DequantizeLinear`` here measured x14-x25 slower
 ==============  =====================================================================================
 
+With ``activations: int8`` (opt-in, 8-bit, float32 weights) the weight becomes int8 codes with one
+scale per output channel, computed with dynamic activation quantization in standard ONNX ops:
+
+==============  =====================================================================================
+``MatMul`` B    ``DynamicQuantizeLinear(A) -> MatMulInteger(A_q, W_q, A_zp) -> Cast -> Mul(A_s * s)``
+                (``matmul_int8``): onnxruntime fuses it into ``DynamicQuantizeMatMul`` (measured:
+                the fused op is all that remains of it in the optimized graph)
+``Gemm`` B      the same, with ``transA``/``alpha``/``C`` as for MatMulNBits (``gemm_int8``)
+``Conv`` W      ``DynamicQuantizeLinear(X) -> ConvInteger(X_q, W_q, X_zp) -> Cast -> Mul(X_s * s)
+                [-> Add(bias)]`` (``conv_int8``): stays quantized, but onnxruntime 1.32's CPU
+                ``ConvInteger`` is 8-20x slower than its float Conv (benchmarks/runtime.py);
+                ``op_types: {Conv: {activations: float}}`` keeps convolutions on ``fold``
+==============  =====================================================================================
+
+Other consumers of such a weight (``Gather``, tied weights) take the float rewrites above. The int8
+codes are the symmetric 8-bit codes minus 128 (``W_q = q - 128``, ``W = W_q * s``): pruned weights
+are exactly 0.
+
 Codes come from :mod:`onnxcompress.algorithms.affine`; what a weight decodes to in numpy
 (:func:`quantize`'s second result) is what onnxruntime computes with. Quantized tensors go to the
 main graph's initializers (visible from every subgraph); a weight held in a ``Constant`` node is
@@ -47,7 +65,9 @@ from onnxcompress.passes.versions import default_opset
 
 MS_DOMAIN = "com.microsoft"
 PREFIX = "onnxcompress/rt"
-KINDS = ("matmul", "gemm", "gather", "fold")
+KINDS = ("matmul", "gemm", "gather", "fold", "matmul_int8", "gemm_int8", "conv_int8")
+INT8_KINDS = ("matmul_int8", "gemm_int8", "conv_int8")
+ACTIVATIONS = ("float", "int8")
 
 
 @dataclass(frozen=True)
@@ -61,12 +81,22 @@ class RuntimeSpec:
     block_size: int = 32
     symmetric: bool = True
     accuracy_level: int = 4
+    activations: str = "float"  # "int8": MatMulInteger/ConvInteger with dynamic activation quantization
+    per_channel: bool = True  # activations int8: one scale per output channel, else one per tensor
 
     def __post_init__(self) -> None:
         if self.bits not in (2, 4, 8):
             raise ConfigError(
                 f"format: runtime needs bits 2, 4 or 8 (onnxruntime's kernels), got {self.bits}; "
                 "use format: codebook for other widths"
+            )
+        if self.activations not in ACTIVATIONS:
+            raise ConfigError(
+                f"activations must be one of {', '.join(ACTIVATIONS)}, got {self.activations!r}"
+            )
+        if self.activations == "int8" and (self.bits != 8 or not self.symmetric):
+            raise ConfigError(
+                f"activations int8 needs symmetric 8-bit weights (MatMulInteger/ConvInteger), got bits {self.bits}"
             )
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ConfigError(f"block_size must be a power of 2 and at least 16, got {self.block_size}")
@@ -91,6 +121,8 @@ class RuntimeWeight:
         two 4/2-bit codes per byte; one scale and zero point per output channel)."""
         c = self.codes
         scale_bytes = c.scales.size * np.dtype(self.dtype).itemsize
+        if self.kind in INT8_KINDS:
+            return int(np.prod(self.shape)) + _int8_scales(self).nbytes
         if self.kind == "fold":
             store = 8 if c.bits == 8 else 4
             return -(-int(np.prod(self.shape)) * store // 8) + 2 * scale_bytes
@@ -117,11 +149,27 @@ def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
-def choose_kind(info: WeightInfo, nodes: Sequence[onnx.NodeProto], spec: RuntimeSpec) -> str:
-    """Which rewrite a weight gets (see the module table); ``fold`` for everything else."""
-    if len(info.shape) != 2 or not nodes:
+def choose_kind(info: WeightInfo, nodes: Sequence[onnx.NodeProto], spec: RuntimeSpec, opset: int = 21) -> str:
+    """Which rewrite a weight gets (see the module tables); ``fold`` for everything else.
+
+    ``activations: int8`` applies to float32 weights only (``DynamicQuantizeLinear`` reads float32)
+    in models of opset 11 or newer (``MatMulInteger``/``ConvInteger``/``DynamicQuantizeLinear``);
+    ``opset`` is the model's default opset."""
+    if not nodes:
         return "fold"
     uses = {(n.op_type, n.domain, tuple(i for i, x in enumerate(n.input) if x == info.name)) for n in nodes}
+    if spec.activations == "int8" and info.dtype == "float32" and opset >= 11:
+        only = {(op, idx) for op, dom, idx in uses if dom in ("", "ai.onnx")}
+        if len(only) == 1 and len(uses) == 1:
+            ((op, idx),) = only
+            if op == "MatMul" and idx == (1,) and len(info.shape) == 2:
+                return "matmul_int8"
+            if op == "Gemm" and idx == (1,) and len({int(_attr(n, "transB", 0)) for n in nodes}) == 1:
+                return "gemm_int8"
+            if op == "Conv" and idx == (1,):
+                return "conv_int8"
+    if len(info.shape) != 2:
+        return "fold"
     if all(op == "MatMul" and dom in ("", "ai.onnx") and idx == (1,) for op, dom, idx in uses):
         return "matmul"
     if all(op == "Gemm" and dom in ("", "ai.onnx") and idx == (1,) for op, dom, idx in uses):
@@ -136,11 +184,11 @@ def choose_kind(info: WeightInfo, nodes: Sequence[onnx.NodeProto], spec: Runtime
 
 def layout_axis(kind: str, info: WeightInfo, nodes: Sequence[onnx.NodeProto]) -> int:
     """The axis whose entries become code rows (the output channels; the others are reduced)."""
-    if kind == "matmul":
+    if kind in ("matmul", "matmul_int8"):
         return 1
-    if kind == "gemm":
+    if kind in ("gemm", "gemm_int8"):
         return 0 if int(_attr(nodes[0], "transB", 0)) else 1
-    if kind == "gather":
+    if kind in ("gather", "conv_int8"):
         return 0
     return info.axis
 
@@ -153,10 +201,18 @@ def quantize(
     moved = np.moveaxis(w, axis, 0)
     w2 = moved.reshape(moved.shape[0], -1).astype(np.float32)
     m2 = None if mask is None else np.moveaxis(mask, axis, 0).reshape(w2.shape)
-    if kind == "fold":
-        # one scale per output channel (a block covering the whole row): the fold is one broadcast
+    if kind == "fold" or kind in INT8_KINDS:
+        # one scale per output channel (a block covering the whole row): the fold is one broadcast,
+        # MatMulInteger/ConvInteger one scale per output column
         block = 1 << max(4, int(np.ceil(np.log2(max(w2.shape[1], 1)))))
-        codes = affine.compress(w2, bits=spec.bits, block_size=block, symmetric=spec.symmetric, mask=m2)
+        if kind in INT8_KINDS and not spec.per_channel:
+            codes = _per_tensor(w2, spec, m2)
+        elif hessian is not None and kind in ("matmul_int8", "gemm_int8"):
+            codes = affine.gptq(
+                w2, hessian, bits=spec.bits, block_size=block, symmetric=spec.symmetric, mask=m2
+            )
+        else:
+            codes = affine.compress(w2, bits=spec.bits, block_size=block, symmetric=spec.symmetric, mask=m2)
     elif kind == "gather":
         block = spec.block_size
         while w2.shape[1] % block:
@@ -177,6 +233,29 @@ def quantize(
         codes=codes, accuracy_level=spec.accuracy_level,
     )  # fmt: skip
     return rw, dec
+
+
+def _per_tensor(w2: np.ndarray, spec: RuntimeSpec, mask: np.ndarray | None) -> affine.AffineCodes:
+    """One scale for the whole weight (chosen like every affine scale: clipping search and least
+    squares), laid out as one block per row with that same scale. Why: onnxruntime's fused
+    ``DynamicQuantizeMatMul`` is 10-45% slower with a scale per column (measured, ORT 1.32 CPU), and
+    a scalar scale is what its own quantize_dynamic writes."""
+    rows, cols = w2.shape
+    block = 1 << max(4, int(np.ceil(np.log2(max(rows * cols, 1)))))
+    flat_mask = None if mask is None else mask.reshape(1, -1)
+    one = affine.compress(w2.reshape(1, -1), bits=spec.bits, block_size=block, symmetric=True, mask=flat_mask)
+    row_block = 1 << max(4, int(np.ceil(np.log2(max(cols, 1)))))
+    codes = np.full((rows, row_block), 1 << (spec.bits - 1), dtype=np.uint8)
+    codes[:, :cols] = one.codes[0, : rows * cols].reshape(rows, cols)
+    scales = np.full((rows, 1), one.scales[0, 0], dtype=np.float32)
+    return affine.AffineCodes(codes, scales, None, spec.bits, row_block, cols)
+
+
+def decoded(rw: RuntimeWeight) -> np.ndarray:
+    """The exact array ``rw`` stands for (original shape and dtype): what onnxruntime computes with."""
+    c = rw.codes
+    moved_shape = (c.rows, *[d for i, d in enumerate(rw.shape) if i != rw.axis])
+    return np.moveaxis(affine.decompress(c).reshape(moved_shape), 0, rw.axis).astype(np.dtype(rw.dtype))
 
 
 class RuntimeNativePass(Pass):
@@ -217,6 +296,12 @@ class RuntimeNativePass(Pass):
             if rw.kind == "fold":
                 top.extend(_fold_nodes(rw, graph, opset, const, fresh, base))
                 continue
+            if rw.kind in INT8_KINDS:
+                q8 = const(int8_codes(rw), f"{base}/int8")
+                s8 = const(_int8_scales(rw), f"{base}/scale")
+                for node in users.get(rw.name, []):
+                    replaced[tuple(node.output)] = _int8_nodes(rw, node, q8, s8, const, fresh)
+                continue
             inputs = _packed_inputs(rw, const, base)
             for node in users.get(rw.name, []):
                 if rw.kind == "gather":
@@ -235,7 +320,7 @@ class RuntimeNativePass(Pass):
             existing = list(graph.node)
             del graph.node[:]
             graph.node.extend(top + existing)
-        if any(rw.kind != "fold" for rw in self.weights) and not any(
+        if any(rw.kind not in ("fold", *INT8_KINDS) for rw in self.weights) and not any(
             imp.domain == MS_DOMAIN for imp in model.opset_import
         ):
             model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
@@ -261,6 +346,74 @@ def _packed_inputs(rw: RuntimeWeight, const, base: str) -> dict[str, str]:
     if c.zero_points is not None:
         out["zero_points"] = const(affine.pack_rows(c.zero_points, c.bits).reshape(-1), f"{base}/zero_points")
     return out
+
+
+def int8_codes(rw: RuntimeWeight) -> np.ndarray:
+    """The int8 weight an ``activations: int8`` rewrite stores: symmetric codes minus 128, as
+    ``[K, N]`` for MatMulInteger (``matmul_int8``/``gemm_int8``) or in the Conv weight's own shape
+    (``conv_int8``). ``int8_codes(rw) * scale`` (per output channel) is the decoded weight exactly."""
+    c = rw.codes
+    q = (c.codes[:, : c.cols].astype(np.int16) - 128).astype(np.int8)
+    if rw.kind == "conv_int8":
+        return np.ascontiguousarray(q.reshape(rw.shape))
+    return np.ascontiguousarray(q.T)
+
+
+def _int8_scales(rw: RuntimeWeight) -> np.ndarray:
+    """One float32 scale per output channel, shaped to broadcast over the integer op's output
+    (``[N]``; ``[1, C, 1, ...]`` for Conv), or a scalar when they are all equal (per tensor)."""
+    s = rw.codes.scales[:, 0].astype(np.float32)
+    if np.all(s == s[0]):  # per-tensor: a scalar (onnxruntime's fastest fused path)
+        return np.array(s[0], dtype=np.float32)
+    return s.reshape(1, -1, *[1] * (len(rw.shape) - 2)) if rw.kind == "conv_int8" else s
+
+
+def _int8_nodes(
+    rw: RuntimeWeight, node: onnx.NodeProto, q8: str, s8: str, const, fresh
+) -> list[onnx.NodeProto]:
+    """``DynamicQuantizeLinear -> MatMulInteger | ConvInteger -> Cast -> Mul(x_scale * w_scale)``
+    for one consumer (the pattern onnxruntime's quantize_dynamic writes and fuses), then the
+    consumer's own extras: Gemm's ``transA``/``alpha``/``C`` (as :func:`_matmul_nodes`), Conv's bias."""
+    label = node.name or f"{rw.name}/{node.op_type}"
+    nodes: list[onnx.NodeProto] = []
+    a = node.input[0]
+    if node.op_type == "Gemm" and int(_attr(node, "transA", 0)):
+        t = fresh(f"{label}/A_T")
+        nodes.append(helper.make_node("Transpose", [a], [t], perm=[1, 0], name=fresh(f"{label}/Transpose")))
+        a = t
+    aq, a_s, a_z = fresh(f"{label}/x_q"), fresh(f"{label}/x_scale"), fresh(f"{label}/x_zero_point")
+    acc, accf, sc = fresh(f"{label}/acc"), fresh(f"{label}/acc_float"), fresh(f"{label}/out_scale")
+    nodes.append(
+        helper.make_node("DynamicQuantizeLinear", [a], [aq, a_s, a_z], name=fresh(f"{label}/QuantizeX"))
+    )
+    if node.op_type == "Conv":
+        conv = helper.make_node("ConvInteger", [aq, q8, a_z], [acc], name=fresh(label))
+        conv.attribute.extend(node.attribute)  # ConvInteger has Conv's attributes
+        nodes.append(conv)
+    else:
+        nodes.append(helper.make_node("MatMulInteger", [aq, q8, a_z], [acc], name=fresh(label)))
+    nodes += [
+        helper.make_node("Cast", [acc], [accf], to=onnx.TensorProto.FLOAT, name=fresh(f"{label}/Cast")),
+        helper.make_node("Mul", [a_s, s8], [sc], name=fresh(f"{label}/OutScale")),
+    ]
+    y = node.output[0]
+    bias = node.input[2] if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] else ""
+    is_gemm = node.op_type == "Gemm"
+    alpha = float(_attr(node, "alpha", 1.0)) if is_gemm else 1.0
+    beta = float(_attr(node, "beta", 1.0)) if is_gemm else 1.0
+    has_c = is_gemm and len(node.input) > 2 and bool(node.input[2])
+    plain = not bias and alpha == 1.0 and not has_c
+    cur = y if plain else fresh(f"{label}/scaled")
+    nodes.append(helper.make_node("Mul", [accf, sc], [cur], name=fresh(f"{label}/Dequantize")))
+    if bias:
+        shape = const(np.array([1, -1, *[1] * (len(rw.shape) - 2)], np.int64), f"{label}/bias_shape")
+        b = fresh(f"{label}/bias")
+        nodes.append(helper.make_node("Reshape", [bias, shape], [b], name=fresh(f"{label}/BiasShape")))
+        nodes.append(helper.make_node("Add", [cur, b], [y], name=fresh(f"{label}/Bias")))
+    elif not plain:
+        nodes += _gemm_tail(label, cur, y, alpha, beta, node.input[2] if has_c else "", np.dtype(np.float32),
+                            const, fresh)  # fmt: skip
+    return nodes
 
 
 def _gather_node(rw: RuntimeWeight, node: onnx.NodeProto, inputs: dict[str, str], fresh) -> onnx.NodeProto:
@@ -301,30 +454,29 @@ def _matmul_nodes(
             bits=c.bits, block_size=c.block_size, accuracy_level=rw.accuracy_level,
         )
     )  # fmt: skip
-    cur = mm_out
-    dt = np.dtype(rw.dtype)
+    if mm_out != y:
+        nodes += _gemm_tail(label, mm_out, y, alpha, beta, node.input[2] if has_c else "", np.dtype(rw.dtype),
+                            const, fresh)  # fmt: skip
+    return nodes
+
+
+def _gemm_tail(
+    label: str, cur: str, y: str, alpha: float, beta: float, c_in: str, dt: np.dtype, const, fresh
+) -> list[onnx.NodeProto]:
+    """``y = alpha * cur + beta * C`` (Gemm's scaling and bias after its matrix product)."""
+    nodes: list[onnx.NodeProto] = []
     if alpha != 1.0:
-        nxt = y if not has_c else fresh(f"{label}/scaled")
-        nodes.append(
-            helper.make_node(
-                "Mul", [cur, const(np.array(alpha, dt), f"{label}/alpha")], [nxt], name=fresh(f"{label}/Mul")
-            )
-        )
+        nxt = y if not c_in else fresh(f"{label}/scaled")
+        alpha_c = const(np.array(alpha, dt), f"{label}/alpha")
+        nodes.append(helper.make_node("Mul", [cur, alpha_c], [nxt], name=fresh(f"{label}/Mul")))
         cur = nxt
-    if has_c:
-        cin = node.input[2]
+    if c_in:
         if beta != 1.0:
             cb = fresh(f"{label}/beta_C")
-            nodes.append(
-                helper.make_node(
-                    "Mul",
-                    [cin, const(np.array(beta, dt), f"{label}/beta")],
-                    [cb],
-                    name=fresh(f"{label}/MulC"),
-                )
-            )
-            cin = cb
-        nodes.append(helper.make_node("Add", [cur, cin], [y], name=fresh(f"{label}/Add")))
+            beta_c = const(np.array(beta, dt), f"{label}/beta")
+            nodes.append(helper.make_node("Mul", [c_in, beta_c], [cb], name=fresh(f"{label}/MulC")))
+            c_in = cb
+        nodes.append(helper.make_node("Add", [cur, c_in], [y], name=fresh(f"{label}/Add")))
     return nodes
 
 
@@ -421,11 +573,19 @@ def _uint4_const(graph: onnx.GraphProto, a: np.ndarray, name: str) -> str:
 
 def quantize_planned(
     users: dict[str, list[onnx.NodeProto]], w: np.ndarray, info: WeightInfo, bits: int, block_size: int,
-    mask: np.ndarray | None = None,
+    mask: np.ndarray | None = None, *, activations: str = "float", opset: int = 21,
+    hessian: np.ndarray | None = None, per_channel: bool = True,
 ) -> tuple[RuntimeWeight, np.ndarray]:  # fmt: skip
     """:func:`quantize` with the rewrite chosen from the weight's consumers (``users``:
-    :func:`consumers` of the model): the one entry point the compressor calls."""
-    spec = RuntimeSpec(bits=bits, block_size=block_size)
+    :func:`consumers` of the model): the one entry point the compressor calls. ``hessian``: the
+    calibration Hessian of the weight's inputs (``[cols, cols]``, the layout of ``quantize``'s
+    rows), for GPTQ error feedback where the rewrite is a MatMul/Gemm. ``per_channel`` (activations
+    int8): False gives one scale per tensor."""
+    spec = RuntimeSpec(bits=bits, block_size=block_size, activations=activations, per_channel=per_channel)
     nodes = users.get(info.name, [])
-    kind = choose_kind(info, nodes, spec)
-    return quantize(w, info, kind, spec, axis=layout_axis(kind, info, nodes), mask=mask)
+    kind = choose_kind(info, nodes, spec, opset)
+    if hessian is not None and kind not in ("matmul", "gemm", "matmul_int8", "gemm_int8"):
+        hessian = None
+    rw, dec = quantize(w, info, kind, spec, axis=layout_axis(kind, info, nodes), mask=mask, hessian=hessian)
+    rw.opset = opset
+    return rw, dec
