@@ -371,7 +371,14 @@ def test_int8_compress_model_zoo_and_cli(tmp_path, capsys) -> None:
     types = {n.op_type for _, g in iter_graphs(model.graph) for n in g.node}
     assert {"MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "GatherBlockQuantized"} <= types
     assert not {"Gemm", "Conv", "MatMulNBits"} & types
-    res = compress_model(zoo_model(17), CompressionConfig(weight=WeightConfig(format="runtime", activations="int8")))
+    from dataclasses import replace
+
+    from onnxcompress.config import DEFAULT_PRESET, preset
+
+    base = preset(DEFAULT_PRESET)  # what the CLI starts from (safe: shared codebooks where they pay)
+    res = compress_model(
+        zoo_model(17), replace(base, weight=replace(base.weight, format="runtime", activations="int8"))
+    )
     assert res.model.SerializeToString() == model.SerializeToString()
     feed = zoo_inputs()
     want = _run(_substitute(zoo_model(17), res.decoded), feed)
