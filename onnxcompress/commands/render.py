@@ -112,6 +112,10 @@ def format_calibration(result: CalibrationResult) -> str:
     return "\n".join(lines)
 
 
+def _mflops(v: float) -> str:
+    return f"{v / 1e6:,.2f}"
+
+
 def format_bench(report: BenchReport) -> str:
     """Metrics as rows, models as columns; every model after the first shows its ratio to the first."""
     from onnxcompress.evaluation.bench import paired_p50_ratios, ratio
@@ -122,6 +126,7 @@ def format_bench(report: BenchReport) -> str:
         ("session create (s)", lambda m: m.create_s, lambda v: f"{v:.3f}"),
         ("first run (ms)", lambda m: m.first_run_s * 1e3, lambda v: f"{v:.3f}"),
         ("p50 latency (ms)", lambda m: m.p50_ms, lambda v: f"{v:.4f}"),
+        ("MFLOPs per run", lambda m: m.flops, _mflops),
         ("p50 min..max (ms)", None, None),
         ("p50 IQR (ms)", lambda m: m.p50_spread["iqr"], lambda v: f"{v:.4f}"),
         ("p50 ratio paired by round", None, None),
@@ -144,7 +149,12 @@ def format_bench(report: BenchReport) -> str:
                 row.append(f"{s['min']:.4f}..{s['max']:.4f}")
                 continue
             v = get(m)
+            if v is None and label == "MFLOPs per run":
+                row.append("-")
+                continue
             cell = fmt(v)
+            if label == "MFLOPs per run" and m.flops_unknown:
+                cell += f" ({m.flops_unknown} ops uncounted)"
             if m is not base and label != "p50 IQR (ms)":
                 r = ratio(v, get(base))
                 if r is not None:

@@ -133,6 +133,10 @@ class ModelBench:
     providers: tuple[str, ...]
     batch_size: int
     rounds: tuple[RoundResult, ...]
+    #: FLOPs of one run (the measured batch), counted from the graph; None when not countable
+    flops: int | None = None
+    #: nodes whose shapes shape inference could not find (counted as zero FLOPs)
+    flops_unknown: int = 0
 
     def _median(self, attr: str) -> float:
         return float(np.median([getattr(r, attr) for r in self.rounds]))
@@ -186,6 +190,8 @@ class ModelBench:
             "p99_ms": self.p99_ms,
             "throughput_samples_per_s": self.throughput,
             "peak_rss_bytes": self.peak_rss_bytes,
+            "flops_per_run": self.flops,
+            "flops_unknown_nodes": self.flops_unknown,
             "p50_spread_ms": self.p50_spread,
             "rounds": [
                 {**r.__dict__, "providers": list(r.providers)}
@@ -213,6 +219,7 @@ class BenchReport:
                 "p99_ms": ratio(m.p99_ms, base.p99_ms),
                 "throughput": ratio(m.throughput, base.throughput),
                 "peak_rss": ratio(m.peak_rss_bytes, base.peak_rss_bytes),
+                "flops": ratio(m.flops, base.flops),
             }
             paired = paired_p50_ratios(m, base)
             d["ratios_vs_first"]["p50_paired_by_round"] = {
@@ -317,6 +324,7 @@ def measure(model: str, options: BenchOptions) -> dict[str, Any]:
         "peak_rss_bytes": peak_rss_bytes(),
         "providers": list(session.get_providers()),
         "batch_size": batch_size,
+        "input_shapes": {k: list(np.shape(v)) for k, v in feed.items()},
         # modules first imported while the session was being created (their import time was
         # counted as load time): empty for a fair comparison
         "imported_while_timed": imported_while_timed,
@@ -432,7 +440,10 @@ def bench(
             )
             for x in meas
         )
-        results.append(ModelBench(str(m), size, rr[0].providers, int(meas[0]["batch_size"]), rr))
+        flops, unknown = _flops(str(m), meas[0].get("input_shapes") or {})
+        results.append(
+            ModelBench(str(m), size, rr[0].providers, int(meas[0]["batch_size"]), rr, flops, unknown)
+        )
     config = {k: v for k, v in opts.to_dict().items() if k != "allow_fallback"}
     config["python"] = sys.version.split()[0]
     try:
@@ -443,6 +454,20 @@ def bench(
         pass
     config["cpu_count"] = os.cpu_count()
     return BenchReport(tuple(results), config)
+
+
+def _flops(model: str, input_shapes: Mapping[str, Sequence[int]]) -> tuple[int | None, int]:
+    """FLOPs of one run of ``model`` on inputs of ``input_shapes`` (what the worker fed), counted
+    from the graph; ``(None, 0)`` when the graph cannot be read for it. Best effort: a decode
+    function whose output shape inference cannot see leaves its consumer uncounted (listed)."""
+    from onnxcompress.model_io import open_model
+    from onnxcompress.structured.flops import count_flops
+
+    try:
+        count = count_flops(open_model(model, load_external=False), input_shapes=input_shapes)
+    except Exception:  # a FLOP count must never fail a benchmark that measured fine
+        return None, 0
+    return count.total, len(count.unknown)
 
 
 def bench_to_json(report: BenchReport) -> str:
