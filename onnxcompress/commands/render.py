@@ -126,6 +126,7 @@ def format_bench(report: BenchReport) -> str:
         ("session create (s)", lambda m: m.create_s, lambda v: f"{v:.3f}"),
         ("first run (ms)", lambda m: m.first_run_s * 1e3, lambda v: f"{v:.3f}"),
         ("p50 latency (ms)", lambda m: m.p50_ms, lambda v: f"{v:.4f}"),
+        ("CPU time p50 (ms)", lambda m: m.cpu_p50_ms, lambda v: f"{v:.4f}"),
         ("MFLOPs per run", lambda m: m.flops, _mflops),
         ("p50 min..max (ms)", None, None),
         ("p50 IQR (ms)", lambda m: m.p50_spread["iqr"], lambda v: f"{v:.4f}"),
@@ -149,7 +150,7 @@ def format_bench(report: BenchReport) -> str:
                 row.append(f"{s['min']:.4f}..{s['max']:.4f}")
                 continue
             v = get(m)
-            if v is None and label == "MFLOPs per run":
+            if v is None and label in ("MFLOPs per run", "CPU time p50 (ms)"):
                 row.append("-")
                 continue
             cell = fmt(v)

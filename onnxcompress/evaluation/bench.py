@@ -122,6 +122,9 @@ class RoundResult:
     throughput: float  # samples/s at p50
     peak_rss_bytes: int | None
     providers: tuple[str, ...]
+    #: median CPU time of the process per run (ms): on a shared machine wall time also counts the
+    #: time slices other processes took while a run was preempted; CPU time does not
+    cpu_p50_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,11 @@ class ModelBench:
     @property
     def p50_ms(self) -> float:
         return self._median("p50_ms")
+
+    @property
+    def cpu_p50_ms(self) -> float | None:
+        vals = [r.cpu_p50_ms for r in self.rounds if r.cpu_p50_ms is not None]
+        return float(np.median(vals)) if vals else None
 
     @property
     def p90_ms(self) -> float:
@@ -188,6 +196,7 @@ class ModelBench:
             "p50_ms": self.p50_ms,
             "p90_ms": self.p90_ms,
             "p99_ms": self.p99_ms,
+            "cpu_p50_ms": self.cpu_p50_ms,
             "throughput_samples_per_s": self.throughput,
             "peak_rss_bytes": self.peak_rss_bytes,
             "flops_per_run": self.flops,
@@ -217,6 +226,7 @@ class BenchReport:
                 "p50_ms": ratio(m.p50_ms, base.p50_ms),
                 "p90_ms": ratio(m.p90_ms, base.p90_ms),
                 "p99_ms": ratio(m.p99_ms, base.p99_ms),
+                "cpu_p50_ms": ratio(m.cpu_p50_ms, base.cpu_p50_ms),
                 "throughput": ratio(m.throughput, base.throughput),
                 "peak_rss": ratio(m.peak_rss_bytes, base.peak_rss_bytes),
                 "flops": ratio(m.flops, base.flops),
@@ -308,10 +318,13 @@ def measure(model: str, options: BenchOptions) -> dict[str, Any]:
     for _ in range(options.warmup):
         session.run(None, feed)
     lat = np.empty(options.runs)
+    cpu = np.empty(options.runs)
     for i in range(options.runs):
+        c0 = time.process_time()
         t0 = time.perf_counter()
         session.run(None, feed)
         lat[i] = time.perf_counter() - t0
+        cpu[i] = time.process_time() - c0
     p50, p90, p99 = (float(x) * 1e3 for x in np.percentile(lat, [50, 90, 99]))
     return {
         "create_s": create_s,
@@ -320,6 +333,7 @@ def measure(model: str, options: BenchOptions) -> dict[str, Any]:
         "p90_ms": p90,
         "p99_ms": p99,
         "mean_ms": float(lat.mean() * 1e3),
+        "cpu_p50_ms": float(np.median(cpu) * 1e3),
         "throughput": batch.valid / (p50 / 1e3) if p50 > 0 else float("inf"),
         "peak_rss_bytes": peak_rss_bytes(),
         "providers": list(session.get_providers()),
@@ -434,6 +448,7 @@ def bench(
                 p90_ms=x["p90_ms"],
                 p99_ms=x["p99_ms"],
                 mean_ms=x["mean_ms"],
+                cpu_p50_ms=x.get("cpu_p50_ms"),
                 throughput=x["throughput"],
                 peak_rss_bytes=x["peak_rss_bytes"],
                 providers=tuple(x["providers"]),
