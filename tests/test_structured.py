@@ -299,3 +299,17 @@ def test_calibration_on_unpadded_sequences_and_the_obs_criterion():
         err[crit] = float(np.linalg.norm(run(pm, x) - y) / np.linalg.norm(y))
     assert err["obs"] < 5e-3  # keeps one of each pair
     assert err["activation"] > 10 * err["obs"]  # scores pairs alike: drops both of some
+
+
+def test_latency_change_measured_per_model_and_per_group():
+    m = residual_cnn(residual_params(c1=16, c2=16, c3=32))
+    _, rep = prune_model(m, StructuredConfig(ratio=0.5, latency="groups"))
+    assert rep.latency_before_ms and rep.latency_after_ms and rep.speedup is not None
+    measured = [g for g in rep.groups if g.latency_before_ms is not None]
+    assert measured and all(g.latency_after_ms and g.channels_after < g.channels_before for g in measured)
+    assert all(g.latency_before_ms is None for g in rep.groups if g.refused)
+    assert rep.to_dict()["speedup"] == rep.speedup
+    _, quiet = prune_model(m, StructuredConfig(ratio=0.5))
+    assert quiet.latency_before_ms is None and quiet.speedup is None
+    with pytest.raises(ConfigError, match="latency must be one of"):
+        StructuredConfig(ratio=0.5, latency="fast")

@@ -192,6 +192,8 @@ def format_structured_report(report: StructuredReport) -> str:
     lines = [f"{'group':<36} {'ratio':>5} {'channels':>11} {'params':>17} {'MFLOPs':>15}  note"]
     for g in report.groups:
         note = g.refused or ""
+        if g.latency_before_ms is not None and g.latency_after_ms:
+            note = f"alone: {g.latency_before_ms:.3f}->{g.latency_after_ms:.3f} ms (x{g.latency_before_ms / g.latency_after_ms:.2f})"
         lines.append(
             f"{g.name[:36]:<36} {g.ratio:>5.2f} {g.channels_before:>5}->{g.channels_after:<5} "
             f"{g.params_before:>8}->{g.params_after:<8} {g.flops_before / 1e6:>7.2f}->{g.flops_after / 1e6:<7.2f}  {note[:60]}"
@@ -201,6 +203,11 @@ def format_structured_report(report: StructuredReport) -> str:
         f"{report.flops_before / 1e6:.2f} -> {report.flops_after / 1e6:.2f} MFLOPs "
         f"({report.flop_reduction:.2f}x fewer), criterion {report.criterion}"
     )
+    if report.speedup is not None:
+        lines.append(
+            f"latency (in process, 1 thread, p50): {report.latency_before_ms:.3f} -> {report.latency_after_ms:.3f} ms "
+            f"(x{report.speedup:.2f} faster; onnxcompress bench for fresh-process numbers)"
+        )
     if report.refit:
         worst = max(report.refit, key=lambda r: r.error_after)
         lines.append(

@@ -6,6 +6,7 @@ its output is an ordinary ONNX model that the codebook stage can then compress.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from onnxcompress.structured.config import StructuredConfig
 from onnxcompress.structured.criteria import importance
 from onnxcompress.structured.flops import count_flops, count_params
 from onnxcompress.structured.graph import Analysis, Group, analyze
+from onnxcompress.structured.latency import measure_change
 from onnxcompress.structured.prune import Pruned, apply
 from onnxcompress.structured.refit import refit
 from onnxcompress.structured.report import GroupRow, StructuredReport
@@ -167,13 +169,30 @@ def prune_model(
         raise InvalidModelError(f"structured pruning produced an invalid model ({str(exc).splitlines()[0][:200]}); "
                                 "exclude the group with structured: names: {NAME: 0} and report the model") from None  # fmt: skip
     after = count_flops(pruned.model)
+    rows = _rows(model, pruned, analysis, config, global_ratio, before.by_node, after.by_node)
+    lat = None
+    if config.latency != "none":
+        first = batches[0] if batches else None
+        lat = measure_change(model, pruned.model, first)
+        if config.latency == "groups":
+            rows = [_group_latency(model, analysis, removed, g, row, first) for g, row in zip(analysis.groups, rows, strict=True)]  # fmt: skip
     report = StructuredReport(
-        groups=_rows(model, pruned, analysis, config, global_ratio, before.by_node, after.by_node),
+        groups=rows,
         flops_before=before.total, flops_after=after.total, params_before=count_params(model),
         params_after=count_params(pruned.model), criterion=criterion, refit=refit_rows,
         global_ratio=global_ratio, seconds=time.perf_counter() - t0,
+        latency_before_ms=lat.before_ms if lat else None, latency_after_ms=lat.after_ms if lat else None,
     )  # fmt: skip
     return pruned.model, report
+
+
+def _group_latency(model, analysis: Analysis, removed: set[int], g: Group, row: GroupRow, batch) -> GroupRow:
+    """``row`` with the latency of the model in which only group ``g`` lost its channels."""
+    mine = removed & set(g.classes)
+    if not mine:
+        return row
+    lat = measure_change(model, apply(model, analysis, mine).model, batch)
+    return dataclasses.replace(row, latency_before_ms=lat.before_ms, latency_after_ms=lat.after_ms)
 
 
 def _search_ratio(model, analysis, scores, config, target: float) -> float:
