@@ -3,7 +3,7 @@
 Models:
 
 * ``resnet_digits`` (models/, trained): pruned post-training with the ``activation`` criterion and
-  a least-squares refit on *training-derived* images (``models/digits_val.npz`` when present, else
+  a least-squares refit on *training-derived* images (``models/digits_calib.npz``, the calibration split, when present, else
   the training split of scikit-learn's digits, preprocessed like models/train_digits.py in numpy);
   accuracy on the held-out ``digits_test.npz`` and ``digits_test_aug.npz`` (never used for tuning);
 * a MobileNetV2-style CNN and a ResNet-18-shaped CNN built here with onnx.helper (random He
@@ -42,7 +42,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODELS_DIR, digits_accuracy, md_table, write_results  # noqa: E402
+from common import MODELS_DIR, digits_accuracy, load_result, md_table, write_results  # noqa: E402
 
 from onnxcompress.structured import StructuredConfig, count_flops, prune_model  # noqa: E402
 
@@ -75,10 +75,12 @@ def _upsample(images: np.ndarray, size: int = 28) -> np.ndarray:
 
 
 def calibration_images() -> tuple[np.ndarray, str]:
-    val = MODELS_DIR / "digits_val.npz"
-    if val.exists():
-        with np.load(val) as z:
-            return z["input"].astype(np.float32), "models/digits_val.npz"
+    """The calibration split (``models/digits_calib.npz``, 256 augmented training images, disjoint
+    from ``digits_val.npz``, which is kept for tuning) when present, else the training split."""
+    calib = MODELS_DIR / "digits_calib.npz"
+    if calib.exists():
+        with np.load(calib) as z:
+            return z["input"].astype(np.float32), "models/digits_calib.npz (256 augmented training images)"
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -236,6 +238,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=100, help="timed runs per measurement")
     ap.add_argument("--quick", action="store_true", help="2 rounds x 20 runs (smoke test)")
     ap.add_argument("--skip-minilm", action="store_true", help="leave MiniLM out")
+    ap.add_argument("--reuse-minilm", action="store_true",
+                    help="keep the MiniLM section (and its goals) of the existing results file instead of rerunning it")  # fmt: skip
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.runs = 2, 20
@@ -343,7 +347,12 @@ def main() -> int:
         synth.append({"model": name, "flops": fm, "p50_ms_b1": lat[f"{name}_fp32"],
                       "cpu_p50_ms_b1": cpu[f"{name}_fp32"], "rows": rows})  # fmt: skip
     results["built_networks"] = synth
-    results["minilm"] = minilm_section(args, work, results["goals"])
+    previous = load_result("structured") if args.reuse_minilm else None
+    if previous is not None and isinstance(previous.get("minilm"), dict):
+        results["minilm"] = {**previous["minilm"], "reused_from_run_of": previous["environment"]["date_utc"]}
+        results["goals"].update({k: v for k, v in previous["goals"].items() if k.startswith("minilm")})
+    else:
+        results["minilm"] = minilm_section(args, work, results["goals"])
 
     # ---- print
     print(f"resnet_digits (calibration: {calib_source}; fp32 {acc0['held-out']:.2%} / {acc0['augmented']:.2%}, "
