@@ -220,3 +220,49 @@ def refusal_net(seed=0) -> onnx.ModelProto:
     return _model(nodes, p, [helper.make_tensor_value_info("x", F, ["N", 3, 8, 8])],
                   [helper.make_tensor_value_info("att", F, ["N", 4, 4]), helper.make_tensor_value_info("b0", F, ["N", 6, 8, 8])],
                   extra_inits=extra)  # fmt: skip
+
+
+# -- a BERT layer as torch exports it: attention reshapes computed from Shape, GELU as an Erf subgraph
+def bert_params(seed=0, d=8, f=16, heads=2):
+    r = np.random.default_rng(seed)
+    p = {"wq": _rand(r, d, d), "bq": _bias(r, d), "wk": _rand(r, d, d), "bk": _bias(r, d),
+         "wv": _rand(r, d, d), "bv": _bias(r, d), "wo": _rand(r, d, d), "bo": _bias(r, d),
+         "ln1.s": 1 + _rand(r, d, scale=0.1), "ln1.b": _rand(r, d, scale=0.1),
+         "w1": _rand(r, d, f), "b1": _bias(r, f), "w2": _rand(r, f, d), "b2": _bias(r, d),
+         "ln2.s": 1 + _rand(r, d, scale=0.1), "ln2.b": _rand(r, d, scale=0.1)}  # fmt: skip
+    p["heads"] = np.array([heads], np.int64)
+    p["hd"] = np.array([d // heads], np.int64)
+    return p
+
+
+def bert_layer(p) -> onnx.ModelProto:
+    """x [N, S, d] -> self-attention (heads split by a Reshape whose shape comes from Shape/Gather/
+    Concat at run time) -> residual + LayerNorm -> MLP (MatMul, bias Add, exact GELU as
+    ``x * 0.5 * (1 + erf(x / sqrt 2))``, MatMul, bias Add) -> residual + LayerNorm."""
+    c = {"i0": np.array(0, np.int64), "i1": np.array(1, np.int64), "sqrt2": np.float32(np.sqrt(2.0)),
+         "one": np.float32(1.0), "half": np.float32(0.5), "scale": np.float32(1 / np.sqrt(p["hd"][0]))}  # fmt: skip
+    n = helper.make_node
+    nodes = [n("Shape", ["x"], ["shp"]), n("Gather", ["shp", "i0"], ["bn"]), n("Gather", ["shp", "i1"], ["sn"]),
+             n("Unsqueeze", ["bn", "ax0"], ["bu"]), n("Unsqueeze", ["sn", "ax0"], ["su"]),
+             n("Concat", ["bu", "su", "heads", "hd"], ["hshape"], axis=0),
+             n("Concat", ["bu", "su", "dmodel"], ["oshape"], axis=0)]  # fmt: skip
+    for t in "qkv":
+        nodes += [n("MatMul", ["x", f"w{t}"], [f"{t}0"], name=t), n("Add", [f"{t}0", f"b{t}"], [f"{t}1"]),
+                  n("Reshape", [f"{t}1", "hshape"], [f"{t}2"]),
+                  n("Transpose", [f"{t}2"], [f"{t}3"], perm=[0, 2, 3, 1] if t == "k" else [0, 2, 1, 3])]  # fmt: skip
+    nodes += [
+        n("MatMul", ["q3", "k3"], ["s0"]), n("Mul", ["s0", "scale"], ["s1"]), n("Softmax", ["s1"], ["pr"], axis=-1),
+        n("MatMul", ["pr", "v3"], ["ctx0"]), n("Transpose", ["ctx0"], ["ctx1"], perm=[0, 2, 1, 3]),
+        n("Reshape", ["ctx1", "oshape"], ["ctx"]),
+        n("MatMul", ["ctx", "wo"], ["a0"], name="o"), n("Add", ["a0", "bo"], ["a1"]), n("Add", ["a1", "x"], ["a2"]),
+        n("LayerNormalization", ["a2", "ln1.s", "ln1.b"], ["h"], axis=-1),
+        n("MatMul", ["h", "w1"], ["f0"], name="fc1"), n("Add", ["b1", "f0"], ["f1"]),
+        n("Div", ["f1", "sqrt2"], ["g0"]), n("Erf", ["g0"], ["g1"]), n("Add", ["g1", "one"], ["g2"]),
+        n("Mul", ["f1", "g2"], ["g3"]), n("Mul", ["g3", "half"], ["g4"]),
+        n("MatMul", ["g4", "w2"], ["m0"], name="fc2"), n("Add", ["b2", "m0"], ["m1"]), n("Add", ["m1", "h"], ["m2"]),
+        n("LayerNormalization", ["m2", "ln2.s", "ln2.b"], ["y"], axis=-1),
+    ]  # fmt: skip
+    consts = {**p, **c, "ax0": np.array([0], np.int64), "dmodel": np.array([p["wo"].shape[1]], np.int64)}
+    d = p["wq"].shape[0]
+    return _model(nodes, consts, [helper.make_tensor_value_info("x", F, ["N", "S", d])],
+                  [helper.make_tensor_value_info("y", F, ["N", "S", d])])  # fmt: skip

@@ -58,11 +58,15 @@ def test_bench_two_models_side_by_side(two_models, tmp_path):
         assert m.peak_rss_bytes is None or m.peak_rss_bytes > 10 << 20
         spread = m.p50_spread
         assert spread["min"] <= m.p50_ms <= spread["max"]
+        assert m.flops == 2 * 4 * 64 * 64 and m.flops_unknown == 0  # counted at the measured batch
+        assert m.cpu_p50_ms is not None and 0 < m.cpu_p50_ms
     table = format_bench(report)
     assert "session create (s)" in table and "p50 latency (ms)" in table and "(x" in table
+    assert "MFLOPs per run" in table and "0.03 (x1.000)" in table and "CPU time p50 (ms)" in table
     assert "CPUExecutionProvider" in table
     data = json.loads(bench_to_json(report))
     assert data["models"][0]["ratios_vs_first"]["p50_ms"] == 1.0
+    assert data["models"][1]["flops_per_run"] == 32768 and data["models"][1]["ratios_vs_first"]["flops"] == 1.0
     assert len(data["models"][1]["rounds"]) == 2
 
 

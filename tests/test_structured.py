@@ -7,6 +7,8 @@ import numpy as np
 import onnx
 import pytest
 from structured_models import (
+    bert_layer,
+    bert_params,
     concat_net,
     concat_params,
     decoder_net,
@@ -258,3 +260,56 @@ def test_overridable_or_shared_constants_refuse_their_groups():
     m.graph.node.append(onnx.helper.make_node("Add", ["b1", "b1"], ["b1x2"]))
     m.graph.output.append(onnx.helper.make_tensor_value_info("b1x2", onnx.TensorProto.FLOAT, [16]))
     assert "shared" in (analyze(m).groups[0].refused or "")
+
+
+def test_exported_bert_layer_prunes_the_mlp_and_refuses_heads():
+    p = bert_params()
+    m = bert_layer(p)
+    reasons = {g.name: g.refused for g in analyze(m).groups}
+    assert reasons["fc1"] is None  # MatMul -> bias Add -> Erf GELU -> MatMul
+    for head in "qkv":  # heads: the Reshape's shape is computed from Shape at run time
+        assert "computed at run time" in (reasons[head] or "")
+    pm, _ = prune_model(m, StructuredConfig(ratio=0.5))
+    k = kept(p, pm, "b1")
+    assert len(k) == 8
+    q = dict(p)
+    q["w1"], q["b1"], q["w2"] = p["w1"][:, k], p["b1"][k], p["w2"][k]
+    check_same(pm, bert_layer(q), x_of((2, 5, 8)))
+    # FLOPs through the run-time Reshape chain (data propagation), at a named sequence length
+    f1, f5 = count_flops(m).by_op["MatMul"], count_flops(m, {"S": 5}).by_op["MatMul"]
+    d, f, s = 8, 16, 5
+    assert f5 == s * (4 * 2 * d * d + 2 * 2 * d * f) + 2 * (2 * s * s * d)
+    assert f1 == 4 * 2 * d * d + 2 * 2 * d * f + 2 * 2 * d
+
+
+def test_calibration_on_unpadded_sequences_and_the_obs_criterion():
+    p = bert_params(seed=2, f=16)
+    # neurons 8..15 duplicate neurons 0..7: a refit recovers any one of each pair exactly
+    p["w1"][:, 8:], p["b1"][8:] = p["w1"][:, :8], p["b1"][:8]
+    m = bert_layer(p)
+    rng = np.random.default_rng(0)
+    batches = [{"x": rng.standard_normal((4, s, 8)).astype(np.float32)} for s in (3, 6, 9, 12)]
+    x = x_of((3, 7, 8), seed=9)
+    y = run(m, x)
+    err = {}
+    for crit in ("activation", "obs"):
+        config = StructuredConfig(ratio=0.5, criterion=crit, names={"q": 0, "k": 0, "v": 0})
+        pm, rep = prune_model(m, config, batches)  # sequences of 3, 6, 9, 12 tokens, no padding
+        assert get_tensor(pm, "w1").shape == (8, 8)
+        err[crit] = float(np.linalg.norm(run(pm, x) - y) / np.linalg.norm(y))
+    assert err["obs"] < 5e-3  # keeps one of each pair
+    assert err["activation"] > 10 * err["obs"]  # scores pairs alike: drops both of some
+
+
+def test_latency_change_measured_per_model_and_per_group():
+    m = residual_cnn(residual_params(c1=16, c2=16, c3=32))
+    _, rep = prune_model(m, StructuredConfig(ratio=0.5, latency="groups"))
+    assert rep.latency_before_ms and rep.latency_after_ms and rep.speedup is not None
+    measured = [g for g in rep.groups if g.latency_before_ms is not None]
+    assert measured and all(g.latency_after_ms and g.channels_after < g.channels_before for g in measured)
+    assert all(g.latency_before_ms is None for g in rep.groups if g.refused)
+    assert rep.to_dict()["speedup"] == rep.speedup
+    _, quiet = prune_model(m, StructuredConfig(ratio=0.5))
+    assert quiet.latency_before_ms is None and quiet.speedup is None
+    with pytest.raises(ConfigError, match="latency must be one of"):
+        StructuredConfig(ratio=0.5, latency="fast")

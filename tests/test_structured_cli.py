@@ -27,9 +27,10 @@ def test_compress_structured_then_codebook(tmp_path, capsys):
                "--report", str(report)])  # fmt: skip
     assert rc == 0
     text = capsys.readouterr().out
-    assert "MFLOPs" in text and "refit (lstsq)" in text
+    assert "MFLOPs" in text and "refit (lstsq)" in text and "latency (in process" in text  # by default
     data = json.loads(report.read_text())
     assert data["structured"]["flops_after"] < data["structured"]["flops_before"] / 2
+    assert data["structured"]["speedup"] > 0
     m = onnx.load(str(out))
     assert any(n.domain == "ai.onnxcompress" for n in m.graph.node)  # then quantized
     s = make_session(str(out))

@@ -441,9 +441,13 @@ def _copy_fields(dst: Any, src: Any, skip: set[str]) -> None:
 _INFER_KEEP_ELEMENTS = 1024
 
 
-def infer_value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+def infer_value_types(
+    model: onnx.ModelProto, *, data_prop: bool = False, outputs: bool = False
+) -> dict[str, onnx.ValueInfoProto]:
     """Value infos (graph inputs included) from shape inference of ``model``; best effort: ``{}``
-    when inference fails.
+    when inference fails. ``data_prop``: also propagate constant shape values through
+    Shape/Gather/Concat chains (what exported transformers compute their Reshape targets with).
+    ``outputs``: include the graph outputs as inference completed them.
 
     Inference runs on a copy in which every large initializer is a graph input of the same type and
     shape: ``onnx.shape_inference`` would otherwise serialize the whole model and parse it back
@@ -461,10 +465,11 @@ def infer_value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
         elif t.name not in listed:
             light.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     try:
-        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=data_prop)
     except Exception:  # inference is best effort
         return {}
-    return {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    extra = list(inferred.graph.output) if outputs else []
+    return {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input) + extra}
 
 
 def probe_model(

@@ -11,6 +11,7 @@ validation samples, never the test set).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,12 @@ def add_structured_arguments(parser: argparse.ArgumentParser) -> None:
         help="structured pruning first: remove this fraction of the channels of every dependency group "
         "(the model gets smaller and faster; refit with --calibration-data)",
     )
+    parser.add_argument(
+        "--structured-latency",
+        choices=("none", "model", "groups"),
+        help="measure the latency change of structured pruning in process: model (default; pruned vs "
+        "original), groups (also each group pruned alone: one measurement per group) or none",
+    )
 
 
 def structured_config_from_args(args: argparse.Namespace) -> StructuredConfig | None:
@@ -38,7 +45,14 @@ def structured_config_from_args(args: argparse.Namespace) -> StructuredConfig | 
     cfg = structured_from_dict(section) if section is not None else None
     if getattr(args, "structured", None) is not None:
         cfg = structured_from_dict(args.structured, cfg)
-    return cfg if cfg is not None and cfg.active else None
+    if cfg is None or not cfg.active:
+        return None
+    latency = getattr(args, "structured_latency", None)
+    if latency is not None:
+        return dataclasses.replace(cfg, latency=latency)
+    if section is None or not isinstance(section, dict) or "latency" not in section:
+        return dataclasses.replace(cfg, latency="model")  # the command shows it unless told not to
+    return cfg
 
 
 def prune_in_place(model: onnx.ModelProto, cfg: StructuredConfig, args: argparse.Namespace) -> dict[str, Any]:

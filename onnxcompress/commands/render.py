@@ -112,6 +112,10 @@ def format_calibration(result: CalibrationResult) -> str:
     return "\n".join(lines)
 
 
+def _mflops(v: float) -> str:
+    return f"{v / 1e6:,.2f}"
+
+
 def format_bench(report: BenchReport) -> str:
     """Metrics as rows, models as columns; every model after the first shows its ratio to the first."""
     from onnxcompress.evaluation.bench import paired_p50_ratios, ratio
@@ -122,6 +126,8 @@ def format_bench(report: BenchReport) -> str:
         ("session create (s)", lambda m: m.create_s, lambda v: f"{v:.3f}"),
         ("first run (ms)", lambda m: m.first_run_s * 1e3, lambda v: f"{v:.3f}"),
         ("p50 latency (ms)", lambda m: m.p50_ms, lambda v: f"{v:.4f}"),
+        ("CPU time p50 (ms)", lambda m: m.cpu_p50_ms, lambda v: f"{v:.4f}"),
+        ("MFLOPs per run", lambda m: m.flops, _mflops),
         ("p50 min..max (ms)", None, None),
         ("p50 IQR (ms)", lambda m: m.p50_spread["iqr"], lambda v: f"{v:.4f}"),
         ("p50 ratio paired by round", None, None),
@@ -144,7 +150,12 @@ def format_bench(report: BenchReport) -> str:
                 row.append(f"{s['min']:.4f}..{s['max']:.4f}")
                 continue
             v = get(m)
+            if v is None and label in ("MFLOPs per run", "CPU time p50 (ms)"):
+                row.append("-")
+                continue
             cell = fmt(v)
+            if label == "MFLOPs per run" and m.flops_unknown:
+                cell += f" ({m.flops_unknown} ops uncounted)"
             if m is not base and label != "p50 IQR (ms)":
                 r = ratio(v, get(base))
                 if r is not None:
@@ -181,6 +192,8 @@ def format_structured_report(report: StructuredReport) -> str:
     lines = [f"{'group':<36} {'ratio':>5} {'channels':>11} {'params':>17} {'MFLOPs':>15}  note"]
     for g in report.groups:
         note = g.refused or ""
+        if g.latency_before_ms is not None and g.latency_after_ms:
+            note = f"alone: {g.latency_before_ms:.3f}->{g.latency_after_ms:.3f} ms (x{g.latency_before_ms / g.latency_after_ms:.2f})"
         lines.append(
             f"{g.name[:36]:<36} {g.ratio:>5.2f} {g.channels_before:>5}->{g.channels_after:<5} "
             f"{g.params_before:>8}->{g.params_after:<8} {g.flops_before / 1e6:>7.2f}->{g.flops_after / 1e6:<7.2f}  {note[:60]}"
@@ -190,6 +203,11 @@ def format_structured_report(report: StructuredReport) -> str:
         f"{report.flops_before / 1e6:.2f} -> {report.flops_after / 1e6:.2f} MFLOPs "
         f"({report.flop_reduction:.2f}x fewer), criterion {report.criterion}"
     )
+    if report.speedup is not None:
+        lines.append(
+            f"latency (in process, 1 thread, p50): {report.latency_before_ms:.3f} -> {report.latency_after_ms:.3f} ms "
+            f"(x{report.speedup:.2f} faster; onnxcompress bench for fresh-process numbers)"
+        )
     if report.refit:
         worst = max(report.refit, key=lambda r: r.error_after)
         lines.append(

@@ -122,6 +122,9 @@ class RoundResult:
     throughput: float  # samples/s at p50
     peak_rss_bytes: int | None
     providers: tuple[str, ...]
+    #: median CPU time of the process per run (ms): on a shared machine wall time also counts the
+    #: time slices other processes took while a run was preempted; CPU time does not
+    cpu_p50_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,10 @@ class ModelBench:
     providers: tuple[str, ...]
     batch_size: int
     rounds: tuple[RoundResult, ...]
+    #: FLOPs of one run (the measured batch), counted from the graph; None when not countable
+    flops: int | None = None
+    #: nodes whose shapes shape inference could not find (counted as zero FLOPs)
+    flops_unknown: int = 0
 
     def _median(self, attr: str) -> float:
         return float(np.median([getattr(r, attr) for r in self.rounds]))
@@ -148,6 +155,11 @@ class ModelBench:
     @property
     def p50_ms(self) -> float:
         return self._median("p50_ms")
+
+    @property
+    def cpu_p50_ms(self) -> float | None:
+        vals = [r.cpu_p50_ms for r in self.rounds if r.cpu_p50_ms is not None]
+        return float(np.median(vals)) if vals else None
 
     @property
     def p90_ms(self) -> float:
@@ -184,8 +196,11 @@ class ModelBench:
             "p50_ms": self.p50_ms,
             "p90_ms": self.p90_ms,
             "p99_ms": self.p99_ms,
+            "cpu_p50_ms": self.cpu_p50_ms,
             "throughput_samples_per_s": self.throughput,
             "peak_rss_bytes": self.peak_rss_bytes,
+            "flops_per_run": self.flops,
+            "flops_unknown_nodes": self.flops_unknown,
             "p50_spread_ms": self.p50_spread,
             "rounds": [
                 {**r.__dict__, "providers": list(r.providers)}
@@ -211,8 +226,10 @@ class BenchReport:
                 "p50_ms": ratio(m.p50_ms, base.p50_ms),
                 "p90_ms": ratio(m.p90_ms, base.p90_ms),
                 "p99_ms": ratio(m.p99_ms, base.p99_ms),
+                "cpu_p50_ms": ratio(m.cpu_p50_ms, base.cpu_p50_ms),
                 "throughput": ratio(m.throughput, base.throughput),
                 "peak_rss": ratio(m.peak_rss_bytes, base.peak_rss_bytes),
+                "flops": ratio(m.flops, base.flops),
             }
             paired = paired_p50_ratios(m, base)
             d["ratios_vs_first"]["p50_paired_by_round"] = {
@@ -301,10 +318,13 @@ def measure(model: str, options: BenchOptions) -> dict[str, Any]:
     for _ in range(options.warmup):
         session.run(None, feed)
     lat = np.empty(options.runs)
+    cpu = np.empty(options.runs)
     for i in range(options.runs):
+        c0 = time.process_time()
         t0 = time.perf_counter()
         session.run(None, feed)
         lat[i] = time.perf_counter() - t0
+        cpu[i] = time.process_time() - c0
     p50, p90, p99 = (float(x) * 1e3 for x in np.percentile(lat, [50, 90, 99]))
     return {
         "create_s": create_s,
@@ -313,10 +333,12 @@ def measure(model: str, options: BenchOptions) -> dict[str, Any]:
         "p90_ms": p90,
         "p99_ms": p99,
         "mean_ms": float(lat.mean() * 1e3),
+        "cpu_p50_ms": float(np.median(cpu) * 1e3),
         "throughput": batch.valid / (p50 / 1e3) if p50 > 0 else float("inf"),
         "peak_rss_bytes": peak_rss_bytes(),
         "providers": list(session.get_providers()),
         "batch_size": batch_size,
+        "input_shapes": {k: list(np.shape(v)) for k, v in feed.items()},
         # modules first imported while the session was being created (their import time was
         # counted as load time): empty for a fair comparison
         "imported_while_timed": imported_while_timed,
@@ -426,13 +448,17 @@ def bench(
                 p90_ms=x["p90_ms"],
                 p99_ms=x["p99_ms"],
                 mean_ms=x["mean_ms"],
+                cpu_p50_ms=x.get("cpu_p50_ms"),
                 throughput=x["throughput"],
                 peak_rss_bytes=x["peak_rss_bytes"],
                 providers=tuple(x["providers"]),
             )
             for x in meas
         )
-        results.append(ModelBench(str(m), size, rr[0].providers, int(meas[0]["batch_size"]), rr))
+        flops, unknown = _flops(str(m), meas[0].get("input_shapes") or {})
+        results.append(
+            ModelBench(str(m), size, rr[0].providers, int(meas[0]["batch_size"]), rr, flops, unknown)
+        )
     config = {k: v for k, v in opts.to_dict().items() if k != "allow_fallback"}
     config["python"] = sys.version.split()[0]
     try:
@@ -443,6 +469,20 @@ def bench(
         pass
     config["cpu_count"] = os.cpu_count()
     return BenchReport(tuple(results), config)
+
+
+def _flops(model: str, input_shapes: Mapping[str, Sequence[int]]) -> tuple[int | None, int]:
+    """FLOPs of one run of ``model`` on inputs of ``input_shapes`` (what the worker fed), counted
+    from the graph; ``(None, 0)`` when the graph cannot be read for it. Best effort: a decode
+    function whose output shape inference cannot see leaves its consumer uncounted (listed)."""
+    from onnxcompress.model_io import open_model
+    from onnxcompress.structured.flops import count_flops
+
+    try:
+        count = count_flops(open_model(model, load_external=False), input_shapes=input_shapes)
+    except Exception:  # a FLOP count must never fail a benchmark that measured fine
+        return None, 0
+    return count.total, len(count.unknown)
 
 
 def bench_to_json(report: BenchReport) -> str:

@@ -51,4 +51,15 @@ def capture(
             parts[n].append(np.asarray(v))
     if not parts[names[0]]:
         raise DataError("the calibration data yielded no batches")
-    return {n: np.concatenate(v) for n, v in parts.items()}
+    return {n: _join(v) for n, v in parts.items()}
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    """Batches of one shape are stacked; batches of varying shapes (token sequences of different
+    lengths, given unpadded) become rows of their last axis, ``[rows, features]``: the layout that
+    MatMul / Gemm consumers reduce over. Convolution inputs must keep their shape."""
+    if len({p.shape[1:] for p in parts}) == 1:
+        return np.concatenate(parts)
+    if len({p.shape[-1] for p in parts}) != 1 or min(p.ndim for p in parts) < 2:
+        raise DataError("calibration batches of different shapes must agree on their last axis")
+    return np.concatenate([p.reshape(-1, p.shape[-1]) for p in parts])

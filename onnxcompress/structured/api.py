@@ -6,20 +6,22 @@ its output is an ordinary ONNX model that the codebook stage can then compress.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from onnxcompress.calibration.capture import get_tensor
-from onnxcompress.errors import InvalidModelError
+from onnxcompress.errors import DataError, InvalidModelError
 from onnxcompress.structured.activations import batches_of, capture
 from onnxcompress.structured.config import StructuredConfig
 from onnxcompress.structured.criteria import importance
 from onnxcompress.structured.flops import count_flops, count_params
 from onnxcompress.structured.graph import Analysis, Group, analyze
+from onnxcompress.structured.latency import measure_change
 from onnxcompress.structured.prune import Pruned, apply
 from onnxcompress.structured.refit import refit
 from onnxcompress.structured.report import GroupRow, StructuredReport
@@ -74,9 +76,14 @@ def _keep_one_everywhere(
 
 
 def _channel_energy(
-    model: onnx.ModelProto, analysis: Analysis, batches: list[dict[str, np.ndarray]]
+    model: onnx.ModelProto,
+    analysis: Analysis,
+    batches: list[dict[str, np.ndarray]],
+    hessians: dict[int, np.ndarray] | None = None,
 ) -> dict[int, np.ndarray]:
-    """``E[x^2]`` of each position of every consumer's weight input axis."""
+    """``E[x^2]`` of each position of every consumer's weight input axis; with ``hessians`` (a
+    dict to fill) also ``E[[x, 1][x, 1]^T]`` of every MatMul / Gemm consumer (the ``obs``
+    criterion)."""
     consumers = [
         c for c in analysis.consumers if any(c in g.consumers for g in analysis.groups if g.prunable)
     ]
@@ -85,30 +92,66 @@ def _channel_energy(
     for c in consumers:
         x = acts[model.graph.node[c.node].input[0]].astype(np.float64)
         if c.op_type in ("Conv", "ConvTranspose"):
+            if x.ndim < 3:
+                raise DataError(f"{c.name}: a convolution needs calibration batches of one image size")
             e = np.mean(x**2, axis=tuple(k for k in range(x.ndim) if k != 1))
             out[c.node] = e.reshape(-1, len(c.ids)).sum(axis=0)  # grouped: lanes add up
         else:
-            out[c.node] = np.mean(x.reshape(-1, x.shape[-1]) ** 2, axis=0)
+            rows = x.reshape(-1, x.shape[-1])
+            out[c.node] = np.mean(rows**2, axis=0)
+            if hessians is not None and c.node not in hessians:
+                aug = np.hstack([rows, np.ones((len(rows), 1))])
+                hessians[c.node] = aug.T @ aug / len(rows)
+    return out
+
+
+def calibration_batches(
+    calibration: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]], max_samples: int
+) -> list[dict[str, np.ndarray]]:
+    """Batches from a mapping of equally long input arrays, or batches given as they are (up to
+    ``max_samples`` samples): the way to calibrate a transformer on unpadded sentences, whose
+    padding rows would otherwise dominate the criterion and the least-squares refit."""
+    if isinstance(calibration, Mapping):
+        return batches_of(calibration, max_samples=max_samples)
+    out: list[dict[str, np.ndarray]] = []
+    n = 0
+    for batch in calibration:
+        if n >= max_samples:
+            break
+        rows = min(len(v) for v in batch.values())
+        take = min(rows, max_samples - n)
+        out.append({k: np.asarray(v)[:take] for k, v in batch.items()})
+        n += take
+    if not out:
+        raise DataError("calibration data has no samples")
     return out
 
 
 def prune_model(
     model: onnx.ModelProto,
     config: StructuredConfig,
-    calibration: Mapping[str, np.ndarray] | None = None,
+    calibration: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None = None,
 ) -> tuple[onnx.ModelProto, StructuredReport]:
     """A smaller copy of ``model`` and the report. ``calibration``: model inputs (a few hundred
     samples of training or validation data, never test data) for the ``activation`` criterion
-    and the refit."""
+    and the refit: one mapping of input arrays, or a sequence of batches whose shapes may differ
+    (e.g. token sequences of their own lengths, see :func:`calibration_batches`)."""
     t0 = time.perf_counter()
     analysis = analyze(model)
-    batches = batches_of(calibration, max_samples=config.samples) if calibration else None
+    batches = calibration_batches(calibration, config.samples) if calibration else None
     criterion = config.criterion
     if criterion == "auto":
         criterion = "activation" if batches else "l1"
-    energy = _channel_energy(model, analysis, batches) if criterion == "activation" and batches else None
+    hessians: dict[int, np.ndarray] | None = {} if criterion == "obs" else None
+    energy = (
+        _channel_energy(model, analysis, batches, hessians)
+        if criterion in ("activation", "obs") and batches
+        else None
+    )
     scores = {
-        g.index: importance(model, analysis, g, criterion, energy) for g in analysis.groups if g.prunable
+        g.index: importance(model, analysis, g, criterion, energy, hessians)
+        for g in analysis.groups
+        if g.prunable
     }
     before = count_flops(model)
     global_ratio = config.ratio
@@ -126,13 +169,30 @@ def prune_model(
         raise InvalidModelError(f"structured pruning produced an invalid model ({str(exc).splitlines()[0][:200]}); "
                                 "exclude the group with structured: names: {NAME: 0} and report the model") from None  # fmt: skip
     after = count_flops(pruned.model)
+    rows = _rows(model, pruned, analysis, config, global_ratio, before.by_node, after.by_node)
+    lat = None
+    if config.latency != "none":
+        first = batches[0] if batches else None
+        lat = measure_change(model, pruned.model, first)
+        if config.latency == "groups":
+            rows = [_group_latency(model, analysis, removed, g, row, first) for g, row in zip(analysis.groups, rows, strict=True)]  # fmt: skip
     report = StructuredReport(
-        groups=_rows(model, pruned, analysis, config, global_ratio, before.by_node, after.by_node),
+        groups=rows,
         flops_before=before.total, flops_after=after.total, params_before=count_params(model),
         params_after=count_params(pruned.model), criterion=criterion, refit=refit_rows,
         global_ratio=global_ratio, seconds=time.perf_counter() - t0,
+        latency_before_ms=lat.before_ms if lat else None, latency_after_ms=lat.after_ms if lat else None,
     )  # fmt: skip
     return pruned.model, report
+
+
+def _group_latency(model, analysis: Analysis, removed: set[int], g: Group, row: GroupRow, batch) -> GroupRow:
+    """``row`` with the latency of the model in which only group ``g`` lost its channels."""
+    mine = removed & set(g.classes)
+    if not mine:
+        return row
+    lat = measure_change(model, apply(model, analysis, mine).model, batch)
+    return dataclasses.replace(row, latency_before_ms=lat.before_ms, latency_after_ms=lat.after_ms)
 
 
 def _search_ratio(model, analysis, scores, config, target: float) -> float:

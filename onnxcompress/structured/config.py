@@ -19,6 +19,7 @@ from typing import Any
 
 from onnxcompress.errors import ConfigError
 from onnxcompress.structured.criteria import CRITERIA
+from onnxcompress.structured.latency import LATENCY_MODES
 from onnxcompress.structured.refit import REFIT_MODES
 
 CRITERION_CHOICES = ("auto", *CRITERIA)
@@ -41,6 +42,8 @@ class StructuredConfig:
     ``bn`` or ``activation``. ``refit``: ``lstsq`` (least squares on calibration activations),
     ``bias`` (bias shift only) or ``none``; without calibration data nothing is refit.
     ``round_to``: kept channel counts are rounded up to a multiple of it (vector-friendly widths).
+    ``latency``: measure the latency change (:mod:`onnxcompress.structured.latency`): ``none``,
+    ``model`` (pruned against original) or ``groups`` (also each group pruned alone).
     """
 
     ratio: float = 0.0
@@ -53,6 +56,7 @@ class StructuredConfig:
     min_channels: int = 1
     samples: int = 256
     ridge: float = 1e-3
+    latency: str = "none"
 
     def __post_init__(self) -> None:
         _check_ratio("ratio", self.ratio)
@@ -78,6 +82,8 @@ class StructuredConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if self.latency not in LATENCY_MODES:
+            raise ConfigError(f"latency must be one of {', '.join(LATENCY_MODES)}; got {self.latency!r}")
         if not isinstance(self.ridge, (int, float)) or self.ridge < 0:
             raise ConfigError(f"ridge must be a non-negative number, got {self.ridge!r}")
         object.__setattr__(self, "op_types", dict(self.op_types))

@@ -8,7 +8,15 @@
 * ``activation`` (needs calibration statistics): the energy a channel sends into the next layer,
   ``E[x_c^2] * ||W_next[:, c]||^2`` summed over its consumers: the part of the consumer's output
   that removing the channel takes away (with zero-mean error terms assumed independent). Groups
-  without calibrated consumers fall back to ``l2``.
+  without calibrated consumers fall back to ``l2``;
+* ``obs`` (needs calibration statistics): Optimal Brain Surgeon at the neuron level, the
+  criterion of structured OBS pruners (Kurtic et al. 2022, ZipLM 2023): with ``H = E[[x, 1][x, 1]^T]``
+  of a MatMul / Gemm consumer, removing input ``j`` and re-solving the rest costs
+  ``||W_j||^2 / [H^-1]_jj``; neurons are removed greedily, cheapest first, updating ``H^-1`` and
+  ``W`` after each (so correlated neurons are not all kept or all dropped), and the removal order is
+  the score. Unlike ``activation`` it sees what the least-squares refit can recover (a neuron that
+  is a mix of others costs nothing). Groups whose consumers are not all MatMul / Gemm with one
+  position per channel use ``activation``.
 
 Scores are comparable only within a group: each group is ranked on its own.
 Pure numpy over the model's constants.
@@ -25,7 +33,7 @@ from onnxcompress.calibration.capture import get_tensor
 from onnxcompress.errors import ConfigError
 from onnxcompress.structured.graph import Analysis, Group
 
-CRITERIA = ("l1", "l2", "bn", "activation")
+CRITERIA = ("l1", "l2", "bn", "activation", "obs")
 
 
 def _per_position(w: np.ndarray, axis: int, order: int) -> np.ndarray:
@@ -39,11 +47,13 @@ def importance(
     group: Group,
     criterion: str = "l1",
     channel_energy: Mapping[int, np.ndarray] | None = None,
+    hessians: Mapping[int, np.ndarray] | None = None,
 ) -> dict[int, float]:
     """Score of each channel class of ``group`` (higher = more important).
 
     ``channel_energy``: per consumer node index, ``E[x^2]`` of each position of its weight's input
-    axis, from calibration (required for ``activation``).
+    axis, from calibration (required for ``activation``); ``hessians``: per MatMul / Gemm
+    consumer, ``E[[x, 1][x, 1]^T]`` (for ``obs``).
     """
     if criterion not in CRITERIA:
         raise ConfigError(f"criterion must be one of {', '.join(CRITERIA)}; got {criterion!r}")
@@ -54,6 +64,13 @@ def importance(
             if cls in scores:
                 scores[cls] += float(v)
 
+    if criterion == "obs":
+        if channel_energy is None or hessians is None:
+            raise ConfigError("the obs criterion needs calibration data (--calibration-data)")
+        ranked = _obs_order(model, analysis, group, hessians)
+        if ranked is not None:
+            return ranked
+        criterion = "activation"
     if criterion == "activation" and channel_energy is not None:
         used = False
         for c in group.consumers:
@@ -92,3 +109,53 @@ def _bn_scales(
         if s.tensor in scales and len(s.ids) and int(analysis.classes_of(s.ids[:1])[0]) in members:
             out.append((s.ids, get_tensor(model, s.tensor)))
     return out
+
+
+def _obs_order(
+    model: onnx.ModelProto, analysis: Analysis, group: Group, hessians: Mapping[int, np.ndarray]
+) -> dict[int, float] | None:
+    """Greedy OBS removal order of the group's classes as scores (removed first = lowest), or None
+    when a consumer is not a MatMul / Gemm with one input position per class."""
+    terms = []
+    index = {c: k for k, c in enumerate(group.classes)}
+    for c in group.consumers:
+        hess = hessians.get(c.node)
+        if hess is None:
+            return None
+        classes = analysis.classes_of(c.ids)
+        pos = [k for k, cls in enumerate(classes.tolist()) if cls in index]
+        if len({int(classes[k]) for k in pos}) != len(pos):
+            return None  # a class spans several positions (flattened into a Gemm)
+        w = np.moveaxis(get_tensor(model, c.weight).astype(np.float64), c.axis, 0)
+        w = w.reshape(w.shape[0], -1)
+        n = w.shape[0]
+        damp = 1e-4 * float(np.mean(np.diag(hess)[:n])) + 1e-12
+        hinv = np.linalg.inv(hess + damp * np.eye(n + 1))
+        w = np.vstack([w, np.zeros((1, w.shape[1]))])  # the bias row: never removed, absorbs means
+        terms.append((hinv, w, np.array([index[int(classes[k])] for k in pos]), np.array(pos)))
+    if not terms:
+        return None
+    n_cls = len(group.classes)
+    alive = np.array([cls not in group.fixed for cls in group.classes])
+    scores = {cls: float(n_cls) for cls in group.classes}
+    for step in range(int(alive.sum())):
+        cost = np.zeros(n_cls)
+        for hinv, w, cls_idx, at in terms:
+            d = np.maximum(np.diag(hinv)[at], 1e-30)
+            np.add.at(cost, cls_idx, (w[at] ** 2).sum(axis=1) / d)
+        cost[~alive] = np.inf
+        j = int(np.argmin(cost))
+        alive[j] = False
+        scores[group.classes[j]] = float(step)
+        for hinv, w, cls_idx, at in terms:
+            p = int(at[cls_idx == j][0]) if (cls_idx == j).any() else -1
+            if p < 0:
+                continue
+            col = hinv[:, p].copy()
+            piv = max(col[p], 1e-30)
+            w -= np.outer(col / piv, w[p])
+            hinv -= np.outer(col / piv, hinv[p])
+            w[p] = 0.0
+            hinv[p, :] = 0.0
+            hinv[:, p] = 0.0
+    return scores

@@ -3,14 +3,18 @@
 A multiply-add counts as two FLOPs: Conv ``2 * Cout * (Cin / group) * prod(kernel) * prod(out
 spatial)``, ConvTranspose the same over its input positions, Gemm / MatMul ``2 * M * K * N`` per
 batch matrix. Elementwise ops, activations and normalizations count one per output element,
-pooling one per window element. Shapes come from ONNX shape inference with every symbolic
-dimension set to 1; ops whose shapes it cannot infer count zero and are listed.
+pooling one per window element. Shapes come from ONNX shape inference (with data propagation, so
+the Shape -> Gather -> Concat -> Reshape chains of exported transformers resolve) with every
+symbolic input dimension set to 1 unless ``dims`` names it (``{"seq": 64}``: FLOPs of a
+64-token sequence); a dimension still symbolic inside the graph counts as 1. Ops whose shapes
+inference cannot find count zero and are listed.
 
 Pure graph code: onnx and numpy, no onnxruntime.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,23 +42,37 @@ class FlopCount:
         self.total += flops
 
 
-def _batch_one(model: onnx.ModelProto) -> onnx.ModelProto:
+def _batch_one(
+    model: onnx.ModelProto,
+    dims: Mapping[str, int] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    for vi in list(m.graph.input) + list(m.graph.output):
+    for vi in m.graph.input:
+        given = (input_shapes or {}).get(vi.name)
+        if given is not None and len(given) == len(vi.type.tensor_type.shape.dim):
+            for d, v in zip(vi.type.tensor_type.shape.dim, given, strict=True):
+                d.Clear()
+                d.dim_value = int(v)
+    for vi in m.graph.input:
         for d in vi.type.tensor_type.shape.dim:
             if not d.HasField("dim_value"):
-                d.dim_value = 1
+                d.dim_value = int((dims or {}).get(d.dim_param, 1))
     del m.graph.value_info[:]
     return m
 
 
-def count_flops(model: onnx.ModelProto) -> FlopCount:
-    """FLOPs of one inference of ``model``'s main graph at batch size 1."""
-    m = _batch_one(model)
-    types = infer_value_types(m)
-    for o in m.graph.output:  # inference returns intermediate values; outputs keep their declared shape
-        types.setdefault(o.name, o)
+def count_flops(
+    model: onnx.ModelProto,
+    dims: Mapping[str, int] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> FlopCount:
+    """FLOPs of one inference of ``model``'s main graph at batch size 1: symbolic input dimensions
+    named in ``dims`` take those values; ``input_shapes`` (input name -> full shape, e.g. the
+    batch a benchmark feeds) fixes whole inputs (then FLOPs are for that batch)."""
+    m = _batch_one(model, dims, input_shapes)
+    types = infer_value_types(m, data_prop=True, outputs=True)
     consts = {t.name: tuple(int(d) for d in t.dims) for t in m.graph.initializer}
 
     def shape(name: str) -> tuple[int, ...] | None:
@@ -63,10 +81,10 @@ def count_flops(model: onnx.ModelProto) -> FlopCount:
         vi = types.get(name)
         if vi is None or not vi.type.tensor_type.HasField("shape"):
             return None
-        dims = vi.type.tensor_type.shape.dim
-        if not all(d.HasField("dim_value") for d in dims):
+        value_dims = vi.type.tensor_type.shape.dim
+        if not all(d.HasField("dim_value") or d.dim_param for d in value_dims):
             return None
-        return tuple(int(d.dim_value) for d in dims)
+        return tuple(int(d.dim_value) if d.HasField("dim_value") else 1 for d in value_dims)
 
     out = FlopCount()
     for k, node in enumerate(m.graph.node):

@@ -25,6 +25,7 @@ from onnx import numpy_helper
 
 from onnxcompress.algorithms.calibrated.hessian import im2col
 from onnxcompress.calibration.capture import get_tensor, set_tensor
+from onnxcompress.errors import DataError
 from onnxcompress.structured.activations import capture
 from onnxcompress.structured.graph import Analysis
 from onnxcompress.structured.prune import Pruned
@@ -172,6 +173,8 @@ def refit(
         if keep_out is not None:
             mo, b_o = mo[keep_out], b_o[keep_out]
         x_o = originals[node.input[0]]
+        if node.op_type == "Conv" and x_o.ndim < 3:
+            raise DataError(f"{node.name}: a convolution needs calibration batches of one image size")
         x_p = capture(model, [node.input[0]], batches)[node.input[0]]
         p_name = _bias_name(model, k)
         b_p = get_tensor(model, p_name).reshape(-1).astype(np.float64) if p_name else np.zeros(mp.shape[0])

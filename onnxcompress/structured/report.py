@@ -24,6 +24,8 @@ class GroupRow:
     flops_before: int
     flops_after: int
     refused: str | None = None
+    latency_before_ms: float | None = None  # measured with only this group pruned (latency: groups)
+    latency_after_ms: float | None = None
 
 
 @dataclass
@@ -37,6 +39,14 @@ class StructuredReport:
     refit: list[RefitRow] = field(default_factory=list)
     global_ratio: float = 0.0
     seconds: float = 0.0
+    latency_before_ms: float | None = None  # whole model, measured in process (latency: model/groups)
+    latency_after_ms: float | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        if self.latency_before_ms is None or not self.latency_after_ms:
+            return None
+        return self.latency_before_ms / self.latency_after_ms
 
     @property
     def flop_reduction(self) -> float:
@@ -47,6 +57,8 @@ class StructuredReport:
             "flops_before": self.flops_before, "flops_after": self.flops_after,
             "flop_reduction": self.flop_reduction, "params_before": self.params_before,
             "params_after": self.params_after, "criterion": self.criterion, "global_ratio": self.global_ratio,
-            "seconds": self.seconds, "groups": [asdict(g) for g in self.groups],
+            "seconds": self.seconds, "latency_before_ms": self.latency_before_ms,
+            "latency_after_ms": self.latency_after_ms, "speedup": self.speedup,
+            "groups": [asdict(g) for g in self.groups],
             "refit": [asdict(r) for r in self.refit],
         }  # fmt: skip
