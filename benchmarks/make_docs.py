@@ -103,6 +103,10 @@ def _flat(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _is_table(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, Mapping) for x in v)
+
+
 def render_generic(data: Any) -> str:
     """Scalars and small dicts as a list; every list of dicts as a table (nested dicts flattened)."""
     lines: list[str] = []
@@ -112,7 +116,7 @@ def render_generic(data: Any) -> str:
         if isinstance(obj, Mapping):
             for k, v in obj.items():
                 walk(v, f"{path}.{k}" if path else str(k))
-        elif isinstance(obj, list) and obj and all(isinstance(x, Mapping) for x in obj):
+        elif _is_table(obj):
             tables.append((path, obj))
         else:
             lines.append(f"- {path}: {_fmt(obj)}")
@@ -121,8 +125,15 @@ def render_generic(data: Any) -> str:
     out = []
     if lines:
         out.append("\n".join(lines))
-    for path, rows in tables:
+    while tables:  # a list of dicts inside a table's rows becomes its own table, keyed by its row
+        path, rows = tables.pop(0)
         flat = [_flat(r) for r in rows]
+        nested: dict[str, list[Mapping[str, Any]]] = {}
+        for i, r in enumerate(flat):
+            for k in [k for k, v in r.items() if _is_table(v)]:
+                owner = next((r[f] for f in ("key", "name", "model") if f in r), i)
+                nested.setdefault(k, []).extend({"row": owner, **sub} for sub in r.pop(k))
+        tables += [(f"{path}[].{k}", sub_rows) for k, sub_rows in nested.items()]
         cols: list[str] = []
         for r in flat:
             cols += [k for k in r if k not in cols]
