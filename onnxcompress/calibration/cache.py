@@ -32,11 +32,11 @@ from onnxcompress.calibration.capture import LayerStats, Target, capture, find_t
 from onnxcompress.calibration.config import CalibrationConfig
 from onnxcompress.calibration.pipeline import (
     CalibratedEncoding,
-    _error,
-    _limit_blas_threads,
-    _w2,
     calibrate_weight,
+    limit_blas_threads,
     open_calibration_data,
+    stats_error,
+    weight_rows,
 )
 from onnxcompress.config import WeightConfig
 from onnxcompress.encoding import EncodedWeight
@@ -135,7 +135,7 @@ class CalibrationCache:
         if hit is not None:
             return hit
         t0 = time.perf_counter()
-        blas = _limit_blas_threads()
+        blas = limit_blas_threads()
         try:
             with self._inverses:
                 rec, _, dec2, _ = calibrate_weight(
@@ -146,7 +146,7 @@ class CalibrationCache:
                     self.calibration.resolve(info.name),
                     seed=self.seed,
                 )
-            err = _error(_w2(w, info.axis), dec2, st)
+            err = stats_error(weight_rows(w, info.axis), dec2, st)
         finally:
             if blas is not None:
                 blas.restore_original_limits()

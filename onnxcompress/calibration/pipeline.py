@@ -217,7 +217,8 @@ class CalibrationResult:
 # ------------------------------------------------------------------------------------------ per weight
 
 
-def _w2(w: np.ndarray, axis: int) -> np.ndarray:
+def weight_rows(w: np.ndarray, axis: int) -> np.ndarray:
+    """``w`` as float64 rows, one per slice of the output ``axis`` (the layout calibration works in)."""
     moved = np.moveaxis(w, axis, 0)
     return moved.reshape(moved.shape[0], -1).astype(np.float64)
 
@@ -249,7 +250,7 @@ def calibrate_weight(
     ``record.build()`` gives the encoding."""
     from onnxcompress.algorithms.codebook import store_dtype
 
-    w2 = _w2(w, info.axis)
+    w2 = weight_rows(w, info.axis)
     rows, cols = w2.shape
     steps: list[str] = []
     keep: np.ndarray | None = None
@@ -274,7 +275,7 @@ def calibrate_weight(
         else:
             mask = keep_mask(w, info, cfg, global_t)
             assert mask is not None
-            keep = _w2(mask.astype(np.float64), info.axis) > 0
+            keep = weight_rows(mask.astype(np.float64), info.axis) > 0
             work = np.where(keep, w2, 0.0)
             steps.append("magnitude")
     unpruned = work is w2
@@ -317,7 +318,7 @@ def calibrate_weight(
         codes = nearest_codes(work, book, seg, kp)
     del work
     if ccfg.refit and not embedding:
-        target = w2 if unpruned else _w2(w, info.axis)
+        target = w2 if unpruned else weight_rows(w, info.axis)
         book = ls_refit(target, stats.blocks, codes, book, seg, pruned=pruned, codebook_dtype=str(sdt))
         book = book.astype(np.float64)
         del target
@@ -372,7 +373,9 @@ def _counts(stats: LayerStats) -> np.ndarray:
     return stats.counts
 
 
-def _error(w2: np.ndarray, dec2: np.ndarray, stats: LayerStats) -> float:
+def stats_error(w2: np.ndarray, dec2: np.ndarray, stats: LayerStats) -> float:
+    """Relative output error of ``dec2`` against ``w2`` on the captured statistics (row-weighted
+    for embeddings)."""
     if stats.kind == "embedding":
         return row_weighted_error(w2, dec2, _counts(stats))
     return relative_output_error(w2, dec2, stats.blocks)
@@ -522,7 +525,7 @@ def calibrate(
             result.capture_mode = "frontier"
         except FrontierUnsupported as exc:
             result.capture_mode = f"prefix (frontier capture unsupported: {exc})"
-    blas = _limit_blas_threads()  # restored in the finally below
+    blas = limit_blas_threads()  # restored in the finally below
     try:
         for si, stage in enumerate(track(groups, "calibrating", progress)):
             tc = time.perf_counter()
@@ -554,23 +557,23 @@ def calibrate(
                     rt, plain_rt, dec, method = _calibrate_runtime(
                         w, t.info, cfg, st, lc, users, opset, global_t, baseline
                     )
-                    dec2 = _w2(dec, t.info.axis)
+                    dec2 = weight_rows(dec, t.info.axis)
                 else:
                     rec, dec, dec2, method = calibrate_weight(
                         w, t.info, cfg, st, lc, global_t=global_t, seed=config.seed
                     )
-                w2 = _w2(w, t.info.axis)
-                err_cal = _error(w2, dec2, st)
+                w2 = weight_rows(w, t.info.axis)
+                err_cal = stats_error(w2, dec2, st)
                 err_plain = None
                 if rt is not None:
                     if plain_rt is not None:
                         from onnxcompress.passes import runtime_native as rn
 
-                        err_plain = _error(w2, _w2(rn.decoded(plain_rt), t.info.axis), st)
+                        err_plain = stats_error(w2, weight_rows(rn.decoded(plain_rt), t.info.axis), st)
                 elif baseline:
                     ctx = methods.Context(seed=config.seed, global_threshold=global_t)
                     plain_dec = methods.decompress(methods.compress(w, t.info, cfg, ctx))
-                    err_plain = _error(w2, _w2(plain_dec, t.info.axis), st)
+                    err_plain = stats_error(w2, weight_rows(plain_dec, t.info.axis), st)
                     del plain_dec
                 corrected = False
                 if lc.bias_correction and t.bias is not None and st.kind != "embedding":
@@ -618,7 +621,7 @@ BLAS_THREADS_SMALL_MACHINE = 4
 _BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 
 
-def _limit_blas_threads() -> Any:
+def limit_blas_threads() -> Any:
     """Run calibration's numpy work on one BLAS thread on small machines (<= 4 cores), unless a
     ``*_NUM_THREADS`` variable says otherwise; returns the limiter to restore, or None.
 
