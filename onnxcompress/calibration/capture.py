@@ -132,7 +132,9 @@ def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     return names
 
 
-def _node_inputs(node: onnx.NodeProto) -> set[str]:
+def node_inputs(node: onnx.NodeProto) -> set[str]:
+    """Every tensor a node reads, including those its subgraphs (If/Loop/Scan bodies) read from
+    the outer scope: the liveness and capture walks must keep those alive too."""
     return {i for i in node.input if i} | _subgraph_inputs(node)
 
 
@@ -145,7 +147,7 @@ def find_targets(
     inits = _initializers(graph)
     consumers: dict[str, list[tuple[int, onnx.NodeProto]]] = {}
     for i, node in enumerate(graph.node):
-        for name in _node_inputs(node):
+        for name in node_inputs(node):
             consumers.setdefault(name, []).append((i, node))
     targets: list[Target] = []
     skipped: dict[str, str] = {}
@@ -402,7 +404,7 @@ def stages(model: onnx.ModelProto, targets: Sequence[Target]) -> list[list[Targe
     upstream: dict[str, frozenset[str]] = {}
     for node in model.graph.node:
         deps: set[str] = set()
-        for i in _node_inputs(node):
+        for i in node_inputs(node):
             deps |= upstream.get(i, frozenset())
             if i in weight_names:
                 deps.add(i)
@@ -486,7 +488,7 @@ def probe_model(
     for node in reversed(list(g0.node)):
         if any(o in needed for o in node.output):
             keep.append(node)
-            needed |= _node_inputs(node)
+            needed |= node_inputs(node)
     keep.reverse()
     m = onnx.ModelProto()
     _copy_fields(m, model, {"graph"})
@@ -710,18 +712,19 @@ def set_tensor(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
     """Replace a main-graph initializer or Constant's value (keeps its dtype)."""
     for t in model.graph.initializer:
         if t.name == name:
-            t.CopyFrom(numpy_helper.from_array(np.asarray(value, dtype=_np_dtype(t)), name))
+            t.CopyFrom(numpy_helper.from_array(np.asarray(value, dtype=tensor_np_dtype(t)), name))
             return
     for n in model.graph.node:
         if n.op_type == "Constant" and n.output and n.output[0] == name:
             for a in n.attribute:
                 if a.name == "value":
-                    a.t.CopyFrom(numpy_helper.from_array(np.asarray(value, dtype=_np_dtype(a.t)), name))
+                    a.t.CopyFrom(numpy_helper.from_array(np.asarray(value, dtype=tensor_np_dtype(a.t)), name))
                     return
     raise KeyError(name)
 
 
-def _np_dtype(t: onnx.TensorProto) -> np.dtype:
+def tensor_np_dtype(t: onnx.TensorProto) -> np.dtype:
+    """The numpy dtype of an initializer, so rewritten values keep the file's element type."""
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
 
 

@@ -55,12 +55,12 @@ from onnx import numpy_helper
 from onnxcompress.calibration.capture import (
     LayerStats,
     Target,
-    _node_inputs,
-    _np_dtype,
     accumulate,
     finish,
     infer_value_types,
     new_stats,
+    node_inputs,
+    tensor_np_dtype,
 )
 from onnxcompress.errors import DataError
 
@@ -135,7 +135,7 @@ class FrontierCapture:
         static = set(inits)
         self.static = [False] * n
         producer: dict[str, int] = {}
-        self.node_inputs = [_node_inputs(nd) for nd in nodes]
+        self.node_inputs = [node_inputs(nd) for nd in nodes]
         for i, nd in enumerate(nodes):
             if nd.op_type not in _RANDOM_OPS and all(x in static for x in self.node_inputs[i]):
                 self.static[i] = True
@@ -241,7 +241,7 @@ class FrontierCapture:
         value = self._values.get(name)
         if value is None:
             return proto
-        return numpy_helper.from_array(np.asarray(value, dtype=_np_dtype(proto)), name)
+        return numpy_helper.from_array(np.asarray(value, dtype=tensor_np_dtype(proto)), name)
 
     def _check_types(self, names: set[str]) -> None:
         types = self._types()
