@@ -117,8 +117,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--calibration-data",
         metavar="DATA",
-        help="candidates use the calibrated methods (OBS, GPTQ, refit) on this data, one-shot: statistics "
-        "captured once, each weight setting calibrated once (the plan records calibration: {sequential: false})",
+        help="candidates use the calibrated methods (OBS, GPTQ, refit) on this data; by default one-shot: "
+        "statistics captured once, each weight setting calibrated once (the plan records calibration: "
+        "{sequential: false}); see --sequential and --bias-correction",
     )
     s.add_argument(
         "--sequential", action="store_true",
