@@ -1,7 +1,8 @@
 """``onnxcompress search`` against the baselines, every figure on held-out test data.
 
     python benchmarks/search.py [--models lenet_300_100,lenet5,resnet_digits] [--trials 60] [--gate 0.5]
-                                [--seed 0] [--baseline-evals N] [--calibration]
+                                [--seed 0] [--baseline-evals N] [--calibration [--calibration-mode sequential|oneshot]]
+                                [--uniform-evaluations 8]
 
 Protocol (honest numbers): the search, and every baseline's choice, sees only
 ``models/digits_val.npz`` (1000 augmented *training* images, ``models/make_digits_splits.py``);
@@ -21,7 +22,16 @@ included; ``--baseline-evals`` caps it on a busy machine and the JSON says so):
   0-0.97), the smallest that passes the validation gate;
 * random: Optuna's RandomSampler over the stage-3 space, at most E model runs and E trials, smallest passing;
 * stage 2: the Lagrangian allocation checked on the real model (the search's stage-2 trials alone);
+* uniform_seeds: the search's own uniform seeds (one bit width, global-magnitude sparsities), the
+  best of them that passed;
 * stage 3: the whole search (TPE warm-started from stage 2).
+
+With ``--calibration`` every candidate (search and baselines) is calibrated on digits_calib.npz;
+``--calibration-mode sequential`` (default) calibrates each stage-2/3 candidate as ``compress
+--calibration-data`` does with ``sequential: true, bias_correction: true`` (a full calibration per
+candidate), ``oneshot`` with the memoised one-shot cache (the earlier runs). ``gate_variants`` in
+the JSON re-select, post hoc and for reporting only, the smallest of the search's evaluated plans
+under other validation gates and give its test figures.
 
 Targets (issue 12): LeNet-300-100 >= 40x, LeNet-5 >= 50x, residual CNN >= 16x, each within 1 point of
 fp32 on both test sets; the search >= 1.3x smaller than the best uniform setting at equal or better

@@ -287,7 +287,7 @@ class CalibratedHooks:
         return ccfg if self.samples is None else dataclasses.replace(ccfg, samples=int(self.samples))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "cache": None, "calibrations": 0}
+        return {**self.__dict__, "cache": None, "calibrations": 0, "proxy": False}
 
     def __call__(self, model: Any, config: Any) -> Any:
         if not (self.memoised or self.proxy):
@@ -518,9 +518,10 @@ def search(
         cache=side["sensitivity"] if side else None,
         progress=lambda i, n, what: report("sensitivity", {"done": i, "total": n, "what": what}),
     )  # fmt: skip
-    if hook_factory is not None and not hook_factory.memoised:
+    if hook_factory is not None:
         hook_factory.proxy = False
-        cands.forget()  # stage-1 builds were proxies: from here every candidate is built exactly
+        if not hook_factory.memoised:
+            cands.forget()  # stage-1 builds were proxies: from here every candidate is built exactly
     t1 = time.perf_counter()
     evals_after_stage1 = cands.evaluations
 
