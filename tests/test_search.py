@@ -144,6 +144,8 @@ def test_search_refuses_when_no_plan_passes_and_writes_nothing(tmp_path, capsys)
         (["--data", str(VAL), "--max-accuracy-drop", "1", "--storage", "nonsense"], "--storage"),
         (["--data", str(VAL), "--target-ratio", "0.5"], "--target-ratio"),
         (["--data", str(VAL), "--metric", "nosuchmodule:f", "--max-accuracy-drop", "1"], "cannot import"),
+        (["--data", str(VAL), "--max-accuracy-drop", "1", "--sequential"], "--calibration-data"),
+        (["--data", str(VAL), "--max-accuracy-drop", "1", "--uniform-evaluations", "-1"], "--uniform-evaluations"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message) -> None:

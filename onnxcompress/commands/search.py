@@ -79,6 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--trials", type=int, default=40, help="trials in the study, stage 2 included (default 40)"
     )
     b.add_argument("--timeout", type=float, metavar="S", help="stop stage 3 after S seconds")
+    b.add_argument(
+        "--uniform-evaluations", type=int, default=8, metavar="N",
+        help="model runs on uniform seeds after stage 2 (one bit width, global-magnitude sparsities; 0: none)",
+    )  # fmt: skip
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--sampler", choices=("tpe", "gp", "random"), default="tpe")
     b.add_argument(
@@ -215,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
             granularities=granularities, sensitivity_samples=args.sensitivity_samples,
             calibration_data=args.calibration_data, calibration_sequential=args.sequential,
             bias_correction=args.bias_correction, min_elements=args.min_elements,
+            uniform_evaluations=args.uniform_evaluations,
             early_stop=not args.no_early_stop, progress=progress, **kwargs,
         )  # fmt: skip
     finally:

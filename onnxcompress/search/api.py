@@ -461,6 +461,8 @@ def search(
         raise ConfigError(f"--trials must be >= 1, got {trials}")
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if uniform_evaluations < 0:
+        raise ConfigError(f"--uniform-evaluations must be >= 0, got {uniform_evaluations}")
     if target_ratio is not None and max_bytes is not None:
         raise ConfigError("give --target-ratio or --max-bytes, not both")
     if target_ratio is not None and not target_ratio > 1:
