@@ -144,6 +144,8 @@ def test_search_refuses_when_no_plan_passes_and_writes_nothing(tmp_path, capsys)
         (["--data", str(VAL), "--max-accuracy-drop", "1", "--storage", "nonsense"], "--storage"),
         (["--data", str(VAL), "--target-ratio", "0.5"], "--target-ratio"),
         (["--data", str(VAL), "--metric", "nosuchmodule:f", "--max-accuracy-drop", "1"], "cannot import"),
+        (["--data", str(VAL), "--max-accuracy-drop", "1", "--sequential"], "--calibration-data"),
+        (["--data", str(VAL), "--max-accuracy-drop", "1", "--uniform-evaluations", "-1"], "--uniform-evaluations"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message) -> None:
@@ -211,15 +213,28 @@ def test_size_target_and_pareto_modes(tmp_path) -> None:
     assert front.plot_front(tmp_path / "front.png") and (tmp_path / "front.png").stat().st_size > 0
 
 
-def test_calibrated_search_plan_reproduces_through_compress(tmp_path) -> None:
+@pytest.mark.parametrize("mode", [[], ["--sequential", "--bias-correction"]], ids=["one-shot", "sequential"])
+def test_calibrated_search_plan_reproduces_through_compress(tmp_path, mode) -> None:
     out = tmp_path / "c.onnx"
     calib = ROOT / "models" / "digits_calib.npz"
     rc = main([
-        "search", str(MODEL), "-o", str(out), "--data", str(VAL), "--max-accuracy-drop", "1", "--trials", "2",
+        "search", str(MODEL), "-o", str(out), "--data", str(VAL), "--max-accuracy-drop", "1", "--trials", "4",
         "--storage", "memory", "--quiet", "--sparsities", "0.5", "--bits", "4", "--sensitivity-samples", "64",
-        "--calibration-data", str(calib),
+        "--calibration-data", str(calib), *mode,
     ])  # fmt: skip
     assert rc == 0
+    plan_text = (tmp_path / "c.plan.yaml").read_text()
+    assert ("sequential: true" in plan_text) == bool(mode)
+    assert ("bias_correction: true" in plan_text) == bool(mode)
+    if mode:  # the biases the calibration shifted are part of the written model
+        import onnx
+        from onnx import numpy_helper
+
+        def biases(m: onnx.ModelProto) -> dict[str, np.ndarray]:
+            return {t.name: numpy_helper.to_array(t) for t in m.graph.initializer if t.name.endswith("bias")}
+
+        before, after = biases(onnx.load(str(MODEL))), biases(onnx.load(str(out)))
+        assert any(not np.array_equal(before[k], after[k]) for k in before)
     again = tmp_path / "again.onnx"
     argv = ["compress", str(MODEL), "-o", str(again), "--config", str(tmp_path / "c.plan.yaml"), "--quiet"]
     assert main([*argv, "--calibration-data", str(calib)]) == 0
@@ -258,3 +273,28 @@ def test_calibration_cache_matches_one_shot_calibrate_and_reuses_encodings() -> 
     assert wcfg is not None
     err = cache.layer_error("fc2.weight", wcfg)  # the layer-output proxy, from the memo
     assert cache.calibrations == 4 and err is not None and 0 < err < 1
+
+
+def test_global_profile_prunes_big_layers_more_and_matches_the_global_fraction() -> None:
+    rng = np.random.default_rng(0)
+    weights = {"big": rng.normal(0, 0.02, (300, 100)), "small": rng.normal(0, 0.2, (10, 30))}
+    plan = allocate.global_profile(weights, 0.9, 3)
+    big, small = plan.choices["big"], plan.choices["small"]
+    assert big.bits == small.bits == 3 and big.sparsity > small.sparsity
+    total = sum(w.size for w in weights.values())
+    pruned = sum(plan.choices[k].sparsity * w.size for k, w in weights.items())
+    assert abs(pruned / total - 0.9) < 0.01
+    assert all(c.sparsity == 0 for c in allocate.global_profile(weights, 0.0, 4).choices.values())
+
+
+def test_uniform_seeds_join_the_study_and_the_search_is_never_worse_than_them(tmp_path) -> None:
+    res = oc.search(
+        str(MODEL), str(VAL), gates=oc.Gates(max_accuracy_drop=1.0), trials=12, storage=None,
+        uniform_evaluations=4, **FAST,
+    )  # fmt: skip
+    seeds = [t for t in res.trials if t.stage == "uniform"]
+    assert seeds and all(len({c.bits for c in t.plan.choices.values()}) == 1 for t in seeds)
+    assert res.passed
+    if res.uniform is not None:
+        assert res.best.size <= res.uniform.size
+    assert sum(1 for t in seeds if t.samples) <= 4  # model runs within the budget

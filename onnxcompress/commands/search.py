@@ -79,6 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--trials", type=int, default=40, help="trials in the study, stage 2 included (default 40)"
     )
     b.add_argument("--timeout", type=float, metavar="S", help="stop stage 3 after S seconds")
+    b.add_argument(
+        "--uniform-evaluations", type=int, default=8, metavar="N",
+        help="model runs on uniform seeds after stage 2 (one bit width, global-magnitude sparsities; 0: none)",
+    )  # fmt: skip
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--sampler", choices=("tpe", "gp", "random"), default="tpe")
     b.add_argument(
@@ -117,9 +121,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--calibration-data",
         metavar="DATA",
-        help="candidates use the calibrated methods (OBS, GPTQ, refit) on this data, one-shot: statistics "
-        "captured once, each weight setting calibrated once (the plan records calibration: {sequential: false})",
+        help="candidates use the calibrated methods (OBS, GPTQ, refit) on this data; by default one-shot: "
+        "statistics captured once, each weight setting calibrated once (the plan records calibration: "
+        "{sequential: false}); see --sequential and --bias-correction",
     )
+    s.add_argument(
+        "--sequential", action="store_true",
+        help="with --calibration-data: calibrate every candidate sequentially, as compress does (each layer "
+        "sees the compressed layers before it; exact, a full calibration per candidate)",
+    )  # fmt: skip
+    s.add_argument(
+        "--bias-correction", action="store_true",
+        help="with --calibration-data: shift biases by the mean output change (a full calibration per candidate)",
+    )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
 
@@ -203,7 +217,9 @@ def run(args: argparse.Namespace) -> int:
             timeout=args.timeout, seed=args.seed, storage=None if args.storage == "memory" else args.storage,
             study=args.study, workers=args.workers, labels_key=args.labels, sampler=args.sampler,
             granularities=granularities, sensitivity_samples=args.sensitivity_samples,
-            calibration_data=args.calibration_data, min_elements=args.min_elements,
+            calibration_data=args.calibration_data, calibration_sequential=args.sequential,
+            bias_correction=args.bias_correction, min_elements=args.min_elements,
+            uniform_evaluations=args.uniform_evaluations,
             early_stop=not args.no_early_stop, progress=progress, **kwargs,
         )  # fmt: skip
     finally:

@@ -13,6 +13,7 @@ accuracy comes from: the proxy orders plans, the real model decides.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,3 +78,23 @@ def allocate(table: SensitivityTable, max_bytes: float) -> Allocation:
 def uniform(table: SensitivityTable, choice: Choice) -> Plan:
     """Every weight with the same choice (the baseline a user would pick by hand)."""
     return Plan({layer.name: choice for layer in table.layers})
+
+
+def global_profile(
+    weights: Mapping[str, np.ndarray], sparsity: float, bits: int, granularity: str = "tensor",
+    max_sparsity: float = 0.99,
+) -> Plan:  # fmt: skip
+    """One uniform setting as a plan: ``bits`` everywhere and the per-weight pruned fractions that
+    global magnitude pruning at ``sparsity`` gives (one threshold over every weight's magnitudes,
+    so big, redundant layers lose more than small ones; ``pruning: global`` of ``compress``),
+    rounded to the search space's 0.01 steps. These are the search's uniform seeds: the settings a
+    user would try first, so the search never returns worse than the best of them it evaluated."""
+    if not weights:
+        return Plan()
+    mags = np.concatenate([np.abs(np.asarray(w, dtype=np.float64)).ravel() for w in weights.values()])
+    t = float(np.quantile(mags, sparsity)) if sparsity > 0 else -1.0
+    choices = {}
+    for name, w in weights.items():
+        frac = float(np.mean(np.abs(np.asarray(w, dtype=np.float64)) <= t)) if sparsity > 0 else 0.0
+        choices[name] = Choice(min(round(frac, 2), max_sparsity), int(bits), granularity)
+    return Plan(choices)

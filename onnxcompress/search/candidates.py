@@ -217,6 +217,10 @@ class Candidates:
         self._cache[key] = built
         return built
 
+    def forget(self) -> None:
+        """Drop the memo of built candidates (after the way candidates are built changed)."""
+        self._cache.clear()
+
     # ------------------------------------------------------------------ measure
 
     def _evaluate(self, outputs: list[np.ndarray], session: Any, n: int) -> Evaluation:
