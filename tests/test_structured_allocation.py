@@ -99,3 +99,32 @@ def test_allocation_setting_validation_plan_and_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(bad)
     assert not bad_out.exists()
+
+
+def test_refit_prior_pulls_toward_the_sliced_weights_and_residual_refit_cancels_carried_error():
+    p = mlp_stack_params(seed=2)
+    m = mlp_stack(p)
+    x = np.random.default_rng(9).standard_normal((8, 6, 8)).astype(np.float32)
+    y = run(m, x)
+    # an overwhelming ridge: the refit returns its prior (the sliced weights, or zero)
+    for prior in ("sliced", "zero"):
+        cfg = StructuredConfig(ratio=0.5, criterion="l1", ridge=1e8, refit_prior=prior)
+        pm, _ = prune_model(m, cfg, batches())
+        w2 = get_tensor(pm, "w2")
+        keep = [
+            int(np.flatnonzero(np.all(np.isclose(p["w1"], get_tensor(pm, "w1")[:, [j]]), axis=0))[0])
+            for j in range(8)
+        ]
+        if prior == "sliced":
+            np.testing.assert_allclose(w2, p["w2"][keep], rtol=1e-4, atol=1e-6)
+        else:
+            assert np.abs(w2).max() < 1e-4 * np.abs(p["w2"]).max()
+    err = {}
+    for residual in (False, True):
+        cfg = StructuredConfig(ratio=0.5, criterion="activation", refit_residual=residual)
+        pm, rep = prune_model(m, cfg, batches())
+        err[residual] = float(np.linalg.norm(run(pm, x) - y) / np.linalg.norm(y))
+    assert err[True] < 0.95 * err[False]  # block 2 also absorbs part of block 1's error in the stream
+    for bad in ({"refit_prior": "one"}, {"refit_residual": "yes"}):
+        with pytest.raises(ConfigError):
+            structured_from_dict({"ratio": 0.3, **bad})

@@ -201,7 +201,8 @@ def prune_model(
     pruned = apply(model, analysis, removed)
     refit_rows = []
     if batches and config.refit != "none" and removed:
-        refit_rows = refit(model, pruned, analysis, batches, mode=config.refit, ridge=config.ridge)
+        refit_rows = refit(model, pruned, analysis, batches, mode=config.refit, ridge=config.ridge,
+                           prior=config.refit_prior, residual=config.refit_residual)  # fmt: skip
     try:
         onnx.checker.check_model(pruned.model)
         onnx.shape_inference.infer_shapes(pruned.model, strict_mode=True)

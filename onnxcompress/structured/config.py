@@ -23,7 +23,7 @@ from onnxcompress.errors import ConfigError
 from onnxcompress.structured.allocation import ALLOCATIONS
 from onnxcompress.structured.criteria import CRITERIA
 from onnxcompress.structured.latency import LATENCY_MODES
-from onnxcompress.structured.refit import REFIT_MODES
+from onnxcompress.structured.refit import REFIT_MODES, REFIT_PRIORS
 
 CRITERION_CHOICES = ("auto", *CRITERIA)
 
@@ -47,7 +47,10 @@ class StructuredConfig:
     ``round_to``: kept channel counts are rounded up to a multiple of it (vector-friendly widths).
     ``latency``: measure the latency change (:mod:`onnxcompress.structured.latency`): ``none``,
     ``model`` (pruned against original) or ``groups`` (also each group pruned alone).
-    ``allocation``: ``uniform`` or ``global`` (see the module docstring).
+    ``allocation``: ``uniform`` or ``global`` (see the module docstring). ``refit_prior``:
+    ``zero`` (plain ridge) or ``sliced`` (the ridge pulls toward the sliced original weights);
+    ``refit_residual``: a layer feeding a skip connection also cancels the error carried there
+    (both: :func:`onnxcompress.structured.refit.refit`).
     """
 
     ratio: float = 0.0
@@ -62,6 +65,8 @@ class StructuredConfig:
     ridge: float = 1e-3
     latency: str = "none"
     allocation: str = "uniform"
+    refit_prior: str = "zero"
+    refit_residual: bool = False
 
     def __post_init__(self) -> None:
         _check_ratio("ratio", self.ratio)
@@ -93,6 +98,10 @@ class StructuredConfig:
             raise ConfigError(
                 f"allocation must be one of {', '.join(ALLOCATIONS)}; got {self.allocation!r}"
             )
+        if self.refit_prior not in REFIT_PRIORS:
+            raise ConfigError(f"refit_prior must be one of {', '.join(REFIT_PRIORS)}; got {self.refit_prior!r}")
+        if not isinstance(self.refit_residual, bool):
+            raise ConfigError(f"refit_residual must be true or false, got {self.refit_residual!r}")
         if not isinstance(self.ridge, (int, float)) or self.ridge < 0:
             raise ConfigError(f"ridge must be a non-negative number, got {self.ridge!r}")
         object.__setattr__(self, "op_types", dict(self.op_types))
