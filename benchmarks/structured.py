@@ -26,12 +26,20 @@ time 3.35 / 3.33 / 3.39 ms), which made wall-clock speedups of the mid-sized net
 figure. Goal checks: latency speedup >= 0.8 x FLOP reduction; resnet_digits >= 1.5x faster within
 1 point of test accuracy; MiniLM >= 1.3x faster with mean cosine >= 0.98.
 
+MiniLM's refit: ridge 0.1 toward the sliced weights with the residual-stream target, chosen on
+held-out validation sentences by ``structured_minilm_select.py`` (see ``MINILM_REFIT``); rows at
+uniform ratios 0.3 / 0.35 / 0.4 and the ``global`` allocation at 0.35. ``resnet_digits_b1_floor``
+(``--only b1-floor``): the fixed per-run cost that caps the batch-1 speedup of the small CNN.
+
     python benchmarks/structured.py [--rounds 5] [--runs 100] [--quick] [--skip-minilm]
+    python benchmarks/structured.py --only minilm [--only b1-floor]   # merge into the results file
+    python benchmarks/structured.py --only minilm --remeasure-minilm /tmp/structured-bench-XXXX
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -238,12 +246,19 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=100, help="timed runs per measurement")
     ap.add_argument("--quick", action="store_true", help="2 rounds x 20 runs (smoke test)")
     ap.add_argument("--skip-minilm", action="store_true", help="leave MiniLM out")
+    ap.add_argument("--only", action="append", choices=("minilm", "b1-floor"),
+                    help="run only this section (repeatable) and merge it into the existing results file")
+    ap.add_argument("--remeasure-minilm", metavar="DIR",
+                    help="with --only minilm: re-time the pruned MiniLM models a previous run left in DIR "
+                         "(its temporary folder) instead of pruning again; cosines are kept")
     ap.add_argument("--reuse-minilm", action="store_true",
                     help="keep the MiniLM section (and its goals) of the existing results file instead of rerunning it")  # fmt: skip
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.runs = 2, 20
     work = Path(tempfile.mkdtemp(prefix="structured-bench-"))
+    if args.only:
+        return run_only(args, work)
     results: dict[str, Any] = {
         "threads": 1,
         "rounds": args.rounds,
@@ -372,18 +387,7 @@ def main() -> int:
                    [[s["model"], r["ratio"], r["round_to"], f"{r['flops'] / 1e6:.1f}", f"{r['flop_reduction']:.2f}x",
                      f"{r['speedup_b1']:.2f}x", f"{r['cpu_speedup_b1']:.2f}x", f"{r['speedup_over_flops']:.2f}",
                      f"{r['cpu_speedup_over_flops']:.2f}"] for s in synth for r in s["rows"]]))  # fmt: skip
-    mini = results["minilm"]
-    if isinstance(mini, str):
-        print("\nMiniLM: " + mini)
-    else:
-        print(f"\nMiniLM MLP neurons (calibration: {mini['calibration']}; FLOPs at {mini['seq']} tokens, "
-              f"fp32 {mini['fp32']['flops'] / 1e6:.0f} MFLOPs, p50 {mini['fp32']['p50_ms_b1']:.2f} ms wall, "
-              f"{mini['fp32']['cpu_p50_ms_b1']:.2f} ms CPU, batch 1)")
-        print(md_table(["ratio", "MLP width", "FLOP red.", "speedup wall", "speedup CPU", "mean cos", "min cos",
-                        "NN agree", "prune s"],
-                       [[r["ratio"], r["mlp_width"], f"{r['flop_reduction']:.2f}x", f"{r['speedup_b1']:.2f}x",
-                         f"{r['cpu_speedup_b1']:.2f}x", f"{r['cosine']:.4f}", f"{r['cosine_min']:.3f}",
-                         f"{r['nn_agreement']:.1%}", f"{r['prune_seconds']:.0f}"] for r in mini["rows"]]))  # fmt: skip
+    _print_minilm(results["minilm"])
     print(
         "\ngoals: "
         + ", ".join(
@@ -395,7 +399,34 @@ def main() -> int:
     return 0
 
 
-MINILM_RATIOS = (0.3, 0.35, 0.4, 0.5)  # fraction of each MLP's 1536 neurons removed (a sweep)
+def _print_minilm(mini: dict[str, Any] | str) -> None:
+    if isinstance(mini, str):
+        print("\nMiniLM: " + mini)
+    else:
+        print(f"\nMiniLM MLP neurons (calibration: {mini['calibration']}; FLOPs at {mini['seq']} tokens, "
+              f"fp32 {mini['fp32']['flops'] / 1e6:.0f} MFLOPs, p50 {mini['fp32']['p50_ms_b1']:.2f} ms wall, "
+              f"{mini['fp32']['cpu_p50_ms_b1']:.2f} ms CPU, batch 1)")
+        print(md_table(["ratio", "allocation", "MLP width", "FLOP red.", "speedup wall", "speedup CPU", "mean cos", "min cos",
+                        "NN agree", "prune s"],
+                       [[r["ratio"], r.get("allocation", "uniform"), r["mlp_width"], f"{r['flop_reduction']:.2f}x", f"{r['speedup_b1']:.2f}x",
+                         f"{r['cpu_speedup_b1']:.2f}x", f"{r['cosine']:.4f}", f"{r['cosine_min']:.3f}",
+                         f"{r['nn_agreement']:.1%}", f"{r['prune_seconds']:.0f}"] for r in mini["rows"]]))  # fmt: skip
+
+
+# Refit settings chosen on VALIDATION data only (benchmarks/structured_minilm_select.py: calibrate on
+# val_sentences[:350], mean cosine on the held-out val_sentences[350:], uniform ratio 0.35): plain
+# ridge 1e-3 (the earlier setting) 0.9711, ridge 1e-2 0.9703, 1e-1 0.9443; ridge 1e-1 toward the
+# sliced weights 0.9747 (1.0: 0.9689); + residual-stream target 0.9765 (the best, used below).
+# The global allocation (obs marginal costs) at 0.35 with the earlier refit: 0.9847 in-sample
+# against 0.9910 for uniform, so it is measured here but not the headline.
+MINILM_REFIT = {"ridge": 0.1, "refit_prior": "sliced", "refit_residual": True}
+# (ratio = fraction of the 6 x 1536 MLP neurons removed, allocation, refit settings)
+MINILM_SETTINGS: tuple[tuple[float, str, dict[str, Any]], ...] = (
+    (0.3, "uniform", MINILM_REFIT),
+    (0.35, "uniform", MINILM_REFIT),
+    (0.4, "uniform", MINILM_REFIT),
+    (0.35, "global", MINILM_REFIT),
+)
 MINILM_CRITERION = "obs"
 MINILM_SEQ = 64  # the test sentences are padded to 64 tokens: FLOPs and latency at that length
 
@@ -433,22 +464,49 @@ def minilm_section(args: argparse.Namespace, work: Path, goals: dict[str, Any]) 
     mpaths = [case.path]
     rows: list[dict[str, Any]] = []
     refused: dict[str, str] = {}
-    for ratio in MINILM_RATIOS:
+    for ratio, allocation, refit_settings in MINILM_SETTINGS:
         cfg = StructuredConfig(ratio=ratio, criterion=MINILM_CRITERION, samples=len(calib["input_ids"]),
-                               round_to=ROUND_TO)  # fmt: skip
+                               round_to=ROUND_TO, allocation=allocation, **refit_settings)  # fmt: skip
         pm, rep = prune_model(base, cfg, batches)
         refused.update({g.name: g.refused for g in rep.groups if g.refused})
         fid = embedding_fidelity(pm, {k: v[report_idx] for k, v in test.items()}, reference[report_idx])
-        path = _save(pm, work, f"minilm_s{int(ratio * 100)}")
+        path = _save(pm, work, f"minilm_s{int(ratio * 100)}_{allocation}")
         mpaths.append(path)
-        widths = sorted({g.channels_after for g in rep.groups if not g.refused})
-        rows.append({"ratio": ratio, "key": path.stem, "mlp_width": "/".join(map(str, widths)),
+        widths = [g.channels_after for g in rep.groups if not g.refused]
+        rows.append({"ratio": ratio, "allocation": allocation, **refit_settings, "key": path.stem,
+                     "mlp_width": "/".join(map(str, widths)) if len(set(widths)) > 1 else str(widths[0]),
                      "flops": count_flops(pm, dims).total, "params": rep.params_after,
                      "prune_seconds": rep.seconds, "refit": [r.__dict__ for r in rep.refit], **fid})  # fmt: skip
         rows[-1]["flop_reduction"] = f0 / rows[-1]["flops"]
         del pm
     wall, cpu = _lat(mpaths, args.rounds, max(10, args.runs // 5), 1, data=case.bench_data)
     b = case.path.stem
+    _minilm_speedups(rows, wall, cpu, b, goals)
+    return {"calibration": calib_source, "criterion": MINILM_CRITERION, "seq": MINILM_SEQ,
+            "latency_input": f"first test sentence, padded to {MINILM_SEQ} tokens, batch 1",
+            "fp32": {"flops": f0, "p50_ms_b1": wall[b], "cpu_p50_ms_b1": cpu[b]}, "rows": rows,
+            "refused_groups": refused}  # fmt: skip
+
+
+def remeasure_minilm(args: argparse.Namespace, folder: Path, previous: Any, goals: dict[str, Any]) -> dict[str, Any]:
+    """Time again the models of the previous MiniLM run (same files, fresh processes side by side)."""
+    from common import minilm_case
+
+    case, why = minilm_case(reference=False)
+    if case is None or not isinstance(previous, dict):
+        raise SystemExit(f"cannot remeasure: {why or 'no previous MiniLM results'}")
+    rows = previous["rows"]
+    paths = [case.path] + [folder / f"{r['key']}.onnx" for r in rows]
+    wall, cpu = _lat(paths, args.rounds, max(10, args.runs // 5), 1, data=case.bench_data)
+    b = case.path.stem
+    _minilm_speedups(rows, wall, cpu, b, goals)
+    previous["fp32"].update({"p50_ms_b1": wall[b], "cpu_p50_ms_b1": cpu[b]})
+    previous["latency_remeasured"] = "models pruned in the previous run, timed again on a quieter machine"
+    return previous
+
+
+def _minilm_speedups(rows: list[dict[str, Any]], wall: dict[str, float], cpu: dict[str, float], b: str,
+                     goals: dict[str, Any]) -> None:  # fmt: skip
     for r in rows:
         r["speedup_b1"] = wall[b] / wall[r["key"]]
         r["cpu_speedup_b1"] = cpu[b] / cpu[r["key"]]
@@ -456,10 +514,97 @@ def minilm_section(args: argparse.Namespace, work: Path, goals: dict[str, Any]) 
         r["meets_1.3x_cpu_and_0.98"] = r["cpu_speedup_b1"] >= 1.3 and r["cosine"] >= 0.98
     goals["minilm_1.3x_faster_cos_0.98_some_ratio_wall"] = any(r["meets_1.3x_wall_and_0.98"] for r in rows)
     goals["minilm_1.3x_faster_cos_0.98_some_ratio_cpu"] = any(r["meets_1.3x_cpu_and_0.98"] for r in rows)
-    return {"calibration": calib_source, "criterion": MINILM_CRITERION, "seq": MINILM_SEQ,
-            "latency_input": f"first test sentence, padded to {MINILM_SEQ} tokens, batch 1",
-            "fp32": {"flops": f0, "p50_ms_b1": wall[b], "cpu_p50_ms_b1": cpu[b]}, "rows": rows,
-            "refused_groups": refused}  # fmt: skip
+    ok = [r for r in rows if r["cosine"] >= 0.98]
+    fast = [r for r in rows if r["speedup_b1"] >= 1.3]
+    goals["minilm_best_wall_speedup_at_cos_0.98"] = max((r["speedup_b1"] for r in ok), default=None)
+    goals["minilm_best_cos_at_1.3x_wall"] = max((r["cosine"] for r in fast), default=None)
+    ok_cpu = [r["cpu_speedup_b1"] for r in ok]
+    goals["minilm_best_cpu_speedup_at_cos_0.98"] = max(ok_cpu, default=None)
+
+
+def run_only(args: argparse.Namespace, work: Path) -> int:
+    """``--only``: rerun some sections and merge them into the existing results (other keys kept)."""
+    results = load_result("structured") or {}
+    results.pop("benchmark", None)
+    env = results.pop("environment", None)
+    if env is not None and "environment_of_other_sections" not in results:
+        results["environment_of_other_sections"] = env
+    goals = results.setdefault("goals", {})
+    if "minilm" in args.only:
+        previous = results.get("minilm")
+        for k in [k for k in goals if k.startswith("minilm")]:
+            del goals[k]
+        mini = (
+            remeasure_minilm(args, Path(args.remeasure_minilm), previous, goals)
+            if args.remeasure_minilm
+            else minilm_section(args, work, goals)
+        )
+        if isinstance(mini, dict):
+            mini["rounds"], mini["runs"] = args.rounds, max(10, args.runs // 5)
+            if isinstance(previous, dict) and "earlier_refit_rows" not in previous:
+                mini["earlier_refit_rows"] = {  # the plain-ridge refit, as measured in its own run
+                    "refit": "lstsq, ridge 1e-3 toward zero, no residual target, uniform",
+                    "rows": [{k: v for k, v in r.items() if k != "refit"} for r in previous["rows"]],
+                }
+            elif isinstance(previous, dict):
+                mini["earlier_refit_rows"] = previous["earlier_refit_rows"]
+        results["minilm"] = mini
+        _print_minilm(mini)
+    if "b1-floor" in args.only:
+        results["resnet_digits_b1_floor"] = b1_floor(args.rounds)
+        print(json.dumps(results["resnet_digits_b1_floor"], indent=1))
+    write_results("structured", results)
+    return 0
+
+
+def b1_floor(rounds: int) -> dict[str, Any]:
+    """Why resnet_digits misses "speedup >= 0.8 x FLOP reduction" at batch 1: the cost that does
+    not scale with channels. The same 23-node graph with every group cut to one channel (about
+    0.1% of the FLOPs) still costs ~20 us a run (session call, per-node dispatch, allocation);
+    with that fixed part, even a kernel time exactly proportional to FLOPs caps the batch-1 speedup.
+    Timed in process with ``time.thread_time`` (CPU time of the thread: robust to the shared
+    machine), 300 runs x ``rounds``, models alternated, median reported."""
+    import time
+
+    import onnxruntime as ort
+
+    calib, _ = calibration_images()
+    base = onnx.load(str(MODELS_DIR / "resnet_digits.onnx"))
+    models = {"fp32": base}
+    for name, cfg in (("s50_round16", StructuredConfig(ratio=0.5, samples=512, round_to=16)),
+                      ("s50_round1", StructuredConfig(ratio=0.5, samples=512, round_to=1)),
+                      ("one_channel", StructuredConfig(ratio=0.99, round_to=1, refit="none", criterion="l1"))):  # fmt: skip
+        models[name] = prune_model(base, cfg, {"input": calib})[0]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    sessions = {k: ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"]) for k, m in models.items()}  # fmt: skip
+    x = calib[:1]
+    for s in sessions.values():
+        for _ in range(200):
+            s.run(None, {"input": x})
+    per_round: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(max(rounds, 5)):
+        for k, s in sessions.items():
+            t = []
+            for _ in range(300):
+                t0 = time.thread_time_ns()
+                s.run(None, {"input": x})
+                t.append(time.thread_time_ns() - t0)
+            per_round[k].append(float(np.median(t)) / 1e3)
+    out: dict[str, Any] = {"method": "in-process CPU time per run (thread_time), batch 1, 1 thread", "models": {}}
+    for k, m in models.items():
+        out["models"][k] = {"flops": count_flops(m, {"N": 1}).total, "cpu_p50_us": float(np.median(per_round[k])),
+                            "nodes": len(m.graph.node)}  # fmt: skip
+    f0, t0 = out["models"]["fp32"]["flops"], out["models"]["fp32"]["cpu_p50_us"]
+    floor = out["models"]["one_channel"]["cpu_p50_us"]
+    for k in ("s50_round16", "s50_round1"):
+        red = f0 / out["models"][k]["flops"]
+        sp = t0 / out["models"][k]["cpu_p50_us"]
+        bound = t0 / (floor + (t0 - floor) / red)  # fixed floor + FLOP-proportional rest
+        out["models"][k].update({"flop_reduction": red, "speedup": sp, "speedup_over_flops": sp / red,
+                                 "bound_with_floor": bound, "bound_over_flops": bound / red})  # fmt: skip
+    out["floor_share_of_fp32"] = floor / t0
+    return out
 
 
 def _copy(m: onnx.ModelProto) -> onnx.ModelProto:

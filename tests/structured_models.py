@@ -266,3 +266,23 @@ def bert_layer(p) -> onnx.ModelProto:
     d = p["wq"].shape[0]
     return _model(nodes, consts, [helper.make_tensor_value_info("x", F, ["N", "S", d])],
                   [helper.make_tensor_value_info("y", F, ["N", "S", d])])  # fmt: skip
+
+
+# -- two transformer-style MLP blocks on one residual stream: two neuron groups --------------------
+def mlp_stack_params(seed=0, d=8, f=16):
+    r = np.random.default_rng(seed)
+    return {"w1": _rand(r, d, f), "b1": _bias(r, f), "w2": _rand(r, f, d), "b2": _bias(r, d),
+            "w3": _rand(r, d, f), "b3": _bias(r, f), "w4": _rand(r, f, d), "b4": _bias(r, d)}  # fmt: skip
+
+
+def mlp_stack(p) -> onnx.ModelProto:
+    """x [N, S, d] -> x + W2 relu(x W1 + b1) + b2 -> the same with W3, W4 (names fc1..fc4)."""
+    n = helper.make_node
+    nodes = []
+    for blk, (a, b) in enumerate(((1, 2), (3, 4))):
+        x, out = ("x", "r1") if blk == 0 else ("r1", "y")
+        nodes += [n("MatMul", [x, f"w{a}"], [f"h{a}"], name=f"fc{a}"), n("Add", [f"h{a}", f"b{a}"], [f"g{a}"]),
+                  n("Relu", [f"g{a}"], [f"a{a}"]), n("MatMul", [f"a{a}", f"w{b}"], [f"h{b}"], name=f"fc{b}"),
+                  n("Add", [f"h{b}", f"b{b}"], [f"g{b}"]), n("Add", [f"g{b}", x], [out])]  # fmt: skip
+    return _model(nodes, p, [helper.make_tensor_value_info("x", F, ["N", "S", 8])],
+                  [helper.make_tensor_value_info("y", F, ["N", "S", 8])])  # fmt: skip

@@ -29,6 +29,13 @@ def add_structured_arguments(parser: argparse.ArgumentParser) -> None:
         "(the model gets smaller and faster; refit with --calibration-data)",
     )
     parser.add_argument(
+        "--structured-allocation",
+        choices=("uniform", "global"),
+        help="how the ratio is spread: uniform (default; every group loses that fraction) or global "
+        "(the groups together lose that fraction of their channels, taken where the criterion says "
+        "they cost least: layers that refit well lose more)",
+    )
+    parser.add_argument(
         "--structured-latency",
         choices=("none", "model", "groups"),
         help="measure the latency change of structured pruning in process: model (default; pruned vs "
@@ -47,6 +54,9 @@ def structured_config_from_args(args: argparse.Namespace) -> StructuredConfig | 
         cfg = structured_from_dict(args.structured, cfg)
     if cfg is None or not cfg.active:
         return None
+    allocation = getattr(args, "structured_allocation", None)
+    if allocation is not None:
+        cfg = dataclasses.replace(cfg, allocation=allocation)
     latency = getattr(args, "structured_latency", None)
     if latency is not None:
         return dataclasses.replace(cfg, latency=latency)

@@ -17,6 +17,7 @@ import onnx
 from onnxcompress.calibration.capture import get_tensor
 from onnxcompress.errors import DataError, InvalidModelError
 from onnxcompress.structured.activations import batches_of, capture
+from onnxcompress.structured.allocation import allocate
 from onnxcompress.structured.config import StructuredConfig
 from onnxcompress.structured.criteria import importance
 from onnxcompress.structured.flops import count_flops, count_params
@@ -37,13 +38,16 @@ def choose(
     scores: Mapping[int, Mapping[int, float]],
     config: StructuredConfig,
     global_ratio: float | None = None,
+    ratios: Mapping[int, float] | None = None,
 ) -> set[int]:
-    """The channel classes to remove: the least important of each prunable group."""
+    """The channel classes to remove: the least important of each prunable group. ``ratios``
+    (group index -> ratio, from :func:`group_ratios`) replaces the plan's ratio of the groups it
+    names."""
     removed: set[int] = set()
     for g in analysis.groups:
         if not g.prunable:
             continue
-        ratio = group_ratio(g, config, global_ratio)
+        ratio = ratios[g.index] if ratios is not None and g.index in ratios else group_ratio(g, config, global_ratio)
         n = g.channels
         keep = max(config.min_channels, math.ceil((1.0 - ratio) * n - 1e-9))
         keep = min(n, -(-keep // config.round_to) * config.round_to)
@@ -55,6 +59,32 @@ def choose(
         removed.update(sorted(candidates, key=lambda c: (sc[c], c))[:count])
     _keep_one_everywhere(analysis, removed, scores)
     return removed
+
+
+@dataclasses.dataclass(frozen=True)
+class _Costs:
+    """What the ``global`` allocation needs: normalised marginal costs and FLOPs per channel."""
+
+    costs: Mapping[int, float]
+    flops_per_channel: Mapping[int, float]
+
+
+def group_ratios(
+    analysis: Analysis,
+    scores: Mapping[int, Mapping[int, float]],
+    config: StructuredConfig,
+    global_ratio: float,
+    costs: _Costs | None,
+) -> dict[int, float] | None:
+    """Per-group ratios of the ``global`` allocation (None for ``uniform``): the groups that follow
+    the global ratio share it (:func:`onnxcompress.structured.allocation.allocate`)."""
+    if config.allocation != "global" or costs is None:
+        return None
+    pool = [
+        g for g in analysis.groups
+        if g.prunable and not any(config.overridden((s.name, s.weight), s.op_type) for s in g.sources)
+    ]  # fmt: skip
+    return allocate(pool, scores, costs.costs, global_ratio, costs.flops_per_channel, config.min_channels)
 
 
 def _keep_one_everywhere(
@@ -148,20 +178,31 @@ def prune_model(
         if criterion in ("activation", "obs") and batches
         else None
     )
+    marginal: dict[int, float] | None = {} if config.allocation == "global" else None
     scores = {
-        g.index: importance(model, analysis, g, criterion, energy, hessians)
+        g.index: importance(model, analysis, g, criterion, energy, hessians, marginal)
         for g in analysis.groups
         if g.prunable
     }
     before = count_flops(model)
+    costs = None
+    if marginal is not None:
+        per_channel = {
+            g.index: sum(before.by_node.get(n, 0) for n in {s.name for s in g.sources} | {c.name for c in g.consumers})
+            / max(g.channels, 1)
+            for g in analysis.groups
+        }  # fmt: skip
+        costs = _Costs(marginal, per_channel)
     global_ratio = config.ratio
     if config.target_flops is not None:
-        global_ratio = _search_ratio(model, analysis, scores, config, before.total * config.target_flops)
-    removed = choose(analysis, scores, config, global_ratio)
+        global_ratio = _search_ratio(model, analysis, scores, config, before.total * config.target_flops, costs)
+    ratios = group_ratios(analysis, scores, config, global_ratio, costs)
+    removed = choose(analysis, scores, config, global_ratio, ratios)
     pruned = apply(model, analysis, removed)
     refit_rows = []
     if batches and config.refit != "none" and removed:
-        refit_rows = refit(model, pruned, analysis, batches, mode=config.refit, ridge=config.ridge)
+        refit_rows = refit(model, pruned, analysis, batches, mode=config.refit, ridge=config.ridge,
+                           prior=config.refit_prior, residual=config.refit_residual)  # fmt: skip
     try:
         onnx.checker.check_model(pruned.model)
         onnx.shape_inference.infer_shapes(pruned.model, strict_mode=True)
@@ -169,7 +210,7 @@ def prune_model(
         raise InvalidModelError(f"structured pruning produced an invalid model ({str(exc).splitlines()[0][:200]}); "
                                 "exclude the group with structured: names: {NAME: 0} and report the model") from None  # fmt: skip
     after = count_flops(pruned.model)
-    rows = _rows(model, pruned, analysis, config, global_ratio, before.by_node, after.by_node)
+    rows = _rows(model, pruned, analysis, config, global_ratio, before.by_node, after.by_node, ratios)
     lat = None
     if config.latency != "none":
         first = batches[0] if batches else None
@@ -195,21 +236,26 @@ def _group_latency(model, analysis: Analysis, removed: set[int], g: Group, row: 
     return dataclasses.replace(row, latency_before_ms=lat.before_ms, latency_after_ms=lat.after_ms)
 
 
-def _search_ratio(model, analysis, scores, config, target: float) -> float:
+def _search_ratio(model, analysis, scores, config, target: float, costs: _Costs | None = None) -> float:
     """Bisect the global ratio whose pruned model has at most ``target`` FLOPs."""
+
+    def flops(ratio: float) -> int:
+        ratios = group_ratios(analysis, scores, config, ratio, costs)
+        return count_flops(apply(model, analysis, choose(analysis, scores, config, ratio, ratios)).model).total
+
     lo, hi = 0.0, 0.95
-    if count_flops(apply(model, analysis, choose(analysis, scores, config, hi)).model).total > target:
+    if flops(hi) > target:
         return hi
     for _ in range(12):
         mid = (lo + hi) / 2
-        if count_flops(apply(model, analysis, choose(analysis, scores, config, mid)).model).total <= target:
+        if flops(mid) <= target:
             hi = mid
         else:
             lo = mid
     return hi
 
 
-def _rows(model, pruned: Pruned, analysis, config, global_ratio, f0, f1) -> list[GroupRow]:
+def _rows(model, pruned: Pruned, analysis, config, global_ratio, f0, f1, ratios=None) -> list[GroupRow]:
     rows = []
     for g in analysis.groups:
         kept = sum(1 for c in g.classes if c not in _removed_classes(pruned, analysis, g))
@@ -220,7 +266,8 @@ def _rows(model, pruned: Pruned, analysis, config, global_ratio, f0, f1) -> list
         rows.append(GroupRow(
             group=g.index, name=g.name, sources=tuple(s.name for s in g.sources),
             consumers=tuple(c.name for c in g.consumers),
-            ratio=group_ratio(g, config, global_ratio) if g.prunable else 0.0,
+            ratio=(ratios[g.index] if ratios and g.index in ratios else group_ratio(g, config, global_ratio))
+            if g.prunable else 0.0,
             channels_before=g.channels, channels_after=kept, params_before=p0, params_after=p1,
             flops_before=sum(f0.get(n, 0) for n in nodes), flops_after=sum(f1.get(n, 0) for n in nodes),
             refused=g.refused,

@@ -6,7 +6,9 @@ group's channels removed), overridden per source op type (``op_types: {Gemm: 0}`
 or ``0`` leaves a group alone). A group takes the *smallest* ratio of its sources, so protecting
 any branch of a residual sum protects the sum. ``target_flops`` (fraction of the original FLOPs to
 reach, e.g. 0.5) replaces the global ratio by the one that reaches it; op-type and name overrides
-stay as given.
+stay as given. ``allocation``: ``uniform`` (every group that follows the global ratio loses that
+fraction) or ``global`` (those groups together lose that fraction of their channels, taken where
+the criterion says they cost least: :mod:`onnxcompress.structured.allocation`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from onnxcompress.errors import ConfigError
+from onnxcompress.structured.allocation import ALLOCATIONS
 from onnxcompress.structured.criteria import CRITERIA
 from onnxcompress.structured.latency import LATENCY_MODES
-from onnxcompress.structured.refit import REFIT_MODES
+from onnxcompress.structured.refit import REFIT_MODES, REFIT_PRIORS
 
 CRITERION_CHOICES = ("auto", *CRITERIA)
 
@@ -44,6 +47,10 @@ class StructuredConfig:
     ``round_to``: kept channel counts are rounded up to a multiple of it (vector-friendly widths).
     ``latency``: measure the latency change (:mod:`onnxcompress.structured.latency`): ``none``,
     ``model`` (pruned against original) or ``groups`` (also each group pruned alone).
+    ``allocation``: ``uniform`` or ``global`` (see the module docstring). ``refit_prior``:
+    ``zero`` (plain ridge) or ``sliced`` (the ridge pulls toward the sliced original weights);
+    ``refit_residual``: a layer feeding a skip connection also cancels the error carried there
+    (both: :func:`onnxcompress.structured.refit.refit`).
     """
 
     ratio: float = 0.0
@@ -57,6 +64,9 @@ class StructuredConfig:
     samples: int = 256
     ridge: float = 1e-3
     latency: str = "none"
+    allocation: str = "uniform"
+    refit_prior: str = "zero"
+    refit_residual: bool = False
 
     def __post_init__(self) -> None:
         _check_ratio("ratio", self.ratio)
@@ -84,6 +94,14 @@ class StructuredConfig:
                 raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
         if self.latency not in LATENCY_MODES:
             raise ConfigError(f"latency must be one of {', '.join(LATENCY_MODES)}; got {self.latency!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(
+                f"allocation must be one of {', '.join(ALLOCATIONS)}; got {self.allocation!r}"
+            )
+        if self.refit_prior not in REFIT_PRIORS:
+            raise ConfigError(f"refit_prior must be one of {', '.join(REFIT_PRIORS)}; got {self.refit_prior!r}")
+        if not isinstance(self.refit_residual, bool):
+            raise ConfigError(f"refit_residual must be true or false, got {self.refit_residual!r}")
         if not isinstance(self.ridge, (int, float)) or self.ridge < 0:
             raise ConfigError(f"ridge must be a non-negative number, got {self.ridge!r}")
         object.__setattr__(self, "op_types", dict(self.op_types))
@@ -106,6 +124,12 @@ class StructuredConfig:
         if op_type in self.op_types:
             return float(self.op_types[op_type] or 0.0)
         return self.ratio if global_ratio is None else global_ratio
+
+    def overridden(self, names: tuple[str, ...], op_type: str) -> bool:
+        """Whether a name or op-type entry, not the global ratio, sets this source's ratio."""
+        return op_type in self.op_types or any(
+            n == pat or fnmatch.fnmatchcase(n, pat) for pat in self.names for n in names
+        )
 
 
 FIELDS = {f.name for f in dataclasses.fields(StructuredConfig)}

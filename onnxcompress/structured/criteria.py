@@ -18,7 +18,14 @@
   is a mix of others costs nothing). Groups whose consumers are not all MatMul / Gemm with one
   position per channel use ``activation``.
 
-Scores are comparable only within a group: each group is ranked on its own.
+Scores are comparable only within a group: each group is ranked on its own. For the ``global``
+allocation (:func:`onnxcompress.structured.allocation.allocate`), :func:`importance` also fills
+``costs``: each channel's *marginal* cost as a share of its group's total, comparable across
+groups. For ``obs`` that is the increase of the consumers' squared output error (after re-solving
+the remaining weights) relative to their output energy ``tr(W^T H W)``, in the greedy removal
+order: the per-layer error curve the refit then realises. For the other criteria it is the
+channel's score over the group's summed score (``activation``: its share of the energy sent into
+the next layer).
 Pure numpy over the model's constants.
 """
 
@@ -48,13 +55,32 @@ def importance(
     criterion: str = "l1",
     channel_energy: Mapping[int, np.ndarray] | None = None,
     hessians: Mapping[int, np.ndarray] | None = None,
+    costs: dict[int, float] | None = None,
 ) -> dict[int, float]:
     """Score of each channel class of ``group`` (higher = more important).
 
     ``channel_energy``: per consumer node index, ``E[x^2]`` of each position of its weight's input
     axis, from calibration (required for ``activation``); ``hessians``: per MatMul / Gemm
-    consumer, ``E[[x, 1][x, 1]^T]`` (for ``obs``).
+    consumer, ``E[[x, 1][x, 1]^T]`` (for ``obs``). ``costs``, when given, is filled with each
+    class's normalised marginal cost (see the module docstring).
     """
+    scores = _importance(model, analysis, group, criterion, channel_energy, hessians, costs)
+    if costs is not None and not any(c in costs for c in group.classes):
+        total = sum(scores.values())
+        for c, v in scores.items():
+            costs[c] = v / total if total > 0 else 0.0
+    return scores
+
+
+def _importance(
+    model: onnx.ModelProto,
+    analysis: Analysis,
+    group: Group,
+    criterion: str,
+    channel_energy: Mapping[int, np.ndarray] | None,
+    hessians: Mapping[int, np.ndarray] | None,
+    costs: dict[int, float] | None,
+) -> dict[int, float]:
     if criterion not in CRITERIA:
         raise ConfigError(f"criterion must be one of {', '.join(CRITERIA)}; got {criterion!r}")
     scores = {c: 0.0 for c in group.classes}
@@ -67,7 +93,7 @@ def importance(
     if criterion == "obs":
         if channel_energy is None or hessians is None:
             raise ConfigError("the obs criterion needs calibration data (--calibration-data)")
-        ranked = _obs_order(model, analysis, group, hessians)
+        ranked = _obs_order(model, analysis, group, hessians, costs)
         if ranked is not None:
             return ranked
         criterion = "activation"
@@ -112,11 +138,17 @@ def _bn_scales(
 
 
 def _obs_order(
-    model: onnx.ModelProto, analysis: Analysis, group: Group, hessians: Mapping[int, np.ndarray]
+    model: onnx.ModelProto,
+    analysis: Analysis,
+    group: Group,
+    hessians: Mapping[int, np.ndarray],
+    costs: dict[int, float] | None = None,
 ) -> dict[int, float] | None:
     """Greedy OBS removal order of the group's classes as scores (removed first = lowest), or None
-    when a consumer is not a MatMul / Gemm with one input position per class."""
+    when a consumer is not a MatMul / Gemm with one input position per class. ``costs`` (when
+    given) gets each removal's error increase over the consumers' output energy."""
     terms = []
+    output_energy = 0.0
     index = {c: k for k, c in enumerate(group.classes)}
     for c in group.consumers:
         hess = hessians.get(c.node)
@@ -132,6 +164,7 @@ def _obs_order(
         damp = 1e-4 * float(np.mean(np.diag(hess)[:n])) + 1e-12
         hinv = np.linalg.inv(hess + damp * np.eye(n + 1))
         w = np.vstack([w, np.zeros((1, w.shape[1]))])  # the bias row: never removed, absorbs means
+        output_energy += float(np.einsum("ij,ik,kj->", w, hess, w))
         terms.append((hinv, w, np.array([index[int(classes[k])] for k in pos]), np.array(pos)))
     if not terms:
         return None
@@ -147,6 +180,8 @@ def _obs_order(
         j = int(np.argmin(cost))
         alive[j] = False
         scores[group.classes[j]] = float(step)
+        if costs is not None:
+            costs[group.classes[j]] = float(cost[j]) / max(output_energy, 1e-30)
         for hinv, w, cls_idx, at in terms:
             p = int(at[cls_idx == j][0]) if (cls_idx == j).any() else -1
             if p < 0:
@@ -158,4 +193,7 @@ def _obs_order(
             w[p] = 0.0
             hinv[p, :] = 0.0
             hinv[:, p] = 0.0
+    if costs is not None:
+        for cls in group.classes:
+            costs.setdefault(cls, float("inf"))  # fixed classes: never removed
     return scores

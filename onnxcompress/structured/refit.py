@@ -3,9 +3,10 @@
 He et al. 2017 ("Channel Pruning for Accelerating Very Deep Neural Networks") and ThiNet (Luo et
 al. 2017) reconstruct each following layer by least squares: with ``X'`` the layer's input in the
 *pruned* network and ``Y`` its output in the *original* network on the same calibration samples,
-solve ``min ||[X', 1] [W'; b'] - Y||^2`` (ridge-damped). Layers are refit in topological order,
-each on the activations of the network whose earlier layers are already refit, so errors do not
-pile up. ``bias`` mode keeps the sliced weights and only moves the bias by the mean output
+solve ``min ||[X', 1] [W'; b'] - Y||^2`` (ridge-damped, toward zero or toward the sliced weights).
+Layers are refit in topological order, each on the activations of the network whose earlier layers
+are already refit, so errors do not pile up; with ``residual`` a layer that feeds a skip
+connection also absorbs the error already carried there. ``bias`` mode keeps the sliced weights and only moves the bias by the mean output
 change: for a removed channel that is constant on the data (a ReLU that never fires, a zero
 filter) this folds its contribution into the bias exactly (Gemm / MatMul, and Conv away from
 zero padding).
@@ -31,6 +32,7 @@ from onnxcompress.structured.graph import Analysis
 from onnxcompress.structured.prune import Pruned
 
 REFIT_MODES = ("lstsq", "bias", "none")
+REFIT_PRIORS = ("zero", "sliced")
 _CHUNK = 1 << 14
 
 
@@ -116,6 +118,24 @@ def _bias_name(model: onnx.ModelProto, index: int) -> str | None:
     return None
 
 
+def _residual_name(model: onnx.ModelProto, index: int) -> str | None:
+    """The other operand of the residual ``Add`` the layer's output (after its bias ``Add``) feeds,
+    when it is a computed tensor (the skip connection), else None."""
+    inits = {t.name for t in model.graph.initializer}
+    out = model.graph.node[index].output[0]
+    for _ in range(2):
+        users = [n for n in model.graph.node if out in n.input]
+        if len(users) != 1 or users[0].op_type != "Add" or len(users[0].input) != 2:
+            return None
+        other = [i for i in users[0].input if i != out]
+        if len(other) != 1:
+            return None
+        if other[0] not in inits:
+            return other[0]
+        out = users[0].output[0]  # the bias Add: look one step further
+    return None
+
+
 def _ensure_bias(model: onnx.ModelProto, index: int, outputs: int, dtype: np.dtype) -> str | None:
     name = _bias_name(model, index)
     node = model.graph.node[index]
@@ -140,8 +160,18 @@ def refit(
     *,
     mode: str = "lstsq",
     ridge: float = 1e-3,
+    prior: str = "zero",
+    residual: bool = False,
 ) -> list[RefitRow]:
-    """Refit, in place in ``pruned.model``, every layer that lost input channels."""
+    """Refit, in place in ``pruned.model``, every layer that lost input channels.
+
+    ``prior``: what the ridge term pulls the solution toward: ``zero`` (plain ridge) or ``sliced``
+    (the layer's sliced original weights, ``min ||A theta - Y||^2 + d ||theta - theta_0||^2``: with
+    few calibration rows per weight the fit then stays near weights that already work instead of
+    shrinking them). ``residual``: a MatMul / Gemm whose output (after its bias) is added to a
+    skip connection is fit to its original output *plus* the error the pruned network carries in
+    that skip connection, so each refit also cancels what the layers before it could not.
+    """
     if mode == "none":
         return []
     model = pruned.model
@@ -155,7 +185,9 @@ def refit(
             todo.append((c.node, c.weight))
     if not todo:
         return []
-    originals = capture(original, [original.graph.node[k].input[0] for k, _ in todo], batches)
+    streams = {k: _residual_name(original, k) for k, _ in todo} if residual else {}
+    wanted = [original.graph.node[k].input[0] for k, _ in todo] + [r for r in streams.values() if r]
+    originals = capture(original, wanted, batches)
     rows: list[RefitRow] = []
     for k, weight in todo:
         node = original.graph.node[k]
@@ -175,7 +207,17 @@ def refit(
         x_o = originals[node.input[0]]
         if node.op_type == "Conv" and x_o.ndim < 3:
             raise DataError(f"{node.name}: a convolution needs calibration batches of one image size")
-        x_p = capture(model, [node.input[0]], batches)[node.input[0]]
+        whole = keep_out is None or len(keep_out) == _matrix(node, w_o).shape[0]  # no output removed
+        stream = streams.get(k) if whole and node.op_type != "Conv" else None
+        got = capture(model, [node.input[0]] + ([stream] if stream else []), batches)
+        x_p = got[node.input[0]]
+        # the error the pruned network already carries in the residual stream this layer adds to:
+        # the layer's target becomes its original output plus that error, so it cancels what it can
+        carried = (
+            (originals[stream] - got[stream]).reshape(-1, mo.shape[0]).astype(np.float64)
+            if stream
+            else None
+        )
         p_name = _bias_name(model, k)
         b_p = get_tensor(model, p_name).reshape(-1).astype(np.float64) if p_name else np.zeros(mp.shape[0])
         with_bias = p_name is not None or node.op_type in ("Conv", "Gemm")
@@ -188,6 +230,8 @@ def refit(
         rows_n = 0
         for fo, fp in _feature_pairs(node, x_o, x_p, w_o, w_p):
             y = fo @ mo.T + b_o
+            if carried is not None:
+                y = y + carried[rows_n : rows_n + len(fo)]
             y_now = fp @ mp.T + b_p
             err0 += float(((y - y_now) ** 2).sum())
             norm += float((y**2).sum())
@@ -202,11 +246,21 @@ def refit(
             new_m, new_b = mp, b_p + resid_sum / rows_n
         else:
             damp = ridge * float(np.mean(np.diag(hess))) + 1e-12
-            theta = np.linalg.solve(hess + damp * np.eye(n_feat), cross)
+            theta0 = np.zeros((n_feat, mo.shape[0]))
+            if prior == "sliced":
+                theta0[:n_in] = mp.T
+                if with_bias:
+                    theta0[-1] = b_p
+            theta = np.linalg.solve(hess + damp * np.eye(n_feat), cross + damp * theta0)
             new_m = theta[:n_in].T
             new_b = theta[-1] if with_bias else b_p
+        at = 0
         for fo, fp in _feature_pairs(node, x_o, x_p, w_o, w_p):
-            err1 += float(((fo @ mo.T + b_o - (fp @ new_m.T + new_b)) ** 2).sum())
+            y = fo @ mo.T + b_o
+            if carried is not None:
+                y = y + carried[at : at + len(fo)]
+            at += len(fo)
+            err1 += float(((y - (fp @ new_m.T + new_b)) ** 2).sum())
         set_tensor(model, weight, _unmatrix(node, new_m, w_p).astype(w_p.dtype))
         if with_bias:
             name = _ensure_bias(model, k, mp.shape[0], w_p.dtype)
