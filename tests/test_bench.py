@@ -148,3 +148,26 @@ def test_session_time_counts_no_imports_for_baseline_or_candidate(tmp_path, deco
     for model in (base, cand):
         result = _run_worker(str(model), options)
         assert result["imported_while_timed"] == [], (model.name, result["imported_while_timed"])
+
+
+def test_model_rss_is_what_the_model_adds(two_models, tmp_path):
+    """peak RSS minus the RSS before session create: the ~100 MB of Python + onnxruntime drop out,
+    so a 32 MiB weight shows up as at least its own size and the 16 KiB model as far less."""
+    small, _ = two_models
+    big = tmp_path / "big.onnx"
+    onnx.save(_model(2896, 2), big)  # 2896^2 * 4 bytes = 32 MiB
+    report = bench([small, big], runs=2, warmup=0, rounds=1, batch_size=1, progress=False)
+    s, b = report.models
+    if b.peak_rss_bytes is None or b.rounds[0].rss_before_create_bytes is None:
+        pytest.skip("this platform reports no /proc/self/status")
+    weight = 2896 * 2896 * 4
+    assert b.model_rss_bytes is not None and s.model_rss_bytes is not None
+    assert weight * 0.95 <= b.model_rss_bytes < b.peak_rss_bytes
+    assert s.model_rss_bytes < weight / 2
+    assert b.rounds[0].rss_before_create_bytes > 10 << 20  # the imports are in the baseline
+    table = format_bench(report)
+    assert "model RSS (peak - before load)" in table
+    data = json.loads(bench_to_json(report))
+    assert data["models"][1]["model_rss_bytes"] == b.model_rss_bytes
+    assert data["models"][1]["ratios_vs_first"]["model_rss"] > 2
+    assert data["models"][1]["rounds"][0]["rss_before_create_bytes"] > 0

@@ -71,8 +71,7 @@ def format_report(report: CompressionReport, *, max_rows: int = 60) -> str:
     if len(ws) > len(shown):
         out.append(f"... {len(ws) - len(shown)} smaller weights not shown (see --report JSON)")
     out.append(
-        "zeros: share pruned to 0; coding: codebook bits + position encoding; "
-        "rel err: ||W - W'|| / ||W||"
+        "zeros: share pruned to 0; coding: codebook bits + position encoding; rel err: ||W - W'|| / ||W||"
     )
     if any(w.rel_error > 1 for w in ws):
         out.append(
@@ -135,6 +134,7 @@ def format_bench(report: BenchReport) -> str:
         ("p99 latency (ms)", lambda m: m.p99_ms, lambda v: f"{v:.4f}"),
         ("throughput (samples/s)", lambda m: m.throughput, lambda v: f"{v:,.1f}"),
         ("peak RSS", lambda m: m.peak_rss_bytes, human_bytes),
+        ("model RSS (peak - before load)", lambda m: m.model_rss_bytes, human_bytes),
     ]
     header = ["", *[Path(m.model).name for m in report.models]]
     rows = []
@@ -150,7 +150,12 @@ def format_bench(report: BenchReport) -> str:
                 row.append(f"{s['min']:.4f}..{s['max']:.4f}")
                 continue
             v = get(m)
-            if v is None and label in ("MFLOPs per run", "CPU time p50 (ms)"):
+            if v is None and label in (
+                "MFLOPs per run",
+                "CPU time p50 (ms)",
+                "peak RSS",
+                "model RSS (peak - before load)",
+            ):
                 row.append("-")
                 continue
             cell = fmt(v)

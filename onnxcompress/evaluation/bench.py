@@ -125,6 +125,18 @@ class RoundResult:
     #: median CPU time of the process per run (ms): on a shared machine wall time also counts the
     #: time slices other processes took while a run was preempted; CPU time does not
     cpu_p50_ms: float | None = None
+    #: resident memory of the worker just before the session was created (Python, numpy, onnx and
+    #: onnxruntime imported, no model yet): ``peak_rss_bytes`` minus this is what the model costs
+    rss_before_create_bytes: int | None = None
+
+    @property
+    def model_rss_bytes(self) -> int | None:
+        """Peak RSS the model added on top of the process and its imports. A ratio of whole-process
+        peaks understates a model's saving by the ~100 MB every onnxruntime process holds anyway;
+        this is the part a deployment can change."""
+        if self.peak_rss_bytes is None or self.rss_before_create_bytes is None:
+            return None
+        return self.peak_rss_bytes - self.rss_before_create_bytes
 
 
 @dataclass(frozen=True)
@@ -179,6 +191,12 @@ class ModelBench:
         return int(np.median(vals)) if vals else None
 
     @property
+    def model_rss_bytes(self) -> int | None:
+        """Median over rounds of the peak RSS the model added (see :attr:`RoundResult.model_rss_bytes`)."""
+        vals = [v for v in (r.model_rss_bytes for r in self.rounds) if v is not None]
+        return int(np.median(vals)) if vals else None
+
+    @property
     def p50_spread(self) -> dict[str, float]:
         """min / max / IQR of the per-round p50 latency (ms)."""
         v = np.array([r.p50_ms for r in self.rounds])
@@ -199,6 +217,7 @@ class ModelBench:
             "cpu_p50_ms": self.cpu_p50_ms,
             "throughput_samples_per_s": self.throughput,
             "peak_rss_bytes": self.peak_rss_bytes,
+            "model_rss_bytes": self.model_rss_bytes,
             "flops_per_run": self.flops,
             "flops_unknown_nodes": self.flops_unknown,
             "p50_spread_ms": self.p50_spread,
@@ -229,6 +248,7 @@ class BenchReport:
                 "cpu_p50_ms": ratio(m.cpu_p50_ms, base.cpu_p50_ms),
                 "throughput": ratio(m.throughput, base.throughput),
                 "peak_rss": ratio(m.peak_rss_bytes, base.peak_rss_bytes),
+                "model_rss": ratio(m.model_rss_bytes, base.model_rss_bytes),
                 "flops": ratio(m.flops, base.flops),
             }
             paired = paired_p50_ratios(m, base)
@@ -257,6 +277,22 @@ def ratio(a: float | None, b: float | None) -> float | None:
 # --------------------------------------------------------------------------- worker side
 
 
+def current_rss_bytes() -> int | None:
+    """This process's resident memory now (``VmRSS``), or None where ``/proc`` cannot tell."""
+    return _proc_status_bytes("VmRSS:")
+
+
+def _proc_status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int | None:
     """This process's peak resident memory, or None where the platform cannot tell.
 
@@ -264,13 +300,9 @@ def peak_rss_bytes() -> int | None:
     exec, so a worker started by a large parent (a benchmark that just loaded a 400 MB model)
     would report the parent's peak as its own.
     """
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
+    hwm = _proc_status_bytes("VmHWM:")
+    if hwm is not None:
+        return hwm
     try:
         import resource
     except ImportError:  # Windows
@@ -300,6 +332,7 @@ def measure(model: str, options: BenchOptions) -> dict[str, Any]:
     }
     # one code path for every model, baseline and candidate alike: onnxcompress.load with the
     # decode mode asked for (a model without decode nodes goes to onnxruntime as a path either way)
+    rss_before = current_rss_bytes()  # before the module snapshot: reading /proc imports a codec
     modules = set(sys.modules)
     t0 = time.perf_counter()
     session = load(model, decode=options.decode, **session_options)
@@ -336,6 +369,7 @@ def measure(model: str, options: BenchOptions) -> dict[str, Any]:
         "cpu_p50_ms": float(np.median(cpu) * 1e3),
         "throughput": batch.valid / (p50 / 1e3) if p50 > 0 else float("inf"),
         "peak_rss_bytes": peak_rss_bytes(),
+        "rss_before_create_bytes": rss_before,
         "providers": list(session.get_providers()),
         "batch_size": batch_size,
         "input_shapes": {k: list(np.shape(v)) for k, v in feed.items()},
@@ -451,6 +485,7 @@ def bench(
                 cpu_p50_ms=x.get("cpu_p50_ms"),
                 throughput=x["throughput"],
                 peak_rss_bytes=x["peak_rss_bytes"],
+                rss_before_create_bytes=x.get("rss_before_create_bytes"),
                 providers=tuple(x["providers"]),
             )
             for x in meas
