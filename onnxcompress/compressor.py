@@ -146,7 +146,7 @@ def compress_model(
     reports: list[WeightReport] = []
     notes: list[str] = []
     rt_pass = _runtime_native(
-        model, runtime, tensors, external_dir, global_t, reports, decoded, keep_decoded, weight_hook
+        model, runtime, tensors, external_dir, global_t, reports, decoded, keep_decoded, weight_hook, notes
     )
     planned = [(i, c) for i, c in planned if c.format != "runtime"]
     for info, cfg in track(planned, "compressing weights", progress):
@@ -204,9 +204,11 @@ def _runtime_native(
     model: onnx.ModelProto, runtime: list[tuple[WeightInfo, WeightConfig]], tensors: dict[str, onnx.TensorProto],
     external_dir: str | os.PathLike[str] | None, global_t: float | None, reports: list[WeightReport],
     decoded: dict[str, np.ndarray], keep_decoded: bool, weight_hook: WeightHook | None = None,
+    notes: list[str] | None = None,
 ) -> Pass | None:  # fmt: skip
     """Quantize the ``format: runtime`` weights (passes/runtime_native.py); their pass, or None.
-    A weight hook (calibration) may hand over a weight's calibrated ``RuntimeWeight``."""
+    A weight hook (calibration) may hand over a weight's calibrated ``RuntimeWeight``. ``notes``
+    gets one line when 8-bit MatMulNBits weights run below accuracy_level 4 (a slow kernel)."""
     if not runtime:
         return None
     from onnxcompress.passes import runtime_native as rn
@@ -221,6 +223,7 @@ def _runtime_native(
             rw, dec = rn.quantize_planned(
                 users, w, info, cfg.bits, cfg.block_size, keep_mask(w, info, cfg, global_t),
                 activations=cfg.activations, opset=opset, per_channel=cfg.granularity != "tensor",
+                accuracy_level=cfg.accuracy_level,
             )  # fmt: skip
         rws.append(rw)
         reports.append(WeightReport(
@@ -230,6 +233,13 @@ def _runtime_native(
         ))  # fmt: skip
         if keep_decoded:
             decoded[info.name] = dec
+    slow = [rw.name for rw in rws if rw.kind in ("matmul", "gemm") and rw.codes.bits == 8 and rw.accuracy_level < 4]
+    if slow and notes is not None:
+        notes.append(
+            f"{len(slow)} 8-bit MatMulNBits weight(s) ({slow[0]}{', ...' if len(slow) > 1 else ''}) run at "
+            "accuracy_level < 4: onnxruntime's 8-bit kernel then computes in float, measured 16-20x slower "
+            "than an fp32 MatMul (ORT 1.32 CPU, batch 1; 4-bit weights at level 1 stayed faster than fp32)"
+        )
     return rn.RuntimeNativePass(rws)
 
 
