@@ -404,7 +404,10 @@ def test_int8_compress_model_zoo_and_cli(tmp_path, capsys) -> None:
         CompressionConfig(op_types={"Conv": {"activations": "int4"}})
 
 
-@pytest.mark.parametrize("plan", [{"bits": 4, "block_size": 16}, {"bits": 8, "activations": "int8", "granularity": "channel"}])
+@pytest.mark.parametrize(
+    "plan",
+    [{"bits": 4, "block_size": 16, "accuracy_level": 1}, {"bits": 8, "activations": "int8", "granularity": "channel"}],
+)
 def test_calibration_data_gives_gptq_affine_codes(plan) -> None:
     """With calibration data a runtime weight's codes get GPTQ error feedback against its inputs'
     Hessian (scales as without): lower output error on held-out inputs; pruned zeros stay zero."""
@@ -436,6 +439,8 @@ def test_calibration_data_gives_gptq_affine_codes(plan) -> None:
     assert set(cal.runtime) == {"w1", "w2"} and not len(cal.encoded)
     assert {w.method for w in cal.weights} == {"gptq (affine)"}
     out = compress_model(copy(), cfg, weight_hook=cal.hook)
+    if plan.get("activations") != "int8":  # the calibrated MatMulNBits nodes keep the plan's level
+        assert _levels(out.model) == {"w1": 1, "w2": 1}
     for name in ("w1", "w2"):
         assert np.mean(out.decoded[name] == 0) >= 0.29  # the pruned 30% (rounded down) stay exactly 0
         assert not np.array_equal(out.decoded[name], plain.decoded[name])
