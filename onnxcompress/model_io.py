@@ -23,8 +23,9 @@ Writing (:func:`save`, :func:`write_bytes`, :func:`write_report`, :func:`atomic_
     leaves a partial output; files are created with ``open``, so their mode follows the umask (0644
     under umask 022) for models, external data, containers and reports alike.
   * A model is written as one protobuf up to :data:`PROTOBUF_LIMIT`, the one protobuf limit of
-    the package; above it (or when asked) its tensors go to ``<name>.data`` beside it. A stale
-    ``<name>.data`` from an earlier run is replaced or removed, never appended to.
+    the package; above it (or when asked) its tensors go to ``<name>.data`` beside it, with the
+    model file's permission bits. A stale ``<name>.data`` from an earlier run is replaced or
+    removed, never appended to.
   * Parent folders of an output are created when it is written, never earlier, so a failed run
     leaves the file system as it was.
 
@@ -58,6 +59,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -423,7 +425,11 @@ def save(
     """Write ``model`` atomically; returns the files written.
 
     ``external_data=None`` decides automatically: external data only when the model would not fit
-    in one protobuf (:data:`PROTOBUF_LIMIT`). The data file is ``<name>.data`` beside the model.
+    in one protobuf (:data:`PROTOBUF_LIMIT`); ``True`` always writes tensors above
+    :data:`EXTERNAL_THRESHOLD` bytes there (onnxruntime can then map them from the file instead of
+    copying them out of the protobuf). The data file is ``<name>.data`` beside the model, with the
+    model file's permission bits (onnx creates it 0600 whatever the umask, which would make a model
+    that others may read unloadable for them).
     """
     import onnx
 
@@ -444,10 +450,15 @@ def save(
             # save_model converts the tensors in place; bring the data back so the caller's
             # ModelProto stays self-contained.
             onnx.external_data_helper.load_external_data_for_model(model, str(tmp_model.parent))
+            wrote_data = tmp_data.exists()  # not when no tensor is above the threshold
+            if wrote_data:
+                # onnx opens the data file itself with mode 0600: give it the model file's mode (umask)
+                os.chmod(tmp_data, stat.S_IMODE(os.stat(tmp_model).st_mode))
         else:
+            wrote_data = False
             with open(tmp_model, "wb") as fh:
                 fh.write(model.SerializeToString())
-            if data_path.exists():
-                # a stale data file from an earlier run would be confusing; it belongs to this output
-                data_path.unlink()
-    return [p, data_path] if external_data else [p]
+        if not wrote_data and data_path.exists():
+            # a stale data file from an earlier run would be confusing; it belongs to this output
+            data_path.unlink()
+    return [p, data_path] if wrote_data else [p]

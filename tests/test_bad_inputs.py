@@ -349,6 +349,29 @@ def test_outputs_follow_the_umask(good: Path, tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".onnxcompress-*"))
 
 
+def test_saved_external_data_follows_the_umask_like_the_model(tmp_path: Path) -> None:
+    """onnx creates the ``.data`` file 0600 whatever the umask: ``model_io.save`` gives it the model
+    file's bits (a model others may read must not have data only its owner can)."""
+    from onnxcompress import model_io
+
+    old = os.umask(0o022)
+    try:
+        written = model_io.save(_model(n=64), tmp_path / "m.onnx", external_data=True)
+        assert written == [tmp_path / "m.onnx", tmp_path / "m.onnx.data"]
+        for p in written:
+            assert p.stat().st_mode & 0o777 == 0o644, p
+        # nothing above the threshold: no data file, and a stale one is removed
+        tiny = helper.make_model(
+            helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+        )  # fmt: skip
+        assert model_io.save(tiny, tmp_path / "m.onnx", external_data=True) == [tmp_path / "m.onnx"]
+        assert not (tmp_path / "m.onnx.data").exists()
+    finally:
+        os.umask(old)
+
+
 def test_container_tables_use_the_real_file_size(tmp_path: Path, capsys) -> None:
     src = ROOT / "models" / "lenet5.onnx"
     report = tmp_path / "r.json"

@@ -338,3 +338,84 @@ def test_compress_parses_the_model_once(model_path, tmp_path, monkeypatch):
     out = tmp_path / "once.onnx"
     assert main(["compress", str(model_path), "-o", str(out), "--quiet"]) == 0
     assert opened == [str(model_path)]
+
+
+# ------------------------------------------------------------------ --external-data
+
+DIGITS = LENET.parent / "digits_test.npz"
+
+
+@pytest.mark.parametrize("fmt", ["runtime", "codebook"])
+def test_external_data_output_runs_like_the_one_file_output(tmp_path, fmt):
+    """``--external-data`` puts the initializers in OUTPUT.data; onnxruntime, ``verify``,
+    ``--verify-data`` and ``bench`` open it and it computes exactly what the one-file output does."""
+    one, ext = tmp_path / "one.onnx", tmp_path / "ext.onnx"
+    flags = ["--format", fmt, "--accuracy-level", "1"] if fmt == "runtime" else []
+    assert main(["compress", str(LENET), "-o", str(one), *flags, "-q"]) == 0
+    assert main(["compress", str(LENET), "-o", str(ext), *flags, "-q", "--external-data",
+                 "--verify-data", str(DIGITS), "--max-accuracy-drop", "1"]) == 0  # fmt: skip
+    data = tmp_path / "ext.onnx.data"
+    assert data.stat().st_size > 0.9 * one.stat().st_size and ext.stat().st_size < 0.05 * one.stat().st_size
+    assert not (tmp_path / "one.onnx.data").exists()
+    model = onnx.load(ext, load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    x = {"input": np.load(DIGITS)["input"][:16]}
+    assert np.array_equal(make_session(str(ext)).run(None, x)[0], make_session(str(one)).run(None, x)[0])
+    assert main(["verify", str(LENET), str(ext), "--data", str(DIGITS), "--max-accuracy-drop", "1", "-q"]) == 0
+    assert main(["bench", str(ext), "--runs", "1", "--warmup", "0", "--rounds", "1", "-q"]) == 0
+    # the container inlines the data: unpack gives the one-file model back
+    assert main(["pack", str(ext), "-o", str(tmp_path / "e.onnxc"), "-q"]) == 0
+    assert main(["unpack", str(tmp_path / "e.onnxc"), "-o", str(tmp_path / "u.onnx"), "-q"]) == 0
+    assert np.array_equal(make_session(str(tmp_path / "u.onnx")).run(None, x)[0], make_session(str(one)).run(None, x)[0])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_external_data_file_has_the_model_files_permissions(tmp_path, umask):
+    """onnx creates the data file 0600 whatever the umask; it gets the model file's bits, so a model
+    others may read is loadable by them."""
+    import os
+
+    old = os.umask(umask)
+    try:
+        assert main(["compress", str(LENET), "-o", str(tmp_path / "m.onnx"), "--external-data", "-q"]) == 0
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "m.onnx").stat().st_mode & 0o777
+    assert mode == 0o666 & ~umask
+    assert (tmp_path / "m.onnx.data").stat().st_mode & 0o777 == mode
+
+
+def test_external_data_refused_for_a_container_output(tmp_path, capsys):
+    out = tmp_path / "m.onnxc"
+    err = _run_failing(capsys, ["compress", str(LENET), "-o", str(out), "--external-data"], out, LENET)
+    assert ".onnxc container holds the whole model" in err and "--external-data" in err
+    assert list(tmp_path.iterdir()) == []
+    from onnxcompress.compressor import compress_file
+    from onnxcompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no external data"):
+        compress_file(LENET, out, external_data=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rewriting_without_external_data_leaves_no_stale_data_file(tmp_path):
+    """The same output written again as one file (--overwrite, no --external-data): the old .data
+    goes, and the model does not depend on it; and back again."""
+    out = tmp_path / "m.onnx"
+    x = {"input": np.load(DIGITS)["input"][:4]}
+    assert main(["compress", str(LENET), "-o", str(out), "--external-data", "-q"]) == 0
+    want = make_session(str(out)).run(None, x)[0]
+    assert main(["compress", str(LENET), "-o", str(out), "--overwrite", "-q"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    assert np.array_equal(make_session(str(out)).run(None, x)[0], want)
+    assert main(["compress", str(LENET), "-o", str(out), "--overwrite", "--external-data", "-q"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert np.array_equal(make_session(str(out)).run(None, x)[0], want)
+
+
+def test_compress_file_external_data_python_api(tmp_path):
+    import onnxcompress as oc
+
+    res = oc.compress(LENET, tmp_path / "m.onnx", oc.preset("safe"), external_data=True)
+    assert (tmp_path / "m.onnx.data").exists()
+    assert res.report.file_bytes_after == (tmp_path / "m.onnx").stat().st_size + (tmp_path / "m.onnx.data").stat().st_size

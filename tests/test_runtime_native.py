@@ -3,6 +3,9 @@ checked against a numpy reference: the original model run with the decoded weigh
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -401,7 +404,10 @@ def test_int8_compress_model_zoo_and_cli(tmp_path, capsys) -> None:
         CompressionConfig(op_types={"Conv": {"activations": "int4"}})
 
 
-@pytest.mark.parametrize("plan", [{"bits": 4, "block_size": 16}, {"bits": 8, "activations": "int8", "granularity": "channel"}])
+@pytest.mark.parametrize(
+    "plan",
+    [{"bits": 4, "block_size": 16, "accuracy_level": 1}, {"bits": 8, "activations": "int8", "granularity": "channel"}],
+)
 def test_calibration_data_gives_gptq_affine_codes(plan) -> None:
     """With calibration data a runtime weight's codes get GPTQ error feedback against its inputs'
     Hessian (scales as without): lower output error on held-out inputs; pruned zeros stay zero."""
@@ -433,6 +439,8 @@ def test_calibration_data_gives_gptq_affine_codes(plan) -> None:
     assert set(cal.runtime) == {"w1", "w2"} and not len(cal.encoded)
     assert {w.method for w in cal.weights} == {"gptq (affine)"}
     out = compress_model(copy(), cfg, weight_hook=cal.hook)
+    if plan.get("activations") != "int8":  # the calibrated MatMulNBits nodes keep the plan's level
+        assert _levels(out.model) == {"w1": 1, "w2": 1}
     for name in ("w1", "w2"):
         assert np.mean(out.decoded[name] == 0) >= 0.29  # the pruned 30% (rounded down) stay exactly 0
         assert not np.array_equal(out.decoded[name], plain.decoded[name])
@@ -441,3 +449,117 @@ def test_calibration_data_gives_gptq_affine_codes(plan) -> None:
         return float(np.linalg.norm(_run(m, test) - want) / np.linalg.norm(want))
 
     assert err(out.model) < 0.9 * err(plain.model)
+
+
+# ------------------------------------------------------------------ accuracy_level (MatMulNBits)
+
+
+def _levels(model: onnx.ModelProto) -> dict[str, int]:
+    """The ``accuracy_level`` of every MatMulNBits node (any graph), keyed by its weight input."""
+    out = {}
+    for _, g in iter_graphs(model.graph):
+        for n in g.node:
+            if n.op_type == "MatMulNBits":
+                (level,) = [a.i for a in n.attribute if a.name == "accuracy_level"]
+                out[n.input[1].split("/")[-2]] = level
+    return out
+
+
+@pytest.mark.parametrize("bad", [-1, 5, 1.0, True, "4", None])
+def test_accuracy_level_is_validated_at_every_plan_level(bad) -> None:
+    with pytest.raises(ConfigError, match="accuracy_level must be an integer from 0 to 4"):
+        WeightConfig(format="runtime", accuracy_level=bad)
+    with pytest.raises(ConfigError, match=r"op_types\.MatMul: accuracy_level"):
+        CompressionConfig(op_types={"MatMul": {"accuracy_level": bad}})
+    with pytest.raises(ConfigError, match=r"names\.w: accuracy_level"):
+        CompressionConfig(names={"w": {"accuracy_level": bad}})
+    with pytest.raises(ConfigError, match="accuracy_level"):
+        rn.RuntimeSpec(accuracy_level=bad)
+
+
+def test_accuracy_level_reaches_matmulnbits_through_the_plan_hierarchy() -> None:
+    """Global, op type and name levels (like block_size); format codebook weights ignore it, as
+    they ignore block_size, so a global level can sit under an op type that picks the format."""
+    assert set(_levels(compress_model(zoo_model(17), CompressionConfig(weight=WeightConfig(format="runtime"))).model).values()) == {4}  # fmt: skip
+    cfg = CompressionConfig(
+        weight=WeightConfig(bits=8, accuracy_level=1),
+        op_types={"MatMul": {"format": "runtime"}, "Gemm": {"format": "runtime", "bits": 4, "accuracy_level": 4}},
+        names={"head.then.w": {"accuracy_level": 0}},
+    )  # fmt: skip
+    res = compress_model(zoo_model(17), cfg)
+    assert _levels(res.model) == {"fc1.w": 4, "fc2.w": 1, "head.then.w": 0, "head.else.w": 1}
+    settings = {w.name: w.setting for w in res.report.weights}
+    assert settings["fc2.w"].endswith("8b/block32/acc1") and settings["fc1.w"].endswith("4b/block32/acc4")
+    assert not settings["conv.w"].startswith("runtime")  # codebook: the level is ignored
+    # 8-bit weights below level 4 run onnxruntime's slow kernel: the report says so, once
+    (note,) = [n for n in res.report.notes if "accuracy_level" in n]
+    assert note.startswith("3 8-bit MatMulNBits weight(s)")
+
+
+def test_accuracy_level_1_runs_our_decoded_weight_in_onnxruntime() -> None:
+    """Level 1 computes in fp32 on exactly the weight our numpy decode gives (to float rounding);
+    level 4 quantizes the activations to int8 inside the kernel and lands measurably further off."""
+    rng = np.random.default_rng(10)
+    w = (rng.standard_normal((256, 96)) * 0.05).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                          [helper.make_tensor_value_info("x", 1, ["N", 256])],
+                          [helper.make_tensor_value_info("y", 1, ["N", 96])], [numpy_helper.from_array(w, "w")])  # fmt: skip
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((8, 256)).astype(np.float32)
+    errors = {}
+    for level in (1, 4):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        res = compress_model(m, CompressionConfig(weight=WeightConfig(format="runtime", accuracy_level=level)))
+        assert _levels(res.model) == {"w": level}
+        want = x.astype(np.float64) @ res.decoded["w"].astype(np.float64)
+        errors[level] = float(np.abs(_run(res.model, {"x": x}) - want).max() / np.abs(want).max())
+    assert errors[1] < 1e-5, errors
+    assert errors[4] > 10 * errors[1], errors
+
+
+def test_accuracy_level_survives_plan_files_and_the_container(tmp_path) -> None:
+    """A plan written by search (config_to_yaml) reads back to the same config; the metadata stamp
+    rebuilds it; pack/unpack gives back the exact .onnx with the attribute."""
+    from onnxcompress.cli import main
+    from onnxcompress.config import from_dict, load_config, preset
+    from onnxcompress.search.space import config_to_yaml
+
+    base = preset("safe")
+    cfg = CompressionConfig(
+        weight=dataclasses.replace(base.weight, format="runtime", accuracy_level=1),
+        names={"fc2.w": {"accuracy_level": 2}, "emb": None},
+    )
+    text = config_to_yaml(cfg)
+    assert "accuracy_level: 1" in text and "accuracy_level: 2" in text
+    (tmp_path / "plan.yaml").write_text(text)
+    assert load_config(tmp_path / "plan.yaml", base) == cfg
+    src = tmp_path / "z.onnx"
+    onnx.save(zoo_model(17), src)
+    out = tmp_path / "z.rt.onnx"
+    assert main(["compress", str(src), "-o", str(out), "--config", str(tmp_path / "plan.yaml"), "-q"]) == 0
+    model = onnx.load(out)
+    assert _levels(model) == {"fc1.w": 1, "fc2.w": 2, "head.then.w": 1, "head.else.w": 1}
+    (stamp,) = [json.loads(p.value) for p in model.metadata_props if p.key == "onnxcompress"]
+    assert from_dict(stamp["config"]) == cfg
+    assert main(["pack", str(out), "-o", str(tmp_path / "z.onnxc"), "-q"]) == 0
+    assert main(["unpack", str(tmp_path / "z.onnxc"), "-o", str(tmp_path / "back.onnx"), "-q"]) == 0
+    assert (tmp_path / "back.onnx").read_bytes() == out.read_bytes()
+    # the flag wins over the plan's global level (not over its names entries)
+    flag = tmp_path / "z.flag.onnx"
+    assert main(["compress", str(src), "-o", str(flag), "--config", str(tmp_path / "plan.yaml"),
+                 "--accuracy-level", "4", "-q"]) == 0  # fmt: skip
+    assert _levels(onnx.load(flag)) == {"fc1.w": 4, "fc2.w": 2, "head.then.w": 4, "head.else.w": 4}
+
+
+@pytest.mark.parametrize("value", ["7", "-1", "fast", "1.5"])
+def test_cli_refuses_a_bad_accuracy_level_in_one_line(tmp_path, capsys, value) -> None:
+    from onnxcompress.cli import main
+
+    src = tmp_path / "z.onnx"
+    onnx.save(zoo_model(13), src)
+    out = tmp_path / "bad.onnx"
+    assert main(["compress", str(src), "-o", str(out), "--format", "runtime", "--accuracy-level", value]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("onnxcompress: error: accuracy_level must be an integer from 0 to 4") and "\n" not in err, err
+    assert not out.exists() and not list(tmp_path.glob(".onnxcompress-*"))

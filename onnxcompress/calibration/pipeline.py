@@ -356,7 +356,7 @@ def _calibrate_runtime(
     def run(h: np.ndarray | None) -> Any:
         return rn.quantize_planned(
             dict(users), w, info, cfg.bits, cfg.block_size, mask, hessian=h, activations=cfg.activations,
-            opset=opset, per_channel=cfg.granularity != "tensor",
+            opset=opset, per_channel=cfg.granularity != "tensor", accuracy_level=cfg.accuracy_level,
         )  # fmt: skip
 
     rw, dec = run(hessian)
