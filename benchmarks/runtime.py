@@ -222,6 +222,12 @@ PROBE_VARIANTS: dict[str, Callable[[Path, Path], None]] = {
 # --------------------------------------------------------------------------- what onnxruntime does
 
 
+def _stored_bytes(t: onnx.TensorProto) -> int:
+    """Bytes of an initializer, inline or in external data (its ``length`` entry)."""
+    ext = {e.key: e.value for e in t.external_data}
+    return int(ext["length"]) if "length" in ext else len(t.raw_data)
+
+
 def ort_behaviour(path: Path, fp32_weight_bytes: int) -> dict[str, Any]:
     """Optimize once (level ALL) and read the result: quantized ops kept, float weight bytes."""
     import onnxruntime as ort
@@ -232,10 +238,11 @@ def ort_behaviour(path: Path, fp32_weight_bytes: int) -> dict[str, Any]:
         so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
         so.log_severity_level = 3
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        opt = onnx.load(str(Path(tmp) / "opt.onnx"))
+        # not the data: an external-data model's optimized copy points at the source's data file
+        opt = onnx.load(str(Path(tmp) / "opt.onnx"), load_external_data=False)
     inits = {t.name for t in opt.graph.initializer}
     float_bytes = sum(
-        len(t.raw_data) for t in opt.graph.initializer if t.data_type in (1, 10, 16) and len(t.dims) >= 2
+        _stored_bytes(t) for t in opt.graph.initializer if t.data_type in (1, 10, 16) and len(t.dims) >= 2
     )
     ops: dict[str, int] = {}
     dq_const = 0
@@ -244,8 +251,12 @@ def ort_behaviour(path: Path, fp32_weight_bytes: int) -> dict[str, Any]:
             ops[n.op_type] = ops.get(n.op_type, 0) + 1
         if n.op_type == "DequantizeLinear" and n.input[0] in inits:
             dq_const += 1
+    src = onnx.load(str(path), load_external_data=False)
+    encoded = any(n.domain == "ai.onnxcompress" or n.op_type in QUANT_OPS for n in src.graph.node)
     if dq_const:
         verdict = "dequantized on every run (DequantizeLinear of a constant kept)"
+    elif not encoded:
+        verdict = "float"
     elif float_bytes > 0.5 * fp32_weight_bytes:
         verdict = "dequantized once at load (dense float weights in the optimized graph)"
     elif ops:
