@@ -32,6 +32,10 @@ OURS = {
         f"runtime_probe_{m}": (f"What onnxruntime does with each weight format: {m}", "runtime.py --probe")
         for m in ("mlp", "mobilenet", "embedding")
     },
+    "runtime_minilm_4bit": (
+        "Runtime-native 4-bit on MiniLM: chosen on validation, measured on test",
+        "runtime_minilm_4bit.py",
+    ),
 }
 OTHERS = {
     "kmeans_vs_sklearn": "1-D k-means against scikit-learn",
@@ -69,6 +73,10 @@ def render_ours(name: str, data: dict[str, Any]) -> str:
 
         criterion = "; ".join(f"{k}: {v}" for k, v in data.get("criterion", {}).items())
         body = f"Pass criterion: {criterion}.\n\n{calibration.summary(data)}\n{calibration.tables(data)}"
+    elif name == "runtime_minilm_4bit":
+        import runtime_minilm_4bit
+
+        body = runtime_minilm_4bit.render(data) + f"\n\n{data.get('machine_note', '')}"
     elif name.startswith("runtime"):
         import runtime
 
