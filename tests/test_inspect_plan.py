@@ -112,3 +112,31 @@ def test_inspect_bad_plan_is_one_line(tmp_path: Path, capsys) -> None:
     assert err.startswith("onnxcompress: error:") and "\n" not in err and "missing.yaml" in err
     assert main(["inspect", str(LENET5), "--bits", "12"]) == 2
     assert "bits" in capsys.readouterr().err
+
+
+def test_inspect_takes_compress_runtime_flags(capsys) -> None:
+    """inspect and compress share one declaration of the plan flags: the runtime-format flags
+    (``--format``, ``--block-size``, ``--accuracy-level``) were missing from inspect's dry run."""
+    argv = ["inspect", str(LENET5), "--format", "runtime", "--bits", "8", "--block-size", "64"]
+    assert main([*argv, "--accuracy-level", "1", "--compressible"]) == 0
+    out = capsys.readouterr().out
+    assert "fc1.weight" in out and "runtime 8b/block64/acc1" in out
+    assert main([*argv, "--accuracy-level", "fast"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "accuracy_level" in err[0]
+
+
+def test_compress_and_inspect_declare_the_same_plan_flags() -> None:
+    import argparse
+
+    from onnxcompress.commands import compress, inspect
+
+    def flags(add) -> set[str]:
+        p = argparse.ArgumentParser()
+        add(p)
+        return {s for a in p._actions for s in a.option_strings}
+
+    missing = flags(compress.add_arguments) - flags(inspect.add_arguments)
+    # what only compress has: the output, its writing, calibration, structured pruning, verification
+    assert all(not f.startswith(("--format", "--block-size", "--activations", "--accuracy-level", "--bits"))
+               for f in missing), missing  # fmt: skip

@@ -10,16 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from onnxcompress.config import (
-    CHOICES,
     DEFAULT_PRESET,
     PRESET_CAVEATS,
-    PRESETS,
     CompressionConfig,
     load_config,
     preset,
 )
 from onnxcompress.errors import ConfigError, NoCompressibleWeightsError
-from onnxcompress.methods import METHODS
 
 HELP = "compress a model's weights (pruning + k-means / CLIP-Q codebooks) into a smaller ONNX model"
 
@@ -41,63 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--output",
         help="output .onnx, or .onnxc for the entropy-coded container (default: MODEL.cmp.onnx)",
     )
-    p.add_argument(
-        "--preset", choices=sorted(PRESETS), help=f"named starting point (default: {DEFAULT_PRESET})"
-    )
-    p.add_argument("--config", metavar="PLAN", help="YAML/JSON plan: global, op_types and names overrides")
-    g = p.add_argument_group("global settings", PLAN_ORDER)
-    g.add_argument(
-        "--method", choices=CHOICES["method"],
-        help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + f" (default: {next(iter(METHODS))})",
-    )  # fmt: skip
-    g.add_argument("--bits", type=int, help="codebook bits per weight, 1-8")
-    g.add_argument("--sparsity", type=float, help="fraction of weights pruned, e.g. 0.9")
-    g.add_argument(
-        "--pruning", choices=CHOICES["pruning"], help="how pruned weights are chosen (default: magnitude per layer)"
-    )
-    g.add_argument(
-        "--quality", type=float, help="Deep Compression's threshold = quality x std (with --pruning std)"
-    )
-    g.add_argument("--nm", metavar="N:M", help="N:M structured sparsity along the input axis, e.g. 2:4")
-    g.add_argument(
-        "--granularity",
-        choices=CHOICES["granularity"],
-        help="one codebook per tensor, per output channel or per group",
-    )
-    g.add_argument("--group-size", type=int, help="output channels per codebook with --granularity group")
-    g.add_argument("--init", choices=CHOICES["init"], help="k-means initialization (default: linear, the paper's best)")
-    g.add_argument("--codebook-dtype", choices=CHOICES["codebook_dtype"])
-    g.add_argument(
-        "--encoding", choices=CHOICES["encoding"], help="sparse position encoding (default: smallest per tensor)"
-    )
-    g.add_argument(
-        "--format", choices=CHOICES["format"],
-        help="codebook: smallest file, decoded at load; runtime: onnxruntime-native affine codes "
-        "(MatMulNBits, GatherBlockQuantized, DequantizeLinear) that stay quantized in RAM",
-    )  # fmt: skip
-    g.add_argument("--block-size", type=int, help="with --format runtime: weights per scale (default 32)")
-    g.add_argument(
-        "--activations", choices=CHOICES["activations"],
-        help="with --format runtime --bits 8: int8 computes MatMul/Gemm/Conv on int8 activations quantized "
-        "at run time (MatMulInteger/ConvInteger; fastest MatMul on CPU, ConvInteger is slow in onnxruntime); "
-        "the weight scale is per tensor with --granularity tensor (the default), else per output channel",
-    )  # fmt: skip
-    g.add_argument(
-        "--accuracy-level", type=_accuracy_level, metavar="{0,1,2,3,4}",
-        help="with --format runtime: the accuracy_level of the MatMulNBits nodes (MatMul/Gemm weights). "
-        "4 (default): onnxruntime quantizes the activations to int8 inside the kernel, its fast path, which "
-        "costs accuracy (MiniLM-L6 8-bit: nearest-neighbour agreement 0.968); 1: fp32 activations (0.990 "
-        "there), slower: at 8 bits 16-20x slower than fp32 on CPU; 0 lets onnxruntime choose, 2/3 fp16/bf16",
-    )  # fmt: skip
-    p.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="GLOB",
-        help="leave matching weights alone (repeatable)",
-    )
-    p.add_argument("--min-elements", type=int, help="smallest tensor to compress (default 256)")
-    p.add_argument("--seed", type=int)
+    from onnxcompress.commands.plan_view import add_plan_arguments
+
+    add_plan_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument(
         "--external-data", action="store_true",
@@ -128,15 +71,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         v.add_argument("--batch-size", type=int, default=64)
     except ImportError:  # the verify command is optional at import time
         pass
-
-
-def _accuracy_level(text: str) -> int | str:
-    """``--accuracy-level``'s value as an int, or the text as given: the plan validation then refuses
-    it in one ``ConfigError`` line (argparse would print its usage block too)."""
-    try:
-        return int(text)
-    except ValueError:
-        return text
 
 
 def config_from_args(args: argparse.Namespace) -> CompressionConfig:

@@ -12,15 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from onnxcompress.config import (
-    DEFAULT_PRESET,
-    ENCODINGS,
-    GRANULARITY_CHOICES,
-    INITS,
-    METHODS,
-    PRESETS,
-    PRUNINGS,
-)  # fmt: skip
+from onnxcompress.config import CHOICES, DEFAULT_PRESET, PRESETS
 
 if TYPE_CHECKING:
     from onnxcompress.config import CompressionConfig
@@ -29,34 +21,87 @@ if TYPE_CHECKING:
 #: widest line of the dry-run table
 WIDTH = 100
 _GLOBAL_FLAGS = ("method", "bits", "sparsity", "pruning", "quality", "nm", "granularity", "group_size",
-                 "init", "codebook_dtype", "encoding")  # fmt: skip
+                 "init", "codebook_dtype", "encoding", "format", "block_size", "activations",
+                 "accuracy_level")  # fmt: skip
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
-    """The plan flags of ``compress`` (same names, same meaning, same defaults)."""
+    """The plan flags, declared once for ``compress`` and ``inspect`` (same names, meaning, defaults)."""
+    from onnxcompress.commands.compress import PLAN_ORDER
+    from onnxcompress.methods import METHODS as METHOD_TABLE
+
     p.add_argument(
         "--preset", choices=sorted(PRESETS), help=f"named starting point (default: {DEFAULT_PRESET})"
     )
     p.add_argument("--config", metavar="PLAN", help="YAML/JSON plan: global, op_types and names overrides")
-    from onnxcompress.commands.compress import PLAN_ORDER
-
-    g = p.add_argument_group("global settings (as for compress)", PLAN_ORDER)
-    g.add_argument("--method", choices=METHODS)
+    g = p.add_argument_group("global settings", PLAN_ORDER)
+    g.add_argument(
+        "--method", choices=CHOICES["method"],
+        help="; ".join(f"{m.name}: {m.summary}" for m in METHOD_TABLE.values()) + f" (default: {next(iter(METHOD_TABLE))})",
+    )  # fmt: skip
     g.add_argument("--bits", type=int, help="codebook bits per weight, 1-8")
     g.add_argument("--sparsity", type=float, help="fraction of weights pruned, e.g. 0.9")
-    g.add_argument("--pruning", choices=PRUNINGS)
-    g.add_argument("--quality", type=float, help="Deep Compression's threshold = quality x std")
+    g.add_argument(
+        "--pruning",
+        choices=CHOICES["pruning"],
+        help="how pruned weights are chosen (default: magnitude per layer)",
+    )
+    g.add_argument(
+        "--quality", type=float, help="Deep Compression's threshold = quality x std (with --pruning std)"
+    )
     g.add_argument("--nm", metavar="N:M", help="N:M structured sparsity along the input axis, e.g. 2:4")
-    g.add_argument("--granularity", choices=GRANULARITY_CHOICES)
-    g.add_argument("--group-size", type=int)
-    g.add_argument("--init", choices=INITS)
-    g.add_argument("--codebook-dtype", choices=["float32", "float16"])
-    g.add_argument("--encoding", choices=ENCODINGS)
+    g.add_argument(
+        "--granularity",
+        choices=CHOICES["granularity"],
+        help="one codebook per tensor, per output channel or per group",
+    )
+    g.add_argument("--group-size", type=int, help="output channels per codebook with --granularity group")
+    g.add_argument(
+        "--init", choices=CHOICES["init"], help="k-means initialization (default: linear, the paper's best)"
+    )
+    g.add_argument("--codebook-dtype", choices=CHOICES["codebook_dtype"])
+    g.add_argument(
+        "--encoding",
+        choices=CHOICES["encoding"],
+        help="sparse position encoding (default: smallest per tensor)",
+    )
+    g.add_argument(
+        "--format", choices=CHOICES["format"],
+        help="codebook: smallest file, decoded at load; runtime: onnxruntime-native affine codes "
+        "(MatMulNBits, GatherBlockQuantized, DequantizeLinear) that stay quantized in RAM",
+    )  # fmt: skip
+    g.add_argument("--block-size", type=int, help="with --format runtime: weights per scale (default 32)")
+    g.add_argument(
+        "--activations", choices=CHOICES["activations"],
+        help="with --format runtime --bits 8: int8 computes MatMul/Gemm/Conv on int8 activations quantized "
+        "at run time (MatMulInteger/ConvInteger; fastest MatMul on CPU, ConvInteger is slow in onnxruntime); "
+        "the weight scale is per tensor with --granularity tensor (the default), else per output channel",
+    )  # fmt: skip
+    g.add_argument(
+        "--accuracy-level", type=_accuracy_level, metavar="{0,1,2,3,4}",
+        help="with --format runtime: the accuracy_level of the MatMulNBits nodes (MatMul/Gemm weights). "
+        "4 (default): onnxruntime quantizes the activations to int8 inside the kernel, its fast path, which "
+        "costs accuracy (MiniLM-L6 8-bit: nearest-neighbour agreement 0.968); 1: fp32 activations (0.990 "
+        "there), slower: at 8 bits 16-20x slower than fp32 on CPU; 0 lets onnxruntime choose, 2/3 fp16/bf16",
+    )  # fmt: skip
     p.add_argument(
-        "--exclude", action="append", default=[], metavar="GLOB", help="leave matching weights alone"
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="leave matching weights alone (repeatable)",
     )
     p.add_argument("--min-elements", type=int, help="smallest tensor to compress (default 256)")
     p.add_argument("--seed", type=int)
+
+
+def _accuracy_level(text: str) -> int | str:
+    """``--accuracy-level``'s value as an int, or the text as given: the plan validation then refuses
+    it in one ``ConfigError`` line (argparse would print its usage block too)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def plan_given(args: argparse.Namespace) -> bool:
