@@ -81,7 +81,7 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
         "--accuracy-level", type=_accuracy_level, metavar="{0,1,2,3,4}",
         help="with --format runtime: the accuracy_level of the MatMulNBits nodes (MatMul/Gemm weights). "
         "4 (default): onnxruntime quantizes the activations to int8 inside the kernel, its fast path, which "
-        "costs accuracy (MiniLM-L6 8-bit: nearest-neighbour agreement 0.968); 1: fp32 activations (0.990 "
+        "costs accuracy (MiniLM-L6 8-bit: nearest-neighbour agreement 0.970); 1: fp32 activations (0.988 "
         "there), slower: at 8 bits 16-20x slower than fp32 on CPU; 0 lets onnxruntime choose, 2/3 fp16/bf16",
     )  # fmt: skip
     p.add_argument(
