@@ -290,7 +290,11 @@ def nearest_neighbours(e: np.ndarray) -> np.ndarray:
 def embedding_fidelity(model: Any, inputs: Mapping[str, np.ndarray], reference: np.ndarray,
                        threads: int | None = None) -> dict[str, float]:  # fmt: skip
     """Mean cosine to the fp32 embeddings and agreement of each sentence's nearest neighbour."""
-    e = embeddings(model, inputs, threads)
+    return embedding_metrics(embeddings(model, inputs, threads), reference)
+
+
+def embedding_metrics(e: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """:func:`embedding_fidelity` of embeddings already computed."""
     cos = np.sum(e * reference, 1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(reference, axis=1) + 1e-12)
     nn = float(np.mean(nearest_neighbours(e) == nearest_neighbours(reference)))
     return {"cosine": float(np.mean(cos)), "cosine_min": float(np.min(cos)), "nn_agreement": nn}

@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, embeddings, environment, file_bytes, md_table, nearest_neighbours, write_results  # noqa: E402
+from common import ROOT, embedding_metrics, embeddings, environment, file_bytes, md_table, write_results  # noqa: E402
 
 MINILM = ROOT / ".cache" / "minilm"
 GATE_COS, GATE_NN = 0.99, 0.95
@@ -72,12 +72,6 @@ Hook = Callable[..., Any]
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def metrics(e: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    cos = np.sum(e * ref, 1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)
-    nn = float(np.mean(nearest_neighbours(e) == nearest_neighbours(ref)))
-    return {"cosine": float(cos.mean()), "cosine_min": float(cos.min()), "nn_agreement": nn}
 
 
 def passes(m: Mapping[str, float]) -> bool:
@@ -203,14 +197,14 @@ class Run:
 
     def val_metrics(self, path: Path) -> dict[str, Any]:
         e = embeddings(path, self.val)
-        out = metrics(e, self.ref_val)
+        out = embedding_metrics(e, self.ref_val)
         h = slice(self.cal_n, None)
-        out["holdout"] = {**metrics(e[h], self.ref_val[h]), "sentences": self.n_val - self.cal_n}
+        out["holdout"] = {**embedding_metrics(e[h], self.ref_val[h]), "sentences": self.n_val - self.cal_n}
         out["gate"] = passes(out)
         return out
 
     def test_metrics(self, path: Path) -> dict[str, float]:
-        return metrics(embeddings(path, self.test), self.ref_test)
+        return embedding_metrics(embeddings(path, self.test), self.ref_test)
 
     def candidate(self, label: str, plan: Mapping[str, Any], hook: Hook | None, *, keep: bool = False,
                   **extra: Any) -> dict[str, Any]:  # fmt: skip

@@ -303,8 +303,8 @@ def compress_file(
     reads (memory-maps where it can) external initializers from the file instead of copying them
     out of the protobuf, so a ``format: runtime`` model's session holds less private memory and is
     created faster (8-bit MLP 4x[2048,2048], against the fp32 model with external data: peak RSS
-    x0.67 and creation x0.61, against x0.77 and x0.84 as one file; MiniLM 8-bit: peak RSS x0.88, model share x0.72,
-    against x0.93 and x0.85 as one file).
+    x0.67 and creation x0.61, against x0.77 and x0.84 as one file; MiniLM 8-bit: peak RSS x0.88,
+    model share x0.72, against x0.93 and x0.85 as one file).
     An ``.onnxc`` output refuses it (:class:`~onnxcompress.errors.ConfigError`): the container
     holds the whole model.
 

@@ -93,8 +93,8 @@ class WeightConfig:
     activations: str = "float"
     # format: runtime, MatMulNBits (MatMul/Gemm weights with float activations): 4 quantizes the
     # activations to int8 inside the kernel (fast; MiniLM-L6 8-bit: nearest-neighbour agreement
-    # 0.970 on the test sentences, benchmarks/runtime.py), 1 computes in fp32 (0.988 there; slower, and at 8 bits much slower: see
-    # docs/format.md). Ignored by every other rewrite and by format codebook, as block_size is, so a
+    # 0.970 on the test sentences, benchmarks/runtime.py), 1 computes in fp32 (0.988 there; slower,
+    # and at 8 bits much slower: see docs/format.md). Ignored by every other rewrite and by format codebook, as block_size is, so a
     # global level can sit under op_types overrides that choose the format.
     accuracy_level: int = 4
 

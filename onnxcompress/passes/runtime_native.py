@@ -76,9 +76,9 @@ class RuntimeSpec:
     kernels implement); ``block_size`` along the reduction axis (power of 2, >= 16);
     ``accuracy_level`` is the MatMulNBits attribute: 4 lets the kernel quantize the activations to
     int8 (its fast path: below 4 the 8-bit kernel measured 16-20x slower than an fp32 MatMul, ORT
-    1.32 CPU, batch 1), 1 computes in fp32, which keeps more accuracy (MiniLM-L6 8-bit, benchmarks/runtime.py:
-    nearest-neighbour agreement 0.988 at level 1 against 0.970 at level 4, test sentences); 0 leaves the choice to
-    onnxruntime, 2/3 ask for fp16/bf16. Only MatMulNBits nodes carry it."""
+    1.32 CPU, batch 1), 1 computes in fp32, which keeps more accuracy (MiniLM-L6 8-bit,
+    benchmarks/runtime.py: nearest-neighbour agreement 0.988 at level 1 against 0.970 at level 4,
+    test sentences); 0 leaves the choice to onnxruntime, 2/3 ask for fp16/bf16. Only MatMulNBits nodes carry it."""
 
     bits: int = 8
     block_size: int = 32
