@@ -305,3 +305,58 @@ def test_already_quantized_weights_are_left_alone():
     assert inv["plain"].compressible
     result = compress_model(model, _cfg(bits=6))
     assert set(result.decoded) == {"plain"}
+
+
+def _wide_mlp(seed: int = 0) -> onnx.ModelProto:
+    """x[N, 192] -> MatMul[192, 4096] -> Relu -> MatMul[4096, 128]: 1.3M weight elements, enough for
+    each weight to get a decode call of its own (encoding.solo_ops)."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((192, 4096)) / 14).astype(np.float32)
+    w2 = (rng.standard_normal((4096, 128)) / 64).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["y"]),
+    ]
+    g = helper.make_graph(
+        nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 192])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 128])],
+        [onnx.numpy_helper.from_array(w1, "w1"), onnx.numpy_helper.from_array(w2, "w2")],
+    )  # fmt: skip
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize(
+    "settings,solo",
+    [
+        ({"bits": 8}, True),
+        ({"bits": 5, "sparsity": 0.6, "encoding": "mask"}, True),
+        ({"bits": 4, "sparsity": 0.7, "encoding": "relative"}, True),
+        ({"bits": 8, "granularity": "channel"}, False),
+    ],
+    ids=["dense8", "mask5", "relative4", "per-channel"],
+)
+def test_large_models_decode_each_weight_alone_without_segment_lookup(settings, solo):
+    """A model of a million elements or more whose weights each have one codebook gets one decode
+    call per weight and a body with no per-position segment lookup (the int32 arrays onnxruntime
+    would hold while folding); per-channel codebooks keep the shared call. Either way onnxruntime's
+    folding, host decode and the algorithms' decompress agree bit for bit."""
+    result = compress_model(_wide_mlp(), _cfg(**settings))
+    decode_nodes = [n for n in result.model.graph.node if n.domain == DOMAIN]
+    assert len(decode_nodes) == (2 if solo else 1)
+    body = next(f for f in result.model.functions if f.name == decode_nodes[0].op_type)
+    segment_ops = {"CumSum", "ScatterElements"} if settings.get("encoding") != "relative" else {"Add"}
+    has_lookup = any(n.op_type in segment_ops for n in body.node)
+    if settings.get("encoding") is None:
+        assert has_lookup is not solo
+    got = decoded_weights(result.model, result.decoded)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(result.model)
+    host = decode_on_host(copy)  # takes the model apart: a copy
+    for name, want in result.decoded.items():
+        np.testing.assert_array_equal(_bits(got[name]), _bits(want), err_msg=name)
+        np.testing.assert_array_equal(_bits(host.arrays[name]), _bits(want), err_msg=name)
+    x = {"x": np.random.default_rng(2).standard_normal((3, 192)).astype(np.float32)}
+    folded = make_session(result.model).run(None, x)[0]
+    ours = make_session(host.model, external_initializers=host.arrays).run(None, x)[0]
+    np.testing.assert_array_equal(folded, ours)

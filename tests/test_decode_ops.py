@@ -274,3 +274,27 @@ def test_fixed_8bit_bodies_read_bytes_without_unpack(op_type):
     np.testing.assert_array_equal(got.view(np.uint32), reference(op_type, inputs, attrs).view(np.uint32))
     evaluated = ReferenceEvaluator(model).run(None, {})[0]
     np.testing.assert_array_equal(evaluated.view(np.uint32), got.view(np.uint32))
+
+
+@pytest.mark.parametrize("op_type", [op for op in CASES if op.startswith("Codebook")])
+@pytest.mark.parametrize("bits", [3, 8])
+def test_single_segment_bodies_skip_the_segment_lookup(op_type, bits):
+    """A model whose every node of an operator has one segment stores a body without the
+    per-position segment lookup (encoding.solo_ops); onnxruntime and onnx's evaluator still decode
+    exactly the reference."""
+    rng = np.random.default_rng(bits)
+    inputs, attrs = _case(op_type, bits, 4, 1003, 1, np.float32, np.float32, rng)
+    assert inputs["segments"].tolist() == [0, 1003]
+    model = _model(op_type, inputs, attrs, 17)
+    generic = next(f for f in model.functions if f.name == op_type)
+    del model.functions[:]
+    model.functions.extend(functions_for([op_type], 17, single_segment=[op_type]))
+    onnx.checker.check_model(model, full_check=True)
+    single = next(f for f in model.functions if f.name == op_type)
+    assert len(single.node) < len(generic.node)
+    scatters = sum(n.op_type == "ScatterElements" for n in single.node)
+    assert scatters == sum(n.op_type == "ScatterElements" for n in generic.node) - 1
+    got = make_session(model).run(None, {})[0]
+    np.testing.assert_array_equal(got.view(np.uint32), reference(op_type, inputs, attrs).view(np.uint32))
+    evaluated = ReferenceEvaluator(model).run(None, {})[0]
+    np.testing.assert_array_equal(evaluated.view(np.uint32), got.view(np.uint32))

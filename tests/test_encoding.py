@@ -95,3 +95,29 @@ def test_kinds_never_share_a_group():
     ]
     groups = build_groups(encoded)
     assert sorted(g.op_type for g in groups) == sorted(e.op_type for e in encoded)
+
+
+def test_large_models_with_one_codebook_per_weight_decode_each_weight_alone():
+    """solo_ops: a call per weight only where it pays (a million elements or more, at most
+    SOLO_MAX_WEIGHTS weights, every weight of the operator with one segment); build_groups follows it."""
+    import dataclasses
+
+    from onnxcompress.encoding import SOLO_MAX_WEIGHTS, SOLO_MIN_ELEMENTS, solo_ops
+
+    rng = np.random.default_rng(9)
+    w = _weights(rng)[0]
+    per_tensor = encode_codebook("t", codebook.quantize(w, bits=4, granularity="tensor"), encoding="dense")
+    per_channel = encode_codebook("c", codebook.quantize(w, bits=4, granularity="channel"), encoding="dense")
+    assert per_tensor.segments.size == 2 and per_channel.segments.size > 2
+    big = SOLO_MIN_ELEMENTS // 2
+    two = [dataclasses.replace(per_tensor, name=f"t{i}", size=big) for i in range(2)]
+    assert solo_ops(two) == {"CodebookDense"}
+    assert solo_ops(two[:1]) == set()  # half a million elements: the shared call is cheaper
+    assert solo_ops([*two, dataclasses.replace(per_channel, size=big)]) == set()
+    many = [dataclasses.replace(per_tensor, name=f"m{i}", size=big) for i in range(SOLO_MAX_WEIGHTS + 1)]
+    assert solo_ops(many) == set()
+    small = [dataclasses.replace(per_tensor, name=f"s{i}") for i in range(3)]
+    assert len(build_groups(small)) == 1
+    groups = build_groups(small, solo={"CodebookDense"})
+    assert [g.weights[0].name for g in groups] == ["s0", "s1", "s2"]
+    assert all(g.inputs["segments"].tolist() == [0, w.size] for g in groups)

@@ -24,9 +24,8 @@ def reference(
 
 
 def body(b: Body) -> str:
-    size = b.size()
     codes = b.read_codes("codes")
-    return b.lookup("codebook", b.segment_offsets("segments", size, "bits"), codes)
+    return b.lookup("codebook", b.segment_offsets("segments", "bits"), codes)
 
 
 SPEC = OpSpec(

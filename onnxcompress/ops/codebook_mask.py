@@ -31,11 +31,10 @@ def reference(
 
 
 def body(b: Body) -> str:
-    size = b.size()
     keep, rank = b.mask_rank()
     # pruned positions take code 0, which is exactly zero in every row of a pruned codebook
     codes = b.kept_or_zero(keep, b.read_codes("codes"), rank, b.const(0))
-    return b.lookup("codebook", b.segment_offsets("segments", size, "bits"), codes)
+    return b.lookup("codebook", b.segment_offsets("segments", "bits"), codes)
 
 
 SPEC = OpSpec(

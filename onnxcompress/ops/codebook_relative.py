@@ -34,7 +34,8 @@ def body(b: Body) -> str:
     pos, real, rank = b.relative_entries()
     # fillers take code 0, exactly zero in every row, and land on pruned positions
     codes = b.kept_or_zero(real, b.read_codes("codes"), rank, b.const(0))
-    offsets = b.op("Gather", b.segment_offsets("segments", size, "bits"), pos, axis=0)
+    per_position = b.segment_offsets("segments", "bits")
+    offsets = None if per_position is None else b.op("Gather", per_position, pos, axis=0)
     return b.scatter(size, pos, b.lookup("codebook", offsets, codes))
 
 

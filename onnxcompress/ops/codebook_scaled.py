@@ -29,9 +29,8 @@ def reference(
 
 
 def body(b: Body) -> str:
-    size = b.size()
     codes = b.read_codes("codes")
-    return b.scaled_lookup("codebook", "scales", b.segment_ids("segments", size), codes)
+    return b.scaled_lookup("codebook", "scales", b.segment_ids("segments"), codes)
 
 
 SPEC = OpSpec(

@@ -26,11 +26,15 @@ class Body:
     """Tiny builder of one operator's body: each call appends a node and returns its (auto-named)
     output. ``spec`` says which attributes hold each stream's width and count (:meth:`read_codes`)."""
 
-    def __init__(self, spec: OpSpec, opset: int = 17, widths: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, spec: OpSpec, opset: int = 17, widths: dict[str, int] | None = None, single_segment: bool = False
+    ) -> None:
         self.spec = spec
         self.opset = opset
         # stream-width attributes whose value every node of this model shares (e.g. bits 8)
         self.widths = dict(widths or {})
+        # every node of this operator in the model has one segment: no per-position segment lookup
+        self.single_segment = single_segment
         self.nodes: list[onnx.NodeProto] = []
         self._n = 0
         self._memo: dict[tuple[Any, ...], str] = {}
@@ -84,7 +88,9 @@ class Body:
 
     def size(self) -> str:
         """The ``size`` attribute as a 1-D shape (every decode operator's output length)."""
-        return self.vec1(self.attr_int("size"))
+        if ("size",) not in self._memo:
+            self._memo[("size",)] = self.vec1(self.attr_int("size"))
+        return self._memo[("size",)]
 
     def call_unpack(self, stream: str, bits: str | int, count_attr: str) -> str:
         """uint8 [count] codes of a bit-packed stream through the ``Unpack`` helper function
@@ -172,34 +178,45 @@ class Body:
             codes = self.call_unpack(input_name, inp.bits, inp.count)
         return self.op("Cast", codes, to=TensorProto.INT32)
 
-    def segment_offsets(self, segments: str, size: str, bits_attr: str) -> str:
+    def segment_offsets(self, segments: str, bits_attr: str) -> str | None:
         """int32 [size]: seg(p) * 2^bits, the offset of each position's codebook row in the flat
-        codebook (a CumSum of 2^bits scattered at the segment boundaries)."""
+        codebook (a CumSum of 2^bits scattered at the segment boundaries); None with one segment,
+        where every offset is 0 (16 bytes per position that onnxruntime would hold while folding)."""
+        if self.single_segment:
+            return None
         k = self.op("Pow", self.const(2), self.op("Cast", self.attr_int(bits_attr), to=TensorProto.INT32))
         interior = self.op("Slice", segments, self.const([1], np.int64), self.const([-1], np.int64))
         ks = self.op("Expand", k, self.op("Shape", interior))
-        zeros = self.op("ConstantOfShape", size, value=numpy_helper.from_array(np.array([0], np.int32)))
+        zeros = self.op("ConstantOfShape", self.size(), value=numpy_helper.from_array(np.array([0], np.int32)))
         marks = self.op("ScatterElements", zeros, interior, ks, axis=0)
         return self.op("CumSum", marks, self.const(0))
 
-    def segment_ids(self, segments: str, size: str) -> str:
-        """int32 [size]: seg(p), a CumSum of ones scattered at the interior segment bounds."""
+    def segment_ids(self, segments: str) -> str | None:
+        """int32 [size]: seg(p), a CumSum of ones scattered at the interior segment bounds; None
+        with one segment (every id is 0)."""
+        if self.single_segment:
+            return None
         interior = self.op("Slice", segments, self.const([1], np.int64), self.const([-1], np.int64))
         ones = self.op("Expand", self.const(1), self.op("Shape", interior))
-        zeros = self.op("ConstantOfShape", size, value=numpy_helper.from_array(np.array([0], np.int32)))
+        zeros = self.op("ConstantOfShape", self.size(), value=numpy_helper.from_array(np.array([0], np.int32)))
         return self.op("CumSum", self.op("ScatterElements", zeros, interior, ones, axis=0), self.const(0))
 
-    def scaled_lookup(self, codebook: str, scales: str, seg: str, codes: str) -> str:
-        """``to(float32(codebook[code]) * float32(scales[seg]))``: one product per position."""
+    def scaled_lookup(self, codebook: str, scales: str, seg: str | None, codes: str) -> str:
+        """``to(float32(codebook[code]) * float32(scales[seg]))``: one product per position (with
+        ``seg`` None, the one scale broadcast: the same float32 product)."""
         f32 = TensorProto.FLOAT
         table = self.op("Cast", self.op("Reshape", codebook, self.const([-1], np.int64)), to=f32)
         values = self.op("Gather", table, codes, axis=0)
-        return self.cast_to(self.op("Mul", values, self.op("Gather", self.op("Cast", scales, to=f32), seg, axis=0)))
+        scale = self.op("Cast", scales, to=f32)
+        per_position = scale if seg is None else self.op("Gather", scale, seg, axis=0)
+        return self.cast_to(self.op("Mul", values, per_position))
 
-    def lookup(self, codebook: str, offsets: str, codes: str) -> str:
-        """codebook[offset + code], cast to ``to`` before the gather (the codebook is small)."""
+    def lookup(self, codebook: str, offsets: str | None, codes: str) -> str:
+        """codebook[offset + code] (``offsets`` None: codebook[code]), cast to ``to`` before the
+        gather (the codebook is small)."""
         flat_cb = self.cast_to(self.op("Reshape", codebook, self.const([-1], np.int64)))
-        return self.op("Gather", flat_cb, self.op("Add", offsets, codes), axis=0)
+        index = codes if offsets is None else self.op("Add", offsets, codes)
+        return self.op("Gather", flat_cb, index, axis=0)
 
     def zeros(self, size: str) -> str:
         """``size`` zeros of the output type."""
@@ -255,17 +272,21 @@ class Body:
         return self.op("Cast", mask, to=TensorProto.BOOL), rank
 
 
-def build_function(op_type: str, opset: int, widths: dict[str, int] | None = None) -> onnx.FunctionProto:
+def build_function(
+    op_type: str, opset: int, widths: dict[str, int] | None = None, single_segment: bool = False
+) -> onnx.FunctionProto:
     """The FunctionProto of one decode operator for a model whose default-domain opset is ``opset``.
 
     ``widths``: stream-width attributes (``bits``, ``gap_bits``) that every node of this operator
     in the model sets to the same value; an 8-bit stream is then read as plain bytes (a Slice)
-    instead of through ``Unpack``. The body stays valid for that model only, which is the only
-    model it is stored in."""
+    instead of through ``Unpack``. ``single_segment``: every node of this operator in the model
+    has one segment (``segments`` is ``[0, size]``), so the body skips the per-position segment
+    lookup. Either way the body stays valid for that model only, which is the only model it is
+    stored in."""
     if opset < MIN_OPSET:
         raise ValueError(f"decode functions need opset >= {MIN_OPSET}, got {opset}")
     spec = get_op(op_type)
-    b = Body(spec, opset, widths)
+    b = Body(spec, opset, widths, single_segment)
     b.nodes.append(helper.make_node("Identity", [spec.body(b)], ["Y"]))
     return helper.make_function(
         DOMAIN,
@@ -279,13 +300,18 @@ def build_function(op_type: str, opset: int, widths: dict[str, int] | None = Non
 
 
 def functions_for(
-    op_types: Iterable[str], opset: int, widths: Mapping[str, dict[str, int]] | None = None
+    op_types: Iterable[str],
+    opset: int,
+    widths: Mapping[str, dict[str, int]] | None = None,
+    single_segment: Iterable[str] = (),
 ) -> list[onnx.FunctionProto]:
     """Function protos a model using ``op_types`` needs (the helpers they call included, listed
-    first: evaluators resolve callees in order). ``widths[op]``: see :func:`build_function`."""
+    first: evaluators resolve callees in order). ``widths[op]`` and ``op in single_segment``: see
+    :func:`build_function`."""
     widths = widths or {}
+    single = set(single_segment)
     ops = sorted(set(op_types) - set(HELPERS))
-    bodies = [build_function(op, opset, widths.get(op)) for op in ops]
+    bodies = [build_function(op, opset, widths.get(op), op in single) for op in ops]
     called = {(n.domain, n.op_type) for f in bodies for n in f.node}
     helpers = [build_function(h, opset) for h in HELPERS if (DOMAIN, h) in called]
     return helpers + bodies

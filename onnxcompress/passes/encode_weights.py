@@ -59,6 +59,17 @@ def stream_widths(groups: Sequence[Group]) -> dict[str, dict[str, int]]:
     return {op: {a: v.pop() for a, v in attrs.items() if len(v) == 1} for op, attrs in seen.items()}
 
 
+def single_segment_ops(groups: Sequence[Group]) -> set[str]:
+    """Codebook operators every one of whose groups has one segment (``segments`` = [0, size]):
+    their function body then skips the per-position segment lookup
+    (:func:`onnxcompress.encoding.solo_ops` says why that matters)."""
+    single: dict[str, bool] = {}
+    for g in groups:
+        if "segments" in g.spec.input_names:
+            single[g.op_type] = single.get(g.op_type, True) and g.inputs["segments"].size == 2
+    return {op for op, ok in single.items() if ok}
+
+
 class EncodeWeightsPass(Pass):
     name = "encode-weights"
 
@@ -76,6 +87,7 @@ class EncodeWeightsPass(Pass):
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         opset = default_opset(model)
+        widths, single = stream_widths(self.groups), single_segment_ops(self.groups)  # before consume
         taken = graph_names(model)
         wanted = {w.name for g in self.groups for w in g.weights}
         found = remove_tensors(model, wanted)
@@ -156,7 +168,7 @@ class EncodeWeightsPass(Pass):
         graph.node.extend(new_nodes + existing)
         used = sorted({g.op_type for g in self.groups})
         have = {(f.domain, f.name) for f in model.functions}
-        for fn in functions_for(used, opset, stream_widths(self.groups)):
+        for fn in functions_for(used, opset, widths, single):
             if (fn.domain, fn.name) not in have:
                 model.functions.append(fn)
         return PassResult(
