@@ -299,7 +299,9 @@ def compress_file(
     """Load, compress and atomically save; ``.onnxc`` outputs go through the entropy-coded container.
 
     ``external_data=True`` writes the initializers to ``<output>.data`` beside the ``.onnx``
-    (:func:`onnxcompress.model_io.save`; ``None``: only above the protobuf limit). Why: onnxruntime
+    (:func:`onnxcompress.model_io.save`), ``False`` writes one file, and ``None`` (the default)
+    keeps the input's layout: external data when the input has it (or when the model would not fit
+    in one protobuf). Why: onnxruntime
     reads (memory-maps where it can) external initializers from the file instead of copying them
     out of the protobuf, so a ``format: runtime`` model's session holds less private memory and is
     created faster (8-bit MLP 4x[2048,2048], against the fp32 model with external data: peak RSS
@@ -342,6 +344,8 @@ def compress_file(
         external_dir=Path(input_path).parent if lazy else None,
     )  # fmt: skip
     size_before = model_io.size_on_disk(input_path)
+    if external_data is None and size_before > Path(input_path).stat().st_size:
+        external_data = True  # the input keeps its weights in data files: so does the output
     if out.suffix == ".onnxc":
         from onnxcompress.container import write_container
 

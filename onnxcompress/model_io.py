@@ -434,8 +434,16 @@ def save(
     import onnx
 
     p = Path(path)
+    size = model.ByteSize()
     if external_data is None:
-        external_data = model.ByteSize() > PROTOBUF_LIMIT
+        external_data = size > PROTOBUF_LIMIT
+    elif not external_data and size > PROTOBUF_LIMIT:
+        from onnxcompress.errors import ConfigError
+
+        raise ConfigError(
+            f"{p}: the model is {size / 2**30:.1f} GiB, over protobuf's 2 GiB limit for one file; "
+            "write it with external data (drop --no-external-data)"
+        )
     data_path = p.parent / (p.name + ".data")
     with atomic_files(data_path, p) as (tmp_data, tmp_model):
         if external_data:

@@ -140,6 +140,29 @@ def test_external_data_round_trip(tmp_path, capsys):
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.05
 
 
+def test_output_keeps_the_inputs_layout_unless_told(tmp_path, capsys):
+    """An input with external data gives an output with external data (what onnxruntime maps
+    instead of copying), a one-file input one file; --external-data / --no-external-data decide
+    otherwise, and the closing line names the data file."""
+    p = _external(tmp_path)
+    x = {"input": np.load(DIGITS)["input"][:4]}
+    out = tmp_path / "ext" / "c.onnx"
+    assert main(["compress", str(p), "-o", str(out)]) == 0
+    assert (tmp_path / "ext" / "c.onnx.data").exists()
+    assert f"wrote {out} and {out}.data (external data)" in capsys.readouterr().out
+    want = make_session(str(out)).run(None, x)[0]
+    assert main(["compress", str(p), "-o", str(out), "--overwrite", "--no-external-data", "-q"]) == 0
+    assert not (tmp_path / "ext" / "c.onnx.data").exists()
+    assert np.array_equal(make_session(str(out)).run(None, x)[0], want)
+    one = tmp_path / "one.onnx"
+    assert main(["compress", str(LENET), "-o", str(one), "-q"]) == 0
+    assert not (tmp_path / "one.onnx.data").exists()
+    assert capsys.readouterr().out.strip().endswith(f"wrote {one}")
+    container = tmp_path / "ext" / "c.onnxc"
+    assert main(["compress", str(p), "-o", str(container), "-q"]) == 0
+    assert sorted(f.name for f in container.parent.iterdir()) == ["c.onnx", "c.onnxc", "m.onnx", "m.onnx.data"]
+
+
 def test_missing_external_data(tmp_path, capsys):
     p = _external(tmp_path)
     (p.parent / "m.onnx.data").unlink()

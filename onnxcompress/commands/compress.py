@@ -43,11 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_plan_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument(
-        "--external-data", action="store_true",
-        help="write the initializers to OUTPUT.data beside the .onnx output (same permissions): onnxruntime "
-        "reads them from the file instead of the protobuf, so a --format runtime model's session holds less "
-        "private memory and is created faster (8-bit MLP: peak RSS x0.67 of fp32, x0.77 as one file; MiniLM "
-        "8-bit: x0.88, x0.93 as one file); not with an .onnxc output (the container holds everything)",
+        "--external-data", action=argparse.BooleanOptionalAction, default=None,
+        help="write the initializers to OUTPUT.data beside the .onnx output (same permissions), or "
+        "(--no-external-data) everything in one file; default: as the input is stored. onnxruntime "
+        "reads external initializers from the file instead of the protobuf, so a --format runtime model's "
+        "session holds less private memory and is created faster (8-bit MLP: peak RSS x0.67 of fp32, x0.77 "
+        "as one file; MiniLM 8-bit: x0.88, x0.93 as one file); not with an .onnxc output (the container "
+        "holds everything)",
     )  # fmt: skip
     p.add_argument("--report", metavar="JSON", help="write the per-weight report as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the totals")
@@ -192,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
                 # can read weights one by one
                 hook_factory=calibration_hook if hooked else None,
                 model=model,
-                external_data=True if args.external_data else None,
+                external_data=args.external_data,
             )
         except NoCompressibleWeightsError as exc:
             raise NoCompressibleWeightsError(f"{exc} (--min-elements, --exclude, --config)") from None
@@ -217,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
 
         print()
         print(format_staircase(result.container))
-    print(f"wrote {output}")
+    data = Path(str(output) + ".data")
+    print(f"wrote {output}" + (f" and {data} (external data)" if data.exists() else ""))
     if args.report:
         write_report(args.report, json.dumps(report.to_dict(), indent=2, default=str))
     if args.verify_data:
