@@ -17,6 +17,7 @@ import onnxcompress as oc  # noqa: E402
 from onnxcompress.cli import main  # noqa: E402
 from onnxcompress.search import allocate  # noqa: E402
 from onnxcompress.search.candidates import Layer  # noqa: E402
+from onnxcompress.search.metrics import Metric  # noqa: E402
 from onnxcompress.search.sensitivity import Point, SensitivityTable  # noqa: E402
 from onnxcompress.search.space import Choice  # noqa: E402
 
@@ -176,12 +177,26 @@ def _mean_abs_logit(session, data) -> float:
     return float(np.abs(out).mean())
 
 
+def accuracy_slowly_in_workers(session, data) -> float:
+    """Top-1 accuracy on the labels, half a second slower in a worker process: a trial then outlasts
+    a worker's start-up (imports take seconds on a loaded machine), so the first worker cannot run
+    every trial before the second joins. Module level: spawned workers import it."""
+    import multiprocessing
+    import time
+
+    if multiprocessing.parent_process() is not None:
+        time.sleep(0.5)
+    logits = session.run(None, {session.get_inputs()[0].name: data["input"]})[0]
+    return float(np.mean(logits.argmax(1) == data["labels"]))
+
+
 def test_two_worker_processes_share_one_study_and_record_every_trial_once(tmp_path) -> None:
     journal = tmp_path / "study.log"
     trials = 14
     res = oc.search(
         str(MODEL), str(VAL), output=tmp_path / "w.onnx", gates=oc.Gates(max_accuracy_drop=1.0), trials=trials,
-        storage=f"journal://{journal}", study="shared", workers=2, **FAST,
+        storage=f"journal://{journal}", study="shared", workers=2, uniform_evaluations=0, early_stop=False,
+        metric=Metric("accuracy", "max", fn=accuracy_slowly_in_workers), **FAST,
     )  # fmt: skip
     study = optuna.load_study(
         study_name="shared", storage=oc.search.storage.open_storage(f"journal://{journal}")
