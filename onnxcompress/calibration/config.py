@@ -32,7 +32,9 @@ class CalibrationConfig:
     ``kmeans`` (plain). ``refit`` re-solves the codebook values for the output error with the
     assignments fixed. ``bias_correction`` shifts existing biases by the mean output change.
     ``sequential`` lets each layer see the outputs of the already-compressed layers before it.
-    ``damp`` is the Hessian dampening as a fraction of its mean diagonal.
+    ``damp`` is the Hessian dampening as a fraction of its mean diagonal. ``smooth`` (SmoothQuant's
+    migration strength alpha in (0, 1]; 0 = off) first moves activation outliers into the weights of
+    ``activations: int8`` MatMuls (:mod:`onnxcompress.calibration.smooth`).
     """
 
     samples: int = 256
@@ -44,6 +46,7 @@ class CalibrationConfig:
     bias_correction: bool = False
     damp: float = 0.01
     block_size: int = 128
+    smooth: float = 0.0
     names: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,6 +113,11 @@ def _validate(c: CalibrationConfig) -> None:
     if c.quant_method not in QUANT_METHODS:
         raise ConfigError(
             f"calibration.quant_method must be one of {', '.join(QUANT_METHODS)}, got {c.quant_method!r}"
+        )
+    if isinstance(c.smooth, bool) or not isinstance(c.smooth, (int, float)) or not 0 <= float(c.smooth) <= 1:
+        raise ConfigError(
+            f"calibration.smooth must be a number in [0, 1] (SmoothQuant's alpha; 0.5 is typical, 0 is off), "
+            f"got {c.smooth!r}"
         )
     if isinstance(c.damp, bool) or not isinstance(c.damp, (int, float)) or not 0 < float(c.damp) <= 10:
         raise ConfigError(

@@ -64,6 +64,7 @@ from onnxcompress.calibration.capture import (
 )
 from onnxcompress.calibration.config import CalibrationConfig
 from onnxcompress.calibration.frontier import FrontierCapture, FrontierUnsupported
+from onnxcompress.calibration.smooth import SmoothedInput, smooth_model
 from onnxcompress.config import CompressionConfig, WeightConfig, plan, preset
 from onnxcompress.encoding import EncodedWeight
 from onnxcompress.errors import DataError
@@ -174,6 +175,8 @@ class CalibrationResult:
     # stage), "frontier" (from the activations cached at the previous cut, see .frontier), or
     # "frontier, prefix from stage N (why)" when the frontier capture had to give up
     capture_mode: str = ""
+    # calibration.smooth: the activations routed through a per-channel Mul (SmoothQuant), in the model
+    smoothed: list[SmoothedInput] = field(default_factory=list)
 
     def hook(
         self, w: np.ndarray, info: WeightInfo, cfg: WeightConfig
@@ -211,6 +214,7 @@ class CalibrationResult:
             "weights": [dataclasses.asdict(w) for w in self.weights],
             "skipped": dict(self.skipped),
             "bias_corrected": sorted(self.bias_updates),
+            "smoothed": [x.to_dict() for x in self.smoothed],
         }
 
 
@@ -493,6 +497,12 @@ def calibrate(
             continue
         by_cfg[info.name] = cfg
         infos.append(info)
+    batches, result.samples = open_calibration_data(
+        model, data, samples=ccfg.samples, batch_size=ccfg.batch_size, labels_key=labels_key
+    )
+    if ccfg.smooth > 0:  # first: the weights and Hessians below are those of the smoothed model
+        int8 = [n for n, c in by_cfg.items() if c.format == "runtime" and c.activations == "int8"]
+        result.smoothed = smooth_model(model, int8, batches, ccfg.smooth, threads=threads)
     targets, why = find_targets(model, infos)
     result.skipped.update(why)
     if not targets:
@@ -501,10 +511,6 @@ def calibrate(
     # the model runs are made on: ``model`` itself, or a copy exposing activations inside If branches
     cmodel, targets = prepare(model, targets)
     global_t = global_threshold(planned, lambda name: tensor_array(model, name))
-
-    batches, result.samples = open_calibration_data(
-        model, data, samples=ccfg.samples, batch_size=ccfg.batch_size, labels_key=labels_key
-    )
     from onnxcompress.passes.runtime_native import consumers
     from onnxcompress.passes.versions import default_opset
 

@@ -47,6 +47,12 @@ def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     g.add_argument("--damp", type=float, help="Hessian dampening, fraction of mean diag (default 0.01)")
     g.add_argument(
+        "--smooth", type=float, metavar="ALPHA",
+        help="SmoothQuant: first move activation outliers into the weights of --activations int8 MatMuls "
+        "(per-channel scales from the calibration data; 0.5 is typical; MiniLM w8a8: nearest-neighbour "
+        "agreement 0.89 -> 0.92, 0.96 with the FFN-down MatMuls on float activations)",
+    )  # fmt: skip
+    g.add_argument(
         "--calibration-batch-size", type=int, metavar="N", help="batch size when running the model"
     )
 
@@ -71,6 +77,8 @@ def calibration_config_from_args(args: argparse.Namespace) -> CalibrationConfig:
         ov["sequential"] = False
     if getattr(args, "damp", None) is not None:
         ov["damp"] = args.damp
+    if getattr(args, "smooth", None) is not None:
+        ov["smooth"] = args.smooth
     if getattr(args, "calibration_batch_size", None) is not None:
         ov["batch_size"] = args.calibration_batch_size
     return dataclasses.replace(cfg, **ov)

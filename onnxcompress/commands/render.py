@@ -108,6 +108,14 @@ def format_calibration(result: CalibrationResult) -> str:
         "plain / calib: the layer's output error ||Y - Y'|| / ||Y|| on the calibration data,\n"
         "without and with calibration (lower is better; -: not measured)"
     )
+    if result.config.smooth > 0:
+        n = sum(len(x.weights) for x in result.smoothed)
+        lines.append(
+            f"smoothing (alpha {result.config.smooth:g}): {len(result.smoothed)} activation(s) of {n} weight(s) "
+            "scaled per channel" if result.smoothed else
+            f"smoothing (alpha {result.config.smooth:g}): nothing to smooth (it applies to MatMul weights with "
+            "--format runtime --activations int8)"
+        )  # fmt: skip
     return "\n".join(lines)
 
 
