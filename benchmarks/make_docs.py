@@ -36,6 +36,10 @@ OURS = {
         "Runtime-native 4-bit on MiniLM: chosen on validation, measured on test",
         "runtime_minilm_4bit.py",
     ),
+    "runtime_minilm_smooth": (
+        "Int8 activations on MiniLM with SmoothQuant: calibrated on validation, measured on test",
+        "runtime_minilm_smooth.py",
+    ),
 }
 OTHERS = {
     "kmeans_vs_sklearn": "1-D k-means against scikit-learn",
@@ -77,6 +81,13 @@ def render_ours(name: str, data: dict[str, Any]) -> str:
         import runtime_minilm_4bit
 
         body = runtime_minilm_4bit.render(data) + f"\n\n{data.get('machine_note', '')}"
+    elif name == "runtime_minilm_smooth":
+        proto = data.get("protocol", {})
+        body = data["table_md"] + (
+            f"\n\nCalibration on {proto.get('calibration')}; fidelity on {proto.get('fidelity')}; latency "
+            f"{proto.get('latency')}, {proto.get('rounds')} fresh-process rounds of {proto.get('runs')} runs. "
+            "Ratios against fp32 as shipped (external data)."
+        )
     elif name.startswith("runtime"):
         import runtime
 
