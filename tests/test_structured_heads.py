@@ -5,6 +5,8 @@ independent numpy forward pass over the kept heads; refusals leave the group unt
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -217,3 +219,22 @@ def test_refused_head_groups_stay_untouched_with_the_reason(how):
 def test_inspect_prints_head_groups():
     text = format_structured_groups(analyze(mha(params())).summary())
     assert "4 heads" in text and "attention heads of 4 channels each" in text
+
+
+def test_cli_structured_heads_and_inspect(tmp_path, capsys):
+    from onnxcompress.cli import main
+
+    src, out, report = tmp_path / "mha.onnx", tmp_path / "out.onnx", tmp_path / "r.json"
+    onnx.save(mha(params()), str(src))
+    assert main(["inspect", str(src), "--groups"]) == 0
+    assert "4 heads" in capsys.readouterr().out
+    rc = main(["compress", str(src), "-o", str(out), "--structured-heads", "0.5", "--structured-latency", "none", "--min-elements", "16",
+               "--report", str(report), "--quiet"])  # fmt: skip
+    assert rc == 0
+    groups = {g["name"]: g for g in json.loads(report.read_text())["structured"]["groups"]}
+    assert (groups["q"]["channels_before"], groups["q"]["channels_after"]) == (4, 2)
+    bad = tmp_path / "bad.onnx"
+    assert main(["compress", str(src), "-o", str(bad), "--structured-heads", "1.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "heads" in err[0]
+    assert not bad.exists()
