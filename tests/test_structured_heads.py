@@ -238,3 +238,27 @@ def test_cli_structured_heads_and_inspect(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "heads" in err[0]
     assert not bad.exists()
+
+
+def test_fused_qkv_cut_by_split():
+    """One MatMul for Q, K and V, cut by a Split: the three pieces' heads are tied like separate
+    projections, and the Split sizes are rewritten."""
+    p = params()
+    m = mha(p)
+    g = m.graph
+    w = np.concatenate([p["wq"], p["wk"], p["wv"]], axis=1)
+    b = np.concatenate([p["bq"], p["bk"], p["bv"]])
+    keep = [nd for nd in g.node if nd.name not in ("q", "k", "v") and nd.output[0] not in ("q1", "k1", "v1")]
+    n = helper.make_node
+    fused = [n("MatMul", ["x", "wqkv"], ["f0"], name="qkv"), n("Add", ["f0", "bqkv"], ["f1"]),
+             n("Split", ["f1", "sizes"], ["q1", "k1", "v1"], axis=-1)]  # fmt: skip
+    del g.node[:]
+    g.node.extend(fused + keep)
+    g.initializer.extend([numpy_helper.from_array(w, "wqkv"), numpy_helper.from_array(b, "bqkv"),
+                          numpy_helper.from_array(np.array([D, D, D], np.int64), "sizes")])  # fmt: skip
+    heads = next(gr for gr in analyze(m).groups if gr.name == "qkv")
+    assert heads.kind == "heads" and heads.prunable and heads.channels == H
+    pm, _ = prune_model(m, StructuredConfig(heads=0.5, criterion="l1"))
+    assert get_tensor(pm, "wqkv").shape == (D, 3 * 2 * HD)
+    f = feeds()
+    np.testing.assert_allclose(run(pm, f), mha_numpy(p, f["x"], f["mask"], [0, 2]), rtol=1e-4, atol=1e-5)
