@@ -262,3 +262,16 @@ def test_fused_qkv_cut_by_split():
     assert get_tensor(pm, "wqkv").shape == (D, 3 * 2 * HD)
     f = feeds()
     np.testing.assert_allclose(run(pm, f), mha_numpy(p, f["x"], f["mask"], [0, 2]), rtol=1e-4, atol=1e-5)
+
+
+def test_global_head_allocation_takes_the_cheapest_heads_of_any_layer():
+    a = onnx.compose.add_prefix(mha(params(seed=1, weak=(1, 3))), "a_")
+    b = onnx.compose.add_prefix(mha(params(seed=2, weak=())), "b_")
+    m = onnx.compose.merge_models(a, b, io_map=[("a_y", "b_x")])
+    assert sum(g.kind == "heads" and g.prunable for g in analyze(m).groups) == 2
+    uniform, _ = prune_model(m, StructuredConfig(heads=0.25, criterion="l1"))
+    assert get_tensor(uniform, "a_wq").shape[1] == get_tensor(uniform, "b_wq").shape[1] == 3 * HD
+    pm, _ = prune_model(m, StructuredConfig(heads=0.25, heads_allocation="global", criterion="l1"))
+    assert get_tensor(pm, "a_wq").shape[1] == 2 * HD and get_tensor(pm, "b_wq").shape[1] == 4 * HD
+    with pytest.raises(ConfigError, match="heads_allocation"):
+        StructuredConfig(heads_allocation="greedy")

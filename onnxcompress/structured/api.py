@@ -85,14 +85,24 @@ def group_ratios(
 ) -> dict[int, float] | None:
     """Per-group ratios of the ``global`` allocation (None for ``uniform``): the groups that follow
     the global ratio share it (:func:`onnxcompress.structured.allocation.allocate`)."""
-    if config.allocation != "global" or costs is None:
+    if costs is None:
         return None
-    pool = [
-        g for g in analysis.groups
-        if g.prunable and g.kind != "heads"
-        and not any(config.overridden((s.name, s.weight), s.op_type) for s in g.sources)
-    ]  # fmt: skip
-    return allocate(pool, scores, costs.costs, global_ratio, costs.flops_per_channel, config.min_channels)
+    out: dict[int, float] = {}
+    if config.allocation == "global":
+        pool = [
+            g for g in analysis.groups
+            if g.prunable and g.kind != "heads"
+            and not any(config.overridden((s.name, s.weight), s.op_type) for s in g.sources)
+        ]  # fmt: skip
+        out.update(allocate(pool, scores, costs.costs, global_ratio, costs.flops_per_channel, config.min_channels))
+    if config.heads_allocation == "global" and config.heads > 0:
+        heads = [
+            g for g in analysis.groups
+            if g.prunable and g.kind == "heads"
+            and not any(config.overridden((s.name, s.weight), "") for s in g.sources)
+        ]  # fmt: skip
+        out.update(allocate(heads, scores, costs.costs, config.heads, costs.flops_per_channel, 1))
+    return out if config.allocation == "global" or out else None
 
 
 def _keep_one_everywhere(
@@ -186,7 +196,9 @@ def prune_model(
         if criterion in ("activation", "obs") and batches
         else None
     )
-    marginal: dict[int, float] | None = {} if config.allocation == "global" else None
+    marginal: dict[int, float] | None = (
+        {} if config.allocation == "global" or config.heads_allocation == "global" else None
+    )
     scores = {
         g.index: importance(model, analysis, g, criterion, energy, hessians, marginal)
         for g in analysis.groups

@@ -13,8 +13,10 @@ the criterion says they cost least: :mod:`onnxcompress.structured.allocation`).
 Attention-head groups (a class is one head: its ``head_dim`` columns of the Q, K and V
 projections and rows of the output projection) follow ``heads`` (fraction of each attention
 layer's heads removed; default 0: heads stay) and the ``names`` entries that match one of their
-sources, never ``ratio``, ``op_types``, ``target_flops`` or the ``global`` allocation: heads and
-MLP neurons are asked for separately.
+sources, never ``ratio``, ``op_types``, ``target_flops`` or ``allocation``: heads and MLP
+neurons are asked for separately. ``heads_allocation: global`` spreads the heads ratio over the
+layers instead: that fraction of all heads goes, the cheapest heads anywhere first (the criterion's
+normalised marginal cost per FLOP, as ``allocation: global`` does for channels).
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class StructuredConfig:
     refit_prior: str = "zero"
     refit_residual: bool = False
     heads: float = 0.0
+    heads_allocation: str = "uniform"
 
     def __post_init__(self) -> None:
         _check_ratio("ratio", self.ratio)
@@ -104,6 +107,10 @@ class StructuredConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if self.heads_allocation not in ALLOCATIONS:
+            raise ConfigError(
+                f"heads_allocation must be one of {', '.join(ALLOCATIONS)}; got {self.heads_allocation!r}"
+            )
         if self.latency not in LATENCY_MODES:
             raise ConfigError(f"latency must be one of {', '.join(LATENCY_MODES)}; got {self.latency!r}")
         if self.allocation not in ALLOCATIONS:
