@@ -290,7 +290,7 @@ def _rows(model, pruned: Pruned, analysis, config, global_ratio, f0, f1, ratios=
             if g.prunable else 0.0,
             channels_before=g.channels, channels_after=kept, params_before=p0, params_after=p1,
             flops_before=sum(f0.get(n, 0) for n in nodes), flops_after=sum(f1.get(n, 0) for n in nodes),
-            refused=g.refused,
+            refused=g.refused, kind=g.kind,
         ))  # fmt: skip
     return rows
 
