@@ -111,7 +111,11 @@ def select_heads(base, f0, calib, held, ref_calib, ref_held) -> int:  # type: ig
     # refit: 0.9765 in structured_minilm_select.json); if none reaches it, the best held-out cosine
     with_heads = [r for r in rows if r["heads"] > 0]
     ok = [r for r in with_heads if r["cosine_held_out"] >= MLP_ONLY_HELD_OUT]
-    best = max(ok, key=lambda r: r["flop_reduction"]) if ok else max(with_heads, key=lambda r: r["cosine_held_out"])
+    best = (
+        max(ok, key=lambda r: (round(r["flop_reduction"], 6), r["cosine_held_out"]))  # ties: the better cosine
+        if ok
+        else max(with_heads, key=lambda r: r["cosine_held_out"])
+    )
     print(md_table(["MLP ratio", "head ratio", "allocation", "heads kept", "FLOP red.", "cos (350 calibration)",
                     "cos (150 held out)"],
                    [[r["ratio"], f"{round(r['heads'] * 12)}/12", r["heads_allocation"], r["heads_kept"],
