@@ -214,7 +214,9 @@ class _Walker:
                 for a in n.attribute:
                     if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
                         self.consts[n.output[0]] = numpy_helper.to_array(a.t)
-        self.types = infer_value_types(model, data_prop=True)
+        # data propagation sizes the Reshape targets exporters compute from Shape (attention heads);
+        # inference is best effort, so fall back to plain inference where propagation fails
+        self.types = infer_value_types(model, data_prop=True) or infer_value_types(model)
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self.chan = _UnionFind()
         self.grp = _UnionFind()
