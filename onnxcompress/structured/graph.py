@@ -16,7 +16,17 @@ carries. Ops move layouts around:
   ties channel ``i`` of every group together ("lanes"), so each group keeps the same count;
 * ``Flatten`` / ``Reshape`` into a Gemm: each channel owns a block of the flattened axis;
 * the reducing input of a Conv / Gemm / MatMul *consumes* the layout (the weight's input axis is
-  sliced).
+  sliced);
+* attention heads: a ``Reshape`` that splits the channel axis into (heads, head_dim) unites the
+  ``head_dim`` channels of each head (a class is then one head) and lays out the head axis; a
+  batched ``MatMul`` of two computed tensors laid out on the same batch axis (Q K^T, then P V)
+  unites their heads, so Q, K and V lose the same heads and the Reshape back hands the output
+  projection one block per head. Reshape targets built at run time (``Shape`` -> ``Gather`` ->
+  ``Unsqueeze`` -> ``Concat`` with constants) are traced; a literal head count or width is an
+  ``Edit`` (a shared ``Concat`` is rewritten once, when every Reshape reading it keeps the same
+  heads). Where shape inference leaves an operand unsized (a mask built from the input's shape), a
+  small weight-free part of the graph is evaluated in numpy at sample sizes, and symbolic
+  dimensions that inference did not link are compared at those sizes.
 
 A channel *class* is a set of united elements: removing it removes every channel it stands for.
 A *group* is a connected set of sources. Anything the analysis cannot prove safe (an unknown op,
