@@ -408,9 +408,10 @@ def _print_minilm(mini: dict[str, Any] | str) -> None:
         print(f"\nMiniLM MLP neurons (calibration: {mini['calibration']}; FLOPs at {mini['seq']} tokens, "
               f"fp32 {mini['fp32']['flops'] / 1e6:.0f} MFLOPs, p50 {mini['fp32']['p50_ms_b1']:.2f} ms wall, "
               f"{mini['fp32']['cpu_p50_ms_b1']:.2f} ms CPU, batch 1)")
-        print(md_table(["ratio", "allocation", "MLP width", "FLOP red.", "speedup wall", "speedup CPU", "mean cos", "min cos",
-                        "NN agree", "prune s"],
-                       [[r["ratio"], r.get("allocation", "uniform"), r["mlp_width"], f"{r['flop_reduction']:.2f}x", f"{r['speedup_b1']:.2f}x",
+        print(md_table(["ratio", "allocation", "MLP width", "heads kept", "FLOP red.", "speedup wall", "speedup CPU",
+                        "mean cos", "min cos", "NN agree", "prune s"],
+                       [[r["ratio"], r.get("allocation", "uniform"), r["mlp_width"], r.get("heads_kept", "12"),
+                         f"{r['flop_reduction']:.2f}x", f"{r['speedup_b1']:.2f}x",
                          f"{r['cpu_speedup_b1']:.2f}x", f"{r['cosine']:.4f}", f"{r['cosine_min']:.3f}",
                          f"{r['nn_agreement']:.1%}", f"{r['prune_seconds']:.0f}"] for r in mini["rows"]]))  # fmt: skip
         if "head_rows" in mini:
