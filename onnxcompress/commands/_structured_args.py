@@ -29,6 +29,14 @@ def add_structured_arguments(parser: argparse.ArgumentParser) -> None:
         "(the model gets smaller and faster; refit with --calibration-data)",
     )
     parser.add_argument(
+        "--structured-heads",
+        type=float,
+        metavar="RATIO",
+        help="structured pruning of attention heads: remove this fraction of the heads of every attention "
+        "layer the analysis can follow (Q/K/V columns and output-projection rows of whole heads; "
+        "separate from --structured, which sets the MLP / channel ratio)",
+    )
+    parser.add_argument(
         "--structured-allocation",
         choices=("uniform", "global"),
         help="how the ratio is spread: uniform (default; every group loses that fraction) or global "
@@ -52,6 +60,8 @@ def structured_config_from_args(args: argparse.Namespace) -> StructuredConfig | 
     cfg = structured_from_dict(section) if section is not None else None
     if getattr(args, "structured", None) is not None:
         cfg = structured_from_dict(args.structured, cfg)
+    if getattr(args, "structured_heads", None) is not None:
+        cfg = structured_from_dict({"heads": args.structured_heads}, cfg)
     if cfg is None or not cfg.active:
         return None
     allocation = getattr(args, "structured_allocation", None)

@@ -194,7 +194,10 @@ def format_structured_groups(rows: list[dict[str, Any]]) -> str:
         if r["refused"] is None and r["fixed"]:
             status += f" ({r['fixed']} channels fixed)"
         src = ", ".join(r["sources"])
-        lines.append(f"{r['group']:>5}  {r['channels']:>8}  {src[:44]:<44}  {status}")
+        count = f"{r['channels']} heads" if r.get("kind") == "heads" else str(r["channels"])
+        lines.append(f"{r['group']:>5}  {count:>8}  {src[:44]:<44}  {status}")
+        if r.get("kind") == "heads":
+            lines.append(f"{'':>17}  attention heads of {r['unit']} channels each (Q/K/V columns, output-projection rows)")
         if r["consumers"]:
             lines.append(f"{'':>17}  read by: {', '.join(r['consumers'])[:100]}")
     return "\n".join(lines)

@@ -29,7 +29,12 @@ from onnxcompress.structured.report import GroupRow, StructuredReport
 
 
 def group_ratio(group: Group, config: StructuredConfig, global_ratio: float | None = None) -> float:
-    """The smallest ratio any source of the group asks for."""
+    """The smallest ratio any source of the group asks for; attention-head groups follow
+    ``config.heads`` unless a ``names`` entry matches one of their sources."""
+    if group.kind == "heads":
+        named = [config.resolve((s.name, s.weight), "", None) for s in group.sources
+                 if any(config.overridden((n,), "") for n in (s.name, s.weight))]  # fmt: skip
+        return min(named) if named else config.heads
     return min(config.resolve((s.name, s.weight), s.op_type, global_ratio) for s in group.sources)
 
 
@@ -49,8 +54,10 @@ def choose(
             continue
         ratio = ratios[g.index] if ratios is not None and g.index in ratios else group_ratio(g, config, global_ratio)
         n = g.channels
-        keep = max(config.min_channels, math.ceil((1.0 - ratio) * n - 1e-9))
-        keep = min(n, -(-keep // config.round_to) * config.round_to)
+        # a head class stands for ``unit`` channels: round the kept channels, not the kept heads
+        step = config.round_to // math.gcd(config.round_to, g.unit)
+        keep = max(-(-config.min_channels // g.unit), math.ceil((1.0 - ratio) * n - 1e-9))
+        keep = min(n, -(-keep // step) * step)
         candidates = [c for c in g.classes if c not in g.fixed]
         count = min(n - keep, len(candidates))
         if count <= 0:
@@ -78,13 +85,24 @@ def group_ratios(
 ) -> dict[int, float] | None:
     """Per-group ratios of the ``global`` allocation (None for ``uniform``): the groups that follow
     the global ratio share it (:func:`onnxcompress.structured.allocation.allocate`)."""
-    if config.allocation != "global" or costs is None:
+    if costs is None:
         return None
-    pool = [
-        g for g in analysis.groups
-        if g.prunable and not any(config.overridden((s.name, s.weight), s.op_type) for s in g.sources)
-    ]  # fmt: skip
-    return allocate(pool, scores, costs.costs, global_ratio, costs.flops_per_channel, config.min_channels)
+    out: dict[int, float] = {}
+    if config.allocation == "global":
+        pool = [
+            g for g in analysis.groups
+            if g.prunable and g.kind != "heads"
+            and not any(config.overridden((s.name, s.weight), s.op_type) for s in g.sources)
+        ]  # fmt: skip
+        out.update(allocate(pool, scores, costs.costs, global_ratio, costs.flops_per_channel, config.min_channels))
+    if config.heads_allocation == "global" and config.heads > 0:
+        heads = [
+            g for g in analysis.groups
+            if g.prunable and g.kind == "heads"
+            and not any(config.overridden((s.name, s.weight), "") for s in g.sources)
+        ]  # fmt: skip
+        out.update(allocate(heads, scores, costs.costs, config.heads, costs.flops_per_channel, 1))
+    return out if config.allocation == "global" or out else None
 
 
 def _keep_one_everywhere(
@@ -178,7 +196,9 @@ def prune_model(
         if criterion in ("activation", "obs") and batches
         else None
     )
-    marginal: dict[int, float] | None = {} if config.allocation == "global" else None
+    marginal: dict[int, float] | None = (
+        {} if config.allocation == "global" or config.heads_allocation == "global" else None
+    )
     scores = {
         g.index: importance(model, analysis, g, criterion, energy, hessians, marginal)
         for g in analysis.groups
@@ -270,7 +290,7 @@ def _rows(model, pruned: Pruned, analysis, config, global_ratio, f0, f1, ratios=
             if g.prunable else 0.0,
             channels_before=g.channels, channels_after=kept, params_before=p0, params_after=p1,
             flops_before=sum(f0.get(n, 0) for n in nodes), flops_after=sum(f1.get(n, 0) for n in nodes),
-            refused=g.refused,
+            refused=g.refused, kind=g.kind,
         ))  # fmt: skip
     return rows
 

@@ -9,6 +9,14 @@ reach, e.g. 0.5) replaces the global ratio by the one that reaches it; op-type a
 stay as given. ``allocation``: ``uniform`` (every group that follows the global ratio loses that
 fraction) or ``global`` (those groups together lose that fraction of their channels, taken where
 the criterion says they cost least: :mod:`onnxcompress.structured.allocation`).
+
+Attention-head groups (a class is one head: its ``head_dim`` columns of the Q, K and V
+projections and rows of the output projection) follow ``heads`` (fraction of each attention
+layer's heads removed; default 0: heads stay) and the ``names`` entries that match one of their
+sources, never ``ratio``, ``op_types``, ``target_flops`` or ``allocation``: heads and MLP
+neurons are asked for separately. ``heads_allocation: global`` spreads the heads ratio over the
+layers instead: that fraction of all heads goes, the cheapest heads anywhere first (the criterion's
+normalised marginal cost per FLOP, as ``allocation: global`` does for channels).
 """
 
 from __future__ import annotations
@@ -50,7 +58,8 @@ class StructuredConfig:
     ``allocation``: ``uniform`` or ``global`` (see the module docstring). ``refit_prior``:
     ``zero`` (plain ridge) or ``sliced`` (the ridge pulls toward the sliced original weights);
     ``refit_residual``: a layer feeding a skip connection also cancels the error carried there
-    (both: :func:`onnxcompress.structured.refit.refit`).
+    (both: :func:`onnxcompress.structured.refit.refit`). ``heads``: fraction of the heads of
+    every attention group removed (see the module docstring).
     """
 
     ratio: float = 0.0
@@ -67,9 +76,15 @@ class StructuredConfig:
     allocation: str = "uniform"
     refit_prior: str = "zero"
     refit_residual: bool = False
+    heads: float = 0.0
+    heads_allocation: str = "uniform"
 
     def __post_init__(self) -> None:
         _check_ratio("ratio", self.ratio)
+        if self.heads is None or isinstance(self.heads, bool) or not isinstance(self.heads, (int, float)) or not 0.0 <= float(self.heads) < 1.0:  # fmt: skip
+            raise ConfigError(
+                f"heads: the fraction of each attention layer's heads removed is in [0, 1) (0.25 removes 3 of 12), got {self.heads!r}"
+            )
         for k, v in self.op_types.items():
             _check_ratio(f"op_types.{k}", v)
         for k, v in self.names.items():
@@ -92,6 +107,10 @@ class StructuredConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if self.heads_allocation not in ALLOCATIONS:
+            raise ConfigError(
+                f"heads_allocation must be one of {', '.join(ALLOCATIONS)}; got {self.heads_allocation!r}"
+            )
         if self.latency not in LATENCY_MODES:
             raise ConfigError(f"latency must be one of {', '.join(LATENCY_MODES)}; got {self.latency!r}")
         if self.allocation not in ALLOCATIONS:
@@ -111,6 +130,7 @@ class StructuredConfig:
     def active(self) -> bool:
         return (
             self.ratio > 0
+            or self.heads > 0
             or self.target_flops is not None
             or any(v for v in self.op_types.values())
             or any(v for v in self.names.values())

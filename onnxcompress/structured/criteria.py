@@ -18,6 +18,11 @@
   is a mix of others costs nothing). Groups whose consumers are not all MatMul / Gemm with one
   position per channel use ``activation``.
 
+Attention-head groups (a class is one head): ``l1`` / ``l2`` sum the head's Q, K and V columns and
+its rows of the output projection; ``activation`` the energy its ``head_dim`` positions send into
+the output projection; ``obs`` removes a head's block of positions at once (block OBS: the cost
+of dropping positions ``B`` and re-solving the rest is ``tr(W_B^T [H^-1]_BB^-1 W_B)``).
+
 Scores are comparable only within a group: each group is ranked on its own. For the ``global``
 allocation (:func:`onnxcompress.structured.allocation.allocate`), :func:`importance` also fills
 ``costs``: each channel's *marginal* cost as a share of its group's total, comparable across
@@ -122,6 +127,9 @@ def _importance(
     for s in group.sources:
         w = get_tensor(model, s.weight)
         add(s.ids, _per_position(w, s.axis, order))
+    if group.kind == "heads":  # a head's weights: its Q/K/V columns and its rows of the output projection
+        for c in group.consumers:
+            add(c.ids, _per_position(get_tensor(model, c.weight), c.axis, order))
     return scores
 
 
@@ -157,6 +165,8 @@ def _obs_order(
         classes = analysis.classes_of(c.ids)
         pos = [k for k, cls in enumerate(classes.tolist()) if cls in index]
         if len({int(classes[k]) for k in pos}) != len(pos):
+            if group.kind == "heads":
+                return _block_obs_order(model, analysis, group, hessians, costs)
             return None  # a class spans several positions (flattened into a Gemm)
         w = np.moveaxis(get_tensor(model, c.weight).astype(np.float64), c.axis, 0)
         w = w.reshape(w.shape[0], -1)
@@ -196,4 +206,73 @@ def _obs_order(
     if costs is not None:
         for cls in group.classes:
             costs.setdefault(cls, float("inf"))  # fixed classes: never removed
+    return scores
+
+
+def _block_obs_order(
+    model: onnx.ModelProto,
+    analysis: Analysis,
+    group: Group,
+    hessians: Mapping[int, np.ndarray],
+    costs: dict[int, float] | None = None,
+) -> dict[int, float] | None:
+    """:func:`_obs_order` for classes that own a block of positions (attention heads): removing
+    block ``B`` and re-solving the rest costs ``tr(W_B^T [H^-1]_BB^-1 W_B)``; the cheapest head
+    goes first, then ``W`` and ``H^-1`` are updated for the whole block."""
+    index = {c: k for k, c in enumerate(group.classes)}
+    terms = []
+    output_energy = 0.0
+    for c in group.consumers:
+        hess = hessians.get(c.node)
+        if hess is None:
+            return None
+        classes = analysis.classes_of(c.ids).tolist()
+        blocks: dict[int, np.ndarray] = {}
+        for k, cls in enumerate(classes):
+            if cls in index:
+                blocks.setdefault(index[cls], np.zeros(0, np.int64))
+                blocks[index[cls]] = np.append(blocks[index[cls]], k)
+        w = np.moveaxis(get_tensor(model, c.weight).astype(np.float64), c.axis, 0)
+        w = w.reshape(w.shape[0], -1)
+        n = w.shape[0]
+        damp = 1e-4 * float(np.mean(np.diag(hess)[:n])) + 1e-12
+        hinv = np.linalg.inv(hess + damp * np.eye(n + 1))
+        w = np.vstack([w, np.zeros((1, w.shape[1]))])
+        output_energy += float(np.einsum("ij,ik,kj->", w, hess, w))
+        terms.append((hinv, w, blocks))
+    if not terms:
+        return None
+    n_cls = len(group.classes)
+    alive = np.array([cls not in group.fixed for cls in group.classes])
+    scores = {cls: float(n_cls) for cls in group.classes}
+    for step in range(int(alive.sum())):
+        cost = np.full(n_cls, np.inf)
+        for j in map(int, np.flatnonzero(alive)):
+            total = 0.0
+            for hinv, w, blocks in terms:
+                b = blocks.get(j)
+                if b is None:
+                    continue
+                wb = w[b]
+                total += float(np.sum(wb * np.linalg.solve(hinv[np.ix_(b, b)], wb)))
+            cost[j] = total
+        j = int(np.argmin(cost))
+        alive[j] = False
+        scores[group.classes[j]] = float(step)
+        if costs is not None:
+            costs[group.classes[j]] = float(cost[j]) / max(output_energy, 1e-30)
+        for hinv, w, blocks in terms:
+            b = blocks.get(j)
+            if b is None:
+                continue
+            inv_bb = np.linalg.inv(hinv[np.ix_(b, b)])
+            cols = hinv[:, b].copy()
+            w -= cols @ inv_bb @ w[b]
+            hinv -= cols @ inv_bb @ hinv[b, :]
+            w[b] = 0.0
+            hinv[b, :] = 0.0
+            hinv[:, b] = 0.0
+    if costs is not None:
+        for cls in group.classes:
+            costs.setdefault(cls, float("inf"))
     return scores

@@ -16,7 +16,17 @@ carries. Ops move layouts around:
   ties channel ``i`` of every group together ("lanes"), so each group keeps the same count;
 * ``Flatten`` / ``Reshape`` into a Gemm: each channel owns a block of the flattened axis;
 * the reducing input of a Conv / Gemm / MatMul *consumes* the layout (the weight's input axis is
-  sliced).
+  sliced);
+* attention heads: a ``Reshape`` that splits the channel axis into (heads, head_dim) unites the
+  ``head_dim`` channels of each head (a class is then one head) and lays out the head axis; a
+  batched ``MatMul`` of two computed tensors laid out on the same batch axis (Q K^T, then P V)
+  unites their heads, so Q, K and V lose the same heads and the Reshape back hands the output
+  projection one block per head. Reshape targets built at run time (``Shape`` -> ``Gather`` ->
+  ``Unsqueeze`` -> ``Concat`` with constants) are traced; a literal head count or width is an
+  ``Edit`` (a shared ``Concat`` is rewritten once, when every Reshape reading it keeps the same
+  heads). Where shape inference leaves an operand unsized (a mask built from the input's shape), a
+  small weight-free part of the graph is evaluated in numpy at sample sizes, and symbolic
+  dimensions that inference did not link are compared at those sizes.
 
 A channel *class* is a set of united elements: removing it removes every channel it stands for.
 A *group* is a connected set of sources. Anything the analysis cannot prove safe (an unknown op,
@@ -132,6 +142,8 @@ class Group:
     classes: list[int]  # channel classes (union-find roots), in the first source's channel order
     fixed: set[int]  # classes that must stay (channels of tensors the pass cannot slice)
     refused: str | None = None
+    kind: str = "channels"  # or "heads": a class is one attention head (``unit`` channels per projection)
+    unit: int = 1
 
     @property
     def name(self) -> str:
@@ -194,7 +206,7 @@ class Analysis:
             {
                 "group": g.index, "name": g.name, "sources": [s.name for s in g.sources],
                 "consumers": [c.name for c in g.consumers], "channels": g.channels, "fixed": len(g.fixed),
-                "refused": g.refused,
+                "refused": g.refused, "kind": g.kind, "unit": g.unit,
             }
             for g in self.groups
         ]  # fmt: skip
@@ -212,7 +224,9 @@ class _Walker:
                 for a in n.attribute:
                     if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
                         self.consts[n.output[0]] = numpy_helper.to_array(a.t)
-        self.types = infer_value_types(model)
+        # data propagation sizes the Reshape targets exporters compute from Shape (attention heads);
+        # inference is best effort, so fall back to plain inference where propagation fails
+        self.types = infer_value_types(model, data_prop=True) or infer_value_types(model)
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self.chan = _UnionFind()
         self.grp = _UnionFind()
@@ -223,6 +237,9 @@ class _Walker:
         self.consumers: list[Consumer] = []
         self.refusals: list[tuple[int, str]] = []  # (element, reason)
         self.fixed: list[int] = []
+        self.head_dims: dict[int, int] = {}  # element of a head (split by a Reshape) -> channels per head
+        self.producer: dict[str, int] = {o: k for k, n in enumerate(self.graph.node) for o in n.output if o}
+        self._probed: dict[str, list[Dim] | None] = {}
 
     # -- helpers -----------------------------------------------------------------------------
     def shape(self, name: str) -> list[Dim] | None:
@@ -278,6 +295,104 @@ class _Walker:
             return (None, False) if c is None else ([int(v) for v in c.reshape(-1)], True)
         v = self.attr(node, attr)
         return ([int(x) for x in v] if v is not None else None), True
+
+    def sample_sizes(self) -> dict[str, int]:
+        """Distinct odd sizes (3, 5, 7, ...) for the symbolic dimensions of the graph inputs."""
+        if not hasattr(self, "_sizes"):
+            self._sizes: dict[str, int] = {}
+            for i in self.graph.input:
+                for d in i.type.tensor_type.shape.dim:
+                    if not d.HasField("dim_value"):
+                        self._sizes.setdefault(d.dim_param or f"?{i.name}", 3 + 2 * len(self._sizes))
+        return self._sizes
+
+    def concrete_shape(self, name: str) -> list[int] | None:
+        """``name``'s shape inferred with every symbolic input dimension at its sample size: shape
+        inference loses the link between symbolic dimensions through broadcasts with tensors it
+        cannot size (an attention mask), but with fixed sizes it keeps them."""
+        if not hasattr(self, "_concrete"):
+            sizes = self.sample_sizes()
+            fixed = _without_weights(self.model)
+            for i in fixed.graph.input:
+                for d in i.type.tensor_type.shape.dim:
+                    if not d.HasField("dim_value"):
+                        d.dim_value = sizes.get(d.dim_param or f"?{i.name}", 1)
+            self._concrete = infer_value_types(fixed, data_prop=True)
+        vi = self._concrete.get(name)
+        if vi is None or not vi.type.tensor_type.HasField("shape"):
+            return None
+        dims = vi.type.tensor_type.shape.dim
+        if not all(d.HasField("dim_value") for d in dims):
+            return None
+        return [int(d.dim_value) for d in dims]
+
+    def probe_shape(self, name: str) -> list[Dim] | None:
+        """The shape of a computed tensor that shape inference leaves open (an attention mask built
+        from the input's shape at run time), found by evaluating the small, weight-free part of the
+        graph that computes it in numpy (``onnx.reference``) on dummy inputs whose symbolic
+        dimensions take distinct odd sizes (3, 5, 7, ...). None when that part reads a laid-out
+        tensor, a layer with a weight, more than 2^25 constant elements, a custom op or a subgraph,
+        or does not evaluate."""
+        if name in self._probed:
+            return self._probed[name]
+        self._probed[name] = None
+        nodes: set[int] = set()
+        inputs: set[str] = set()
+        todo = [name]
+        seen: set[str] = set()
+        weight = 0
+        while todo:
+            t = todo.pop()
+            if t in seen or not t:
+                continue
+            seen.add(t)
+            if t in self.layouts:
+                return None
+            k = self.producer.get(t)
+            if k is None:
+                if t in self.consts:
+                    weight += int(self.consts[t].size)
+                    if weight > 1 << 25:  # an embedding table is fine; a whole network is not
+                        return None
+                else:
+                    inputs.add(t)
+                continue
+            n = self.graph.node[k]
+            if n.domain not in ("", "ai.onnx") or _subgraph_inputs(n) or n.op_type in SOURCE_OPS or len(nodes) > 400:
+                return None
+            nodes.add(k)
+            todo.extend(n.input)
+        graph_inputs = {i.name: i for i in self.graph.input}
+        if not inputs <= set(graph_inputs):
+            return None
+        feeds: dict[str, np.ndarray] = {}
+        for i in sorted(inputs):
+            tt = graph_inputs[i].type.tensor_type
+            dims = []
+            for d in tt.shape.dim:
+                if d.HasField("dim_value"):
+                    dims.append(int(d.dim_value))
+                else:
+                    dims.append(self.sample_sizes().get(d.dim_param or f"?{i}", 1))
+            feeds[i] = np.ones(dims, dtype=onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        used = {x for k in nodes for x in self.graph.node[k].input}
+        sub = onnx.helper.make_graph(
+            [self.graph.node[k] for k in sorted(nodes)], "probe",
+            [graph_inputs[i] for i in sorted(inputs)],
+            [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)],
+            [t for t in self.graph.initializer if t.name in used],
+        )  # fmt: skip
+        probe = onnx.helper.make_model(sub, opset_imports=list(self.model.opset_import))
+        probe.ir_version = self.model.ir_version
+        try:
+            from onnx.reference import ReferenceEvaluator
+
+            outs: Any = ReferenceEvaluator(probe).run(None, feeds)
+            value = outs[0]
+        except Exception:  # best effort: the caller refuses what it cannot prove
+            return None
+        self._probed[name] = [int(d) for d in np.shape(value)]
+        return self._probed[name]
 
     # -- the walk ----------------------------------------------------------------------------
     def run(self) -> None:
@@ -347,6 +462,8 @@ class _Walker:
             if not name or i in laid_idx:
                 continue
             shape = self.shape(name)
+            if shape is None or (0 <= len(shape) + first.axis and not isinstance(shape[len(shape) + first.axis], int)):
+                shape = self.probe_shape(name) or shape
             if shape is None:
                 self.refuse(first, f"{node.op_type} operand {name!r} has an unknown shape")
                 return
@@ -516,30 +633,32 @@ class _Walker:
         if lay is None or len(laid) > 1:
             self.refuse(laid[0][1], "Reshape whose shape is laid out")
             return
-        target = self.const_input(node, 1)
+        entries = self._shape_entries(index, node)
         shape = self.shape(node.input[0])
-        if target is None:
+        if entries is None:
             self.refuse(lay, "Reshape to a shape computed at run time")
             return
         if shape is None:
             self.refuse(lay, "Reshape of unknown input shape")
             return
-        out = self._reshape_dims(
-            shape, [int(v) for v in target.reshape(-1)], bool(self.attr(node, "allowzero", 0))
-        )
+        out = self._reshape_dims(shape, entries, bool(self.attr(node, "allowzero", 0)))
         pos = len(shape) + lay.axis
         c = len(lay.ids)
+        j = _start_axis(shape, out, pos)
+        if j is None:  # symbolic dimensions that inference did not line up: try sample sizes
+            cs, co = self.concrete_shape(node.input[0]), self.concrete_shape(node.output[0])
+            if cs is not None and co is not None and len(cs) == len(shape) and len(co) == len(entries):
+                shape, out = cs, co
+                j = _start_axis(shape, out, pos)
         post = shape[pos + 1 :]
-        if out is None or not all(isinstance(d, int) for d in post):
-            self.refuse(lay, "Reshape the analysis cannot follow (dynamic dimensions)")
+        if out is None or j is None or not all(isinstance(d, int) for d in post):
+            self.refuse(lay, "Reshape the analysis cannot follow (dynamic dimensions, or it moves the channel axis)")
             return
-        # the output axis j starts where the input's channel axis starts (same prefix)
-        pre = shape[:pos]
-        for j in range(len(out) + 1):
-            if _same_prefix(out[:j], pre):
-                break
-        else:
-            self.refuse(lay, "Reshape moves the channel axis")
+        if (
+            j + 1 < len(out) and isinstance(out[j], int) and isinstance(out[j + 1], int)
+            and 1 < out[j] < c and out[j] * out[j + 1] == c and _same_prefix(out[j + 2 :], post)
+        ):  # fmt: skip
+            self._split_heads(index, lay, entries[j], out[j], j - len(out), node.output[0])
             return
         if j >= len(out) or not isinstance(out[j], int) or out[j] % c:
             self.refuse(lay, "Reshape splits the channel axis")
@@ -549,27 +668,129 @@ class _Walker:
         if inner not in post_prod:
             self.refuse(lay, "Reshape splits the channel axis")
             return
-        value = int(target.reshape(-1)[j])
+        value, origin = entries[j]
+        if origin is None and value != -1:
+            self.refuse(lay, "Reshape's channel count is computed at run time (from another tensor's shape)")
+            return
         if value not in (-1, 0) or (value == 0 and j != pos):
-            if value == 0:
+            if value == 0 or origin is None:
                 self.refuse(lay, "Reshape copies a channel dimension to another position")
                 return
-            self.edits.append(Edit("shape", index, ids=lay.ids, input_index=1, position=j, inner=inner))
+            if not self._editable(origin, lay):
+                return
+            self.edits.append(Edit("shape", origin[0], ids=lay.ids, input_index=origin[1], position=origin[2], inner=inner))  # fmt: skip
         ids = np.repeat(lay.ids, inner)
         self._set(node.output[0], Layout(j - len(out), ids))
 
+    def _split_heads(self, index: int, lay: Layout, entry: tuple[Dim, tuple[int, int, int] | None], heads: int,
+                     axis: int, output: str) -> None:  # fmt: skip
+        """A Reshape that splits the channel axis into (heads, head_dim): the channels of one head
+        go together (their elements are united), the head axis carries the layout from here on."""
+        value, origin = entry
+        if value == 0 or (value != -1 and origin is None):
+            self.refuse(lay, "Reshape's head count is copied or computed at run time (cannot be rewritten)")
+            return
+        hd = len(lay.ids) // heads
+        if value != -1:
+            assert origin is not None
+            if not self._editable(origin, lay):
+                return
+            head_ids = lay.ids[::hd]
+            self.edits.append(Edit("shape", origin[0], ids=head_ids, input_index=origin[1], position=origin[2]))
+        for h in range(heads):
+            block = lay.ids[h * hd : (h + 1) * hd]
+            self.union(np.full(hd, block[0]), block)
+        for e in lay.ids.tolist():
+            self.head_dims[int(e)] = hd
+        self._set(output, Layout(axis, lay.ids[::hd]))
+
+    def _editable(self, origin: tuple[int, int, int], lay: Layout) -> bool:
+        """A shape constant inside a Concat can be rewritten only when that Concat feeds one node."""
+        k = origin[0]
+        node = self.graph.node[k]
+        if node.op_type == "Concat":
+            users = [n for n in self.graph.node if node.output[0] in n.input]
+            if any(u.op_type != "Reshape" or list(u.input[1:2]) != [node.output[0]] for u in users):
+                self.refuse(lay, "the Reshape's shape (a Concat) is shared with other nodes and would need rewriting")
+                return False
+        return True
+
+    def _shape_entries(self, index: int, node: onnx.NodeProto) -> list[tuple[Dim, tuple[int, int, int] | None]] | None:
+        """The Reshape target as (value, origin) entries: a literal constant has its origin (node,
+        input, position: where it can be rewritten); an entry computed at run time (a dimension read
+        with Shape -> Gather -> Unsqueeze -> Concat, as exporters build attention reshapes) has
+        the dimension it reads (an int or a symbolic name) and no origin. None when not traceable."""
+        target = self.const_input(node, 1)
+        if target is not None:
+            return [(int(v), (index, 1, p)) for p, v in enumerate(target.reshape(-1))]
+        k = self.producer.get(node.input[1]) if len(node.input) > 1 else None
+        if k is None:
+            return None
+        concat = self.graph.node[k]
+        if concat.op_type != "Concat":
+            dims = self._runtime_dims(node.input[1])
+            return None if dims is None else [(d, None) for d in dims]
+        out: list[tuple[Dim, tuple[int, int, int] | None]] = []
+        for i, name in enumerate(concat.input):
+            c = self.const_input(concat, i)
+            if c is not None:
+                out.extend((int(v), (k, i, p)) for p, v in enumerate(c.reshape(-1)))
+                continue
+            dims = self._runtime_dims(name)
+            if dims is None:
+                return None
+            out.extend((d, None) for d in dims)
+        return out
+
+    def _runtime_dims(self, name: str, depth: int = 0) -> list[Dim] | None:
+        """The values of a small int tensor computed from tensor shapes (Shape, Gather, Slice,
+        Unsqueeze, Squeeze, Cast, Concat), as dimensions; None when it is anything else."""
+        if name in self.consts:
+            vals = [int(v) for v in self.consts[name].reshape(-1)]
+            return None if any(v <= 0 for v in vals) else list(vals)
+        k = self.producer.get(name)
+        if k is None or depth > 8:
+            return None
+        n = self.graph.node[k]
+        op = n.op_type
+        if op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
+            return self._runtime_dims(n.input[0], depth + 1)
+        if op == "Shape":
+            dims = self.shape(n.input[0])
+            if dims is None:
+                return None
+            start, end = self.attr(n, "start", 0), self.attr(n, "end", None)
+            return list(dims[start:end])
+        if op == "Concat":
+            parts = [self._runtime_dims(x, depth + 1) for x in n.input]
+            return None if any(p is None for p in parts) else [d for p in parts for d in p or []]
+        if op == "Gather" and int(self.attr(n, "axis", 0)) == 0:
+            data, idx = self._runtime_dims(n.input[0], depth + 1), self.const_input(n, 1)
+            if data is None or idx is None:
+                return None
+            try:
+                return [data[int(i)] for i in idx.reshape(-1)]
+            except IndexError:
+                return None
+        return None
+
     @staticmethod
-    def _reshape_dims(shape: list[Dim], target: list[int], allowzero: bool) -> list[Dim] | None:
+    def _reshape_dims(
+        shape: list[Dim], target: list[tuple[Dim, tuple[int, int, int] | None]], allowzero: bool
+    ) -> list[Dim] | None:
         out: list[Dim] = []
-        for k, v in enumerate(target):
-            if v == 0 and not allowzero:
+        for k, (v, origin) in enumerate(target):
+            if origin is not None and v == 0 and not allowzero:
                 if k >= len(shape):
                     return None
                 out.append(shape[k])
+            elif v is None:
+                return None
             else:
                 out.append(v)
-        if -1 in out:
-            q = out.index(-1)
+        literal = [k for k, (v, origin) in enumerate(target) if origin is not None and v == -1]
+        if literal:
+            q = literal[0]
             sym_in = sorted(str(d) for d in shape if not isinstance(d, int))
             sym_out = sorted(str(d) for k, d in enumerate(out) if k != q and not isinstance(d, int))
             if sym_in != sym_out or any(d is None for d in shape):
@@ -865,6 +1086,9 @@ class _Walker:
     def _op_MatMul(self, index: int, node: onnx.NodeProto, laid: list[tuple[int, Layout]]) -> None:
         w = self.const_input(node, 1)
         lay = next((lay for i, lay in laid if i == 0), None)
+        if w is None and any(x.axis <= -3 for _, x in laid):
+            self._attention_matmul(index, node, laid)
+            return
         for x in (x for i, x in laid if i != 0):
             self.refuse(x, "used as the right operand of MatMul (attention or a run-time weight)")
         if lay is not None:
@@ -875,6 +1099,22 @@ class _Walker:
         if w is None or w.ndim != 2:
             return
         self._source(index, node, node.input[1], 1, int(w.shape[1]), 1, -1, None)
+
+    def _attention_matmul(self, index: int, node: onnx.NodeProto, laid: list[tuple[int, Layout]]) -> None:
+        """A batched MatMul of two computed tensors (attention: Q K^T, then P V) whose layouts sit
+        on a batch axis (the head axis): head ``h`` of one operand meets head ``h`` of the other,
+        so the two are united and the product carries the same heads."""
+        if len(laid) != 2:
+            self.refuse(laid[0][1], f"attention MatMul ({self.node_label(index, node)}) with heads on one "
+                        "operand only (Q/K/V heads not tied)")  # fmt: skip
+            return
+        (_, a), (_, b) = laid
+        if a.axis != b.axis or a.axis > -3 or len(a.ids) != len(b.ids):
+            for _, x in laid:
+                self.refuse(x, f"attention MatMul ({self.node_label(index, node)}) whose head axes do not line up")
+            return
+        self.union(a.ids, b.ids)
+        self._set(node.output[0], a)
 
     # -- result --------------------------------------------------------------------------------
     def check_constants(self) -> None:
@@ -888,6 +1128,18 @@ class _Walker:
                 users.setdefault(name, []).append(-1)
         # an initializer that is also a graph input can be overridden by the caller at its full width
         outputs = {o.name for o in self.graph.output} | {i.name for i in self.graph.input}
+        # a shape constant that several Reshapes share (one Concat for Q, K and V) is rewritten once
+        # per Reshape: they must all keep the same heads, and every user must be one of them
+        at: dict[tuple[int, int, int], list[Edit]] = {}
+        for e in self.edits:
+            if e.kind == "shape" and self.graph.node[e.node].op_type == "Concat":
+                at.setdefault((e.node, e.input_index, e.position), []).append(e)
+        for (k, _, _), es in at.items():
+            readers = len(users_of(self.graph, self.graph.node[k].output[0]))
+            want = [self.chan.find(int(x)) for x in es[0].ids]
+            if len(es) != readers or any([self.chan.find(int(x)) for x in e.ids] != want for e in es):
+                for e in es:
+                    self.refusals.append((int(e.ids[0]), "a shape Concat shared by Reshapes that do not keep the same heads"))
         by_tensor: dict[str, list[Slicing]] = {}
         for s in self.slicings:
             by_tensor.setdefault(s.tensor, []).append(s)
@@ -935,12 +1187,26 @@ class _Walker:
                 if cls in fixed_classes:
                     groups[root].fixed.add(cls)
         for g in groups.values():
+            units = {self.head_dims[int(e)] for s in g.sources for e in s.ids[:1] if int(e) in self.head_dims}
+            if units:
+                g.kind, g.unit = "heads", max(units)
             if g.refused is None and not g.consumers:
                 g.refused = "no consumer reads these channels (nothing to slice after the group)"
         return Analysis(
             groups=list(groups.values()), slicings=self.slicings, edits=self.edits, sources=self.sources,
             consumers=self.consumers, _chan=self.chan, _grp=self.grp,
         )  # fmt: skip
+
+
+def _start_axis(shape: Sequence[Dim], out: Sequence[Dim] | None, pos: int) -> int | None:
+    """The output axis of a Reshape where input axis ``pos`` starts (the dimensions before it have
+    the same extent), or None."""
+    if out is None or not all(isinstance(d, int) for d in shape[pos + 1 :]):
+        return None
+    for j in range(len(out) + 1):
+        if _same_prefix(out[:j], shape[:pos]):
+            return j
+    return None
 
 
 def _same_prefix(a: Sequence[Dim], b: Sequence[Dim]) -> bool:
@@ -951,6 +1217,31 @@ def _same_prefix(a: Sequence[Dim], b: Sequence[Dim]) -> bool:
     if len(ia) == len(a) and len(ib) == len(b):
         return int(np.prod(ia, dtype=np.int64)) == int(np.prod(ib, dtype=np.int64))
     return False
+
+
+def users_of(graph: onnx.GraphProto, name: str) -> list[int]:
+    return [k for k, n in enumerate(graph.node) if name in n.input]
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose large initializers are graph inputs of the same type and shape
+    (for shape inference: no weight bytes are copied)."""
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g = model.graph
+    light.graph.name = g.name
+    light.graph.node.extend(g.node)
+    light.graph.input.extend(g.input)
+    light.graph.output.extend(g.output)
+    listed = {i.name for i in g.input}
+    for t in g.initializer:
+        if int(np.prod(t.dims, dtype=np.int64)) <= 4096:
+            light.graph.initializer.append(t)
+        elif t.name not in listed:
+            light.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return light
 
 
 def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:

@@ -68,6 +68,7 @@ def apply(model: onnx.ModelProto, analysis: Analysis, removed: Iterable[int]) ->
         result.kept_outputs[src.node] = np.flatnonzero(keep_mask(analysis, src.ids, removed))
     taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
     taken |= {i.name for i in graph.input}
+    created: set[str] = set()
     for e in analysis.edits:
         node = graph.node[e.node]
         if e.kind == "group":
@@ -79,7 +80,11 @@ def apply(model: onnx.ModelProto, analysis: Analysis, removed: Iterable[int]) ->
             kept = int(keep_mask(analysis, e.ids, removed).sum())
             shape_value = get_tensor(out, node.input[e.input_index]).copy()
             shape_value.reshape(-1)[e.position] = kept * e.inner
+            if node.input[e.input_index] in created:  # a shape Concat shared by Q, K and V: rewritten once
+                set_tensor(out, node.input[e.input_index], shape_value)
+                continue
             name = fresh_name(f"{node.input[e.input_index]}_pruned", taken)
+            created.add(name)
             graph.initializer.append(numpy_helper.from_array(shape_value, name))
             node.input[e.input_index] = name
         elif e.kind == "split":

@@ -26,6 +26,7 @@ class GroupRow:
     refused: str | None = None
     latency_before_ms: float | None = None  # measured with only this group pruned (latency: groups)
     latency_after_ms: float | None = None
+    kind: str = "channels"  # or "heads" (channels_* then count attention heads)
 
 
 @dataclass
