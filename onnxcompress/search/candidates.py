@@ -27,7 +27,7 @@ from onnxcompress.evaluation.data import input_specs, open_data
 from onnxcompress.evaluation.metrics import OutputMetrics
 from onnxcompress.evaluation.verify import Gates
 from onnxcompress.inventory import build_inventory
-from onnxcompress.search.metrics import Evaluation, Metric, builtin_value, evaluate, output_metrics
+from onnxcompress.search.metrics import Evaluation, Metric, builtin_value, evaluate, output_metrics, raw_value
 from onnxcompress.search.space import Plan
 from onnxcompress.sessions import make_session
 
@@ -236,7 +236,8 @@ class Candidates:
             )
             value = float(self.metric.fn(session, data))
         else:
-            value = builtin_value(self.metric.name, metrics)
+            raw = raw_value(self.metric.name, [r[:n] for r in self.reference_outputs], outputs)
+            value = builtin_value(self.metric.name, metrics) if raw is None else raw
         return evaluate(self.metric, self.gates, metrics, value, has_labels=labels is not None)
 
     def measure(self, built: Built, samples: int | None = None) -> Measured:
