@@ -363,6 +363,10 @@ def record_minilm(entry: dict[str, Any], out: Path | None) -> None:
     """Put the MiniLM entry into search.json next to what is there (the digit entries are kept)."""
     path = out or RESULTS_DIR / "search.json"
     data = json.loads(path.read_text()) if path.exists() else {"benchmark": "search"}
+    # methods as rows (one table in docs/benchmarks.md rather than a list of keys)
+    methods = entry.get("methods")
+    if isinstance(methods, dict):
+        entry = {**entry, "methods": [{"method": k, **v} for k, v in methods.items()]}
     data["minilm"] = {"environment": environment(), **entry}
     path.write_text(json.dumps(data, indent=2) + "\n")
     print(f"\nwrote {path} (minilm)", file=sys.stderr)
