@@ -345,3 +345,20 @@ def test_search_gates_on_nn_agreement_from_the_cli(tmp_path) -> None:
         "--metric-limit", "1.01", "--trials", "3", "--storage", "memory", "--quiet", *FAST_CLI,
     ])  # fmt: skip
     assert rc == 1
+
+
+def test_built_candidate_memo_is_bounded_in_bytes(monkeypatch) -> None:
+    from onnxcompress.search import candidates as cmod
+    from onnxcompress.search.metrics import Metric
+    from onnxcompress.search.space import Plan, base_config
+
+    cands = cmod.Candidates(str(MODEL), str(VAL), base=base_config(), metric=Metric("agreement"),
+                            gates=oc.Gates(min_agreement=0.9), container=False)  # fmt: skip
+    plans = [Plan({layer.name: Choice(0.0, b) for layer in cands.layers}) for b in (3, 4, 5)]
+    one = len(cands.build(plans[0]).onnx_bytes)
+    cands.forget()
+    monkeypatch.setattr(cmod, "BUILT_MEMO_BYTES", int(2.5 * one))  # room for two candidates
+    for plan in plans:
+        cands.build(plan)
+    assert len(cands._cache) == 1 and cands._cache_bytes <= 2.5 * one  # the third cleared the memo
+    assert cands.build(plans[2]) is cands.build(plans[2])  # still a memo
