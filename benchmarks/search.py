@@ -36,12 +36,26 @@ under other validation gates and give its test figures.
 Targets (issue 12): LeNet-300-100 >= 40x, LeNet-5 >= 50x, residual CNN >= 16x, each within 1 point of
 fp32 on both test sets; the search >= 1.3x smaller than the best uniform setting at equal or better
 test fidelity; LeNet-5's search under 5 minutes on 2 cores. The machine is shared with other jobs:
-timings are rough. MiniLM is not run here (its model needs torch to export and is not shipped).
+timings are rough.
+
+MiniLM (``--models minilm``, run when the MiniLM cache of ``models/export_minilm.py`` exists, else
+skipped with the reason): the search sees only ``val_sentences.npz`` (500 validation sentences) and
+gates on mean cosine to fp32 (``--minilm-cosine``, default 0.992) and nearest-neighbour agreement
+(the built-in ``nn_agreement`` metric with a limit, ``--minilm-nn``, default 0.96), i.e. a margin
+over the issue's 0.99 / 0.95 so the held-out figures pass too (NN agreement over 500 sentences moves
+by about +-0.01 between sentence sets: sqrt(0.95 * 0.05 / 500)). The chosen ``.onnxc`` and the
+search's best uniform seed are then measured once on the 500 test sentences (``sentences.npz``) with
+``common.embedding_metrics``. A candidate costs about 5-8 s to build and 14 s to run on 500
+sentences (one thread), so stage 1 uses a small grid (``--minilm-sparsities``, ``--minilm-bits``)
+on 64 sentences and stages 2-3 few trials (``--minilm-trials``). Results go under ``minilm`` in
+search.json; the digit entries already there are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import tempfile
 import time
@@ -51,7 +65,17 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODELS_DIR, digits_accuracy, md_table, write_results  # noqa: E402
+from common import (  # noqa: E402
+    MODELS_DIR,
+    RESULTS_DIR,
+    digits_accuracy,
+    embedding_metrics,
+    embeddings,
+    environment,
+    md_table,
+    minilm_case,
+    write_results,
+)
 
 import onnxcompress as oc  # noqa: E402
 from onnxcompress.search import bayes  # noqa: E402
@@ -268,6 +292,86 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str,
     }
 
 
+MINILM_TARGET = 8.0
+
+
+def bench_minilm(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | str:
+    """The MiniLM search (validation sentences only), its plan measured on the test sentences; or
+    why it was skipped."""
+    case, why = minilm_case(reference=True)
+    if case is None:
+        return why or "MiniLM unavailable"
+    path = case.path
+    val = path.parent / "val_sentences.npz"
+    if not val.exists():
+        return f"MiniLM validation sentences missing ({val}); rerun models/export_minilm.py"
+    test_inputs, reference = case.extra["inputs"], case.extra["reference"]
+    gates = oc.Gates(min_cosine=args.minilm_cosine)
+    metric = Metric("nn_agreement", limit=args.minilm_nn)
+    sparsities = tuple(float(x) for x in args.minilm_sparsities.split(","))
+    bits = tuple(int(x) for x in args.minilm_bits.split(","))
+    print(f"== minilm: searching ({args.minilm_trials} trials; stage-1 grid p {sparsities} x b {bits})",
+          file=sys.stderr, flush=True)  # fmt: skip
+    t0 = time.perf_counter()
+    res = oc.search(
+        str(path), str(val), output=workdir / "minilm.onnxc", gates=gates, metric=metric,
+        trials=args.minilm_trials, seed=args.seed, storage=None, sparsities=sparsities, bits=bits,
+        sensitivity_samples=args.minilm_sensitivity_samples, stage2_evaluations=args.minilm_stage2,
+        uniform_evaluations=args.minilm_uniform,
+    )  # fmt: skip
+    search_s = time.perf_counter() - t0
+    cands = Candidates(str(path), str(val), base=base_config(), metric=metric, gates=gates, container=True)
+    original = cands.original_size
+    rows: dict[str, Any] = {}
+    for label, rec in (("stage2", res.stage2), ("uniform_seeds", res.uniform), ("stage3", res.best)):
+        if rec is None:
+            rows[label] = {"found": False}
+            continue
+        built = cands.build(rec.plan)
+        v = cands.measure(built).evaluation
+        t = embedding_metrics(embeddings(built.onnx_bytes, test_inputs, threads=1), reference)
+        rows[label] = {
+            "found": True, "bytes": built.size, "ratio": round(original / built.size, 2),
+            "val_cosine": round(min(o.mean_cosine for o in v.outputs), 5), "val_nn_agreement": round(v.metric, 4),
+            "test_cosine": round(t["cosine"], 5), "test_cosine_min": round(t["cosine_min"], 5),
+            "test_nn_agreement": round(t["nn_agreement"], 4),
+            "test_ok": t["cosine"] >= 0.99 and t["nn_agreement"] >= 0.95, "plan": rec.plan.describe(),
+        }  # fmt: skip
+    s3 = rows["stage3"]
+    return {
+        "model": "minilm",
+        "fp32_bytes": original,
+        "gates_val": {"min_cosine": args.minilm_cosine, "min_nn_agreement": args.minilm_nn},
+        "criterion_test": {"min_cosine": 0.99, "min_nn_agreement": 0.95},
+        "stage1_grid": {"sparsities": sparsities, "bits": bits, "samples": args.minilm_sensitivity_samples},
+        "search_evaluations": {"stage1": res.sensitivity_evaluations, "stages23": res.evaluations},
+        "trials": len(res.trials),
+        "methods": rows,
+        "target": {
+            "ratio": MINILM_TARGET,
+            "met": bool(s3.get("found") and s3["ratio"] >= MINILM_TARGET and s3["test_ok"]),
+            "ratio_reached": s3.get("ratio"),
+        },
+        "search_seconds": round(search_s, 1),
+        "seconds_by_stage": {k: round(v, 1) for k, v in res.seconds.items()},
+        "closest": None if res.passed or res.closest is None else res.summary(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def record_minilm(entry: dict[str, Any], out: Path | None) -> None:
+    """Put the MiniLM entry into search.json next to what is there (the digit entries are kept)."""
+    path = out or RESULTS_DIR / "search.json"
+    data = json.loads(path.read_text()) if path.exists() else {"benchmark": "search"}
+    # methods as rows (one table in docs/benchmarks.md rather than a list of keys)
+    methods = entry.get("methods")
+    if isinstance(methods, dict):
+        entry = {**entry, "methods": [{"method": k, **v} for k, v in methods.items()]}
+    data["minilm"] = {"environment": environment(), **entry}
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"\nwrote {path} (minilm)", file=sys.stderr)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="lenet_300_100,lenet5,resnet_digits")
@@ -291,12 +395,29 @@ def main() -> int:
         "--uniform-evaluations", type=int, default=8, help="model runs on uniform seeds (0: none)"
     )
     ap.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/search.json)")
+    ap.add_argument("--minilm-trials", type=int, default=20, help="MiniLM: trials of stages 2-3")
+    ap.add_argument("--minilm-cosine", type=float, default=0.992, help="MiniLM: validation cosine gate")
+    ap.add_argument("--minilm-nn", type=float, default=0.96, help="MiniLM: validation NN-agreement gate")
+    ap.add_argument("--minilm-sparsities", default="0,0.5", help="MiniLM: stage-1 sparsity grid")
+    ap.add_argument("--minilm-bits", default="3,6", help="MiniLM: stage-1 bits grid")
+    ap.add_argument("--minilm-sensitivity-samples", type=int, default=64, help="MiniLM: stage-1 sentences")
+    ap.add_argument("--minilm-stage2", type=int, default=8, help="MiniLM: stage-2 model runs")
+    ap.add_argument("--minilm-uniform", type=int, default=4, help="MiniLM: uniform-seed model runs")
     args = ap.parse_args()
     results = []
     # the stage-1 tables are cached here (keyed by model, data and grid), so a rerun skips stage 1
     cache = Path(tempfile.gettempdir()) / "onnxcompress-search-bench"
     cache.mkdir(exist_ok=True)
+    results_path = args.out or RESULTS_DIR / "search.json"
     for name in args.models.split(","):
+        if name == "minilm":
+            entry = bench_minilm(args, cache)
+            if isinstance(entry, str):
+                print(f"minilm: skipped ({entry})", file=sys.stderr)
+                continue
+            print(json.dumps(entry, indent=2))
+            record_minilm(entry, args.out)
+            continue
         results.append(bench_model(name, args, cache))
         r = results[-1]
         rows = []
@@ -322,8 +443,10 @@ def main() -> int:
             )
         )
         print(f"search vs best uniform: {r['beats_uniform']}", flush=True)
+        previous = json.loads(results_path.read_text()) if results_path.exists() else {}
+        kept = {k: v for k, v in previous.items() if k == "minilm"}  # a MiniLM entry stays
         write_results("search", {"note": "machine shared with other jobs; timings rough", "args": vars(args) | {"out": None},
-                                 "models": results}, args.out)  # fmt: skip
+                                 "models": results, **kept}, args.out)  # fmt: skip
     return 0
 
 

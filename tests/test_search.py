@@ -313,3 +313,67 @@ def test_uniform_seeds_join_the_study_and_the_search_is_never_worse_than_them(tm
     if res.uniform is not None:
         assert res.best.size <= res.uniform.size
     assert sum(1 for t in seeds if t.samples) <= 4  # model runs within the budget
+
+
+def test_nn_agreement_on_a_hand_made_embedding_set() -> None:
+    from onnxcompress.search.metrics import nearest_neighbours, nn_agreement
+
+    def at(*degrees: float) -> np.ndarray:
+        rad = np.radians(degrees)
+        return np.stack([np.cos(rad), np.sin(rad)], 1)
+
+    # two pairs 10 degrees apart (0,1) and (2,3), far from each other; 4 is 15 degrees past 3
+    ref = at(0, 10, 90, 100, 115)
+    assert nearest_neighbours(ref).tolist() == [1, 0, 3, 2, 3]
+    assert nn_agreement(ref, ref) == 1.0
+    assert nn_agreement(ref, 3.0 * ref) == 1.0  # cosine: the scale of a row does not matter
+    moved = at(0, 10, 90, 100, 3)  # 4 moves next to 0: rows 0, 1 and 4 change their neighbour
+    assert nearest_neighbours(moved).tolist() == [4, 4, 3, 2, 0]
+    assert nn_agreement(ref, moved) == pytest.approx(2 / 5)
+    assert nn_agreement(ref, np.roll(ref, 1, axis=0)) < 1.0  # the metric can fail
+    with pytest.raises(oc.errors.DataError, match="at least 2"):
+        nn_agreement(ref[:1], ref[:1])
+
+
+def test_search_gates_on_nn_agreement_from_the_cli(tmp_path) -> None:
+    from onnxcompress.search.metrics import load_metric, nn_agreement
+
+    assert load_metric("nn_agreement", limit=0.9).limit == 0.9
+    out = tmp_path / "n.onnx"
+    rc = main([
+        "search", str(MODEL), "-o", str(out), "--data", str(VAL), "--metric", "nn_agreement",
+        "--metric-limit", "0.97", "--trials", "6", "--storage", "memory", "--quiet", *FAST_CLI,
+    ])  # fmt: skip
+    assert rc == 0
+    assert "nn_agreement" in (tmp_path / "n.search.md").read_text()
+    # the chosen model's agreement, recomputed independently of the search, meets the limit
+    from onnxcompress.sessions import make_session
+
+    feed = {"input": np.load(VAL)["input"]}
+    ref = make_session(MODEL.read_bytes()).run(None, feed)[0]
+    cand = make_session(out.read_bytes()).run(None, feed)[0]
+    assert out.stat().st_size < MODEL.stat().st_size
+    assert nn_agreement(ref, cand) >= 0.97
+    # an impossible limit: nothing passes, exit 1
+    rc = main([
+        "search", str(MODEL), "-o", str(tmp_path / "m.onnxc"), "--data", str(VAL), "--metric", "nn_agreement",
+        "--metric-limit", "1.01", "--trials", "3", "--storage", "memory", "--quiet", *FAST_CLI,
+    ])  # fmt: skip
+    assert rc == 1
+
+
+def test_built_candidate_memo_is_bounded_in_bytes(monkeypatch) -> None:
+    from onnxcompress.search import candidates as cmod
+    from onnxcompress.search.metrics import Metric
+    from onnxcompress.search.space import Plan, base_config
+
+    cands = cmod.Candidates(str(MODEL), str(VAL), base=base_config(), metric=Metric("agreement"),
+                            gates=oc.Gates(min_agreement=0.9), container=False)  # fmt: skip
+    plans = [Plan({layer.name: Choice(0.0, b) for layer in cands.layers}) for b in (3, 4, 5)]
+    one = len(cands.build(plans[0]).onnx_bytes)
+    cands.forget()
+    monkeypatch.setattr(cmod, "BUILT_MEMO_BYTES", int(2.5 * one))  # room for two candidates
+    for plan in plans:
+        cands.build(plan)
+    assert len(cands._cache) == 1 and cands._cache_bytes <= 2.5 * one  # the third cleared the memo
+    assert cands.build(plans[2]) is cands.build(plans[2])  # still a memo

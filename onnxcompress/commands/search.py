@@ -61,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--metric", default="auto",
-        help="accuracy, agreement, cosine, or module:function taking (session, data) -> float (default: accuracy with labels, else agreement)",
+        help="accuracy, agreement, cosine, nn_agreement (embeddings: same nearest neighbour as the original), or module:function taking (session, data) -> float (default: accuracy with labels, else agreement)",
     )  # fmt: skip
     g.add_argument(
         "--metric-direction",

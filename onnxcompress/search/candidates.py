@@ -27,12 +27,17 @@ from onnxcompress.evaluation.data import input_specs, open_data
 from onnxcompress.evaluation.metrics import OutputMetrics
 from onnxcompress.evaluation.verify import Gates
 from onnxcompress.inventory import build_inventory
-from onnxcompress.search.metrics import Evaluation, Metric, builtin_value, evaluate, output_metrics
+from onnxcompress.search.metrics import Evaluation, Metric, builtin_value, evaluate, output_metrics, raw_value
 from onnxcompress.search.space import Plan
 from onnxcompress.sessions import make_session
 
 #: Coded container streams kept across candidates (payload bytes) before the memo starts over.
 STREAM_MEMO_BYTES = 256 << 20
+# built candidates kept for reuse: at most this many, holding at most this many bytes (each holds
+# the whole serialized model and its file: 256 MiniLM candidates were 24 GB and the OOM killer
+# stopped the search)
+BUILT_MEMO_COUNT = 256
+BUILT_MEMO_BYTES = 1 << 30
 
 HookFactory = Callable[[onnx.ModelProto, CompressionConfig], "WeightHook | None"]
 
@@ -153,6 +158,7 @@ class Candidates:
         self.reference_metric = ref_eval.metric
         self.evaluations = 0
         self._cache: dict[Any, Built] = {}
+        self._cache_bytes = 0
         # coded container streams by tensor content: a candidate differs from the last in a few
         # weights, so only those are entropy-coded again (same bytes; see pack_bytes)
         self._streams: dict[tuple[Any, ...], tuple[int, int, int, int, int, bytes]] = {}
@@ -212,14 +218,18 @@ class Candidates:
             if len(self._streams) != n_before:
                 self._stream_bytes = sum(len(v[5]) for v in self._streams.values())
         built = Built(plan, config, file_bytes, onnx_bytes, report, time.perf_counter() - t0)
-        if len(self._cache) > 256:
+        held = len(built.onnx_bytes) + (len(built.file_bytes) if built.file_bytes is not built.onnx_bytes else 0)
+        if len(self._cache) >= BUILT_MEMO_COUNT or self._cache_bytes + held > BUILT_MEMO_BYTES:
             self._cache.clear()
+            self._cache_bytes = 0
         self._cache[key] = built
+        self._cache_bytes += held
         return built
 
     def forget(self) -> None:
         """Drop the memo of built candidates (after the way candidates are built changed)."""
         self._cache.clear()
+        self._cache_bytes = 0
 
     # ------------------------------------------------------------------ measure
 
@@ -236,7 +246,8 @@ class Candidates:
             )
             value = float(self.metric.fn(session, data))
         else:
-            value = builtin_value(self.metric.name, metrics)
+            raw = raw_value(self.metric.name, [r[:n] for r in self.reference_outputs], outputs)
+            value = builtin_value(self.metric.name, metrics) if raw is None else raw
         return evaluate(self.metric, self.gates, metrics, value, has_labels=labels is not None)
 
     def measure(self, built: Built, samples: int | None = None) -> Measured:

@@ -7,7 +7,9 @@ very code ``verify`` uses (:func:`onnxcompress.evaluation.verify.check_gates` on
 ``onnxcompress verify`` with the same flags on the same data.
 
 Built-in metrics (direction ``max``): ``accuracy`` (top-1 against labels), ``agreement`` (top-1
-agreement with the reference), ``cosine`` (mean per-sample cosine). A user metric is any callable
+agreement with the reference), ``cosine`` (mean per-sample cosine), ``nn_agreement`` (for
+embedding models: the share of samples whose nearest neighbour by cosine among the other samples is
+the same as with the reference outputs; :func:`nn_agreement`). A user metric is any callable
 ``fn(session, data) -> float`` (``data``: the dict of validation arrays, labels included under their
 key) with a direction; from the command line ``--metric module:function`` (the function may carry a
 ``direction`` attribute, ``"max"`` by default).
@@ -23,12 +25,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from onnxcompress.errors import ConfigError
+from onnxcompress.errors import ConfigError, DataError
 from onnxcompress.evaluation.metrics import OutputAccumulator, OutputMetrics
 from onnxcompress.evaluation.verify import GateOutcome, Gates, check_gates
 
 Direction = Literal["max", "min"]
-BUILTIN_METRICS = ("accuracy", "agreement", "cosine")
+BUILTIN_METRICS = ("accuracy", "agreement", "cosine", "nn_agreement")
 UserMetricFn = Callable[[Any, Mapping[str, np.ndarray]], float]
 
 
@@ -36,7 +38,8 @@ UserMetricFn = Callable[[Any, Mapping[str, np.ndarray]], float]
 class Metric:
     """The number a search reports and, with a size target, optimises.
 
-    ``name`` is a built-in (``accuracy``, ``agreement``, ``cosine``) or a label for ``fn``;
+    ``name`` is a built-in (``accuracy``, ``agreement``, ``cosine``, ``nn_agreement``) or a label
+    for ``fn``;
     ``limit`` (optional) is a gate on the metric itself: it must be >= limit (``max``) or <= limit
     (``min``) for a plan to pass, which is how a task metric such as CER or F1 gates a search.
     """
@@ -138,6 +141,38 @@ def output_metrics(
         acc.update(r, c, labels)
         out.append(acc.result())
     return tuple(out)
+
+
+def nearest_neighbours(e: np.ndarray) -> np.ndarray:
+    """Index of each row's most cosine-similar other row (rows of ``e``: one sample each, flattened)."""
+    e = np.asarray(e, dtype=np.float64).reshape(len(e), -1)
+    u = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    sim = u @ u.T
+    np.fill_diagonal(sim, -np.inf)
+    return np.asarray(sim.argmax(1))
+
+
+def nn_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Share of samples whose nearest other sample (cosine) is the same for ``candidate`` as for
+    ``reference`` (one sample per row; other axes are flattened). Needs at least 2 samples."""
+    if len(reference) != len(candidate):
+        raise DataError(
+            f"nn_agreement: {len(reference)} reference samples but {len(candidate)} candidate samples"
+        )
+    if len(reference) < 2:
+        raise DataError(
+            "metric 'nn_agreement' needs at least 2 validation samples (each is matched to another)"
+        )
+    return float(np.mean(nearest_neighbours(candidate) == nearest_neighbours(reference)))
+
+
+def raw_value(name: str, reference: list[np.ndarray], candidate: list[np.ndarray]) -> float | None:
+    """A built-in metric computed from the raw outputs (``nn_agreement``: the lowest over outputs);
+    None for the metrics :func:`builtin_value` derives from the accumulated output metrics."""
+    if name != "nn_agreement":
+        return None
+    vals = [nn_agreement(r, c) for r, c in zip(reference, candidate, strict=True)]
+    return float(min(vals)) if vals else math.nan
 
 
 def builtin_value(name: str, outputs: tuple[OutputMetrics, ...]) -> float:
