@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 
 from onnxcompress.algorithms.smoothing import smooth_weight
 from onnxcompress.errors import EncodingError
-from onnxcompress.inventory import graph_names
+from onnxcompress.inventory import fresh_name, graph_names
 from onnxcompress.passes.base import Pass, PassResult
 
 
@@ -79,7 +79,7 @@ class SmoothInputsPass(Pass):
                 if w.shape[0] != s.size:
                     raise EncodingError(f"{wname}: {w.shape[0]} input rows but {s.size} scales")
                 inits[wname].CopyFrom(numpy_helper.from_array(smooth_weight(w, s), wname))
-            inv, out = _fresh(f"{group.input}/smooth_inv", taken), _fresh(f"{group.input}/smoothed", taken)
+            inv, out = fresh_name(f"{group.input}/smooth_inv", taken), fresh_name(f"{group.input}/smoothed", taken)
             g.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv))
             for i in users:
                 nodes[i].input[0] = out
@@ -92,10 +92,3 @@ class SmoothInputsPass(Pass):
             {"inputs": len(self.groups), "weights": sum(len(gr.weights) for gr in self.groups)},
         )  # fmt: skip
 
-
-def _fresh(base: str, taken: set[str]) -> str:
-    name, i = base, 1
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    taken.add(name)
-    return name
