@@ -43,7 +43,7 @@ import onnx
 
 from onnxcompress.calibration.capture import get_tensor
 from onnxcompress.errors import ConfigError
-from onnxcompress.structured.graph import Analysis, Group
+from onnxcompress.structured.graph import Analysis, Consumer, Group
 
 CRITERIA = ("l1", "l2", "bn", "activation", "obs")
 
@@ -145,6 +145,19 @@ def _bn_scales(
     return out
 
 
+def _obs_consumer(model: onnx.ModelProto, c: Consumer, hess: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """A consumer's OBS state: the damped inverse Hessian, its weight as float64 rows (input
+    positions first) with a zero bias row appended (never removed, it absorbs the means), and the
+    output energy ``tr(W^T H W)`` the removal costs are measured against."""
+    w = np.moveaxis(get_tensor(model, c.weight).astype(np.float64), c.axis, 0)
+    w = w.reshape(w.shape[0], -1)
+    n = w.shape[0]
+    damp = 1e-4 * float(np.mean(np.diag(hess)[:n])) + 1e-12
+    hinv = np.linalg.inv(hess + damp * np.eye(n + 1))
+    w = np.vstack([w, np.zeros((1, w.shape[1]))])
+    return hinv, w, float(np.einsum("ij,ik,kj->", w, hess, w))
+
+
 def _obs_order(
     model: onnx.ModelProto,
     analysis: Analysis,
@@ -168,13 +181,8 @@ def _obs_order(
             if group.kind == "heads":
                 return _block_obs_order(model, analysis, group, hessians, costs)
             return None  # a class spans several positions (flattened into a Gemm)
-        w = np.moveaxis(get_tensor(model, c.weight).astype(np.float64), c.axis, 0)
-        w = w.reshape(w.shape[0], -1)
-        n = w.shape[0]
-        damp = 1e-4 * float(np.mean(np.diag(hess)[:n])) + 1e-12
-        hinv = np.linalg.inv(hess + damp * np.eye(n + 1))
-        w = np.vstack([w, np.zeros((1, w.shape[1]))])  # the bias row: never removed, absorbs means
-        output_energy += float(np.einsum("ij,ik,kj->", w, hess, w))
+        hinv, w, energy = _obs_consumer(model, c, hess)
+        output_energy += energy
         terms.append((hinv, w, np.array([index[int(classes[k])] for k in pos]), np.array(pos)))
     if not terms:
         return None
@@ -232,13 +240,8 @@ def _block_obs_order(
             if cls in index:
                 blocks.setdefault(index[cls], np.zeros(0, np.int64))
                 blocks[index[cls]] = np.append(blocks[index[cls]], k)
-        w = np.moveaxis(get_tensor(model, c.weight).astype(np.float64), c.axis, 0)
-        w = w.reshape(w.shape[0], -1)
-        n = w.shape[0]
-        damp = 1e-4 * float(np.mean(np.diag(hess)[:n])) + 1e-12
-        hinv = np.linalg.inv(hess + damp * np.eye(n + 1))
-        w = np.vstack([w, np.zeros((1, w.shape[1]))])
-        output_energy += float(np.einsum("ij,ik,kj->", w, hess, w))
+        hinv, w, energy = _obs_consumer(model, c, hess)
+        output_energy += energy
         terms.append((hinv, w, blocks))
     if not terms:
         return None
