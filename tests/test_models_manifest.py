@@ -127,3 +127,13 @@ def test_minilm_validation_split_shares_no_sentence_with_the_test_split() -> Non
     assert len(val) == min(module.N_VALIDATION, len(pool) - len(test))
     assert not set(val) & set(test)
     assert val == sorted(val)  # spread through the sorted pool, not clustered at one end
+
+
+def test_minilm_calibration_split_is_the_rest_of_the_pool() -> None:
+    module = _export_minilm()
+    pool = module.stdlib_sentences()
+    test = module._spread(pool, module.N_SENTENCES)
+    val = module.validation_split(pool, test)
+    calib = module.calibration_split(pool, test, val)
+    assert not set(calib) & (set(test) | set(val))
+    assert sorted(calib + val + test) == pool  # every sentence in exactly one split
