@@ -311,6 +311,11 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str,
         "gate_variants": variants,
         "search_seconds": round(search_s, 1),
         "structured": res.structured,
+        "structured_note": None if res.structured is None else (
+            "the search tried these channel ratios (global/uniform allocation as in structured.config) and "
+            "searched each passing pruned model per weight; the uniform and random baselines are unstructured "
+            "(built on the original model); sizes and gates against the original"
+        ),
         "calibration": bool(args.calibration),
         "calibration_mode": args.calibration_mode if args.calibration else None,
         "run_args": {k: v for k, v in vars(args).items() if k != "out"},
@@ -402,14 +407,20 @@ def merged(previous: dict[str, Any], results: list[dict[str, Any]], args: argpar
     kept under ``previous_run``), the other models' entries, the MiniLM entry, the note and the
     earlier runs' arguments as they were."""
     mine = {r["model"]: r for r in results}
+    envs = dict(previous.get("environments_by_model") or {})
     models = []
     for old in previous.get("models", []):
         new = mine.pop(old.get("model"), None)
         if new is None:
             models.append(old)
         else:
-            models.append({**new, "previous_run": {k: v for k, v in old.items() if k != "previous_run"}})
+            before = {k: v for k, v in old.items() if k != "previous_run"}
+            if old.get("model") in envs:
+                before["environment"] = envs[old["model"]]
+            models.append({**new, "previous_run": before})
     models.extend(mine.values())
+    for r in results:
+        envs[r["model"]] = environment()
     run_args = vars(args) | {"out": None}
     old_args = previous.get("args")
     if isinstance(old_args, dict) and old_args and all(isinstance(v, dict) for v in old_args.values()):
@@ -417,8 +428,12 @@ def merged(previous: dict[str, Any], results: list[dict[str, Any]], args: argpar
     else:
         all_args = {f"run of {args.models}": run_args} if previous.get("models") else run_args
     note = previous.get("note") or "machine shared with other jobs; timings rough"
-    kept = {k: v for k, v in previous.items() if k not in ("benchmark", "environment", "models", "args", "note")}
-    return {"note": note, "args": all_args, "models": models, **kept}
+    kept = {k: v for k, v in previous.items()
+            if k not in ("benchmark", "environment", "models", "args", "note", "environments_by_model")}  # fmt: skip
+    out: dict[str, Any] = {"note": note, "args": all_args, "models": models, **kept}
+    if previous.get("environments_by_model"):  # one environment per model: the top-level one stays as it was
+        out = {"environment": previous.get("environment"), **out, "environments_by_model": envs}
+    return out
 
 
 def main() -> int:
