@@ -87,6 +87,20 @@ def test_a_ratio_that_fails_alone_is_skipped_without_a_search() -> None:
     assert res.passed and "structured:" not in (res.plan_yaml or "")
 
 
+def test_when_every_ratio_fails_alone_the_last_is_searched_for_a_closest_plan() -> None:
+    res = oc.search(
+        str(MODEL), str(VAL), gates=oc.Gates(max_accuracy_drop=0.5), metric="accuracy", trials=3,
+        storage=None, sparsities=(0.7,), bits=(4,), sensitivity_samples=64, uniform_evaluations=0,
+        calibration_data=str(CALIB), structured=StructuredSearch((0.95, 0.97)),
+    )  # fmt: skip
+    assert res.structured is not None
+    first, last = res.structured["ratios"]
+    assert first["skipped"] and "trials" not in first
+    assert last["alone"]["passed"] is False and last["trials"] == 3 and not last["passed"]
+    assert not res.passed and res.closest is not None and res.structured["chosen_ratio"] == 0.97
+    assert "no tried plan passed" in res.summary()
+
+
 def test_candidates_measure_a_pruned_model_against_the_original() -> None:
     original = onnx.load(str(MODEL))
     pruned, _ = prune_model(original, StructuredConfig(ratio=0.8), None)  # l1, no refit: real damage

@@ -154,7 +154,7 @@ class SearchResult:
                 rx = "" if r.get("best_ratio") is None else f"{r['best_ratio']:.2f}x"
                 mv = "" if r.get("best_metric") is None else f"{r['best_metric']:.4f}"
                 lines.append(
-                    f"| {r['ratio']:g} | {r.get('params_after', '')} | {am} | {alone.get('passed', '')} | {size} | "
+                    f"| {r['ratio']:g} | {r.get('params_after', 0):,} | {am} | {alone.get('passed', '')} | {size} | "
                     f"{rx} | {mv} | {r.get('trials', '')} | {r.get('seconds', '')} |"
                 )
             lines.append("")
@@ -795,8 +795,14 @@ def _search_structured(
             pruned, info = st_mod.prune(original, spec, ratio, inputs)
             row.update(info)
         report("structured", {"ratio": ratio, "index": i, "total": len(spec.ratios)})
-        if pruned is not None and spec.prefilter and mode == "gates" and (results or i < len(spec.ratios) - 1):
-            # the pruned model alone, against the original: failing here, no plan can pass
+        if pruned is None:
+            from onnxcompress.structured.flops import count_params
+
+            row["params_before"] = row["params_after"] = count_params(original)
+        else:
+            # the pruned model alone, against the original (one model run): in gates mode, failing
+            # here means no plan can pass (when every ratio before it was skipped, the last one is
+            # searched anyway: the result then says how close it came)
             check = Candidates(
                 pruned, data, base=base_config(min_elements=kw["min_elements"], seed=0),
                 metric=m or Metric("agreement"), gates=gates, container=False, labels_key=kw["labels_key"],
@@ -806,7 +812,8 @@ def _search_structured(
                 check.metric = Metric("accuracy" if check.labels is not None else "agreement")
             alone = check.measure(check.build(Plan())).evaluation
             row["alone"] = {"metric": alone.metric, "passed": alone.passed, "note": alone.describe()}
-            if not alone.passed:
+            last_chance = not results and i == len(spec.ratios) - 1
+            if spec.prefilter and mode == "gates" and not alone.passed and not last_chance:
                 row["skipped"] = "fails the gates before any weight is quantized"
                 row["seconds"] = round(time.perf_counter() - t0, 1)
                 rows.append(row)
@@ -827,8 +834,6 @@ def _search_structured(
         })  # fmt: skip
         rows.append(row)
         results.append((ratio, res))
-    if not results:  # every ratio failed alone: the smallest one is searched for a closest plan
-        return _search_structured(model, data, dataclasses.replace(spec, prefilter=False, ratios=spec.ratios[:1]), kw)
     chosen_ratio, chosen = _best_result(mode, results, kw["max_bytes"] is not None or kw["target_ratio"] is not None)
     chosen.structured = {
         "chosen_ratio": chosen_ratio,
