@@ -155,6 +155,17 @@ def gate_variants(cands: Candidates, records: list[bayes.TrialRecord], original:
     return out
 
 
+def structured_search(args: argparse.Namespace) -> oc.StructuredSearch | None:
+    """``--structured-ratios``: channel ratios as one more searched dimension (None: not asked)."""
+    if not args.structured_ratios:
+        return None
+    from onnxcompress.structured.config import StructuredConfig
+
+    ratios = tuple(float(x) for x in args.structured_ratios.split(","))
+    cfg = StructuredConfig(allocation=args.structured_allocation, criterion=args.structured_criterion)
+    return oc.StructuredSearch(ratios, cfg)
+
+
 def smallest_passing(records: list[bayes.TrialRecord]) -> bayes.TrialRecord | None:
     ok = [t for t in records if t.passed and t.size is not None]
     return min(ok, key=lambda t: (t.size, t.number)) if ok else None
@@ -209,7 +220,7 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str,
         trials=args.trials, seed=args.seed, storage=None, sparsities=sparsities, bits=bits,
         calibration_data=str(CALIB) if args.calibration else None, calibration_sequential=exact,
         uniform_evaluations=args.uniform_evaluations,
-        bias_correction=exact,
+        bias_correction=exact, structured=structured_search(args),
     )  # fmt: skip
     search_s = time.perf_counter() - t0
     total_evals = res.sensitivity_evaluations + res.evaluations
@@ -222,14 +233,26 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str,
         hook_factory=hooks,
     )  # fmt: skip
     original = cands.original_size
+    # the search's plans apply to the structurally pruned model it chose (if any): built on that
+    # model, measured against the original, sized against the original file
+    searched = cands
+    if res.pruned_model is not None:
+        searched = Candidates(
+            res.pruned_model, str(VAL), base=base_config(), metric=Metric("accuracy"), gates=gates, container=True,
+            hook_factory=CalibratedHooks(str(CALIB), sequential=exact, bias_correction=exact) if args.calibration else None,
+            reference=str(path),
+        )  # fmt: skip
+        assert searched.original_size == original
     rows: dict[str, Any] = {}
 
-    def record(label: str, plan: Plan | None, evals: int, extra: dict[str, Any] | None = None) -> None:
+    def record(label: str, plan: Plan | None, evals: int, extra: dict[str, Any] | None = None,
+               on: Candidates | None = None) -> None:  # fmt: skip
+        c = on or cands
         if plan is None:
             rows[label] = {"found": False, "evaluations": evals, **(extra or {})}
             return
-        built = cands.build(plan)
-        val = cands.measure(built).evaluation
+        built = c.build(plan)
+        val = c.measure(built).evaluation
         rows[label] = {
             "found": True, "evaluations": evals, "plan": plan.describe(), "val_accuracy": val.metric,
             **test_figures(built.onnx_bytes, built.size, original, fp32), **(extra or {}),
@@ -245,19 +268,20 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str,
     record("random", plan, n, {"seconds": round(time.perf_counter() - t, 1)})
     stage2_trials = [t for t in res.trials if t.stage == "stage2"]
     record(
-        "stage2", res.stage2.plan if res.stage2 else None, res.sensitivity_evaluations + len(stage2_trials)
-    )
+        "stage2", res.stage2.plan if res.stage2 else None, res.sensitivity_evaluations + len(stage2_trials),
+        on=searched,
+    )  # fmt: skip
     uni_trials = [t for t in res.trials if t.stage == "uniform"]
     record(
         "uniform_seeds", res.uniform.plan if res.uniform else None,
-        sum(1 for t in uni_trials if t.samples), {"trials": len(uni_trials)},
+        sum(1 for t in uni_trials if t.samples), {"trials": len(uni_trials)}, on=searched,
     )  # fmt: skip
-    record("stage3", res.best.plan if res.best else None, total_evals)
+    record("stage3", res.best.plan if res.best else None, total_evals, on=searched)
     rows["stage3"]["seconds"] = round(search_s, 1)
     rows["stage3"]["seconds_by_stage"] = {k: round(v, 1) for k, v in res.seconds.items()}
     rows["stage3"]["trials"] = len(res.trials)
     print(f"== {name}: gate variants (post hoc, over the search's trials)", file=sys.stderr, flush=True)
-    variants = gate_variants(cands, res.trials, original, fp32)
+    variants = gate_variants(searched, res.trials, original, fp32)
     s3, uni = rows["stage3"], rows["uniform"]
     beats = None
     if s3.get("found") and uni.get("found"):
@@ -286,6 +310,12 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str,
         "beats_uniform": beats,
         "gate_variants": variants,
         "search_seconds": round(search_s, 1),
+        "structured": res.structured,
+        "structured_note": None if res.structured is None else (
+            "the search tried these channel ratios (global/uniform allocation as in structured.config) and "
+            "searched each passing pruned model per weight; the uniform and random baselines are unstructured "
+            "(built on the original model); sizes and gates against the original"
+        ),
         "calibration": bool(args.calibration),
         "calibration_mode": args.calibration_mode if args.calibration else None,
         "run_args": {k: v for k, v in vars(args).items() if k != "out"},
@@ -372,6 +402,40 @@ def record_minilm(entry: dict[str, Any], out: Path | None) -> None:
     print(f"\nwrote {path} (minilm)", file=sys.stderr)
 
 
+def merged(previous: dict[str, Any], results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """search.json with this run's models in place of their earlier entries (each earlier entry
+    kept under ``previous_run``), the other models' entries, the MiniLM entry, the note and the
+    earlier runs' arguments as they were."""
+    mine = {r["model"]: r for r in results}
+    envs = dict(previous.get("environments_by_model") or {})
+    models = []
+    for old in previous.get("models", []):
+        new = mine.pop(old.get("model"), None)
+        if new is None:
+            models.append(old)
+        else:
+            before = {k: v for k, v in old.items() if k != "previous_run"}
+            if old.get("model") in envs:
+                before["environment"] = envs[old["model"]]
+            models.append({**new, "previous_run": before})
+    models.extend(mine.values())
+    for r in results:
+        envs[r["model"]] = environment()
+    run_args = vars(args) | {"out": None}
+    old_args = previous.get("args")
+    if isinstance(old_args, dict) and old_args and all(isinstance(v, dict) for v in old_args.values()):
+        all_args = {**old_args, f"run of {args.models}": run_args}  # one set of arguments per run
+    else:
+        all_args = {f"run of {args.models}": run_args} if previous.get("models") else run_args
+    note = previous.get("note") or "machine shared with other jobs; timings rough"
+    kept = {k: v for k, v in previous.items()
+            if k not in ("benchmark", "environment", "models", "args", "note", "environments_by_model")}  # fmt: skip
+    out: dict[str, Any] = {"note": note, "args": all_args, "models": models, **kept}
+    if previous.get("environments_by_model"):  # one environment per model: the top-level one stays as it was
+        out = {"environment": previous.get("environment"), **out, "environments_by_model": envs}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="lenet_300_100,lenet5,resnet_digits")
@@ -394,6 +458,14 @@ def main() -> int:
     ap.add_argument(
         "--uniform-evaluations", type=int, default=8, help="model runs on uniform seeds (0: none)"
     )
+    ap.add_argument(
+        "--structured-ratios", metavar="LIST",
+        help="channel ratios searched as one more dimension (e.g. 0,0.5,0.6,0.7): each ratio's structurally "
+        "pruned model (refit on digits_calib.npz with --calibration) is searched per weight, --trials each; "
+        "the baselines stay unstructured",
+    )  # fmt: skip
+    ap.add_argument("--structured-allocation", choices=("uniform", "global"), default="global")
+    ap.add_argument("--structured-criterion", default="obs", help="structured criterion (default obs)")
     ap.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/search.json)")
     ap.add_argument("--minilm-trials", type=int, default=20, help="MiniLM: trials of stages 2-3")
     ap.add_argument("--minilm-cosine", type=float, default=0.992, help="MiniLM: validation cosine gate")
@@ -444,9 +516,7 @@ def main() -> int:
         )
         print(f"search vs best uniform: {r['beats_uniform']}", flush=True)
         previous = json.loads(results_path.read_text()) if results_path.exists() else {}
-        kept = {k: v for k, v in previous.items() if k == "minilm"}  # a MiniLM entry stays
-        write_results("search", {"note": "machine shared with other jobs; timings rough", "args": vars(args) | {"out": None},
-                                 "models": results, **kept}, args.out)  # fmt: skip
+        write_results("search", merged(previous, results, args), args.out)
     return 0
 
 

@@ -29,6 +29,7 @@ _API = {
     "open_model": ("onnxcompress.model_io", "open_model"),
     "make_session": ("onnxcompress.sessions", "make_session"),
     "search": ("onnxcompress.search.api", "search"),
+    "StructuredSearch": ("onnxcompress.search.structured", "StructuredSearch"),
 }
 
 __all__ = ["__version__", *_API]

@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 from typing import Any
 
-import numpy as np
 import onnx
 
 from onnxcompress.structured.config import StructuredConfig, structured_from_dict
@@ -78,15 +77,10 @@ def structured_config_from_args(args: argparse.Namespace) -> StructuredConfig | 
 def prune_in_place(model: onnx.ModelProto, cfg: StructuredConfig, args: argparse.Namespace) -> dict[str, Any]:
     """Replace ``model`` by its structurally pruned copy; print the table unless ``--quiet``."""
     from onnxcompress.commands.render import format_structured_report
-    from onnxcompress.structured.api import prune_model
+    from onnxcompress.structured.api import prune_model, pruning_inputs
 
-    data = None
-    if getattr(args, "calibration_data", None):
-        from onnxcompress.calibration.pipeline import open_calibration_data
-
-        batches, _ = open_calibration_data(model, args.calibration_data, samples=cfg.samples, batch_size=64)
-        parts = list(batches())
-        data = {k: np.concatenate([b[k] for b in parts]) for k in parts[0]}
+    # the samples ``search --structured-ratios`` pruned with: a searched plan is reproduced exactly
+    data = pruning_inputs(model, getattr(args, "calibration_data", None) or None, cfg.samples)
     pruned, report = prune_model(model, cfg, data)
     model.CopyFrom(pruned)
     if not getattr(args, "quiet", False):

@@ -35,6 +35,7 @@ def _ints(text: str) -> list[int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from onnxcompress.commands.verify import add_gate_arguments
+    from onnxcompress.structured.config import CRITERION_CHOICES
 
     p.add_argument("model", help="input ONNX model")
     p.add_argument(
@@ -134,6 +135,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--bias-correction", action="store_true",
         help="with --calibration-data: shift biases by the mean output change (a full calibration per candidate)",
     )  # fmt: skip
+    st = p.add_argument_group("structured pruning (channel ratio as one more dimension)")
+    st.add_argument(
+        "--structured-ratios", type=_floats, metavar="LIST",
+        help="channel ratios to try, e.g. 0,0.5,0.6,0.7: each ratio's structurally pruned model (refit on "
+        "--calibration-data) is checked alone against the original and, if it passes, searched per weight "
+        "(--trials each); the smallest passing file wins, sized against the original; its plan has a "
+        "structured: section, so compress --config reproduces it",
+    )  # fmt: skip
+    st.add_argument(
+        "--structured-allocation", choices=("uniform", "global"), default="global",
+        help="how each ratio is spread over the layers (default global: the cheapest channels anywhere)",
+    )  # fmt: skip
+    st.add_argument(
+        "--structured-criterion", choices=CRITERION_CHOICES, default="obs",
+        help="which channels go (default obs: the least output damage after refit; needs --calibration-data, "
+        "else l1 is used)",
+    )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
 
@@ -157,6 +175,8 @@ class _Progress:
             if now - self.last < 0.5 and info["done"] < info["total"]:
                 return
             line = f"stage 1 sensitivity {info['done']}/{info['total']} {info['what']}"
+        elif stage == "structured":
+            line = f"structured ratio {info['ratio']:g} ({info['index'] + 1}/{info['total']}): pruned, searching"
         else:
             rec = info["record"]
             self.count += 1
@@ -210,6 +230,16 @@ def run(args: argparse.Namespace) -> int:
         kwargs["sparsities"] = args.sparsities
     if args.bits:
         kwargs["bits"] = args.bits
+    if args.structured_ratios:
+        from onnxcompress.search.structured import StructuredSearch
+        from onnxcompress.structured.config import StructuredConfig
+
+        criterion = args.structured_criterion
+        if criterion in ("obs", "activation") and not args.calibration_data:
+            criterion = "l1"  # data-driven criteria need calibration samples
+        kwargs["structured"] = StructuredSearch(
+            tuple(args.structured_ratios), StructuredConfig(allocation=args.structured_allocation, criterion=criterion)
+        )
     try:
         result = search(
             args.model, args.data, output=args.output, gates=gates_from_args(args), metric=metric,

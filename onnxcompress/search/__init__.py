@@ -15,8 +15,9 @@ from typing import Any
 from onnxcompress.search.api import SearchResult, search
 from onnxcompress.search.metrics import Metric, load_metric
 from onnxcompress.search.space import Choice, Plan
+from onnxcompress.search.structured import StructuredSearch
 
-__all__ = ["Choice", "Metric", "Plan", "SearchResult", "load_metric", "search"]
+__all__ = ["Choice", "Metric", "Plan", "SearchResult", "StructuredSearch", "load_metric", "search"]
 
 
 class _CallableModule(types.ModuleType):

@@ -41,6 +41,7 @@ from onnxcompress.search.space import (
     config_to_yaml,
     grid,
 )
+from onnxcompress.search.structured import StructuredSearch
 
 ProgressFn = Callable[[str, dict[str, Any]], None]
 
@@ -72,6 +73,10 @@ class SearchResult:
     evaluations: int  # model runs of this call after stage 1 (stage 2 and 3; a quick check counts as one)
     sensitivity_evaluations: int = 0  # model runs behind the stage-1 table (0 new ones when cached)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: with ``structured=``: the chosen channel ratio, the pruning settings and one row per ratio
+    structured: dict[str, Any] | None = None
+    #: the structurally pruned model the plan's per-weight settings apply to (None: the input)
+    pruned_model: Any = field(default=None, repr=False)
 
     @property
     def passed(self) -> bool:
@@ -97,9 +102,11 @@ class SearchResult:
                 f"({self.original_size / (c.size or 1):.1f}x), {metric}{c.note}"
             )
         b = self.best
+        chosen = self.structured.get("chosen_ratio") if self.structured else None
         return (
             f"search: best {b.size:,} B ({self.ratio:.1f}x smaller than {self.original_size:,} B), "
-            f"{self.metric} {b.metric:.4f} (reference {self.reference_metric:.4f}), trial {b.number} ({b.stage}), "
+            + (f"structured ratio {chosen:g} ({self.structured['config'].get('allocation', 'uniform')}), " if self.structured else "")
+            + f"{self.metric} {b.metric:.4f} (reference {self.reference_metric:.4f}), trial {b.number} ({b.stage}), "
             f"{len(self.trials)} trials, {self.sensitivity_evaluations} + {self.evaluations} model evaluations (stage 1 + stages 2-3)"
         )
 
@@ -128,10 +135,29 @@ class SearchResult:
             "evaluations": self.evaluations,
             "sensitivity_evaluations": self.sensitivity_evaluations,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "structured": self.structured,
         }
 
     def markdown(self) -> str:
         lines = ["# onnxcompress search", "", self.summary(), ""]
+        if self.structured:
+            lines += [
+                "## Structured pruning (channel ratio, searched)",
+                "",
+                "| ratio | params | alone: " + self.metric + " | alone passes | best bytes | ratio (vs original) | " + self.metric + " | trials | seconds |",
+                "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+            ]
+            for r in self.structured["ratios"]:
+                alone = r.get("alone") or {}
+                am = "" if alone.get("metric") is None else f"{alone['metric']:.4f}"
+                size = "" if r.get("best_bytes") is None else f"{r['best_bytes']:,}"
+                rx = "" if r.get("best_ratio") is None else f"{r['best_ratio']:.2f}x"
+                mv = "" if r.get("best_metric") is None else f"{r['best_metric']:.4f}"
+                lines.append(
+                    f"| {r['ratio']:g} | {r.get('params_after', 0):,} | {am} | {alone.get('passed', '')} | {size} | "
+                    f"{rx} | {mv} | {r.get('trials', '')} | {r.get('seconds', '')} |"
+                )
+            lines.append("")
         if self.layers:
             lines += [
                 "| weight | shape | params | choice | sparsity | bits | granularity | bytes (.onnx) | alone: output error | alone: "
@@ -395,10 +421,13 @@ def _stage2_points(
     return [a.plan for a in path]
 
 
-def search(
+def _search_one(
     model: str | os.PathLike[str] | Any,
     data: str | os.PathLike[str] | Mapping[str, np.ndarray],
     *,
+    reference: str | os.PathLike[str] | Any = None,
+    tag: str | None = None,
+    structured_section: Mapping[str, Any] | None = None,
     output: str | os.PathLike[str] | None = None,
     gates: Gates | None = None,
     metric: str | Metric = "auto",
@@ -430,28 +459,9 @@ def search(
     threads: int | None = 1,
     progress: ProgressFn | None = None,
 ) -> SearchResult:
-    """Find the smallest plan that passes ``gates`` (default), the best ``metric`` at a size
-    target (``target_ratio`` or ``max_bytes``), or the size/metric front (``pareto``).
-
-    ``model``: a path or ModelProto. ``data``: validation data (``.npz``, folder or dict of arrays;
-    labels under ``labels_key``/``labels``). ``metric``: ``auto`` (accuracy with labels, else
-    agreement), a built-in name, ``module:function``, or a :class:`Metric` (user callables:
-    ``Metric("cer", "min", fn=..., limit=0.05)``). ``output``: where the model will be written: its
-    suffix sets ``.onnxc`` sizing (``container`` overrides) and, with ``storage="default"``, the
-    study is kept in ``<output>.search.db`` so a rerun resumes. ``storage``: None (in memory), a URL
-    (:mod:`onnxcompress.search.storage`). ``workers``: local processes sharing the study (the metric
-    must then be importable). Deterministic for a fixed ``seed`` with one worker and no ``timeout``.
-    ``calibration_data``: candidates use ``compress``'s calibrated methods, one-shot and memoised
-    per (weight, setting) by default; ``calibration_sequential`` / ``bias_correction`` calibrate
-    every candidate of stages 2-3 the way ``compress --calibration-data`` does with those options
-    (exact, a full calibration per candidate; see :class:`CalibratedHooks`).
-    ``uniform_evaluations``: model runs (gates mode) spent on uniform seeds after stage 2: one bit
-    width everywhere with global-magnitude sparsities (:func:`~onnxcompress.search.allocate.global_profile`),
-    bisected on the sparsity, for the bit widths stage 2's plan uses most and one more; they join
-    the study, so the search returns nothing worse than the best of them (0 turns them off).
-    Raises ConfigError / DataError on bad input; a search that finds nothing returns a result with
-    ``passed == False`` and ``closest`` set.
-    """
+    """One search of ``model`` (see :func:`search`); ``reference``: the gates' reference and the
+    size ratio's denominator when ``model`` is a pruned copy; ``tag`` names its study and stage-1
+    cache apart from the other ratios'; ``structured_section`` goes into the plan."""
     t_start = time.perf_counter()
     gates = gates if gates is not None else Gates()
     if descent_trials is None:
@@ -500,6 +510,7 @@ def search(
     cand_kwargs: dict[str, Any] = {
         "model": model, "data": data, "base": base, "metric": m or Metric("agreement"), "gates": gates,
         "container": container, "labels_key": labels_key, "threads": threads, "hook_factory": hook_factory,
+        "reference": reference,
     }  # fmt: skip
     t0 = time.perf_counter()
     cands = Candidates(**cand_kwargs)
@@ -513,6 +524,10 @@ def search(
 
     # ---------------------------------------------------------------- stage 1
     side = side_files(output) if output is not None else None
+    if side is not None and tag:  # one stage-1 table per structured ratio
+        side["sensitivity"] = side["sensitivity"].with_name(
+            side["sensitivity"].name.replace(".sensitivity.json", f".{tag}.sensitivity.json")
+        )
     if hook_factory is not None:
         hook_factory.proxy = True  # stage 1 compresses one weight at a time: the one-shot memo
     table = stage1.measure(
@@ -537,10 +552,13 @@ def search(
          list(sparsities), list(bits), list(granularities), seed, table.fingerprint],
         default=str,
     )  # fmt: skip
+    label = Path(str(model)).stem if isinstance(model, (str, os.PathLike)) else "model"
+    if tag:
+        ref_label = Path(str(reference)).stem if isinstance(reference, (str, os.PathLike)) else "model"
+        label = f"{ref_label}-{tag}"
     study_name = (
-        study
-        or f"{Path(str(getattr(model, 'name', model) or 'model')).stem}-{mode}-"
-        + hashlib.sha256(settings.encode()).hexdigest()[:10]
+        (f"{study}-{tag}" if study and tag else study)
+        or f"{label}-{mode}-" + hashlib.sha256(settings.encode()).hexdigest()[:10]
     )
     space = bayes.Space(tuple(layer.name for layer in cands.layers), granularities=tuple(granularities))
     goal = bayes.Goal(
@@ -647,7 +665,10 @@ def search(
         if hook_factory is not None:
             calibration_section = {k: v for k, v in hook_factory.calibration_config().to_dict().items()
                                    if k in ("sequential", "samples", "bias_correction")}  # fmt: skip
-        plan_yaml = config_to_yaml(built.config, header, calibration=calibration_section)
+        if structured_section:
+            header.insert(1, f"structured pruning first (channel ratio {structured_section['ratio']:g}); "
+                          "the weight names below are those of the pruned model")  # fmt: skip
+        plan_yaml = config_to_yaml(built.config, header, calibration=calibration_section, structured=structured_section)
         by_name = {w.name: w for w in (built.report.weights if built.report else [])}
         for layer in cands.layers:
             c = best.plan.choices.get(layer.name)
@@ -671,6 +692,180 @@ def search(
         seconds={"setup": t0 - t_start, "stage1": t1 - t0, "stage2": t2 - t1, "stage3": t3 - t2,
                  "total": time.perf_counter() - t_start, "stage1_cached": float(bool(table.extra.get("cached")))},
     )  # fmt: skip
+
+
+def search(
+    model: str | os.PathLike[str] | Any,
+    data: str | os.PathLike[str] | Mapping[str, np.ndarray],
+    *,
+    output: str | os.PathLike[str] | None = None,
+    gates: Gates | None = None,
+    metric: str | Metric = "auto",
+    target_ratio: float | None = None,
+    max_bytes: int | None = None,
+    pareto: bool = False,
+    trials: int = 40,
+    timeout: float | None = None,
+    seed: int = 0,
+    storage: str | None = "default",
+    study: str | None = None,
+    workers: int = 1,
+    container: bool | None = None,
+    labels_key: str | None = None,
+    sampler: str = "tpe",
+    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+    bits: Sequence[int] = DEFAULT_BITS,
+    granularities: Sequence[str] = DEFAULT_GRANULARITIES,
+    sensitivity_samples: int = 256,
+    quick_samples: int | None = None,
+    calibration_data: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None,
+    calibration_sequential: bool = False,
+    bias_correction: bool = False,
+    min_elements: int = 256,
+    stage2_evaluations: int = 12,
+    uniform_evaluations: int = 8,
+    descent_trials: int | None = None,
+    early_stop: bool = True,
+    threads: int | None = 1,
+    progress: ProgressFn | None = None,
+    structured: StructuredSearch | None = None,
+) -> SearchResult:
+    """Find the smallest plan that passes ``gates`` (default), the best ``metric`` at a size
+    target (``target_ratio`` or ``max_bytes``), or the size/metric front (``pareto``).
+
+    ``model``: a path or ModelProto. ``data``: validation data (``.npz``, folder or dict of arrays;
+    labels under ``labels_key``/``labels``). ``metric``: ``auto`` (accuracy with labels, else
+    agreement), a built-in name, ``module:function``, or a :class:`Metric` (user callables:
+    ``Metric("cer", "min", fn=..., limit=0.05)``). ``output``: where the model will be written: its
+    suffix sets ``.onnxc`` sizing (``container`` overrides) and, with ``storage="default"``, the
+    study is kept in ``<output>.search.db`` so a rerun resumes. ``storage``: None (in memory), a URL
+    (:mod:`onnxcompress.search.storage`). ``workers``: local processes sharing the study (the metric
+    must then be importable). Deterministic for a fixed ``seed`` with one worker and no ``timeout``.
+    ``calibration_data``: candidates use ``compress``'s calibrated methods, one-shot and memoised
+    per (weight, setting) by default; ``calibration_sequential`` / ``bias_correction`` calibrate
+    every candidate of stages 2-3 the way ``compress --calibration-data`` does with those options
+    (exact, a full calibration per candidate; see :class:`CalibratedHooks`).
+    ``uniform_evaluations``: model runs (gates mode) spent on uniform seeds after stage 2: one bit
+    width everywhere with global-magnitude sparsities (:func:`~onnxcompress.search.allocate.global_profile`),
+    bisected on the sparsity, for the bit widths stage 2's plan uses most and one more; they join
+    the study, so the search returns nothing worse than the best of them (0 turns them off).
+    ``structured``: a :class:`~onnxcompress.search.structured.StructuredSearch`: channel ratios
+    searched as one more dimension (each ratio's structurally pruned model, checked alone against
+    the original, then searched per weight; the smallest passing result wins, sized against the
+    original file; the plan's ``structured:`` section makes ``compress`` prune the same way;
+    :attr:`SearchResult.structured` has one row per ratio). ``trials`` is per searched ratio.
+    Raises ConfigError / DataError on bad input; a search that finds nothing returns a result with
+    ``passed == False`` and ``closest`` set.
+    """
+    kw: dict[str, Any] = {"output": output, "gates": gates, "metric": metric, "target_ratio": target_ratio, "max_bytes": max_bytes, "pareto": pareto, "trials": trials, "timeout": timeout, "seed": seed, "storage": storage, "study": study, "workers": workers, "container": container, "labels_key": labels_key, "sampler": sampler, "sparsities": sparsities, "bits": bits, "granularities": granularities, "sensitivity_samples": sensitivity_samples, "quick_samples": quick_samples, "calibration_data": calibration_data, "calibration_sequential": calibration_sequential, "bias_correction": bias_correction, "min_elements": min_elements, "stage2_evaluations": stage2_evaluations, "uniform_evaluations": uniform_evaluations, "descent_trials": descent_trials, "early_stop": early_stop, "threads": threads, "progress": progress}  # fmt: skip
+    if structured is not None and not isinstance(structured, StructuredSearch):
+        raise ConfigError(f"structured: expected a StructuredSearch, got {type(structured).__name__}")
+    if structured is None or not structured.active:
+        return _search_one(model, data, **kw)
+    return _search_structured(model, data, structured, kw)
+
+
+def _search_structured(
+    model: str | os.PathLike[str] | Any,
+    data: str | os.PathLike[str] | Mapping[str, np.ndarray],
+    spec: StructuredSearch,
+    kw: dict[str, Any],
+) -> SearchResult:
+    """Every ratio of ``spec``: prune, check alone, search; the best result over the ratios."""
+    import onnx
+
+    from onnxcompress.model_io import open_model
+    from onnxcompress.search import structured as st_mod
+
+    t_start = time.perf_counter()
+    original = model if isinstance(model, onnx.ModelProto) else open_model(model, load_external=True)
+    inputs = st_mod.pruning_inputs(original, kw["calibration_data"], spec.config.samples)
+    gates = kw["gates"] if kw["gates"] is not None else Gates()
+    mode = "pareto" if kw["pareto"] else ("target" if (kw["target_ratio"] or kw["max_bytes"]) else "gates")
+    metric = kw["metric"]
+    m = metric if isinstance(metric, Metric) else (None if metric == "auto" else load_metric(metric))
+    report = kw["progress"] or (lambda stage, info: None)
+    rows: list[dict[str, Any]] = []
+    results: list[tuple[float, SearchResult]] = []
+    for i, ratio in enumerate(spec.ratios):
+        t0 = time.perf_counter()
+        pruned: Any = None
+        row: dict[str, Any] = {"ratio": ratio}
+        if ratio > 0 or spec.config.heads > 0:
+            pruned, info = st_mod.prune(original, spec, ratio, inputs)
+            row.update(info)
+        report("structured", {"ratio": ratio, "index": i, "total": len(spec.ratios)})
+        if pruned is None:
+            from onnxcompress.structured.flops import count_params
+
+            row["params_before"] = row["params_after"] = count_params(original)
+        else:
+            # the pruned model alone, against the original (one model run): in gates mode, failing
+            # here means no plan can pass (when every ratio before it was skipped, the last one is
+            # searched anyway: the result then says how close it came)
+            check = Candidates(
+                pruned, data, base=base_config(min_elements=kw["min_elements"], seed=0),
+                metric=m or Metric("agreement"), gates=gates, container=False, labels_key=kw["labels_key"],
+                threads=kw["threads"], reference=model,
+            )  # fmt: skip
+            if m is None:
+                check.metric = Metric("accuracy" if check.labels is not None else "agreement")
+            alone = check.measure(check.build(Plan())).evaluation
+            row["alone"] = {"metric": alone.metric, "passed": alone.passed, "note": alone.describe()}
+            last_chance = not results and i == len(spec.ratios) - 1
+            if spec.prefilter and mode == "gates" and not alone.passed and not last_chance:
+                row["skipped"] = "fails the gates before any weight is quantized"
+                row["seconds"] = round(time.perf_counter() - t0, 1)
+                rows.append(row)
+                continue
+        res = _search_one(
+            pruned if pruned is not None else model, data, **kw,
+            reference=model if pruned is not None else None, tag=f"s{ratio:g}",
+            structured_section=spec.plan_section(ratio) if pruned is not None else None,
+        )  # fmt: skip
+        res.pruned_model = pruned
+        b = res.best
+        row.update({
+            "passed": res.passed, "best_bytes": b.size if b else None,
+            "best_ratio": round(res.original_size / b.size, 3) if b and b.size else None,
+            "best_metric": b.metric if b else None, "reference_metric": res.reference_metric,
+            "trials": len(res.trials), "evaluations": res.sensitivity_evaluations + res.evaluations,
+            "plan": b.plan.describe() if b else None, "seconds": round(time.perf_counter() - t0, 1),
+        })  # fmt: skip
+        rows.append(row)
+        results.append((ratio, res))
+    chosen_ratio, chosen = _best_result(mode, results, kw["max_bytes"] is not None or kw["target_ratio"] is not None)
+    chosen.structured = {
+        "chosen_ratio": chosen_ratio,
+        "config": spec.plan_section(chosen_ratio),
+        "ratios": rows,
+    }
+    chosen.sensitivity_evaluations = sum(r.sensitivity_evaluations for _, r in results)
+    chosen.evaluations = sum(r.evaluations for _, r in results)
+    chosen.seconds = {**chosen.seconds, "chosen_ratio_total": chosen.seconds.get("total", 0.0),
+                      "total": time.perf_counter() - t_start}  # fmt: skip
+    return chosen
+
+
+def _best_result(mode: str, results: list[tuple[float, SearchResult]], sized: bool) -> tuple[float, SearchResult]:
+    """The smallest passing result (the best metric at the size target in ``target`` mode); when
+    none passed, the one whose closest plan is nearest to passing."""
+    passing = [(r, res) for r, res in results if res.best is not None]
+    if passing:
+        if mode == "target" or (mode == "pareto" and sized):
+            def key_t(item: tuple[float, SearchResult]) -> tuple[float, int, float]:
+                res = item[1]
+                sign = 1.0 if res.metric_direction == "max" else -1.0
+                return (-sign * _mv(res.best), _sz(res.best), item[0]) if res.best else (math.inf, 0, 0.0)
+
+            return min(passing, key=key_t)
+        return min(passing, key=lambda item: (_sz(item[1].best) if item[1].best else 0, item[0]))
+
+    def shortfall(item: tuple[float, SearchResult]) -> tuple[float, float]:
+        c = item[1].closest
+        return (c.shortfall if c is not None and c.shortfall is not None else math.inf, item[0])
+
+    return min(results, key=shortfall)
 
 
 def _cheaper(table: stage1.SensitivityTable, name: str, choice: Any) -> Any:

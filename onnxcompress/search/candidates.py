@@ -105,7 +105,10 @@ class Candidates:
     ``container``: sizes are ``.onnxc`` sizes (entropy-coded) rather than ``.onnx``.
     ``hook_factory(model, config)``: calibrated methods (the model copy being compressed is passed,
     since calibration may edit its biases). ``threads``: onnxruntime intra-op threads (1 keeps
-    workers from fighting over cores).
+    workers from fighting over cores). ``reference``: the model the gates and the size ratio
+    compare against when ``model`` is a derived copy (a structurally pruned one): its outputs are
+    the gates' reference and its file size :attr:`original_size`; :meth:`output_error` (stage 1's
+    additive proxy) still measures against ``model``'s own outputs, so a weight's error is its own.
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class Candidates:
         labels_key: str | None = None,
         threads: int | None = 1,
         hook_factory: HookFactory | None = None,
+        reference: str | os.PathLike[str] | onnx.ModelProto | None = None,
     ) -> None:
         from onnxcompress.model_io import open_model, size_on_disk
 
@@ -129,6 +133,13 @@ class Candidates:
         self.original_size = len(self.model_bytes)
         if isinstance(model, (str, os.PathLike)):
             self.original_size = size_on_disk(model)
+        self.reference_model: onnx.ModelProto | None = None
+        if reference is not None:
+            self.reference_model = reference if isinstance(reference, onnx.ModelProto) else open_model(reference)
+            self.original_size = (
+                size_on_disk(reference) if isinstance(reference, (str, os.PathLike))
+                else len(self.reference_model.SerializeToString())
+            )  # fmt: skip
         self.base = base
         self.metric = metric
         self.gates = gates
@@ -151,11 +162,20 @@ class Candidates:
         else:
             self.data_with_labels = dict(self.data)
         self.samples = len(self.labels) if self.labels is not None else len(next(iter(self.data.values())))
-        self.reference_outputs = ref.run(self.output_names, self.data)
+        #: this model's own outputs (stage 1's error proxy) and the gates' reference outputs
+        self.own_outputs = ref.run(self.output_names, self.data)
+        self.reference_outputs = self.own_outputs
+        ref_session = ref
+        if self.reference_model is not None:
+            ref_session = make_session(self.reference_model.SerializeToString(), threads=threads)
+            self.reference_outputs = ref_session.run(self.output_names, self.data)
         if metric.fn is None and metric.name == "accuracy" and self.labels is None:
             raise DataError("metric 'accuracy' needs labels in the data (name them with --labels KEY)")
-        ref_eval = self._evaluate(self.reference_outputs, ref, self.samples)
+        ref_eval = self._evaluate(self.reference_outputs, ref_session, self.samples)
         self.reference_metric = ref_eval.metric
+        #: the uncompressed ``model`` measured against the reference (== the reference's own
+        #: evaluation when there is no separate reference)
+        self.base_evaluation = ref_eval if self.reference_model is None else self._evaluate(self.own_outputs, ref, self.samples)
         self.evaluations = 0
         self._cache: dict[Any, Built] = {}
         self._cache_bytes = 0
@@ -169,6 +189,8 @@ class Candidates:
     def fingerprint(self) -> str:
         """Changes whenever the model, the data or what sizes mean changes."""
         h = hashlib.sha256(self.model_bytes)
+        if self.reference_model is not None:  # the gates' reference
+            h.update(hashlib.sha256(self.reference_model.SerializeToString()).digest())
         for k in sorted(self.data):
             h.update(k.encode())
             h.update(np.ascontiguousarray(self.data[k]).tobytes())
@@ -265,7 +287,7 @@ class Candidates:
         """Relative squared output error summed over outputs: the additive proxy of stage 2
         (independent small perturbations of different layers add up in squared error)."""
         total = 0.0
-        for r, c in zip(self.reference_outputs, outputs, strict=True):
+        for r, c in zip(self.own_outputs, outputs, strict=True):
             r = np.asarray(r[: len(c)], dtype=np.float64)
             d = np.asarray(c, dtype=np.float64) - r
             denom = float(np.sum(r * r)) or 1.0

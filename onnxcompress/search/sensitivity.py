@@ -219,7 +219,7 @@ def measure(
         if progress is not None:
             progress(i, len(todo), f"{layer.name} {choice.label()}")
         if choice.kept:
-            points[layer.name].append(Point(choice, 0, 0.0, cands.reference_metric, 0.0))
+            points[layer.name].append(Point(choice, 0, 0.0, cands.base_evaluation.metric, 0.0))
             continue
         built = cands.build(Plan({layer.name: choice}))
         m = cands.measure(built, samples=n)

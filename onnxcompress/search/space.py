@@ -138,12 +138,17 @@ def base_config(
 
 
 def config_to_yaml(
-    config: CompressionConfig, header: Iterable[str] = (), *, calibration: Mapping[str, Any] | None = None
+    config: CompressionConfig,
+    header: Iterable[str] = (),
+    *,
+    calibration: Mapping[str, Any] | None = None,
+    structured: Mapping[str, Any] | None = None,
 ) -> str:
     """The plan file ``compress --config`` reads: only what differs from the default preset
     (``compress``'s base, which the file is applied on), plus every per-weight override (``null`` =
     left alone), and the ``calibration:`` options a calibrated search used (``compress
-    --calibration-data`` then calibrates the same way)."""
+    --calibration-data`` then calibrates the same way), and the ``structured:`` pruning a search
+    chose (``compress`` prunes the channels first, then applies the weight settings)."""
     import yaml
 
     from onnxcompress.config import DEFAULT_PRESET, preset
@@ -162,5 +167,7 @@ def config_to_yaml(
             out[key] = data[key]
     if calibration:
         out["calibration"] = dict(calibration)
+    if structured:
+        out["structured"] = dict(structured)
     text = "".join(f"# {line}\n" for line in header)
     return text + yaml.safe_dump(out, sort_keys=False, default_flow_style=None, width=200)

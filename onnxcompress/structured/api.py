@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 
@@ -173,6 +174,20 @@ def calibration_batches(
     if not out:
         raise DataError("calibration data has no samples")
     return out
+
+
+def pruning_inputs(
+    model: onnx.ModelProto, data: str | os.PathLike[str] | Mapping[str, np.ndarray] | None, samples: int
+) -> dict[str, np.ndarray] | None:
+    """The calibration samples structured pruning sees: the same ones ``compress --structured
+    --calibration-data`` takes (None without data: the ``l1`` criterion, no refit)."""
+    if data is None:
+        return None
+    from onnxcompress.calibration.pipeline import open_calibration_data
+
+    batches, _ = open_calibration_data(model, data, samples=samples, batch_size=64)
+    parts = list(batches())
+    return {k: np.concatenate([b[k] for b in parts]) for k in parts[0]}
 
 
 def prune_model(
