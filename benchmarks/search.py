@@ -47,8 +47,12 @@ by about +-0.01 between sentence sets: sqrt(0.95 * 0.05 / 500)). The chosen ``.o
 search's best uniform seed are then measured once on the 500 test sentences (``sentences.npz``) with
 ``common.embedding_metrics``. A candidate costs about 5-8 s to build and 14 s to run on 500
 sentences (one thread), so stage 1 uses a small grid (``--minilm-sparsities``, ``--minilm-bits``)
-on 64 sentences and stages 2-3 few trials (``--minilm-trials``). Results go under ``minilm`` in
-search.json; the digit entries already there are kept.
+on 64 sentences and stages 2-3 few trials (``--minilm-trials``). ``--minilm-granularities``
+(e.g. ``group,tensor``) adds codebook granularities to the space, ``--minilm-calibration``
+builds every candidate with one-shot GPTQ calibrated on the validation sentences (the word
+embedding: k-means weighted by lookup counts). Results go under ``minilm`` in search.json; the
+digit entries already there are kept, the replaced MiniLM run under ``previous_run``, and a
+``probes`` table (uniform settings measured on validation by hand) is carried over.
 """
 
 from __future__ import annotations
@@ -340,17 +344,27 @@ def bench_minilm(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | st
     metric = Metric("nn_agreement", limit=args.minilm_nn)
     sparsities = tuple(float(x) for x in args.minilm_sparsities.split(","))
     bits = tuple(int(x) for x in args.minilm_bits.split(","))
-    print(f"== minilm: searching ({args.minilm_trials} trials; stage-1 grid p {sparsities} x b {bits})",
+    granularities = tuple(args.minilm_granularities.split(","))
+    # calibration (GPTQ onto the codebooks, one-shot, memoised per weight and setting) on the
+    # validation sentences only; the test sentences never reach the search
+    calibration = str(val) if args.minilm_calibration else None
+    print(f"== minilm: searching ({args.minilm_trials} trials; stage-1 grid p {sparsities} x b {bits} x g "
+          f"{granularities}; calibration {'validation' if calibration else 'none'})",
           file=sys.stderr, flush=True)  # fmt: skip
     t0 = time.perf_counter()
     res = oc.search(
         str(path), str(val), output=workdir / "minilm.onnxc", gates=gates, metric=metric,
         trials=args.minilm_trials, seed=args.seed, storage=None, sparsities=sparsities, bits=bits,
+        granularities=granularities, calibration_data=calibration,
         sensitivity_samples=args.minilm_sensitivity_samples, stage2_evaluations=args.minilm_stage2,
         uniform_evaluations=args.minilm_uniform,
     )  # fmt: skip
     search_s = time.perf_counter() - t0
-    cands = Candidates(str(path), str(val), base=base_config(), metric=metric, gates=gates, container=True)
+    load = [round(x, 2) for x in os.getloadavg()]
+    # the plans are rebuilt the way the search built them (the same one-shot calibration)
+    hooks = CalibratedHooks(calibration) if calibration else None
+    cands = Candidates(str(path), str(val), base=base_config(), metric=metric, gates=gates, container=True,
+                       hook_factory=hooks)  # fmt: skip
     original = cands.original_size
     rows: dict[str, Any] = {}
     for label, rec in (("stage2", res.stage2), ("uniform_seeds", res.uniform), ("stage3", res.best)):
@@ -373,7 +387,13 @@ def bench_minilm(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | st
         "fp32_bytes": original,
         "gates_val": {"min_cosine": args.minilm_cosine, "min_nn_agreement": args.minilm_nn},
         "criterion_test": {"min_cosine": 0.99, "min_nn_agreement": 0.95},
-        "stage1_grid": {"sparsities": sparsities, "bits": bits, "samples": args.minilm_sensitivity_samples},
+        "stage1_grid": {
+            "sparsities": sparsities,
+            "bits": bits,
+            "granularities": granularities,
+            "samples": args.minilm_sensitivity_samples,
+        },
+        "calibration": "one-shot GPTQ on the 500 validation sentences (256 used)" if calibration else None,
         "search_evaluations": {"stage1": res.sensitivity_evaluations, "stages23": res.evaluations},
         "trials": len(res.trials),
         "methods": rows,
@@ -385,7 +405,7 @@ def bench_minilm(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | st
         "search_seconds": round(search_s, 1),
         "seconds_by_stage": {k: round(v, 1) for k, v in res.seconds.items()},
         "closest": None if res.passed or res.closest is None else res.summary(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "load_average": load,
     }
 
 
@@ -397,7 +417,13 @@ def record_minilm(entry: dict[str, Any], out: Path | None) -> None:
     methods = entry.get("methods")
     if isinstance(methods, dict):
         entry = {**entry, "methods": [{"method": k, **v} for k, v in methods.items()]}
-    data["minilm"] = {"environment": environment(), **entry}
+    previous = data.get("minilm")
+    kept: dict[str, Any] = {}
+    if isinstance(previous, dict):  # the run this one replaces stays, one level deep; probes stay as they are
+        kept["previous_run"] = {k: v for k, v in previous.items() if k not in ("previous_run", "probes")}
+        if "probes" in previous:
+            kept["probes"] = previous["probes"]
+    data["minilm"] = {"environment": environment(), **entry, **kept}
     path.write_text(json.dumps(data, indent=2) + "\n")
     print(f"\nwrote {path} (minilm)", file=sys.stderr)
 
@@ -470,8 +496,14 @@ def main() -> int:
     ap.add_argument("--minilm-trials", type=int, default=20, help="MiniLM: trials of stages 2-3")
     ap.add_argument("--minilm-cosine", type=float, default=0.992, help="MiniLM: validation cosine gate")
     ap.add_argument("--minilm-nn", type=float, default=0.96, help="MiniLM: validation NN-agreement gate")
-    ap.add_argument("--minilm-sparsities", default="0,0.5", help="MiniLM: stage-1 sparsity grid")
-    ap.add_argument("--minilm-bits", default="3,6", help="MiniLM: stage-1 bits grid")
+    # the MiniLM defaults: the second run's space (no pruning: the first run's plans kept p 0 on every weight)
+    ap.add_argument("--minilm-sparsities", default="0", help="MiniLM: stage-1 sparsity grid")
+    ap.add_argument("--minilm-bits", default="4,6", help="MiniLM: stage-1 bits grid")
+    ap.add_argument(
+        "--minilm-granularities", default="group,tensor", help="MiniLM: codebook granularities searched"
+    )
+    ap.add_argument("--minilm-calibration", action=argparse.BooleanOptionalAction, default=True,
+                    help="MiniLM: calibrate candidates (GPTQ, one-shot) on the validation sentences")  # fmt: skip
     ap.add_argument("--minilm-sensitivity-samples", type=int, default=64, help="MiniLM: stage-1 sentences")
     ap.add_argument("--minilm-stage2", type=int, default=8, help="MiniLM: stage-2 model runs")
     ap.add_argument("--minilm-uniform", type=int, default=4, help="MiniLM: uniform-seed model runs")
