@@ -53,6 +53,9 @@ builds every candidate with one-shot GPTQ calibrated on the validation sentences
 embedding: k-means weighted by lookup counts). Results go under ``minilm`` in search.json; the
 digit entries already there are kept, the replaced MiniLM run under ``previous_run``, and a
 ``probes`` table (uniform settings measured on validation by hand) is carried over.
+``--minilm-uniform-grid 6,7,8`` runs only MiniLM's uniform baseline (one bit width everywhere,
+candidates built as the search builds them, the smallest passing the validation gates measured on
+the test sentences) and adds it, with the search-vs-uniform check, to the existing entry.
 """
 
 from __future__ import annotations
@@ -428,6 +431,63 @@ def record_minilm(entry: dict[str, Any], out: Path | None) -> None:
     print(f"\nwrote {path} (minilm)", file=sys.stderr)
 
 
+def minilm_uniform_grid(args: argparse.Namespace) -> dict[str, Any] | str:
+    """The best uniform MiniLM setting, as the issue's baseline: one bit width (no pruning, one
+    codebook per tensor) for every weight, candidates built exactly as the search builds them
+    (one-shot GPTQ on the validation sentences); the smallest that passes the search's validation
+    gates is measured once on the test sentences. Sizes grow with the bit width, so the grid is
+    walked upwards and stops at the first pass."""
+    case, why = minilm_case(reference=True)
+    if case is None:
+        return why or "MiniLM unavailable"
+    val = case.path.parent / "val_sentences.npz"
+    gates = oc.Gates(min_cosine=args.minilm_cosine)
+    metric = Metric("nn_agreement", limit=args.minilm_nn)
+    hooks = CalibratedHooks(str(val)) if args.minilm_calibration else None
+    cands = Candidates(str(case.path), str(val), base=base_config(), metric=metric, gates=gates, container=True,
+                       hook_factory=hooks)  # fmt: skip
+    tried: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    t0 = time.perf_counter()
+    for b in sorted(int(x) for x in args.minilm_uniform_grid.split(",")):
+        plan = Plan({layer.name: Choice(0.0, b) for layer in cands.layers})
+        built = cands.build(plan)
+        m = cands.measure(built)
+        row = {"bits": b, "bytes": built.size, "ratio": round(cands.original_size / built.size, 2),
+               "val_cosine": round(min(o.mean_cosine for o in m.evaluation.outputs), 5),
+               "val_nn_agreement": round(m.evaluation.metric, 4), "passed": m.evaluation.passed}  # fmt: skip
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        tried.append(row)
+        if m.evaluation.passed:
+            t = embedding_metrics(embeddings(built.onnx_bytes, case.extra["inputs"], threads=1), case.extra["reference"])
+            best = {**row, "test_cosine": round(t["cosine"], 5), "test_nn_agreement": round(t["nn_agreement"], 4),
+                    "test_ok": t["cosine"] >= 0.99 and t["nn_agreement"] >= 0.95}  # fmt: skip
+            break
+        cands.forget()
+    return {"what": "uniform bits (p 0, per-tensor codebooks), calibrated like the search's candidates; smallest "
+            "passing the validation gates, measured on the test sentences", "tried": tried, "best": best,
+            "evaluations": len(tried), "seconds": round(time.perf_counter() - t0, 1),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
+
+
+def record_minilm_uniform(grid: dict[str, Any], out: Path | None) -> None:
+    """Put the uniform baseline into the existing MiniLM entry, with the search-vs-uniform check."""
+    path = out or RESULTS_DIR / "search.json"
+    data = json.loads(path.read_text())
+    entry = data["minilm"]
+    entry["uniform_grid"] = grid
+    s3 = next((m for m in entry["methods"] if m["method"] == "stage3"), None)
+    best = grid["best"]
+    if best is not None and s3 is not None and s3.get("found"):
+        entry["beats_uniform"] = {
+            "size_factor": round(s3["ratio"] / best["ratio"], 2),
+            "fidelity_ok": s3["test_cosine"] >= best["test_cosine"] and s3["test_nn_agreement"] >= best["test_nn_agreement"],
+        }  # fmt: skip
+        entry["beats_uniform"]["met"] = entry["beats_uniform"]["size_factor"] >= 1.3 and entry["beats_uniform"]["fidelity_ok"]
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {path} (minilm.uniform_grid)", file=sys.stderr)
+
+
 def merged(previous: dict[str, Any], results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     """search.json with this run's models in place of their earlier entries (each earlier entry
     kept under ``previous_run``), the other models' entries, the MiniLM entry, the note and the
@@ -507,7 +567,18 @@ def main() -> int:
     ap.add_argument("--minilm-sensitivity-samples", type=int, default=64, help="MiniLM: stage-1 sentences")
     ap.add_argument("--minilm-stage2", type=int, default=8, help="MiniLM: stage-2 model runs")
     ap.add_argument("--minilm-uniform", type=int, default=4, help="MiniLM: uniform-seed model runs")
+    ap.add_argument("--minilm-uniform-grid", metavar="BITS",
+                    help="only the MiniLM uniform baseline over these bit widths (e.g. 6,7,8), merged into "
+                    "the existing minilm entry")  # fmt: skip
     args = ap.parse_args()
+    if args.minilm_uniform_grid:
+        grid = minilm_uniform_grid(args)
+        if isinstance(grid, str):
+            print(f"minilm: skipped ({grid})", file=sys.stderr)
+            return 0
+        print(json.dumps(grid, indent=2))
+        record_minilm_uniform(grid, args.out)
+        return 0
     results = []
     # the stage-1 tables are cached here (keyed by model, data and grid), so a rerun skips stage 1
     cache = Path(tempfile.gettempdir()) / "onnxcompress-search-bench"
