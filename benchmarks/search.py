@@ -332,6 +332,20 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict[str,
 MINILM_TARGET = 8.0
 
 
+def _minilm_gates(args: argparse.Namespace) -> tuple[oc.Gates, Metric]:
+    """The MiniLM search's validation gates: mean cosine and nearest-neighbour agreement."""
+    return oc.Gates(min_cosine=args.minilm_cosine), Metric("nn_agreement", limit=args.minilm_nn)
+
+
+def _minilm_candidates(args: argparse.Namespace, model: Path, val: Path) -> Candidates:
+    """Candidates built and gated as the MiniLM search builds them (one-shot calibration on the
+    validation sentences when ``--minilm-calibration``)."""
+    gates, metric = _minilm_gates(args)
+    hooks = CalibratedHooks(str(val)) if args.minilm_calibration else None
+    return Candidates(str(model), str(val), base=base_config(), metric=metric, gates=gates, container=True,
+                      hook_factory=hooks)  # fmt: skip
+
+
 def bench_minilm(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | str:
     """The MiniLM search (validation sentences only), its plan measured on the test sentences; or
     why it was skipped."""
@@ -343,8 +357,7 @@ def bench_minilm(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | st
     if not val.exists():
         return f"MiniLM validation sentences missing ({val}); rerun models/export_minilm.py"
     test_inputs, reference = case.extra["inputs"], case.extra["reference"]
-    gates = oc.Gates(min_cosine=args.minilm_cosine)
-    metric = Metric("nn_agreement", limit=args.minilm_nn)
+    gates, metric = _minilm_gates(args)
     sparsities = tuple(float(x) for x in args.minilm_sparsities.split(","))
     bits = tuple(int(x) for x in args.minilm_bits.split(","))
     granularities = tuple(args.minilm_granularities.split(","))
@@ -365,9 +378,7 @@ def bench_minilm(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | st
     search_s = time.perf_counter() - t0
     load = [round(x, 2) for x in os.getloadavg()]
     # the plans are rebuilt the way the search built them (the same one-shot calibration)
-    hooks = CalibratedHooks(calibration) if calibration else None
-    cands = Candidates(str(path), str(val), base=base_config(), metric=metric, gates=gates, container=True,
-                       hook_factory=hooks)  # fmt: skip
+    cands = _minilm_candidates(args, path, val)
     original = cands.original_size
     rows: dict[str, Any] = {}
     for label, rec in (("stage2", res.stage2), ("uniform_seeds", res.uniform), ("stage3", res.best)):
@@ -441,11 +452,9 @@ def minilm_uniform_grid(args: argparse.Namespace) -> dict[str, Any] | str:
     if case is None:
         return why or "MiniLM unavailable"
     val = case.path.parent / "val_sentences.npz"
-    gates = oc.Gates(min_cosine=args.minilm_cosine)
-    metric = Metric("nn_agreement", limit=args.minilm_nn)
-    hooks = CalibratedHooks(str(val)) if args.minilm_calibration else None
-    cands = Candidates(str(case.path), str(val), base=base_config(), metric=metric, gates=gates, container=True,
-                       hook_factory=hooks)  # fmt: skip
+    if not val.exists():
+        return f"MiniLM validation sentences missing ({val}); rerun models/export_minilm.py"
+    cands = _minilm_candidates(args, case.path, val)
     tried: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     t0 = time.perf_counter()
@@ -473,8 +482,10 @@ def minilm_uniform_grid(args: argparse.Namespace) -> dict[str, Any] | str:
 def record_minilm_uniform(grid: dict[str, Any], out: Path | None) -> None:
     """Put the uniform baseline into the existing MiniLM entry, with the search-vs-uniform check."""
     path = out or RESULTS_DIR / "search.json"
-    data = json.loads(path.read_text())
-    entry = data["minilm"]
+    data = json.loads(path.read_text()) if path.exists() else {}
+    entry = data.get("minilm")
+    if not isinstance(entry, dict) or "methods" not in entry:
+        raise SystemExit(f"{path} has no MiniLM search entry: run --models minilm first")
     entry["uniform_grid"] = grid
     s3 = next((m for m in entry["methods"] if m["method"] == "stage3"), None)
     best = grid["best"]
