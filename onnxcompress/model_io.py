@@ -466,7 +466,8 @@ def save(
             wrote_data = False
             with open(tmp_model, "wb") as fh:
                 fh.write(model.SerializeToString())
-        if not wrote_data and data_path.exists():
-            # a stale data file from an earlier run would be confusing; it belongs to this output
-            data_path.unlink()
+    if not wrote_data and data_path.exists():
+        # a stale data file from an earlier run would be confusing; it belongs to this output.
+        # Removed only once the new model is in place: a failed write leaves the old pair whole.
+        data_path.unlink()
     return [p, data_path] if wrote_data else [p]

@@ -372,6 +372,26 @@ def test_saved_external_data_follows_the_umask_like_the_model(tmp_path: Path) ->
         os.umask(old)
 
 
+def test_a_failed_save_keeps_the_old_model_and_its_data(tmp_path: Path, monkeypatch) -> None:
+    """The stale ``.data`` file is removed only after the new model is in place: when moving the
+    new file fails, the old model still finds its data."""
+    from onnxcompress import model_io
+
+    model_io.save(_model(n=64), tmp_path / "m.onnx", external_data=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def fail(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(model_io.os, "replace", fail)
+    with pytest.raises(OSError):
+        model_io.save(_model(n=4), tmp_path / "m.onnx", external_data=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    monkeypatch.undo()
+    onnx.checker.check_model(str(tmp_path / "m.onnx"))
+    onnx.load(str(tmp_path / "m.onnx"))  # loads with its external data
+
+
 def test_container_tables_use_the_real_file_size(tmp_path: Path, capsys) -> None:
     src = ROOT / "models" / "lenet5.onnx"
     report = tmp_path / "r.json"
