@@ -3,6 +3,8 @@ determinism and a study shared by two worker processes. Small grids and budgets 
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import itertools
 import json
 import math
@@ -19,6 +21,7 @@ from onnxcompress.search import allocate  # noqa: E402
 from onnxcompress.search.candidates import Layer  # noqa: E402
 from onnxcompress.search.metrics import Metric  # noqa: E402
 from onnxcompress.search.sensitivity import Point, SensitivityTable  # noqa: E402
+from onnxcompress.search.settings import SearchSettings  # noqa: E402
 from onnxcompress.search.space import Choice  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,6 +158,33 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message) -> No
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_search_keywords_are_the_settings_fields() -> None:
+    """``search`` builds one SearchSettings from its keywords: the same names and defaults."""
+    from onnxcompress.search.api import search
+
+    params = inspect.signature(search).parameters
+    keywords = {n: p.default for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert keywords.pop("structured") is None
+    assert keywords == {f.name: f.default for f in dataclasses.fields(SearchSettings)}
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"trials": 0}, "--trials must be >= 1, got 0"),
+        ({"workers": 0}, "--workers must be >= 1, got 0"),
+        ({"uniform_evaluations": -1}, "--uniform-evaluations must be >= 0, got -1"),
+        ({"target_ratio": 4.0, "max_bytes": 100}, "give --target-ratio or --max-bytes, not both"),
+        ({"max_bytes": 0}, "--max-bytes must be positive, got 0"),
+    ],
+)
+def test_search_settings_refuse_bad_values(options, message) -> None:
+    with pytest.raises(oc.errors.ConfigError, match=message):
+        SearchSettings(**options)
+    with pytest.raises(oc.errors.ConfigError, match=message):  # replace checks again
+        dataclasses.replace(SearchSettings(), **options)
 
 
 def test_search_is_deterministic_for_a_seed_and_takes_a_user_metric(tmp_path) -> None:

@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,8 @@ from onnxcompress.search import allocate as stage2
 from onnxcompress.search import bayes
 from onnxcompress.search import sensitivity as stage1
 from onnxcompress.search.candidates import Candidates
-from onnxcompress.search.metrics import Metric, load_metric
+from onnxcompress.search.metrics import Metric
+from onnxcompress.search.settings import ProgressFn, SearchSettings
 from onnxcompress.search.space import (
     DEFAULT_BITS,
     DEFAULT_GRANULARITIES,
@@ -42,8 +43,6 @@ from onnxcompress.search.space import (
     grid,
 )
 from onnxcompress.search.structured import StructuredSearch
-
-ProgressFn = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass
@@ -424,93 +423,52 @@ def _stage2_points(
 def _search_one(
     model: str | os.PathLike[str] | Any,
     data: str | os.PathLike[str] | Mapping[str, np.ndarray],
+    settings: SearchSettings,
     *,
     reference: str | os.PathLike[str] | Any = None,
     tag: str | None = None,
     structured_section: Mapping[str, Any] | None = None,
-    output: str | os.PathLike[str] | None = None,
-    gates: Gates | None = None,
-    metric: str | Metric = "auto",
-    target_ratio: float | None = None,
-    max_bytes: int | None = None,
-    pareto: bool = False,
-    trials: int = 40,
-    timeout: float | None = None,
-    seed: int = 0,
-    storage: str | None = "default",
-    study: str | None = None,
-    workers: int = 1,
-    container: bool | None = None,
-    labels_key: str | None = None,
-    sampler: str = "tpe",
-    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
-    bits: Sequence[int] = DEFAULT_BITS,
-    granularities: Sequence[str] = DEFAULT_GRANULARITIES,
-    sensitivity_samples: int = 256,
-    quick_samples: int | None = None,
-    calibration_data: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None,
-    calibration_sequential: bool = False,
-    bias_correction: bool = False,
-    min_elements: int = 256,
-    stage2_evaluations: int = 12,
-    uniform_evaluations: int = 8,
-    descent_trials: int | None = None,
-    early_stop: bool = True,
-    threads: int | None = 1,
-    progress: ProgressFn | None = None,
 ) -> SearchResult:
-    """One search of ``model`` (see :func:`search`); ``reference``: the gates' reference and the
-    size ratio's denominator when ``model`` is a pruned copy; ``tag`` names its study and stage-1
-    cache apart from the other ratios'; ``structured_section`` goes into the plan."""
+    """One search of ``model`` with ``settings`` (see :func:`search`); ``reference``: the gates'
+    reference and the size ratio's denominator when ``model`` is a pruned copy; ``tag`` names its
+    study and stage-1 cache apart from the other ratios'; ``structured_section`` goes into the plan."""
     t_start = time.perf_counter()
-    gates = gates if gates is not None else Gates()
-    if descent_trials is None:
-        descent_trials = trials // 2
-    report = progress or (lambda stage, info: None)
-    if trials < 1:
-        raise ConfigError(f"--trials must be >= 1, got {trials}")
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
-    if uniform_evaluations < 0:
-        raise ConfigError(f"--uniform-evaluations must be >= 0, got {uniform_evaluations}")
-    if target_ratio is not None and max_bytes is not None:
-        raise ConfigError("give --target-ratio or --max-bytes, not both")
-    if target_ratio is not None and not target_ratio > 1:
-        raise ConfigError(f"--target-ratio must be > 1 (e.g. 40 for 40x smaller), got {target_ratio}")
-    if max_bytes is not None and max_bytes < 1:
-        raise ConfigError(f"--max-bytes must be positive, got {max_bytes}")
+    output = settings.output
+    gates = settings.resolved_gates
+    descent_trials = settings.descent_trials if settings.descent_trials is not None else settings.trials // 2
+    report = settings.report
     if output is not None and not Path(output).resolve().parent.is_dir():
         raise ConfigError(f"{output}: folder {Path(output).parent} does not exist")
+    container = settings.container
     if container is None:
         container = output is not None and str(output).lower().endswith(".onnxc")
-    mode: bayes.Mode = "pareto" if pareto else ("target" if (target_ratio or max_bytes) else "gates")
-    if isinstance(metric, Metric):
-        m = metric
-    elif metric == "auto":
-        m = None
-    else:
-        m = load_metric(metric)
+    mode = settings.mode
+    m = settings.loaded_metric()
     if mode == "gates" and not gates.any() and (m is None or m.limit is None):
         raise ConfigError(
             "nothing to satisfy: give a gate (--max-accuracy-drop, --min-agreement, --min-cosine, --max-rel-error, "
             "--metric-limit) or a size target (--target-ratio / --max-bytes)"
         )
-    if not sparsities or not bits:
+    if not settings.sparsities or not settings.bits:
         raise ConfigError("the sensitivity grid needs at least one sparsity and one bit width")
 
-    if (calibration_sequential or bias_correction) and calibration_data is None:
+    if (settings.calibration_sequential or settings.bias_correction) and settings.calibration_data is None:
         raise ConfigError("--sequential and --bias-correction calibrate candidates: give --calibration-data too")
     hook_factory = (
-        CalibratedHooks(calibration_data, sequential=calibration_sequential, bias_correction=bias_correction)
-        if calibration_data is not None
+        CalibratedHooks(
+            settings.calibration_data,
+            sequential=settings.calibration_sequential,
+            bias_correction=settings.bias_correction,
+        )
+        if settings.calibration_data is not None
         else None
     )
 
-    base = base_config(min_elements=min_elements, seed=0)
+    base = base_config(min_elements=settings.min_elements, seed=0)
     cand_kwargs: dict[str, Any] = {
         "model": model, "data": data, "base": base, "metric": m or Metric("agreement"), "gates": gates,
-        "container": container, "labels_key": labels_key, "threads": threads, "hook_factory": hook_factory,
-        "reference": reference,
+        "container": container, "labels_key": settings.labels_key, "threads": settings.threads,
+        "hook_factory": hook_factory, "reference": reference,
     }  # fmt: skip
     t0 = time.perf_counter()
     cands = Candidates(**cand_kwargs)
@@ -518,9 +476,9 @@ def _search_one(
         m = Metric("accuracy" if cands.labels is not None else "agreement")
         cands = Candidates(**{**cand_kwargs, "metric": m})
     cand_kwargs["metric"] = m
-    limit_bytes = max_bytes
-    if target_ratio is not None:
-        limit_bytes = int(cands.original_size / target_ratio)
+    limit_bytes = settings.max_bytes
+    if settings.target_ratio is not None:
+        limit_bytes = int(cands.original_size / settings.target_ratio)
 
     # ---------------------------------------------------------------- stage 1
     side = side_files(output) if output is not None else None
@@ -531,7 +489,8 @@ def _search_one(
     if hook_factory is not None:
         hook_factory.proxy = True  # stage 1 compresses one weight at a time: the one-shot memo
     table = stage1.measure(
-        cands, grid(sparsities, bits, granularities), samples=sensitivity_samples,
+        cands, grid(settings.sparsities, settings.bits, settings.granularities),
+        samples=settings.sensitivity_samples,
         cache=side["sensitivity"] if side else None,
         progress=lambda i, n, what: report("sensitivity", {"done": i, "total": n, "what": what}),
     )  # fmt: skip
@@ -543,13 +502,14 @@ def _search_one(
     evals_after_stage1 = cands.evaluations
 
     # ---------------------------------------------------------------- the study
+    storage = settings.storage
     if storage == "default":
         from onnxcompress.search.storage import default_storage
 
         storage = default_storage(output) if output is not None else None
-    settings = json.dumps(
-        [mode, m.name, m.direction, m.limit, gates.to_dict(), limit_bytes, container, sampler,
-         list(sparsities), list(bits), list(granularities), seed, table.fingerprint],
+    study_key = json.dumps(
+        [mode, m.name, m.direction, m.limit, gates.to_dict(), limit_bytes, container, settings.sampler,
+         list(settings.sparsities), list(settings.bits), list(settings.granularities), settings.seed, table.fingerprint],
         default=str,
     )  # fmt: skip
     label = Path(str(model)).stem if isinstance(model, (str, os.PathLike)) else "model"
@@ -557,17 +517,21 @@ def _search_one(
         ref_label = Path(str(reference)).stem if isinstance(reference, (str, os.PathLike)) else "model"
         label = f"{ref_label}-{tag}"
     study_name = (
-        (f"{study}-{tag}" if study and tag else study)
-        or f"{label}-{mode}-" + hashlib.sha256(settings.encode()).hexdigest()[:10]
+        (f"{settings.study}-{tag}" if settings.study and tag else settings.study)
+        or f"{label}-{mode}-" + hashlib.sha256(study_key.encode()).hexdigest()[:10]
     )
-    space = bayes.Space(tuple(layer.name for layer in cands.layers), granularities=tuple(granularities))
+    space = bayes.Space(tuple(layer.name for layer in cands.layers), granularities=tuple(settings.granularities))
     goal = bayes.Goal(
         mode, m.direction, limit_bytes,
-        quick_samples=quick_samples if quick_samples is not None else (cands.samples // 4 if cands.samples >= 400 else None),
-        early_stop=early_stop,
+        quick_samples=(
+            settings.quick_samples if settings.quick_samples is not None
+            else (cands.samples // 4 if cands.samples >= 400 else None)
+        ),
+        early_stop=settings.early_stop,
     )  # fmt: skip
     spec = bayes.StudySpec(
-        storage, study_name, sampler, seed, trials, timeout, max(4, min(10, trials // 4)), goal, space,
+        storage, study_name, settings.sampler, settings.seed, settings.trials, settings.timeout,
+        max(4, min(10, settings.trials // 4)), goal, space,
         {k: v for k, v in cand_kwargs.items()},
     )  # fmt: skip
     storage_obj = None
@@ -575,7 +539,7 @@ def _search_one(
         from onnxcompress.search.storage import open_storage
 
         storage_obj = open_storage(storage)
-    st = bayes.open_study(spec, seed=seed, storage_obj=storage_obj)
+    st = bayes.open_study(spec, seed=settings.seed, storage_obj=storage_obj)
 
     def on_trial(rec: bayes.TrialRecord) -> None:
         report("trial", {"record": rec, "best": bayes.best_passing_size(st) if mode == "gates" else None})
@@ -586,8 +550,8 @@ def _search_one(
     stage2_best = None
     if bayes.finished(st) == 0:
         objective.stage = "stage2"
-        plans = _stage2_points(cands, table, mode, limit_bytes, stage2_evaluations)
-        budget = min(stage2_evaluations, trials)
+        plans = _stage2_points(cands, table, mode, limit_bytes, settings.stage2_evaluations)
+        budget = min(settings.stage2_evaluations, settings.trials)
         if mode == "gates":
             # bisection along the path (smallest first): the smallest plan that passes
             lo, hi, tried = 0, len(plans) - 1, 0
@@ -613,11 +577,11 @@ def _search_one(
                 bayes.optimize(st, objective, _one(spec, bayes.finished(st) + 1))
         stage2_trials = bayes.records(st)
         stage2_best, _ = _select(mode, stage2_trials, m, limit_bytes)
-        if mode == "gates" and uniform_evaluations > 0:
+        if mode == "gates" and settings.uniform_evaluations > 0:
             objective.stage = "uniform"
             _uniform_seeds(
-                st, objective, spec, cands, space, stage2_best, bits, granularities[0],
-                budget=max(0, min(uniform_evaluations, trials - bayes.finished(st))),
+                st, objective, spec, cands, space, stage2_best, settings.bits, settings.granularities[0],
+                budget=max(0, min(settings.uniform_evaluations, settings.trials - bayes.finished(st))),
             )  # fmt: skip
     else:
         done = [t for t in bayes.records(st) if t.stage == "stage2"]
@@ -626,7 +590,7 @@ def _search_one(
 
     # ---------------------------------------------------------------- stage 3
     objective.stage = "stage3"
-    if mode == "gates" and workers == 1 and bayes.finished(st) < trials:
+    if mode == "gates" and settings.workers == 1 and bayes.finished(st) < settings.trials:
         # warm start: a greedy descent from the best passing plan, one weight one step cheaper at a
         # time (steps from the stage-1 table), before TPE takes over; trials not smaller than the
         # best passing one stop before the model runs, so only real improvements cost a run
@@ -637,14 +601,14 @@ def _search_one(
             table,
             space,
             m,
-            budget=max(0, min(trials - bayes.finished(st), descent_trials)),
+            budget=max(0, min(settings.trials - bayes.finished(st), descent_trials)),
         )
-    if workers == 1 or storage is None:
-        if workers > 1:
+    if settings.workers == 1 or storage is None:
+        if settings.workers > 1:
             raise ConfigError("--workers > 1 needs a shared --storage (e.g. journal:///tmp/study.log)")
         bayes.optimize(st, objective, spec)
     else:
-        _run_workers(spec, workers, m)
+        _run_workers(spec, settings.workers, m)
     t3 = time.perf_counter()
 
     trials_done = bayes.records(st)
@@ -659,7 +623,7 @@ def _search_one(
             f"onnxcompress search: {best.size:,} B, {m.name} {best.metric:.4f} on the validation data "
             f"(reference {cands.reference_metric:.4f})",
             "reproduce: onnxcompress compress MODEL -o OUT --config THIS_FILE"
-            + (" --calibration-data DATA" if calibration_data is not None else ""),
+            + (" --calibration-data DATA" if settings.calibration_data is not None else ""),
         ]
         calibration_section = None
         if hook_factory is not None:
@@ -757,19 +721,20 @@ def search(
     Raises ConfigError / DataError on bad input; a search that finds nothing returns a result with
     ``passed == False`` and ``closest`` set.
     """
-    kw: dict[str, Any] = {"output": output, "gates": gates, "metric": metric, "target_ratio": target_ratio, "max_bytes": max_bytes, "pareto": pareto, "trials": trials, "timeout": timeout, "seed": seed, "storage": storage, "study": study, "workers": workers, "container": container, "labels_key": labels_key, "sampler": sampler, "sparsities": sparsities, "bits": bits, "granularities": granularities, "sensitivity_samples": sensitivity_samples, "quick_samples": quick_samples, "calibration_data": calibration_data, "calibration_sequential": calibration_sequential, "bias_correction": bias_correction, "min_elements": min_elements, "stage2_evaluations": stage2_evaluations, "uniform_evaluations": uniform_evaluations, "descent_trials": descent_trials, "early_stop": early_stop, "threads": threads, "progress": progress}  # fmt: skip
+    given = locals()  # search's arguments, before any other local: one SearchSettings from them
+    settings = SearchSettings(**{f.name: given[f.name] for f in dataclasses.fields(SearchSettings)})
     if structured is not None and not isinstance(structured, StructuredSearch):
         raise ConfigError(f"structured: expected a StructuredSearch, got {type(structured).__name__}")
     if structured is None or not structured.active:
-        return _search_one(model, data, **kw)
-    return _search_structured(model, data, structured, kw)
+        return _search_one(model, data, settings)
+    return _search_structured(model, data, structured, settings)
 
 
 def _search_structured(
     model: str | os.PathLike[str] | Any,
     data: str | os.PathLike[str] | Mapping[str, np.ndarray],
     spec: StructuredSearch,
-    kw: dict[str, Any],
+    settings: SearchSettings,
 ) -> SearchResult:
     """Every ratio of ``spec``: prune, check alone, search; the best result over the ratios."""
     import onnx
@@ -779,12 +744,11 @@ def _search_structured(
 
     t_start = time.perf_counter()
     original = model if isinstance(model, onnx.ModelProto) else open_model(model, load_external=True)
-    inputs = st_mod.pruning_inputs(original, kw["calibration_data"], spec.config.samples)
-    gates = kw["gates"] if kw["gates"] is not None else Gates()
-    mode = "pareto" if kw["pareto"] else ("target" if (kw["target_ratio"] or kw["max_bytes"]) else "gates")
-    metric = kw["metric"]
-    m = metric if isinstance(metric, Metric) else (None if metric == "auto" else load_metric(metric))
-    report = kw["progress"] or (lambda stage, info: None)
+    inputs = st_mod.pruning_inputs(original, settings.calibration_data, spec.config.samples)
+    gates = settings.resolved_gates
+    mode = settings.mode
+    m = settings.loaded_metric()
+    report = settings.report
     rows: list[dict[str, Any]] = []
     results: list[tuple[float, SearchResult]] = []
     for i, ratio in enumerate(spec.ratios):
@@ -804,9 +768,9 @@ def _search_structured(
             # here means no plan can pass (when every ratio before it was skipped, the last one is
             # searched anyway: the result then says how close it came)
             check = Candidates(
-                pruned, data, base=base_config(min_elements=kw["min_elements"], seed=0),
-                metric=m or Metric("agreement"), gates=gates, container=False, labels_key=kw["labels_key"],
-                threads=kw["threads"], reference=model,
+                pruned, data, base=base_config(min_elements=settings.min_elements, seed=0),
+                metric=m or Metric("agreement"), gates=gates, container=False, labels_key=settings.labels_key,
+                threads=settings.threads, reference=model,
             )  # fmt: skip
             if m is None:
                 check.metric = Metric("accuracy" if check.labels is not None else "agreement")
@@ -819,7 +783,7 @@ def _search_structured(
                 rows.append(row)
                 continue
         res = _search_one(
-            pruned if pruned is not None else model, data, **kw,
+            pruned if pruned is not None else model, data, settings,
             reference=model if pruned is not None else None, tag=f"s{ratio:g}",
             structured_section=spec.plan_section(ratio) if pruned is not None else None,
         )  # fmt: skip
@@ -834,7 +798,8 @@ def _search_structured(
         })  # fmt: skip
         rows.append(row)
         results.append((ratio, res))
-    chosen_ratio, chosen = _best_result(mode, results, kw["max_bytes"] is not None or kw["target_ratio"] is not None)
+    sized = settings.max_bytes is not None or settings.target_ratio is not None
+    chosen_ratio, chosen = _best_result(mode, results, sized)
     chosen.structured = {
         "chosen_ratio": chosen_ratio,
         "config": spec.plan_section(chosen_ratio),
