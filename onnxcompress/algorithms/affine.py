@@ -173,42 +173,103 @@ def decompress(c: AffineCodes) -> np.ndarray:
 
 def gptq(
     w2: np.ndarray, h: np.ndarray, *, bits: int = 8, block_size: int = 32, symmetric: bool = True,
-    mask: np.ndarray | None = None, damp: float = 0.01,
+    mask: np.ndarray | None = None, damp: float = 0.01, act_order: bool = True, refit: bool = True,
 ) -> AffineCodes:  # fmt: skip
     """GPTQ-style rounding with the scales of :func:`compress` (fixed per block before rounding):
     columns are rounded in order and each column's error, weighted by the inverse Hessian, is
     pushed onto the columns not yet rounded. Pruned weights (``mask`` False) take the zero-point
     code, so they stay exactly zero, and their whole value is fed back like any rounding error (the
-    kept weights after them compensate, as in SparseGPT with a fixed mask)."""
+    kept weights after them compensate, as in SparseGPT with a fixed mask).
+
+    ``act_order``: round the columns by decreasing ``diag(H)`` (GPTQ's "act-order"): the inputs
+    with the most energy are rounded first, while every other column can still absorb their
+    error. The block scales were fixed beforehand from the unrounded weights ("static groups"), so
+    the order changes no stored layout. ``refit``: with the codes fixed, re-solve every row's block
+    scales by least squares on the *output* error (:func:`refit_scales`); kept per row only where
+    it lowers that error."""
     from onnxcompress.algorithms.calibrated.hessian import inverse_cholesky_upper
 
     base = compress(w2, bits=bits, block_size=block_size, symmetric=symmetric, mask=mask, refit=False)
     rows, cols = w2.shape
-    hinv, _ = inverse_cholesky_upper(np.asarray(h, dtype=np.float64), damp)
-    w = np.array(w2, dtype=np.float64)
-    keep = np.ones_like(w, dtype=bool) if mask is None else mask.astype(bool)
+    h64 = np.asarray(h, dtype=np.float64)
+    perm = np.argsort(-np.diag(h64), kind="stable") if act_order else np.arange(cols)
+    hinv, _ = inverse_cholesky_upper(h64[np.ix_(perm, perm)], damp)
+    w = np.array(w2, dtype=np.float64)[:, perm]  # a copy: the caller's w2 is never written
+    keep = (np.ones_like(w, dtype=bool) if mask is None else mask.astype(bool))[:, perm]
     s = base.scales.astype(np.float64)
     z = base.zero_point_array().astype(np.float64)
     qmax = (1 << bits) - 1
-    codes = np.empty((rows, base.blocks * block_size), dtype=np.uint8)
-    codes[:, cols:] = np.repeat(z.astype(np.uint8), block_size, axis=1)[:, cols:]
+    block_of = perm // block_size  # the block (of the stored layout) of each column in rounding order
+    rounded = np.empty((rows, cols), dtype=np.uint8)
     for j in range(cols):
-        b = j // block_size
+        b = block_of[j]
         sj = np.where(s[:, b] != 0, s[:, b], 1.0)
         q = np.clip(np.rint(w[:, j] / sj) + z[:, b], 0, qmax)
         q = np.where(keep[:, j], q, z[:, b])
-        codes[:, j] = q
+        rounded[:, j] = q
         deq = (q - z[:, b]) * s[:, b]
         err = (w[:, j] - deq) / hinv[j, j]
         if j + 1 < cols:
             w[:, j + 1 :] -= np.outer(err, hinv[j, j + 1 :])
-    return AffineCodes(
+    codes = np.repeat(base.zero_point_array(), block_size, axis=1)  # padding: the zero point
+    codes[:, perm] = rounded
+    out = AffineCodes(
         codes=codes,
         scales=base.scales,
         zero_points=base.zero_points,
         bits=bits,
         block_size=block_size,
         cols=cols,
+    )
+    return refit_scales(out, w2, h64, damp=damp) if refit else out
+
+
+def _scale_objective(s: np.ndarray, m: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Per row, the output error of scales ``s`` less its constant part: ``s^T M s - 2 s^T r``."""
+    return np.einsum("rb,rbc,rc->r", s, m, s) - 2 * np.einsum("rb,rb->r", s, rhs)
+
+
+def refit_scales(c: AffineCodes, w2: np.ndarray, h: np.ndarray, *, damp: float = 0.01) -> AffineCodes:
+    """The block scales that minimise the output error ``(w - w_hat) H (w - w_hat)^T`` of every row
+    for the codes ``c`` holds (zero points and codes unchanged, so pruned weights stay exactly 0).
+
+    With the codes fixed, a row's decoded weight is linear in its block scales, ``w_hat = D s``
+    (``D``: the codes minus the zero point, one column per block), so the best scales solve the
+    small system ``(D^T H D) s = D^T H w`` (``blocks x blocks`` per row). ``H`` is damped as GPTQ
+    damps it (``damp`` x its mean diagonal), which also keeps the weight-space error in the
+    objective. A row keeps its old scales where the new ones do not lower that objective (a
+    float32 rounding of the solution, or a block whose codes are all zero points)."""
+    rows, cols = w2.shape
+    bs, nb = c.block_size, c.blocks
+    width = nb * bs
+    hp = np.zeros((width, width))
+    hp[:cols, :cols] = h
+    dmean = float(np.mean(np.diag(h))) if cols else 1.0
+    hp[np.arange(cols), np.arange(cols)] += float(damp) * (dmean if dmean > 0 else 1.0)
+    wp = np.zeros((rows, width))
+    wp[:, :cols] = w2
+    z = np.repeat(c.zero_point_array().astype(np.float64), bs, axis=1)
+    d = c.codes.astype(np.float64) - z  # [rows, width]; padding columns are zero-point codes: 0
+    hb = hp.reshape(nb, bs, width)
+    s_old = c.scales.astype(np.float64)
+    new = c.scales.copy()
+    chunk = max(1, (32 << 20) // max(1, 8 * nb * width))  # ~32 MB of float64 products at a time
+    for r0 in range(0, rows, chunk):
+        dc = d[r0 : r0 + chunk].reshape(-1, nb, bs)  # [n, nb, bs]
+        n = len(dc)
+        t = np.matmul(dc.transpose(1, 0, 2), hb)  # [nb, n, width]: block b's codes times H's rows
+        m = np.einsum("brck,rck->rbc", t.reshape(nb, n, nb, bs), dc)  # D^T H D per row
+        rhs = np.einsum("brj,rj->rb", t, wp[r0 : r0 + n])  # D^T H w per row
+        tr = np.trace(m, axis1=1, axis2=2) / nb
+        lam = 1e-9 * np.where(tr > 0, tr, 1.0)
+        eye = np.eye(nb)
+        so = s_old[r0 : r0 + n]
+        sol = np.linalg.solve(m + lam[:, None, None] * eye, (rhs + lam[:, None] * so)[..., None])[..., 0]
+        s32 = sol.astype(np.float32).astype(np.float64)
+        better = np.isfinite(s32).all(axis=1) & (_scale_objective(s32, m, rhs) < _scale_objective(so, m, rhs))
+        new[r0 : r0 + n] = np.where(better[:, None], s32, so).astype(np.float32)
+    return AffineCodes(
+        codes=c.codes, scales=new, zero_points=c.zero_points, bits=c.bits, block_size=bs, cols=c.cols
     )
 
 
