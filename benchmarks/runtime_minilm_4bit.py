@@ -7,17 +7,17 @@ embeddings, at a size ratio at least onnxruntime's int4 quantizer's and peak RSS
 Protocol (every choice on validation, the test sentences measured once at the end):
 
 * Data: ``.cache/minilm`` (built by ``models/export_minilm.py``): 500 validation sentences
-  (``val_sentences.npz``) and 500 test sentences (``sentences.npz``), disjoint, int64 [N, 64].
-  Calibration (GPTQ) runs on val[:350]; every selection reads the metrics over **all 500 validation
-  sentences** (so cosine and NN agreement are the same statistics as on test: nearest neighbours
-  among 500). The 350 calibration sentences are part of that set, which can only flatter the
-  calibrated candidates on validation; the test figures carry no such bias. The held-out part
-  (val[350:], NN among 150) is recorded beside every candidate.
+  (``val_sentences.npz``), 500 test sentences (``sentences.npz``) and the calibration split
+  (``calib_sentences.npz``, the 959 other sentences of the pool), pairwise disjoint, int64 [N, 64].
+  Calibration (GPTQ) runs on the calibration split; every selection reads the metrics over **all
+  500 validation sentences** (so cosine and NN agreement are the same statistics as on test:
+  nearest neighbours among 500), none of which the calibration saw. (Until 2026-12-04 GPTQ ran on
+  val[:350], inside the selection set; that run is kept under ``previous_run``.)
 * Gate (validation): mean cosine >= 0.99 and NN agreement >= 0.95 to fp32.
 * Stage A, all 36 MatMuls at 4-bit: plain codes (clip-searched scales, nearest rounding: "RTN") at
   block 32 and 16, embeddings (the three Gathers) at 4 or 8 bits; GPTQ (``calibrate()``, which does
-  apply to ``format: runtime``: MatMul weights get ``affine.gptq`` error feedback, Gathers keep plain
-  affine codes) at block 32 and 16 with 8-bit embeddings, and at the better block with 4-bit
+  apply to ``format: runtime``: MatMul weights get ``affine.gptq`` error feedback, in act-order with
+  a least-squares refit of the block scales, Gathers keep plain affine codes) at block 32 and 16 with 8-bit embeddings, and at the better block with 4-bit
   embeddings. The best one (validation NN, then cosine) is "the best all-4-bit plan".
 * Stage B, mixed plan (mostly 8-bit, labelled with its 4-bit share): the best all-4-bit plan's
   method and block for the 4-bit layers, every other weight at 8-bit (block 32). Sensitivity: each
@@ -49,6 +49,7 @@ written only with ``--out``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -60,12 +61,21 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, embedding_metrics, embeddings, environment, file_bytes, md_table, write_results  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS_DIR,
+    ROOT,
+    embedding_metrics,
+    embeddings,
+    environment,
+    file_bytes,
+    md_table,
+    write_results,
+)
 
 MINILM = ROOT / ".cache" / "minilm"
 GATE_COS, GATE_NN = 0.99, 0.95
 RSS_TARGET = 0.45
-CAL_N = 350  # calibration sentences: val[:CAL_N]
+CALIBRATION_FILE = "calib_sentences.npz"  # the calibration split (models/export_minilm.py)
 GATHER_BLOCK, BLOCK8 = 32, 32
 
 Hook = Callable[..., Any]
@@ -168,8 +178,9 @@ class Run:
             self.val = {k: v[:n] for k, v in self.val.items()}
             self.test = {k: v[:n] for k, v in self.test.items()}
         self.n_val = len(self.val["input_ids"])
-        self.cal_n = min(CAL_N, int(self.n_val * 0.7))
-        self.cal = {k: v[: self.cal_n] for k, v in self.val.items()}
+        with np.load(MINILM / CALIBRATION_FILE) as z:
+            self.cal = {k: z[k][: n or None] for k in z.files}
+        self.cal_n = len(self.cal["input_ids"])
         self.weights = Weights(self.src)
         self.fp32_bytes = file_bytes(self.src)
         self.log(
@@ -197,9 +208,7 @@ class Run:
 
     def val_metrics(self, path: Path) -> dict[str, Any]:
         e = embeddings(path, self.val)
-        out = embedding_metrics(e, self.ref_val)
-        h = slice(self.cal_n, None)
-        out["holdout"] = {**embedding_metrics(e[h], self.ref_val[h]), "sentences": self.n_val - self.cal_n}
+        out: dict[str, Any] = dict(embedding_metrics(e, self.ref_val))
         out["gate"] = passes(out)
         return out
 
@@ -496,6 +505,10 @@ def render(data: Mapping[str, Any]) -> str:
         out.append("\nThe chosen mix calibrated for itself (GPTQ), validation: " + "; ".join(
             f"{a['weights_at_4bit']} MatMuls at 4-bit: cos {a['val']['cosine']:.4f} NN {a['val']['nn_agreement']:.3f} "
             f"{'pass' if a['val']['gate'] else 'fail'}" for a in b["final_attempts"]) + ".")  # fmt: skip
+    prev = data.get("previous_run")
+    if prev:
+        out.append(f"\nPrevious run ({prev.get('date_utc')}; GPTQ without act-order or scale refit, calibrated on "
+                   f"{prev.get('calibration', {}).get('sentences')}): {prev.get('answer')}")  # fmt: skip
     if data.get("deploy"):
         out.append("\nDeploy cost (batch 1, fresh process per measurement, medians over rounds):\n")
         out.append(md_table(
@@ -540,6 +553,23 @@ def answer(best: Mapping[str, Any], mix: Mapping[str, Any] | None) -> str:
     return " ".join(parts)
 
 
+def _previous_run(out: Path | None) -> dict[str, Any] | None:
+    """The headline of the committed results (before GPTQ's act-order/scale refit and the
+    calibration split), kept beside the new run for the before/after comparison."""
+    path = out or RESULTS_DIR / "runtime_minilm_4bit.json"
+    if not path.exists():
+        return None
+    old = json.loads(path.read_text())
+    if "previous_run" in old and old.get("calibration", {}).get("sentences", "").startswith("calibration split"):
+        return old["previous_run"]  # already a new-protocol run: keep the original before-figures
+    keep = ("description", "calibration", "best_all_4bit", "chosen_mix", "targets", "answer")
+    rows = [
+        {k: r.get(k) for k in ("label", "size_bytes", "size_x", "val", "test")}
+        for r in old.get("candidates", [])
+    ]
+    return {**{k: old.get(k) for k in keep}, "candidates": rows, "date_utc": old.get("environment", {}).get("date_utc")}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
@@ -547,9 +577,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="results path (default benchmarks/results/...)")
     args = ap.parse_args(argv)
     args.sentences = 100 if args.quick else 0
-    if not (MINILM / "minilm.onnx").exists():
-        print(f"MiniLM not built: {MINILM} (python models/export_minilm.py)", file=sys.stderr)
+    if not (MINILM / "minilm.onnx").exists() or not (MINILM / CALIBRATION_FILE).exists():
+        print(f"MiniLM or its calibration split not built in {MINILM} (python models/export_minilm.py)",
+              file=sys.stderr)  # fmt: skip
         return 2
+    previous = _previous_run(args.out)
     t_start = time.perf_counter()
     env_start = environment()
     with tempfile.TemporaryDirectory(prefix="rt4bit-") as tmp:
@@ -590,14 +622,14 @@ def main(argv: list[str] | None = None) -> int:
         data = {
             "description": (
                 "Issue 15: runtime-native 4-bit (MatMulNBits accuracy_level 4, GatherBlockQuantized) on MiniLM; "
-                f"every choice on the 500 validation sentences (GPTQ calibrated on val[:{run.cal_n}], selection on all "
-                "500 val), the chosen plans measured once on the 500 test sentences. '4-bit share' = fraction of the "
+                f"every choice on the 500 validation sentences (GPTQ, act-order + scale refit, calibrated on the "
+                f"{run.cal_n}-sentence calibration split, disjoint from validation and test; selection on all 500 val), the chosen plans measured once on the 500 test sentences. '4-bit share' = fraction of the "
                 "compressed weights (all / MatMul only) stored at 4 bits; the rest are 8-bit."
             ),
             "protocol": __doc__,
             "quick": args.quick,
             "gate": {"val_cosine_min": GATE_COS, "val_nn_min": GATE_NN},
-            "calibration": {"sentences": f"val[:{run.cal_n}]", "method": "gptq", "applies_to_format_runtime": True,
+            "calibration": {"sentences": f"calibration split ({run.cal_n})", "method": "gptq", "applies_to_format_runtime": True,
                             "runs": run.calibrations},  # fmt: skip
             "fp32_bytes": run.fp32_bytes,
             "weights": {"total_params": run.weights.total, "matmul_params": run.weights.matmul_total,
@@ -613,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
             "targets": tg,
             "answer": answer(best, mix),
             "phase_seconds": run.phase_s,
+            "previous_run": previous,
             "seconds": time.perf_counter() - t_start,
             "machine_note": "shared 2-core machine (another agent's jobs ran beside this one): latency and RSS are "
                             "medians of fresh processes; read the ratios, not the absolute times",
