@@ -36,6 +36,7 @@ OURS = {
         "Runtime-native 4-bit on MiniLM: chosen on validation, measured on test",
         "runtime_minilm_4bit.py",
     ),
+    "search": ("Search: the smallest model that passes, chosen on validation, measured on test", "search.py"),
     "runtime_minilm_smooth": (
         "Int8 activations on MiniLM with SmoothQuant: calibrated on validation, measured on test",
         "runtime_minilm_smooth.py",
@@ -88,6 +89,10 @@ def render_ours(name: str, data: dict[str, Any]) -> str:
             f"{proto.get('latency')}, {proto.get('rounds')} fresh-process rounds of {proto.get('runs')} runs. "
             "Ratios against fp32 as shipped (external data)."
         )
+    elif name == "search":
+        import search
+
+        body = search.render(data)
     elif name.startswith("runtime"):
         import runtime
 

@@ -535,6 +535,117 @@ def merged(previous: dict[str, Any], results: list[dict[str, Any]], args: argpar
     return out
 
 
+def _pts(v: Any) -> str:
+    return f"{v:+.2f}" if isinstance(v, (int, float)) else "-"
+
+
+def model_table(r: dict[str, Any]) -> str:
+    """One digit model's methods side by side (what the run prints and docs/benchmarks.md shows)."""
+    rows = []
+    for label, m in r["methods"].items():
+        if not m.get("found"):
+            rows.append([label, m.get("evaluations", "-"), "none passed", "", "", "", "", ""])
+            continue
+        va = m.get("val_accuracy")
+        rows.append([label, m.get("evaluations", "-"), f"{m['bytes']:,}", f"{m['ratio']:.1f}x",
+                     f"{va:.3f}" if isinstance(va, (int, float)) else "-", _pts(m["drop_pts"]["held-out"]),
+                     _pts(m["drop_pts"]["augmented"]), "yes" if m.get("within_1pt") else "no"])  # fmt: skip
+    return md_table(
+        ["method", "evaluations", ".onnxc bytes", "ratio", "val acc.", "drop held-out (pts)",
+         "drop augmented (pts)", "within 1 pt"], rows,
+    )  # fmt: skip
+
+
+def _command(args: dict[str, Any]) -> str:
+    flags = []
+    for k, v in args.items():
+        if k == "out" or k.startswith("minilm") or v is None or v is False:
+            continue
+        flag = "--" + k.replace("_", "-")
+        flags.append(flag if v is True else f"{flag} {v}")
+    return "python benchmarks/search.py " + " ".join(flags)
+
+
+def render(data: dict[str, Any]) -> str:
+    """``search.json`` as Markdown: per model, the methods at the same budget, the target and the
+    comparison with the best uniform setting; MiniLM's run, its uniform baseline and its probes."""
+    out = [str(data.get("note", ""))]
+    for r in data.get("models", []):
+        t, bu = r["target"], r["beats_uniform"]
+        acc = r["fp32_accuracy"]
+        out += [
+            f"\n### {r['model']}: target {t['ratio']:g}x {'met' if t['met'] else 'missed'} "
+            f"({t['ratio_reached']:g}x)\n",
+            f"fp32 {r['fp32_bytes']:,} B, test accuracy {acc['held-out']:.2%} held-out / {acc['augmented']:.2%} "
+            f"augmented; validation gates: drop <= {r['gate_val_drop_pts']:g} pts and agreement >= "
+            f"{r['gate_val_min_agreement']:g}; search {r['search_seconds']:g} s, "
+            f"{r['search_evaluations']['total']} model evaluations.\n",
+            model_table(r),
+            f"\nSearch against the best uniform setting: {bu['size_factor']:g}x smaller, fidelity "
+            f"{'as good' if bu['fidelity_ok'] else 'worse'}: {'met' if bu['met'] else '**missed**'} (>= 1.3x).",
+        ]
+        st = r.get("structured")
+        if st:
+            out.append(f"\nStructured ratios searched (chosen {st['chosen_ratio']:g}, {st['config']['allocation']} "
+                       f"allocation, {st['config']['criterion']}):\n")  # fmt: skip
+            out.append(md_table(
+                ["channel ratio", "pruned alone passes", "smallest passing", "ratio", "val metric", "seconds"],
+                [[f"{x['ratio']:g}", "yes" if x.get("passed") else "no",
+                  f"{x['best_bytes']:,}" if x.get("best_bytes") else "-",
+                  f"{x['best_ratio']:.1f}x" if x.get("best_ratio") else "-",
+                  f"{x['best_metric']:.3f}" if isinstance(x.get("best_metric"), (int, float)) else "-",
+                  x.get("seconds", "-")] for x in st.get("ratios", [])],
+            ))  # fmt: skip
+        if r.get("run_args"):
+            out.append(f"\nRerun: `{_command(r['run_args'])}`")
+    m = data.get("minilm")
+    if isinstance(m, dict):
+        t, bu = m["target"], m["beats_uniform"]
+        gv, ct = m["gates_val"], m["criterion_test"]
+        out += [
+            f"\n### minilm: target {t['ratio']:g}x {'met' if t['met'] else '**missed**'} ({t['ratio_reached']:g}x)\n",
+            f"fp32 {m['fp32_bytes']:,} B. Validation gates: cosine >= {gv['min_cosine']:g}, NN agreement >= "
+            f"{gv['min_nn_agreement']:g}; test criterion: cosine >= {ct['min_cosine']:g}, NN >= "
+            f"{ct['min_nn_agreement']:g}. Calibration: {m.get('calibration')}. Grid {m.get('stage1_grid')}; "
+            f"{m.get('trials')} trials; {m.get('search_seconds'):g} s.\n",
+            md_table(
+                ["method", ".onnxc bytes", "ratio", "val cos", "val NN", "test cos", "test NN", "test passes"],
+                [[x["method"], f"{x['bytes']:,}", f"{x['ratio']:.2f}x", f"{x['val_cosine']:.4f}",
+                  f"{x['val_nn_agreement']:.3f}", f"{x['test_cosine']:.4f}", f"{x['test_nn_agreement']:.3f}",
+                  "yes" if x.get("test_ok") else "no"] if x.get("found") else [x["method"], "none passed"] + [""] * 6
+                 for x in m["methods"]],
+            ),
+            f"\n{t.get('limit', '')}",
+        ]  # fmt: skip
+        ug = m.get("uniform_grid")
+        if isinstance(ug, dict) and ug.get("best"):
+            b = ug["best"]
+            out.append(
+                f"\nUniform baseline ({ug['what']}): "
+                + "; ".join(f"{x['bits']}-bit {x['ratio']:g}x val cos {x['val_cosine']:.4f} NN "
+                            f"{x['val_nn_agreement']:.3f} {'passes' if x['passed'] else 'fails'}" for x in ug["tried"])
+                + f". Best: {b['bits']}-bit, test cos {b['test_cosine']:.4f} NN {b['test_nn_agreement']:.3f}. "
+                f"Search against it: {bu['size_factor']:g}x smaller, fidelity "
+                f"{'as good' if bu['fidelity_ok'] else 'worse'}: {'met' if bu['met'] else '**missed**'} (>= 1.3x)."
+            )  # fmt: skip
+        probes = m.get("probes")
+        if isinstance(probes, dict) and probes.get("rows"):
+            out.append(f"\nValidation probes ({probes.get('note')}):\n")
+            out.append(md_table(
+                ["setting", "calibration", "bytes", "ratio", "val cos", "val NN"],
+                [[x["setting"], x["calibration"], f"{x['bytes']:,}", f"{x['ratio']:.2f}x", f"{x['val_cosine']:.4f}",
+                  f"{x['val_nn_agreement']:.3f}"] for x in probes["rows"]],
+            ))  # fmt: skip
+            out.append(f"\n{probes.get('conclusion', '')}")
+        if m.get("command"):
+            cmd, _, aside = str(m["command"]).partition(" (")
+            out.append(f"\nRerun: `{cmd}`" + (f" ({aside}" if aside else ""))
+    if data.get("one_shot_candidates_run"):
+        out.append("\nThe digit models' previous run (one-shot calibrated candidates) is kept in the results file "
+                   "under `one_shot_candidates_run`.")  # fmt: skip
+    return "\n".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="lenet_300_100,lenet5,resnet_digits")
@@ -608,28 +719,9 @@ def main() -> int:
             continue
         results.append(bench_model(name, args, cache))
         r = results[-1]
-        rows = []
-        for label, m in r["methods"].items():
-            if not m.get("found"):
-                rows.append([label, m["evaluations"], "none passed", "", "", ""])
-                continue
-            rows.append([label, m["evaluations"], f"{m['bytes']:,}", f"{m['ratio']:.1f}x",
-                         f"{m['drop_pts']['held-out']:+.2f}", f"{m['drop_pts']['augmented']:+.2f}"])  # fmt: skip
         print(f"\n{r['model']} (fp32 {r['fp32_bytes']:,} B; target {r['target']['ratio']:g}x: "
               f"{'met' if r['target']['met'] else 'missed'}; search {r['search_seconds']} s)")  # fmt: skip
-        print(
-            md_table(
-                [
-                    "method",
-                    "evaluations",
-                    ".onnxc bytes",
-                    "ratio",
-                    "drop held-out (pts)",
-                    "drop augmented (pts)",
-                ],
-                rows,
-            )
-        )
+        print(model_table(r))
         print(f"search vs best uniform: {r['beats_uniform']}", flush=True)
         previous = json.loads(results_path.read_text()) if results_path.exists() else {}
         write_results("search", merged(previous, results, args), args.out)
