@@ -37,6 +37,7 @@ OURS = {
         "runtime_minilm_4bit.py",
     ),
     "search": ("Search: the smallest model that passes, chosen on validation, measured on test", "search.py"),
+    "structured": ("Structured pruning: FLOPs removed against latency measured", "structured.py"),
     "runtime_minilm_smooth": (
         "Int8 activations on MiniLM with SmoothQuant: calibrated on validation, measured on test",
         "runtime_minilm_smooth.py",
@@ -89,6 +90,10 @@ def render_ours(name: str, data: dict[str, Any]) -> str:
             f"{proto.get('latency')}, {proto.get('rounds')} fresh-process rounds of {proto.get('runs')} runs. "
             "Ratios against fp32 as shipped (external data)."
         )
+    elif name == "structured":
+        import structured
+
+        body = structured.render(data)
     elif name == "search":
         import search
 

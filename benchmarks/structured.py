@@ -337,25 +337,28 @@ def resnet_digits_section(args: argparse.Namespace, work: Path, results: dict[st
             f"{prefix}_speedup_ge_0.8x_flops_b32_cpu": r["cpu_speedup_b32"] >= 0.8 * r["flop_reduction"],
         })  # fmt: skip
     results["goals"] = {**results.get("goals", {}), **goals}
-    _print_resnet_digits(results)
+    print(resnet_digits_md(results))
 
 
-def _print_resnet_digits(results: dict[str, Any]) -> None:
+def resnet_digits_md(results: dict[str, Any]) -> str:
+    """The resnet_digits section as Markdown (printed by the run, shown in docs/benchmarks.md)."""
+    out: list[str] = []
     d = results["resnet_digits"]
     fp = d["fp32"]
-    print(f"resnet_digits (calibration: {d['calibration']}; fp32 {fp['accuracy']['held-out']:.2%} / "
+    out.append(f"resnet_digits (calibration: {d['calibration']}; fp32 {fp['accuracy']['held-out']:.2%} / "
           f"{fp['accuracy']['augmented']:.2%}, {fp['flops'] / 1e6:.2f} MFLOPs, p50 {fp['p50_ms_b1']:.3f} ms b1, "
           f"{fp['p50_ms_b32']:.2f} ms b32)")  # fmt: skip
-    print(md_table(["ratio", "allocation", "MFLOPs", "FLOP red.", "held-out", "augmented", "speedup b1",
+    out.append(md_table(["ratio", "allocation", "MFLOPs", "FLOP red.", "held-out", "augmented", "speedup b1",
                     "speedup b32", "speedup/FLOPs b1", "speedup/FLOPs b32", "within 1 pt"],
                    [[r["ratio"], r.get("allocation", "uniform"), f"{r['flops'] / 1e6:.2f}", f"{r['flop_reduction']:.2f}x",
                      f"{r['held_out']:.2%}", f"{r['augmented']:.2%}", f"{r['speedup_b1']:.2f}x",
                      f"{r['speedup_b32']:.2f}x", f"{r['speedup_b1'] / r['flop_reduction']:.2f}",
                      f"{r['ratio_speedup_to_flops_b32']:.2f}", r["within_1pt"]] for r in d["rows"]]))  # fmt: skip
-    print("\nstructured + codebook on resnet_digits")
-    print(md_table(["model", "file", "p50 b1 ms", "p50 b32 ms", "held-out", "augmented"],
+    out.append("\nstructured + codebook on resnet_digits")
+    out.append(md_table(["model", "file", "p50 b1 ms", "p50 b32 ms", "held-out", "augmented"],
                    [[c["model"], f"{c['file_bytes']:,}", f"{c['p50_ms_b1']:.3f}", f"{c['p50_ms_b32']:.2f}",
                      f"{c['held_out']:.2%}", f"{c['augmented']:.2%}"] for c in results["structured_plus_codebook"]]))  # fmt: skip
+    return "\n\n".join(x.strip("\n") for x in out)
 
 
 def main() -> int:
@@ -424,32 +427,53 @@ def main() -> int:
         results["minilm"] = minilm_section(args, work, results["goals"])
 
     # ---- print (resnet_digits printed by its section)
-    print("\nbuilt networks (random init, batch 1, 1 thread)")
-    print(md_table(["model", "ratio", "round to", "MFLOPs", "FLOP red.", "speedup wall", "speedup CPU",
-                    "wall/FLOP red.", "CPU/FLOP red."],
-                   [[s["model"], r["ratio"], r["round_to"], f"{r['flops'] / 1e6:.1f}", f"{r['flop_reduction']:.2f}x",
-                     f"{r['speedup_b1']:.2f}x", f"{r['cpu_speedup_b1']:.2f}x", f"{r['speedup_over_flops']:.2f}",
-                     f"{r['cpu_speedup_over_flops']:.2f}"] for s in synth for r in s["rows"]]))  # fmt: skip
-    _print_minilm(results["minilm"])
-    print(
-        "\ngoals: "
-        + ", ".join(
-            f"{k}: {'met' if v is True else 'missed' if v is False else v}"
-            for k, v in results["goals"].items()
-        )
-    )
+    print(built_networks_md(synth))
+    print(minilm_md(results["minilm"]))
+    print(goals_md(results["goals"]))
     write_results("structured", results)
     return 0
 
 
-def _print_minilm(mini: dict[str, Any] | str) -> None:
+def built_networks_md(synth: list[dict[str, Any]]) -> str:
+    """The built networks' table (random init, batch 1, 1 thread)."""
+    return "\nbuilt networks (random init, batch 1, 1 thread)\n\n" + md_table(
+        ["model", "ratio", "round to", "MFLOPs", "FLOP red.", "speedup wall", "speedup CPU", "wall/FLOP red.",
+         "CPU/FLOP red."],
+        [[s["model"], r["ratio"], r["round_to"], f"{r['flops'] / 1e6:.1f}", f"{r['flop_reduction']:.2f}x",
+          f"{r['speedup_b1']:.2f}x", f"{r['cpu_speedup_b1']:.2f}x", f"{r['speedup_over_flops']:.2f}",
+          f"{r['cpu_speedup_over_flops']:.2f}"] for s in synth for r in s["rows"]],
+    )  # fmt: skip
+
+
+def goals_md(goals: dict[str, Any]) -> str:
+    """The goals of issue 14, met or missed, one table."""
+    return "\ngoals:\n\n" + md_table(
+        ["goal", "result"],
+        [[k, "met" if v is True else "**missed**" if v is False else str(v)] for k, v in goals.items()],
+    )
+
+
+def render(data: dict[str, Any]) -> str:
+    """``structured.json`` as Markdown: what the run printed, section by section."""
+    parts = [resnet_digits_md(data)] if "resnet_digits" in data else []
+    if data.get("built_networks"):
+        parts.append(built_networks_md(data["built_networks"]))
+    if "minilm" in data:
+        parts.append(minilm_md(data["minilm"]))
+    parts.append(goals_md(data.get("goals", {})))
+    return "\n\n".join(x.strip("\n") for x in parts)
+
+
+def minilm_md(mini: dict[str, Any] | str) -> str:
+    """The MiniLM section as Markdown (printed by the run, shown in docs/benchmarks.md)."""
+    out: list[str] = []
     if isinstance(mini, str):
-        print("\nMiniLM: " + mini)
+        out.append("\nMiniLM: " + mini)
     else:
-        print(f"\nMiniLM MLP neurons (calibration: {mini['calibration']}; FLOPs at {mini['seq']} tokens, "
+        out.append(f"\nMiniLM MLP neurons (calibration: {mini['calibration']}; FLOPs at {mini['seq']} tokens, "
               f"fp32 {mini['fp32']['flops'] / 1e6:.0f} MFLOPs, p50 {mini['fp32']['p50_ms_b1']:.2f} ms wall, "
               f"{mini['fp32']['cpu_p50_ms_b1']:.2f} ms CPU, batch 1)")
-        print(md_table(["ratio", "allocation", "MLP width", "heads kept", "FLOP red.", "speedup wall", "speedup CPU",
+        out.append(md_table(["ratio", "allocation", "MLP width", "heads kept", "FLOP red.", "speedup wall", "speedup CPU",
                         "mean cos", "min cos", "NN agree", "prune s"],
                        [[r["ratio"], r.get("allocation", "uniform"), r["mlp_width"], r.get("heads_kept", "12"),
                          f"{r['flop_reduction']:.2f}x", f"{r['speedup_b1']:.2f}x",
@@ -457,14 +481,15 @@ def _print_minilm(mini: dict[str, Any] | str) -> None:
                          f"{r['nn_agreement']:.1%}", f"{r['prune_seconds']:.0f}"] for r in mini["rows"]]))  # fmt: skip
         if "head_rows" in mini:
             h = mini["head_rows"]
-            print(f"\nMiniLM heads + MLP neurons (own run: fp32 p50 {h['fp32']['p50_ms_b1']:.2f} ms wall, "
+            out.append(f"\nMiniLM heads + MLP neurons (own run: fp32 p50 {h['fp32']['p50_ms_b1']:.2f} ms wall, "
                   f"{h['fp32']['cpu_p50_ms_b1']:.2f} ms CPU)")
-            print(md_table(["MLP ratio", "head ratio", "heads alloc.", "heads kept", "MLP width", "FLOP red.",
+            out.append(md_table(["MLP ratio", "head ratio", "heads alloc.", "heads kept", "MLP width", "FLOP red.",
                             "speedup wall", "speedup CPU", "mean cos", "min cos", "NN agree"],
                            [[r["ratio"], f"{round(r['heads'] * 12)}/12", r["heads_allocation"], r["heads_kept"],
                              r["mlp_width"], f"{r['flop_reduction']:.2f}x", f"{r['speedup_b1']:.2f}x",
                              f"{r['cpu_speedup_b1']:.2f}x", f"{r['cosine']:.4f}", f"{r['cosine_min']:.3f}",
                              f"{r['nn_agreement']:.1%}"] for r in h["rows"]]))  # fmt: skip
+    return "\n\n".join(x.strip("\n") for x in out)
 
 
 # Refit settings chosen on VALIDATION data only (benchmarks/structured_minilm_select.py: calibrate on
@@ -636,7 +661,7 @@ def run_only(args: argparse.Namespace, work: Path) -> int:
             elif isinstance(previous, dict):
                 mini["earlier_refit_rows"] = previous["earlier_refit_rows"]
         results["minilm"] = mini
-        _print_minilm(mini)
+        print(minilm_md(mini))
     if "minilm-heads" in args.only:
         mini = results.get("minilm")
         if not isinstance(mini, dict):
@@ -657,7 +682,7 @@ def run_only(args: argparse.Namespace, work: Path) -> int:
             for k in [k for k in goals if k.startswith("minilm")]:
                 del goals[k]
             _minilm_goals(mini["rows"] + mini["head_rows"]["rows"], goals)
-        _print_minilm(mini)
+        print(minilm_md(mini))
     if "b1-floor" in args.only:
         results["resnet_digits_b1_floor"] = b1_floor(args.rounds)
         print(json.dumps(results["resnet_digits_b1_floor"], indent=1))
