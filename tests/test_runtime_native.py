@@ -134,6 +134,20 @@ def test_affine_gptq_act_order_and_scale_refit_lower_the_output_error_further() 
     assert out_err(again) <= out_err(refit) * (1 + 1e-6)
 
 
+def test_affine_gptq_lazy_batches_give_the_same_codes(monkeypatch) -> None:
+    """The lazy batch updates only reorder GPTQ's sums: the codes equal one batch over all columns."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((512, 80))
+    h = x.T @ x / len(x)
+    w = rng.standard_normal((24, 80)).astype(np.float32)
+    monkeypatch.setattr(affine, "LAZY_BATCH", 16)
+    batched = affine.gptq(w, h, bits=4, block_size=16)
+    monkeypatch.setattr(affine, "LAZY_BATCH", 10**6)
+    whole = affine.gptq(w, h, bits=4, block_size=16)
+    assert np.array_equal(batched.codes, whole.codes)
+    np.testing.assert_allclose(batched.scales, whole.scales, rtol=1e-5)
+
+
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_pack_rows_roundtrip(bits: int) -> None:
     codes = np.random.default_rng(3).integers(0, 1 << bits, (5, 37)).astype(np.uint8)
