@@ -264,7 +264,10 @@ class SearchResult:
             )
         ax.axhline(self.reference_metric, color="gray", ls=":", lw=1, label="uncompressed")
         ax.set_xscale("log")
-        ax.set_xlabel("file size (bytes" + (", .onnxc)" if self.container else ", .onnx)"))
+        if self.objective == "ram":
+            ax.set_xlabel("RAM estimate (bytes resident after load)")
+        else:
+            ax.set_xlabel("file size (bytes" + (", .onnxc)" if self.container else ", .onnx)"))
         ax.set_ylabel(self.metric + " (validation)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
