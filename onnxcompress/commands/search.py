@@ -1,7 +1,8 @@
 """``onnxcompress search MODEL -o OUT --data VAL [gates] [size target]``: per-weight search.
 
 Finds the smallest file that passes the gates on the validation data (or the best metric at a size
-target, or the size/metric front), writes it with its plan (``OUT.plan.yaml``, which ``compress
+target, or the size/metric front; with ``--objective ram`` the size is the estimated memory a
+session keeps after load, and ``--formats codebook,runtime`` adds runtime-native choices), writes it with its plan (``OUT.plan.yaml``, which ``compress
 --config`` turns into the same bytes), a report (``OUT.search.json`` / ``.md``), the front
 (``OUT.front.png``) and the stage-1 sensitivity (``OUT.sensitivity.json`` / ``.md`` / ``.png``).
 Exit 1 with nothing written when no tried plan passes; 2 on bad input.
