@@ -140,3 +140,25 @@ def test_cli_refuses_bad_values_in_one_line(tmp_path, capsys, argv, message) -> 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_calibrated_runtime_candidates_are_what_compress_writes(tmp_path) -> None:
+    """One-shot calibrated candidates (the memo) give runtime choices GPTQ codes, exactly as
+    ``compress --calibration-data`` does: the plan reproduces the searched bytes, which differ from
+    the uncalibrated plain codes."""
+    out = tmp_path / "c.onnx"
+    calib = ROOT / "models" / "digits_calib.npz"
+    rc = main([
+        "search", str(MODEL), "-o", str(out), "--data", str(VAL), "--max-accuracy-drop", "1", "--trials", "4",
+        "--storage", "memory", "--quiet", "--formats", "runtime", "--runtime-bits", "4", "--objective", "ram",
+        "--sensitivity-samples", "64", "--calibration-data", str(calib),
+    ])  # fmt: skip
+    assert rc == 0
+    plan = tmp_path / "c.plan.yaml"
+    assert "format: runtime" in plan.read_text()
+    again, plain = tmp_path / "again.onnx", tmp_path / "plain.onnx"
+    argv = ["compress", str(MODEL), "--config", str(plan), "--quiet"]
+    assert main([*argv, "-o", str(again), "--calibration-data", str(calib)]) == 0
+    assert again.read_bytes() == out.read_bytes()
+    assert main([*argv, "-o", str(plain)]) == 0
+    assert plain.read_bytes() != out.read_bytes()  # the candidates really were calibrated

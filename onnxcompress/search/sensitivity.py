@@ -164,6 +164,10 @@ class SensitivityTable:
             return False
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
         for layer in self.layers:
+            rt = sorted((p.choice.bits, p.metric) for p in self.points[layer.name] if p.choice.format == "runtime")
+            if rt:  # runtime-native choices: metric against bits only (they are never pruned)
+                ax2.plot([x for x, _ in rt], [y for _, y in rt], marker="s", linestyle="--",
+                         label=f"{layer.name} (runtime)")  # fmt: skip
             pts = [
                 p for p in self.points[layer.name]
                 if not p.choice.kept and p.choice.granularity == "tensor" and p.choice.format == "codebook"
@@ -179,9 +183,12 @@ class SensitivityTable:
         ax1.set_xlabel("fraction pruned (magnitude)")
         ax1.set_ylabel(self.metric)
         ax1.set_title("metric vs sparsity (one weight at a time, most bits)")
-        ax2.set_xlabel("codebook bits")
+        ax2.set_xlabel("bits (codebook; dashed: runtime-native)")
         ax2.set_title("metric vs bits (one weight at a time, least pruning)")
-        ax1.legend(fontsize=7)
+        for ax in (ax1, ax2):
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+                break
         for ax in (ax1, ax2):
             ax.grid(alpha=0.3)
         fig.tight_layout()
