@@ -22,6 +22,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import onnx
@@ -31,7 +32,7 @@ from onnxcompress.algorithms.calibrated.hessian import InverseMemo
 from onnxcompress.calibration.capture import LayerStats, Target, capture, find_targets, get_tensor, prepare
 from onnxcompress.calibration.config import CalibrationConfig
 from onnxcompress.calibration.pipeline import (
-    CalibratedEncoding,
+    calibrate_runtime,
     calibrate_weight,
     limit_blas_threads,
     open_calibration_data,
@@ -39,7 +40,6 @@ from onnxcompress.calibration.pipeline import (
     weight_rows,
 )
 from onnxcompress.config import WeightConfig
-from onnxcompress.encoding import EncodedWeight
 from onnxcompress.errors import ConfigError
 from onnxcompress.inventory import WeightInfo, build_inventory
 
@@ -79,7 +79,9 @@ class CalibrationCache:
         self.threads = threads
         self._stats: dict[str, LayerStats] | None = None
         self._targets: dict[str, Target] = {}
-        self._encodings: dict[tuple[str, WeightConfig], tuple[CalibratedEncoding, float]] = {}
+        # codebook / pruned weights: CalibratedEncoding; format runtime: RuntimeWeight (a byte a weight)
+        self._encodings: dict[tuple[str, WeightConfig], tuple[Any, float]] = {}
+        self._users: Any = None  # the model's consumers, for runtime rewrites (computed once)
         # each weight's H is factorised once, not once per setting (and per OBS and GPTQ step)
         self._inverses = InverseMemo()
         self.capture_seconds = 0.0
@@ -118,8 +120,9 @@ class CalibrationCache:
 
     def encoding(
         self, w: np.ndarray, info: WeightInfo, cfg: WeightConfig
-    ) -> tuple[CalibratedEncoding, float] | None:
-        """``(record, relative output error on the calibration statistics)`` of ``w`` under ``cfg``,
+    ) -> tuple[Any, float] | None:
+        """``(record, relative output error on the calibration statistics)`` of ``w`` under ``cfg``
+        (the record: a :class:`CalibratedEncoding`, or a ``RuntimeWeight`` for ``format: runtime``),
         or None when calibration does not handle this weight or method."""
         stats = self._ensure_stats()
         st = stats.get(info.name)
@@ -138,14 +141,26 @@ class CalibrationCache:
         blas = limit_blas_threads()
         try:
             with self._inverses:
-                rec, _, dec2, _ = calibrate_weight(
-                    w,
-                    self._targets[info.name].info,
-                    cfg,
-                    st,
-                    self.calibration.resolve(info.name),
-                    seed=self.seed,
-                )
+                if cfg.format == "runtime":  # GPTQ onto affine codes, as compress --calibration-data does
+                    from onnxcompress.passes import runtime_native as rn
+                    from onnxcompress.passes.versions import default_opset
+
+                    if self._users is None:
+                        self._users = rn.consumers(self.model)
+                    rec, _, dec, _ = calibrate_runtime(
+                        w, self._targets[info.name].info, cfg, st, self.calibration.resolve(info.name),
+                        self._users, default_opset(self.model), None, False,
+                    )  # fmt: skip
+                    dec2 = weight_rows(dec, info.axis)
+                else:
+                    rec, _, dec2, _ = calibrate_weight(
+                        w,
+                        self._targets[info.name].info,
+                        cfg,
+                        st,
+                        self.calibration.resolve(info.name),
+                        seed=self.seed,
+                    )
             err = stats_error(weight_rows(w, info.axis), dec2, st)
         finally:
             if blas is not None:
@@ -157,10 +172,17 @@ class CalibrationCache:
 
     def hook(
         self, w: np.ndarray, info: WeightInfo, cfg: WeightConfig
-    ) -> tuple[EncodedWeight, np.ndarray] | None:
-        """``compress_model``'s weight hook: the memoised calibrated encoding (or None: plain)."""
+    ) -> tuple[Any, np.ndarray] | None:
+        """``compress_model``'s weight hook: the memoised calibrated encoding (or None: plain); for a
+        ``format: runtime`` weight, its calibrated ``RuntimeWeight`` and decoded array."""
         found = self.encoding(w, info, cfg)
-        return None if found is None else found[0].build()
+        if found is None:
+            return None
+        if cfg.format == "runtime":  # the compressor takes a RuntimeWeight and its exact decoded array
+            from onnxcompress.passes import runtime_native as rn
+
+            return found[0], rn.decoded(found[0])
+        return found[0].build()
 
     def weight_error(self, name: str, cfg: WeightConfig) -> float | None:
         """The relative output error ``sqrt(tr(dW H dW^T) / tr(W H W^T))`` of a weight under a

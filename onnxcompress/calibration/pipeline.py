@@ -338,7 +338,7 @@ def calibrate_weight(
     return rec, _from_w2(dec2, info.shape, info.axis, w.dtype), dec2, " + ".join(steps)
 
 
-def _calibrate_runtime(
+def calibrate_runtime(
     w: np.ndarray, info: WeightInfo, cfg: WeightConfig, stats: LayerStats, ccfg: CalibrationConfig,
     users: Mapping[str, list[onnx.NodeProto]], opset: int, global_t: float | None, baseline: bool,
 ) -> tuple[Any, Any, np.ndarray, str]:  # fmt: skip
@@ -560,7 +560,7 @@ def calibrate(
                     continue
                 rt = None
                 if cfg.format == "runtime":
-                    rt, plain_rt, dec, method = _calibrate_runtime(
+                    rt, plain_rt, dec, method = calibrate_runtime(
                         w, t.info, cfg, st, lc, users, opset, global_t, baseline
                     )
                     dec2 = weight_rows(dec, t.info.axis)

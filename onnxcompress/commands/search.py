@@ -1,7 +1,8 @@
 """``onnxcompress search MODEL -o OUT --data VAL [gates] [size target]``: per-weight search.
 
 Finds the smallest file that passes the gates on the validation data (or the best metric at a size
-target, or the size/metric front), writes it with its plan (``OUT.plan.yaml``, which ``compress
+target, or the size/metric front; with ``--objective ram`` the size is the estimated memory a
+session keeps after load, and ``--formats codebook,runtime`` adds runtime-native choices), writes it with its plan (``OUT.plan.yaml``, which ``compress
 --config`` turns into the same bytes), a report (``OUT.search.json`` / ``.md``), the front
 (``OUT.front.png``) and the stage-1 sensitivity (``OUT.sensitivity.json`` / ``.md`` / ``.png``).
 Exit 1 with nothing written when no tried plan passes; 2 on bad input.
@@ -33,6 +34,10 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _words(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from onnxcompress.commands.verify import add_gate_arguments
     from onnxcompress.structured.config import CRITERION_CHOICES
@@ -53,6 +58,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", metavar="KEY", help="labels array in the data (default: 'labels' if present)")
     add_gate_arguments(p)
     g = p.add_argument_group("objective")
+    g.add_argument(
+        "--objective", default="size",
+        help="what the search minimises (and --target-ratio/--max-bytes limit): size (default: the file's bytes) "
+        "or ram (an estimate of the bytes an onnxruntime session keeps after constant folding: folded codebook "
+        "weights count dense, runtime-native MatMulNBits/GatherBlockQuantized codes count packed; use with "
+        "--formats codebook,runtime; onnxcompress bench measures the real RSS)",
+    )  # fmt: skip
     g.add_argument(
         "--target-ratio", type=float, metavar="R", help="best metric at a file R times smaller than the input"
     )
@@ -113,6 +125,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--granularity", default="tensor", help="comma-separated: tensor, channel, group (default tensor)"
     )
     s.add_argument(
+        "--formats", type=_words, metavar="LIST", default=["codebook"],
+        help="weight formats to choose from, comma-separated: codebook (folded codebooks: the smallest file, dense "
+        "float in RAM after load), runtime (affine codes onnxruntime keeps quantized for MatMul/Gemm/Gather: "
+        "the least RAM) (default codebook)",
+    )  # fmt: skip
+    s.add_argument(
+        "--runtime-bits", type=_ints, metavar="LIST", default=[4, 8],
+        help="bit widths of the runtime format's choices, among 2,4,8 (default 4,8)",
+    )  # fmt: skip
+    s.add_argument(
         "--sensitivity-samples",
         type=int,
         default=256,
@@ -157,7 +179,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class _Progress:
-    """One status line on stderr: stage, trial count, best size so far."""
+    """One status line on stderr: stage, trial count, best size so far (``original`` 0: sizes are
+    not file sizes, so no ratio against the file is shown)."""
 
     def __init__(self, enabled: bool, original: int, trials: int) -> None:
         self.enabled = enabled
@@ -182,11 +205,8 @@ class _Progress:
             self.count += 1
             if rec.passed and rec.size is not None and (self.best is None or rec.size < self.best):
                 self.best = rec.size
-            best = (
-                f"best {self.best:,} B ({self.original / self.best:.1f}x)"
-                if self.best
-                else "no passing plan yet"
-            )
+            ratio = f" ({self.original / self.best:.1f}x)" if self.original and self.best else ""
+            best = f"best {self.best:,} B{ratio}" if self.best else "no passing plan yet"
             line = f"{rec.stage} trial {rec.number + 1}/{self.trials}: {rec.size or 0:,} B {rec.state.lower()}; {best}"
         self.last = now
         print("\r" + line[:120].ljust(120), end="", file=sys.stderr, flush=True)
@@ -224,7 +244,8 @@ def run(args: argparse.Namespace) -> int:
             limit=args.metric_limit,
         )
     granularities = tuple(g.strip() for g in args.granularity.split(",") if g.strip())
-    progress = _Progress(not args.quiet, model_io.size_on_disk(args.model), args.trials)
+    original = model_io.size_on_disk(args.model) if args.objective == "size" else 0
+    progress = _Progress(not args.quiet, original, args.trials)
     kwargs: dict[str, Any] = {}
     if args.sparsities:
         kwargs["sparsities"] = args.sparsities
@@ -249,7 +270,8 @@ def run(args: argparse.Namespace) -> int:
             granularities=granularities, sensitivity_samples=args.sensitivity_samples,
             calibration_data=args.calibration_data, calibration_sequential=args.sequential,
             bias_correction=args.bias_correction, min_elements=args.min_elements,
-            uniform_evaluations=args.uniform_evaluations,
+            uniform_evaluations=args.uniform_evaluations, formats=tuple(args.formats),
+            runtime_bits=tuple(args.runtime_bits), objective=args.objective,
             early_stop=not args.no_early_stop, progress=progress, **kwargs,
         )  # fmt: skip
     finally:

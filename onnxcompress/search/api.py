@@ -30,12 +30,14 @@ from onnxcompress.evaluation.verify import Gates
 from onnxcompress.search import allocate as stage2
 from onnxcompress.search import bayes
 from onnxcompress.search import sensitivity as stage1
-from onnxcompress.search.candidates import Candidates
+from onnxcompress.search.candidates import Candidates, Objective
 from onnxcompress.search.metrics import Metric
 from onnxcompress.search.settings import ProgressFn, SearchSettings
 from onnxcompress.search.space import (
     DEFAULT_BITS,
+    DEFAULT_FORMATS,
     DEFAULT_GRANULARITIES,
+    DEFAULT_RUNTIME_BITS,
     DEFAULT_SPARSITIES,
     Plan,
     base_config,
@@ -76,6 +78,15 @@ class SearchResult:
     structured: dict[str, Any] | None = None
     #: the structurally pruned model the plan's per-weight settings apply to (None: the input)
     pruned_model: Any = field(default=None, repr=False)
+    #: what sizes count: ``size`` (file bytes) or ``ram`` (resident bytes after load, estimated);
+    #: ``original_size``, trial sizes and ``ratio`` are in that unit
+    objective: str = "size"
+    #: the best plan's file size and RAM estimate (:func:`~onnxcompress.resident.resident_bytes`),
+    #: whatever the objective, and the input's
+    best_file_bytes: int | None = None
+    best_resident_bytes: int | None = None
+    original_file_bytes: int | None = None
+    original_resident_bytes: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -102,8 +113,14 @@ class SearchResult:
             )
         b = self.best
         chosen = self.structured.get("chosen_ratio") if self.structured else None
+        what = f"best {b.size:,} B ({self.ratio:.1f}x smaller than {self.original_size:,} B), "
+        if self.objective == "ram":
+            what = (
+                f"best RAM estimate {b.size:,} B ({self.ratio:.1f}x smaller than {self.original_size:,} B), "
+                f"file {self.best_file_bytes or 0:,} B, "
+            )
         return (
-            f"search: best {b.size:,} B ({self.ratio:.1f}x smaller than {self.original_size:,} B), "
+            f"search: {what}"
             + (f"structured ratio {chosen:g} ({self.structured['config'].get('allocation', 'uniform')}), " if self.structured else "")
             + f"{self.metric} {b.metric:.4f} (reference {self.reference_metric:.4f}), trial {b.number} ({b.stage}), "
             f"{len(self.trials)} trials, {self.sensitivity_evaluations} + {self.evaluations} model evaluations (stage 1 + stages 2-3)"
@@ -135,10 +152,23 @@ class SearchResult:
             "sensitivity_evaluations": self.sensitivity_evaluations,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "structured": self.structured,
+            "objective": self.objective,
+            "file_bytes": self.best_file_bytes,
+            "resident_bytes": self.best_resident_bytes,
+            "original_file_bytes": self.original_file_bytes,
+            "original_resident_bytes": self.original_resident_bytes,
         }
 
     def markdown(self) -> str:
         lines = ["# onnxcompress search", "", self.summary(), ""]
+        if self.best is not None and self.best_file_bytes is not None and self.best_resident_bytes is not None:
+            lines += [
+                f"Objective: {self.objective} ({'resident bytes after load, estimated' if self.objective == 'ram' else 'file bytes'}); "
+                f"trial bytes below are in that unit. Chosen plan: file {self.best_file_bytes:,} B, "
+                f"RAM estimate {self.best_resident_bytes:,} B (input: file {self.original_file_bytes or 0:,} B, "
+                f"RAM estimate {self.original_resident_bytes or 0:,} B; `onnxcompress bench` measures the real RSS).",
+                "",
+            ]
         if self.structured:
             lines += [
                 "## Structured pruning (channel ratio, searched)",
@@ -234,7 +264,10 @@ class SearchResult:
             )
         ax.axhline(self.reference_metric, color="gray", ls=":", lw=1, label="uncompressed")
         ax.set_xscale("log")
-        ax.set_xlabel("file size (bytes" + (", .onnxc)" if self.container else ", .onnx)"))
+        if self.objective == "ram":
+            ax.set_xlabel("RAM estimate (bytes resident after load)")
+        else:
+            ax.set_xlabel("file size (bytes" + (", .onnxc)" if self.container else ", .onnx)"))
         ax.set_ylabel(self.metric + " (validation)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -468,7 +501,7 @@ def _search_one(
     cand_kwargs: dict[str, Any] = {
         "model": model, "data": data, "base": base, "metric": m or Metric("agreement"), "gates": gates,
         "container": container, "labels_key": settings.labels_key, "threads": settings.threads,
-        "hook_factory": hook_factory, "reference": reference,
+        "hook_factory": hook_factory, "reference": reference, "objective": settings.objective,
     }  # fmt: skip
     t0 = time.perf_counter()
     cands = Candidates(**cand_kwargs)
@@ -489,7 +522,8 @@ def _search_one(
     if hook_factory is not None:
         hook_factory.proxy = True  # stage 1 compresses one weight at a time: the one-shot memo
     table = stage1.measure(
-        cands, grid(settings.sparsities, settings.bits, settings.granularities),
+        cands,
+        grid(settings.sparsities, settings.bits, settings.granularities, settings.formats, settings.runtime_bits),
         samples=settings.sensitivity_samples,
         cache=side["sensitivity"] if side else None,
         progress=lambda i, n, what: report("sensitivity", {"done": i, "total": n, "what": what}),
@@ -509,7 +543,8 @@ def _search_one(
         storage = default_storage(output) if output is not None else None
     study_key = json.dumps(
         [mode, m.name, m.direction, m.limit, gates.to_dict(), limit_bytes, container, settings.sampler,
-         list(settings.sparsities), list(settings.bits), list(settings.granularities), settings.seed, table.fingerprint],
+         list(settings.sparsities), list(settings.bits), list(settings.granularities), settings.seed, table.fingerprint]
+        + ([list(settings.formats), list(settings.runtime_bits)] if "runtime" in settings.formats else []),
         default=str,
     )  # fmt: skip
     label = Path(str(model)).stem if isinstance(model, (str, os.PathLike)) else "model"
@@ -520,7 +555,14 @@ def _search_one(
         (f"{settings.study}-{tag}" if settings.study and tag else settings.study)
         or f"{label}-{mode}-" + hashlib.sha256(study_key.encode()).hexdigest()[:10]
     )
-    space = bayes.Space(tuple(layer.name for layer in cands.layers), granularities=tuple(settings.granularities))
+    runtime = "runtime" in settings.formats
+    space = bayes.Space(
+        tuple(layer.name for layer in cands.layers), granularities=tuple(settings.granularities),
+        formats=tuple(settings.formats), runtime_bits=tuple(settings.runtime_bits) if runtime else (),
+        runtime_layers=tuple(
+            layer.name for layer in cands.layers if any(c.format == "runtime" for c in table.choices(layer.name))
+        ),
+    )  # fmt: skip
     goal = bayes.Goal(
         mode, m.direction, limit_bytes,
         quick_samples=(
@@ -577,7 +619,7 @@ def _search_one(
                 bayes.optimize(st, objective, _one(spec, bayes.finished(st) + 1))
         stage2_trials = bayes.records(st)
         stage2_best, _ = _select(mode, stage2_trials, m, limit_bytes)
-        if mode == "gates" and settings.uniform_evaluations > 0:
+        if mode == "gates" and settings.uniform_evaluations > 0 and "codebook" in settings.formats:
             objective.stage = "uniform"
             _uniform_seeds(
                 st, objective, spec, cands, space, stage2_best, settings.bits, settings.granularities[0],
@@ -615,12 +657,17 @@ def _search_one(
     best, closest = _select(mode, trials_done, m, limit_bytes)
     uniform_best, _ = _select(mode, [t for t in trials_done if t.stage == "uniform"], m, limit_bytes)
     model_bytes = plan_yaml = None
+    best_file = best_resident = None
     layers: list[dict[str, Any]] = []
     if best is not None:
         built = cands.build(best.plan)
         model_bytes = built.file_bytes
+        best_file, best_resident = built.file_size, cands.resident(built)
+        what = f"{best.size:,} B"
+        if settings.objective == "ram":
+            what = f"RAM estimate {best_resident:,} B, file {best_file:,} B"
         header = [
-            f"onnxcompress search: {best.size:,} B, {m.name} {best.metric:.4f} on the validation data "
+            f"onnxcompress search: {what}, {m.name} {best.metric:.4f} on the validation data "
             f"(reference {cands.reference_metric:.4f})",
             "reproduce: onnxcompress compress MODEL -o OUT --config THIS_FILE"
             + (" --calibration-data DATA" if settings.calibration_data is not None else ""),
@@ -640,7 +687,8 @@ def _search_one(
             w = by_name.get(layer.name)
             layers.append({
                 "name": layer.name, "shape": list(layer.shape), "params": layer.params,
-                "choice": c.label() if c else "fp32", "sparsity": None if c is None or c.kept else c.sparsity,
+                "choice": c.label() if c else "fp32", "format": None if c is None or c.kept else c.format,
+                "sparsity": None if c is None or c.kept else c.sparsity,
                 "bits": None if c is None or c.kept else c.bits, "granularity": None if c is None or c.kept else c.granularity,
                 "bytes": w.bytes_after if w else layer.fp32_bytes,
                 "alone_error": None if p is None else f"{p.error:.3g}",
@@ -655,6 +703,8 @@ def _search_one(
         sensitivity_evaluations=table.evaluations,
         seconds={"setup": t0 - t_start, "stage1": t1 - t0, "stage2": t2 - t1, "stage3": t3 - t2,
                  "total": time.perf_counter() - t_start, "stage1_cached": float(bool(table.extra.get("cached")))},
+        objective=settings.objective, best_file_bytes=best_file, best_resident_bytes=best_resident,
+        original_file_bytes=cands.original_file_size, original_resident_bytes=cands.original_resident,
     )  # fmt: skip
 
 
@@ -680,6 +730,9 @@ def search(
     sparsities: Sequence[float] = DEFAULT_SPARSITIES,
     bits: Sequence[int] = DEFAULT_BITS,
     granularities: Sequence[str] = DEFAULT_GRANULARITIES,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    runtime_bits: Sequence[int] = DEFAULT_RUNTIME_BITS,
+    objective: Objective = "size",
     sensitivity_samples: int = 256,
     quick_samples: int | None = None,
     calibration_data: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None,
@@ -709,6 +762,13 @@ def search(
     per (weight, setting) by default; ``calibration_sequential`` / ``bias_correction`` calibrate
     every candidate of stages 2-3 the way ``compress --calibration-data`` does with those options
     (exact, a full calibration per candidate; see :class:`CalibratedHooks`).
+    ``formats``: ``codebook`` (folded codebooks, the smallest file; decoded to dense float at load)
+    and/or ``runtime`` (affine ``runtime_bits``-bit codes onnxruntime keeps quantized for
+    MatMul/Gemm/Gather weights): every weight gets the choices of each listed format.
+    ``objective``: what is minimised or limited (``target_ratio``, ``max_bytes``, the ratio): ``size``,
+    the file bytes, or ``ram``, the bytes a session keeps after constant folding, estimated by
+    :func:`~onnxcompress.resident.resident_bytes` (the result reports both for the chosen plan).
+    Uniform seeds are codebook plans: they run only with ``codebook`` among the formats.
     ``uniform_evaluations``: model runs (gates mode) spent on uniform seeds after stage 2: one bit
     width everywhere with global-magnitude sparsities (:func:`~onnxcompress.search.allocate.global_profile`),
     bisected on the sparsity, for the bit widths stage 2's plan uses most and one more; they join
@@ -841,7 +901,7 @@ def _cheaper(table: stage1.SensitivityTable, name: str, choice: Any) -> Any:
         up = [
             p.choice for p in table.points[name]
             if not p.choice.kept and p.choice.bits == choice.bits and p.choice.granularity == choice.granularity
-            and p.choice.sparsity > choice.sparsity and math.isfinite(p.error)
+            and p.choice.format == choice.format and p.choice.sparsity > choice.sparsity and math.isfinite(p.error)
         ]  # fmt: skip
         return min(up, key=lambda c: c.sparsity) if up else None
     smaller = [p for p in table.points[name] if p.delta_bytes < here.delta_bytes and math.isfinite(p.error)]

@@ -31,13 +31,30 @@ HOPELESS_SHORTFALL = 3.0  # ~3 accuracy points / 0.03 agreement short on the qui
 
 @dataclass(frozen=True)
 class Space:
-    """Per weight: sparsity in [0, max_sparsity] (step 0.01), bits in [min_bits, 8] or fp32."""
+    """Per weight: sparsity in [0, max_sparsity] (step 0.01), bits in [min_bits, 8] or fp32.
+
+    With ``runtime_bits`` (the search's formats include ``runtime``), each of ``runtime_layers``
+    (the weights stage 1 could build in that format) also gets a format parameter ``:f`` and a
+    runtime bit width ``:rb``; a runtime trial ignores ``:p`` (and ``:b``, except for its keep
+    code). Every parameter is suggested on every trial, so the space stays static and the
+    multivariate TPE models all of them jointly. Without runtime bits the parameters (and so the
+    studies) are exactly those of a codebook-only search.
+    """
 
     layers: tuple[str, ...]
     max_sparsity: float = 0.99
     min_bits: int = 2
     granularities: tuple[str, ...] = ("tensor",)
     allow_keep: bool = True
+    formats: tuple[str, ...] = ("codebook",)
+    runtime_bits: tuple[int, ...] = ()
+    runtime_layers: tuple[str, ...] = ()
+
+    def _formats(self, name: str) -> tuple[str, ...]:
+        """The formats ``name`` may take in this space."""
+        if self.runtime_bits and name in self.runtime_layers:
+            return self.formats
+        return tuple(f for f in self.formats if f != "runtime") or ("codebook",)
 
     def suggest(self, trial: Any) -> Plan:
         choices = {}
@@ -49,7 +66,17 @@ class Space:
                 if len(self.granularities) > 1
                 else self.granularities[0]
             )
-            choices[name] = Choice.keep() if b == KEEP_CODE else Choice(round(p, 2), b, g)
+            formats = self._formats(name)
+            fmt, rb = formats[0], 0
+            if "runtime" in formats:
+                fmt = trial.suggest_categorical(f"{name}:f", list(formats)) if len(formats) > 1 else fmt
+                rb = trial.suggest_categorical(f"{name}:rb", list(self.runtime_bits))
+            if b == KEEP_CODE:
+                choices[name] = Choice.keep()
+            elif fmt == "runtime":
+                choices[name] = Choice.runtime(rb)
+            else:
+                choices[name] = Choice(round(p, 2), b, g)
         return Plan(choices)
 
     def params(self, plan: Plan) -> dict[str, Any]:
@@ -63,6 +90,12 @@ class Space:
                 out[f"{name}:g"] = (
                     c.granularity if c.granularity in self.granularities else self.granularities[0]
                 )
+            formats = self._formats(name)
+            if "runtime" in formats:
+                if len(formats) > 1:
+                    out[f"{name}:f"] = c.format if c.format in formats else formats[0]
+                rt = c.format == "runtime" and c.bits in self.runtime_bits
+                out[f"{name}:rb"] = c.bits if rt else self.runtime_bits[0]
         return out
 
 

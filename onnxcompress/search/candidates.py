@@ -3,7 +3,8 @@
 Everything goes through the public pipeline (``compress_model``, the ``.onnxc`` packer,
 ``make_session``); the size is the length of the exact bytes ``compress`` would write (the
 serialized ``.onnx``, or the container for an ``.onnxc`` output), so the searched size is the
-file size. The reference outputs are computed once; each candidate runs once on the validation data
+file size; with the ``ram`` objective it is :func:`~onnxcompress.resident.resident_bytes` of the
+built model instead (what an onnxruntime session keeps after constant folding, estimated). The reference outputs are computed once; each candidate runs once on the validation data
 (or on its first ``quick`` samples, to drop hopeless candidates early).
 """
 
@@ -15,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -39,6 +40,9 @@ STREAM_MEMO_BYTES = 256 << 20
 BUILT_MEMO_COUNT = 256
 BUILT_MEMO_BYTES = 1 << 30
 
+Objective = Literal["size", "ram"]
+OBJECTIVES: tuple[str, ...] = ("size", "ram")
+
 HookFactory = Callable[[onnx.ModelProto, CompressionConfig], "WeightHook | None"]
 
 
@@ -55,7 +59,8 @@ class Layer:
 
 @dataclass
 class Built:
-    """A compressed candidate: its file bytes (what is written), the plain ONNX bytes (what runs)."""
+    """A compressed candidate: its file bytes (what is written), the plain ONNX bytes (what runs)
+    and, when the objective is ``ram``, its resident-bytes estimate."""
 
     plan: Plan
     config: CompressionConfig
@@ -63,10 +68,16 @@ class Built:
     onnx_bytes: bytes
     report: CompressionReport | None
     seconds: float
+    resident: int | None = None  # resident_bytes of the model (set with objective "ram")
+
+    @property
+    def file_size(self) -> int:
+        return len(self.file_bytes)
 
     @property
     def size(self) -> int:
-        return len(self.file_bytes)
+        """The bytes the search minimises: the RAM estimate when it was measured, else the file."""
+        return self.resident if self.resident is not None else len(self.file_bytes)
 
 
 @dataclass
@@ -109,6 +120,8 @@ class Candidates:
     compare against when ``model`` is a derived copy (a structurally pruned one): its outputs are
     the gates' reference and its file size :attr:`original_size`; :meth:`output_error` (stage 1's
     additive proxy) still measures against ``model``'s own outputs, so a weight's error is its own.
+    ``objective``: ``size`` (file bytes) or ``ram`` (:func:`~onnxcompress.resident.resident_bytes`):
+    what :attr:`Built.size` and :attr:`original_size` count, so every stage minimises it.
     """
 
     def __init__(
@@ -124,8 +137,12 @@ class Candidates:
         threads: int | None = 1,
         hook_factory: HookFactory | None = None,
         reference: str | os.PathLike[str] | onnx.ModelProto | None = None,
+        objective: Objective = "size",
     ) -> None:
         from onnxcompress.model_io import open_model, size_on_disk
+        from onnxcompress.resident import resident_bytes
+
+        self.objective = objective
 
         self.model = model if isinstance(model, onnx.ModelProto) else open_model(model)
         self.model_bytes = self.model.SerializeToString()
@@ -140,6 +157,12 @@ class Candidates:
                 size_on_disk(reference) if isinstance(reference, (str, os.PathLike))
                 else len(self.reference_model.SerializeToString())
             )  # fmt: skip
+        #: the input file's size on disk (the ratio's denominator with objective "size")
+        self.original_file_size = self.original_size
+        #: the resident-bytes estimate of the input (or of the reference)
+        self.original_resident = resident_bytes(self.reference_model or self.model)
+        if objective == "ram":
+            self.original_size = self.original_resident
         self.base = base
         self.metric = metric
         self.gates = gates
@@ -201,7 +224,10 @@ class Candidates:
             how = getattr(self.hook_factory, "calibration_config", None)
             calibration = (type(self.hook_factory).__name__, how().to_dict() if callable(how) else None,
                            str(getattr(self.hook_factory, "data", "")))  # fmt: skip
-        h.update(repr((self.container, self.base.to_dict(), calibration)).encode())
+        what: tuple[Any, ...] = (self.container, self.base.to_dict(), calibration)
+        if self.objective != "size":  # sizes of another kind (the size objective's key is unchanged)
+            what = (*what, self.objective)
+        h.update(repr(what).encode())
         return h.hexdigest()[:20]
 
     # ------------------------------------------------------------------ build
@@ -216,6 +242,7 @@ class Candidates:
         t0 = time.perf_counter()
         config = self.config(plan)
         report = None
+        built_model = self.model
         if not plan.compresses_anything:
             onnx_bytes = self.model_bytes
         else:
@@ -226,6 +253,7 @@ class Candidates:
                 result = compress_model(model, config, keep_decoded=False, weight_hook=hook)
                 onnx_bytes = result.model.SerializeToString()
                 report = result.report
+                built_model = result.model
             except NoCompressibleWeightsError:  # every chosen setting would grow its weight
                 onnx_bytes = self.model_bytes
         file_bytes = onnx_bytes
@@ -239,7 +267,12 @@ class Candidates:
             file_bytes, _ = pack_bytes(onnx_bytes, verify=False, memo=self._streams)
             if len(self._streams) != n_before:
                 self._stream_bytes = sum(len(v[5]) for v in self._streams.values())
-        built = Built(plan, config, file_bytes, onnx_bytes, report, time.perf_counter() - t0)
+        resident = None
+        if self.objective == "ram":
+            from onnxcompress.resident import resident_bytes
+
+            resident = resident_bytes(built_model)
+        built = Built(plan, config, file_bytes, onnx_bytes, report, time.perf_counter() - t0, resident)
         held = len(built.onnx_bytes) + (len(built.file_bytes) if built.file_bytes is not built.onnx_bytes else 0)
         if len(self._cache) >= BUILT_MEMO_COUNT or self._cache_bytes + held > BUILT_MEMO_BYTES:
             self._cache.clear()
@@ -247,6 +280,14 @@ class Candidates:
         self._cache[key] = built
         self._cache_bytes += held
         return built
+
+    def resident(self, built: Built) -> int:
+        """``built``'s resident-bytes estimate (computed here when the objective is not ``ram``)."""
+        if built.resident is not None:
+            return built.resident
+        from onnxcompress.resident import resident_bytes
+
+        return resident_bytes(onnx.load_from_string(built.onnx_bytes))
 
     def forget(self) -> None:
         """Drop the memo of built candidates (after the way candidates are built changed)."""

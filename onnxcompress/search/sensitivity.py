@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onnxcompress.errors import ConfigError, EncodingError
 from onnxcompress.search.candidates import Candidates, Layer
 from onnxcompress.search.space import Choice, Plan
 
@@ -46,12 +47,8 @@ class Point:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Point:
-        c = d["choice"]
-        choice = (
-            Choice.keep() if c.get("kept") else Choice(float(c["sparsity"]), int(c["bits"]), c["granularity"])
-        )
         return cls(
-            choice, int(d["delta_bytes"]), _unnum(d["error"]), _unnum(d["metric"]), _unnum(d["weight_error"])
+            Choice.from_dict(d["choice"]), int(d["delta_bytes"]), _unnum(d["error"]), _unnum(d["metric"]), _unnum(d["weight_error"])
         )
 
 
@@ -119,7 +116,7 @@ class SensitivityTable:
         points = {n: [Point.from_dict(p) for p in pts] for n, pts in d["points"].items()}
         return cls(
             d["fingerprint"], d["metric"], d["samples"], d["base_size"], d["reference_metric"], layers, points,
-            d.get("seconds", 0.0), d.get("evaluations", 0),
+            d.get("seconds", 0.0), d.get("evaluations", 0), {k: d[k] for k in ("objective", "skipped") if k in d},
         )  # fmt: skip
 
     # ------------------------------------------------------------------ rendering
@@ -128,11 +125,13 @@ class SensitivityTable:
         """Per weight and bits: the metric at each sparsity (Deep Compression Fig. 5 as a table)."""
         lines = [
             f"Sensitivity: {self.metric} on {self.samples} validation samples with only one weight compressed "
-            f"(reference {self.reference_metric:.4f}); bytes = file size change.",
+            f"(reference {self.reference_metric:.4f}); bytes = "
+            + ("resident-bytes (RAM estimate) change." if self.extra.get("objective") == "ram" else "file size change."),
             "",
         ]
         for layer in self.layers:
-            pts = [p for p in self.points[layer.name] if not p.choice.kept]
+            runtime = [p for p in self.points[layer.name] if p.choice.format == "runtime"]
+            pts = [p for p in self.points[layer.name] if not p.choice.kept and p.choice.format == "codebook"]
             sparsities = sorted({p.choice.sparsity for p in pts})
             lines.append(
                 f"### `{layer.name}` {list(layer.shape)}, {layer.params:,} weights, {layer.fp32_bytes:,} B"
@@ -148,6 +147,8 @@ class SensitivityTable:
                     cells.append("" if p is None else f"{p.metric:.4f} ({p.delta_bytes:+,} B)")
                 tag = "" if gran == "tensor" else f" {gran}"
                 lines.append(f"| {bits}{tag} | " + " | ".join(cells) + " |")
+            for p in sorted(runtime, key=lambda p: p.choice.bits):  # no sparsity: one cell
+                lines.append(f"| {p.choice.bits} runtime | {p.metric:.4f} ({p.delta_bytes:+,} B) |")
             lines.append("")
         return "\n".join(lines)
 
@@ -163,9 +164,14 @@ class SensitivityTable:
             return False
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
         for layer in self.layers:
+            rt = sorted((p.choice.bits, p.metric) for p in self.points[layer.name] if p.choice.format == "runtime")
+            if rt:  # runtime-native choices: metric against bits only (they are never pruned)
+                ax2.plot([x for x, _ in rt], [y for _, y in rt], marker="s", linestyle="--",
+                         label=f"{layer.name} (runtime)")  # fmt: skip
             pts = [
-                p for p in self.points[layer.name] if not p.choice.kept and p.choice.granularity == "tensor"
-            ]
+                p for p in self.points[layer.name]
+                if not p.choice.kept and p.choice.granularity == "tensor" and p.choice.format == "codebook"
+            ]  # fmt: skip
             if not pts:
                 continue
             top = max(p.choice.bits for p in pts)
@@ -177,9 +183,12 @@ class SensitivityTable:
         ax1.set_xlabel("fraction pruned (magnitude)")
         ax1.set_ylabel(self.metric)
         ax1.set_title("metric vs sparsity (one weight at a time, most bits)")
-        ax2.set_xlabel("codebook bits")
+        ax2.set_xlabel("bits (codebook; dashed: runtime-native)")
         ax2.set_title("metric vs bits (one weight at a time, least pruning)")
-        ax1.legend(fontsize=7)
+        for ax in (ax1, ax2):
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+                break
         for ax in (ax1, ax2):
             ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -214,6 +223,7 @@ def measure(
     base = cands.build(Plan())
     todo = [(layer, c) for layer in cands.layers for c in choices]
     points: dict[str, list[Point]] = {layer.name: [] for layer in cands.layers}
+    skipped: list[str] = []
     n = min(samples, cands.samples)
     for i, (layer, choice) in enumerate(todo):
         if progress is not None:
@@ -221,7 +231,15 @@ def measure(
         if choice.kept:
             points[layer.name].append(Point(choice, 0, 0.0, cands.base_evaluation.metric, 0.0))
             continue
-        built = cands.build(Plan({layer.name: choice}))
+        try:
+            built = cands.build(Plan({layer.name: choice}))
+        except (ConfigError, EncodingError) as e:
+            if choice.format != "runtime":
+                raise
+            # a runtime layout this weight cannot take: the choice is left out of its table, so
+            # no later stage picks it (bayes.Space.runtime_layers)
+            skipped.append(f"{layer.name} {choice.label()}: {e}")
+            continue
         m = cands.measure(built, samples=n)
         werr = 0.0
         if built.report is not None and built.report.weights:
@@ -237,6 +255,10 @@ def measure(
         key, cands.metric.name, n, base.size, cands.reference_metric, list(cands.layers), points,
         time.perf_counter() - t0, cands.evaluations - before,
     )  # fmt: skip
+    if skipped:
+        table.extra["skipped"] = skipped
+    if cands.objective != "size":  # delta_bytes and base_size count resident bytes
+        table.extra["objective"] = cands.objective
     if cache is not None:
         from onnxcompress.model_io import write_bytes
 

@@ -16,8 +16,17 @@ import numpy as np
 
 from onnxcompress.errors import ConfigError
 from onnxcompress.evaluation.verify import Gates
+from onnxcompress.search.candidates import OBJECTIVES, Objective
 from onnxcompress.search.metrics import Metric, load_metric
-from onnxcompress.search.space import DEFAULT_BITS, DEFAULT_GRANULARITIES, DEFAULT_SPARSITIES
+from onnxcompress.search.space import (
+    DEFAULT_BITS,
+    DEFAULT_FORMATS,
+    DEFAULT_GRANULARITIES,
+    DEFAULT_RUNTIME_BITS,
+    DEFAULT_SPARSITIES,
+    FORMATS,
+    RUNTIME_BITS,
+)
 
 if TYPE_CHECKING:
     from onnxcompress.search.bayes import Mode
@@ -56,6 +65,9 @@ class SearchSettings:
     sparsities: Sequence[float] = DEFAULT_SPARSITIES
     bits: Sequence[int] = DEFAULT_BITS
     granularities: Sequence[str] = DEFAULT_GRANULARITIES
+    formats: Sequence[str] = DEFAULT_FORMATS
+    runtime_bits: Sequence[int] = DEFAULT_RUNTIME_BITS
+    objective: Objective = "size"
     sensitivity_samples: int = 256
     quick_samples: int | None = None
     calibration_data: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None
@@ -82,6 +94,21 @@ class SearchSettings:
             raise ConfigError(f"--target-ratio must be > 1 (e.g. 40 for 40x smaller), got {self.target_ratio}")
         if self.max_bytes is not None and self.max_bytes < 1:
             raise ConfigError(f"--max-bytes must be positive, got {self.max_bytes}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(
+                f"--objective must be size (file bytes) or ram (resident bytes after load), got {self.objective!r}"
+            )
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown or not self.formats:
+            raise ConfigError(
+                f"--formats takes a comma-separated list of {' and '.join(FORMATS)}, got {','.join(map(str, self.formats))!r}"
+            )
+        bad_bits = [b for b in self.runtime_bits if b not in RUNTIME_BITS]
+        if bad_bits or ("runtime" in self.formats and not self.runtime_bits):
+            raise ConfigError(
+                f"--runtime-bits takes bit widths among {','.join(map(str, RUNTIME_BITS))} (what onnxruntime runs "
+                f"quantized), got {','.join(map(str, self.runtime_bits))!r}"
+            )
 
     @property
     def mode(self) -> Mode:
