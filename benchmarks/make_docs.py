@@ -37,6 +37,10 @@ OURS = {
         "runtime_minilm_4bit.py",
     ),
     "search": ("Search: the smallest model that passes, chosen on validation, measured on test", "search.py"),
+    "search_minilm_ram": (
+        "Search for the least memory on MiniLM (--objective ram): chosen on validation, measured on test",
+        "search_minilm_ram.py",
+    ),
     "structured": ("Structured pruning: FLOPs removed against latency measured", "structured.py"),
     "runtime_minilm_smooth": (
         "Int8 activations on MiniLM with SmoothQuant: calibrated on validation, measured on test",
@@ -94,6 +98,10 @@ def render_ours(name: str, data: dict[str, Any]) -> str:
         import structured
 
         body = structured.render(data)
+    elif name == "search_minilm_ram":
+        import search_minilm_ram
+
+        body = search_minilm_ram.render(data) + f"\n\nRerun: `{data.get('command')}`"
     elif name == "search":
         import search
 
