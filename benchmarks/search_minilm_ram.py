@@ -122,7 +122,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def render(data: dict[str, Any]) -> str:
     s = data["search"]
-    out = [f"Validation gates: mean cosine >= {GATE_COS}, NN agreement >= {GATE_NN} (500 sentences)."]
+    out = [f"Validation gates: mean cosine >= {GATE_COS}, NN agreement >= {GATE_NN} (500 sentences).\n"]
     if not s.get("passed"):
         return "\n".join([*out, f"No plan passed: {s.get('closest')}"])
     rows = [[
