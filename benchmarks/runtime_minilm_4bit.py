@@ -399,23 +399,30 @@ class Run:
         return row
 
     def deploy(self, paths: dict[str, Path]) -> list[dict[str, Any]]:
-        from onnxcompress.evaluation.bench import bench
+        return deploy_rows(paths, MINILM / "sentences.npz", quick=self.args.quick)
 
-        rounds, runs = (1, 5) if self.args.quick else (3, 50)
-        rep = bench([str(p) for p in paths.values()], runs=runs, warmup=5, rounds=rounds, batch_size=1,
-                    data=str(MINILM / "sentences.npz"), progress=False)  # fmt: skip
-        base = rep.models[0]
-        out = []
-        for label, m in zip(paths, rep.models, strict=True):
-            out.append({
-                "variant": label, "size_bytes": m.size_bytes, "create_s": m.create_s, "p50_ms": m.p50_ms,
-                "cpu_p50_ms": m.cpu_p50_ms, "peak_rss_bytes": m.peak_rss_bytes, "model_rss_bytes": m.model_rss_bytes,
-                "size_x": m.size_bytes / base.size_bytes, "p50_x": m.p50_ms / base.p50_ms,
-                "peak_rss_x": (m.peak_rss_bytes or 0) / (base.peak_rss_bytes or 1),
-                "model_rss_x": (m.model_rss_bytes or 0) / (base.model_rss_bytes or 1),
-                "rounds": rounds, "runs": runs,
-            })  # fmt: skip
-        return out
+
+def deploy_rows(paths: Mapping[str, Path], data: Path, *, quick: bool) -> list[dict[str, Any]]:
+    """Deploy cost of ``paths`` (label -> model; the first is the baseline of the ratios) side by
+    side in one ``onnxcompress.evaluation.bench`` call: fresh process per measurement, batch 1,
+    the first sentence of ``data``; 3 rounds of 50 runs (``quick``: 1 of 5)."""
+    from onnxcompress.evaluation.bench import bench
+
+    rounds, runs = (1, 5) if quick else (3, 50)
+    rep = bench([str(p) for p in paths.values()], runs=runs, warmup=5, rounds=rounds, batch_size=1,
+                data=str(data), progress=False)  # fmt: skip
+    base = rep.models[0]
+    out = []
+    for label, m in zip(paths, rep.models, strict=True):
+        out.append({
+            "variant": label, "size_bytes": m.size_bytes, "create_s": m.create_s, "p50_ms": m.p50_ms,
+            "cpu_p50_ms": m.cpu_p50_ms, "peak_rss_bytes": m.peak_rss_bytes, "model_rss_bytes": m.model_rss_bytes,
+            "size_x": m.size_bytes / base.size_bytes, "p50_x": m.p50_ms / base.p50_ms,
+            "peak_rss_x": (m.peak_rss_bytes or 0) / (base.peak_rss_bytes or 1),
+            "model_rss_x": (m.model_rss_bytes or 0) / (base.model_rss_bytes or 1),
+            "rounds": rounds, "runs": runs,
+        })  # fmt: skip
+    return out
 
 
 def quant_ops(path: Path) -> dict[str, int]:

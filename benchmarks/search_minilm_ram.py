@@ -103,19 +103,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     })  # fmt: skip
     t = entry["test"]
     entry["test_passes"] = bool(t["cosine"] >= GATE_COS and t["nn_agreement"] >= GATE_NN)
-    from onnxcompress.evaluation.bench import bench
+    from runtime_minilm_4bit import deploy_rows
 
-    rounds, runs = (1, 5) if args.quick else (3, 50)
-    rep = bench([str(src), str(out)], runs=runs, warmup=5, rounds=rounds, batch_size=1, data=str(test),
-                progress=False)  # fmt: skip
-    base = rep.models[0]
-    entry["deploy"] = [
-        {"variant": label, "size_bytes": m.size_bytes, "create_s": m.create_s, "p50_ms": m.p50_ms,
-         "cpu_p50_ms": m.cpu_p50_ms, "peak_rss_bytes": m.peak_rss_bytes, "model_rss_bytes": m.model_rss_bytes,
-         "peak_rss_x": (m.peak_rss_bytes or 0) / (base.peak_rss_bytes or 1),
-         "model_rss_x": (m.model_rss_bytes or 0) / (base.model_rss_bytes or 1), "p50_x": m.p50_ms / base.p50_ms}
-        for label, m in zip(("fp32", "search --objective ram"), rep.models, strict=True)
-    ]  # fmt: skip
+    entry["deploy"] = deploy_rows({"fp32": src, "search --objective ram": out}, test, quick=args.quick)
     entry["load_average_after_bench"] = [round(x, 2) for x in os.getloadavg()]
     return entry
 
