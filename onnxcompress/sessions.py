@@ -255,8 +255,6 @@ def make_session(
     provider, bad option), ``ContainerError`` (a corrupt ``.onnxc``).
     Check ``session.get_providers()`` for what actually runs.
     """
-    import onnx
-
     resolved = resolve_providers(providers, allow_fallback=allow_fallback)
     label = model_label(model)
     tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -269,19 +267,23 @@ def make_session(
             if external_data_dir is None:
                 external_data_dir = path.parent
     try:
-        if isinstance(model, onnx.ModelProto):
+        if isinstance(model, (bytes, bytearray)):
+            model_arg: str | bytes = bytes(model)
+        elif isinstance(model, (str, os.PathLike)):
+            # a plain .onnx goes to onnxruntime as a path: onnx is not imported, so a process that
+            # only loads models (bench's stock worker, a deployment) holds no protobuf runtime
+            model_arg = str(model)
+            onnxruntime_reads_file = path
+        else:  # an onnx.ModelProto
+            import onnx
+
             if model.ByteSize() > model_io.PROTOBUF_LIMIT:
                 tmp = tempfile.TemporaryDirectory(prefix="onnxcompress-")
                 target = Path(tmp.name) / "model.onnx"
                 onnx.save(model, str(target), save_as_external_data=True, location="model.onnx.data")
-                model_arg: str | bytes = str(target)
+                model_arg = str(target)
             else:
                 model_arg = model.SerializeToString()
-        elif isinstance(model, (bytes, bytearray)):
-            model_arg = bytes(model)
-        else:
-            model_arg = str(model)
-            onnxruntime_reads_file = path
         so = session_options(
             threads=threads,
             optimization_level=optimization_level,

@@ -171,3 +171,25 @@ def test_model_rss_is_what_the_model_adds(two_models, tmp_path):
     assert data["models"][1]["model_rss_bytes"] == b.model_rss_bytes
     assert data["models"][1]["ratios_vs_first"]["model_rss"] > 2
     assert data["models"][1]["rounds"][0]["rss_before_create_bytes"] > 0
+
+
+@pytest.mark.parametrize("decode", ["onnxruntime", "host"])
+def test_stock_worker_is_a_deployment_process(decode):
+    """A stock session of a plain .onnx is measured in a process that holds what a deployment holds
+    (numpy and onnxruntime, not onnx's protobuf runtime, ~26 MB), so peak-RSS ratios are not pulled
+    towards 1; host decode needs onnx and imports it before the clock."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    base = Path(__file__).resolve().parent.parent / "models" / "lenet5.onnx"
+    code = (
+        "import sys, json\n"
+        "from onnxcompress.evaluation.bench import BenchOptions, measure\n"
+        f"r = measure({str(base)!r}, BenchOptions(runs=2, warmup=0, rounds=1, decode={decode!r}))\n"
+        "print(json.dumps(['onnx' in sys.modules, r['imported_while_timed']]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    onnx_loaded, imported = json.loads(out.splitlines()[-1])
+    assert imported == []
+    assert onnx_loaded == (decode == "host")
