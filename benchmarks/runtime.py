@@ -237,8 +237,6 @@ MINILM_VARIANTS: dict[str, Callable[[Path, Path], None]] = {
 }
 #: the int8-activation variant that keeps convolutions on ``fold``: only for models with a Conv
 CONV_ONLY = ("ours runtime w8a8, Conv float",)
-#: onnxruntime's own quantizers: the peers the issue's targets compare with
-PEERS = ("ORT quantize_dynamic int8", "ORT MatMulNBits 8-bit acc4", "ORT MatMulNBits 4-bit acc4")
 PROBE_VARIANTS: dict[str, Callable[[Path, Path], None]] = {
     "ORT MatMulNBits 8-bit (no acc level)": ort_nbits(8, None),
     "ORT MatMulNBits 4-bit (no acc level)": ort_nbits(4, None),
