@@ -70,7 +70,7 @@ class Timing:
     the median over rounds of each round's median. Rounds of several sessions alternate, so a
     change in machine load hits them alike."""
 
-    warmup: int = 5
+    warmup: int = 10
     rounds: int = 7
     runs: int = 20
     max_runs: int = 400
@@ -328,7 +328,8 @@ def measure_table(
     ).encode()).hexdigest()[:24]  # fmt: skip
     cached_n = measured_n = 0
     base = lookup(base_key, len(models))
-    if base is None:
+    pairs: list[tuple[Any, Feed]] = []
+    if base is None:  # sessions made (and the batch checked) now, timed after the weights: warm by then
         try:
             pairs = [(make_session(b, threads=cands.threads), feed) for b in models]
             for s, f in pairs:
@@ -338,10 +339,6 @@ def measure_table(
                 f"the model does not run on a batch of {batch} validation samples ({' '.join(str(exc).split())[:200]}); "
                 "give --latency-batch the batch size the model takes"
             ) from None
-        base = timer(pairs, timing)
-        for i, t in enumerate(base):
-            fresh[f"{base_key}/{i}"] = {"ns": int(t), "what": f"whole model {i}"}
-        measured_n += len(models)
     else:
         cached_n += len(models)
 
@@ -408,6 +405,11 @@ def measure_table(
                 cached_n += 1
         times[name] = row
         keys[name] = row_keys
+    if base is None:
+        base = timer(pairs, timing)
+        for i, t in enumerate(base):
+            fresh[f"{base_key}/{i}"] = {"ns": int(t), "what": f"whole model {i}"}
+        measured_n += len(models)
     if progress is not None:
         progress(len(consumers), len(consumers), "done")
     if path is not None and fresh:
