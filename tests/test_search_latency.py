@@ -92,6 +92,31 @@ def test_table_has_an_entry_per_weight_and_choice_shares_identical_ops_and_cache
     assert other.times["A"] == {"float": 1000, "rt4": 2000, "rt8": 3000} and other.base_ns == 1000
 
 
+def test_a_runtime_choice_folded_back_to_float_gets_the_float_time_untimed() -> None:
+    """A Conv weight in runtime format (no int8 activations) is a dequantize chain onnxruntime folds
+    to dense float at load: the float kernel runs, so its entries are the float time, not a noisy
+    second measurement of it."""
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    w = numpy_helper.from_array(rng.standard_normal((16, 4, 3, 3)).astype(np.float32), "W")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "W"], ["y"])], "conv", [x], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = {"x": rng.standard_normal((4, 4, 8, 8)).astype(np.float32)}
+    cands = Candidates(model, data, base=base_config(), metric=Metric("cosine"), gates=Gates(min_cosine=0.9),
+                       container=False, objective="latency")  # fmt: skip
+    timed: list[int] = []
+
+    def fake(pairs, timing):
+        timed.append(len(pairs))
+        return [7_000] * len(pairs)
+
+    table = lat.measure_table(cands, CHOICES, timer=fake)
+    assert timed == [1, 1]  # the float micro-model, then the whole model
+    assert table.times["W"] == {"float": 7_000, "rt4": 7_000, "rt8": 7_000}
+    assert table.folded == {"W": ["rt4", "rt8"]}
+
+
 def test_predicted_latency_is_the_base_plus_each_weights_change() -> None:
     table = lat.LatencyTable(
         base_ns=100_000, reference_ns=100_000, batch=1, env={},
@@ -151,6 +176,15 @@ def test_latency_search_picks_the_fastest_passing_plan_deterministically(fixed_t
     again = _search()
     assert [(t.plan, t.size, t.state) for t in again.trials] == [(t.plan, t.size, t.state) for t in res.trials]
     assert again.model_bytes == res.model_bytes
+
+
+def test_when_no_choice_is_faster_the_input_is_the_answer(monkeypatch) -> None:
+    slower = {n: {"float": r["float"], "rt4": r["float"] * 2, "rt8": r["float"] * 3} for n, r in LENET.items()}
+    table = lat.LatencyTable(base_ns=150_000, reference_ns=150_000, batch=1, env={}, times=slower)
+    monkeypatch.setattr(lat, "measure_table", lambda *a, **k: table)
+    res = _search()
+    assert res.passed and not res.best.plan.compresses_anything and res.best.size == 150_000
+    assert all(t.state == "PRUNED" for t in res.trials if t.number != res.best.number)
 
 
 def test_latency_plan_reproduces_through_compress_and_a_rerun_reads_the_cache(tmp_path) -> None:

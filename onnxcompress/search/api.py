@@ -651,6 +651,11 @@ def _search_one(
         objective.stage = "stage2"
         plans = _stage2_points(cands, table, mode, limit_bytes, settings.stage2_evaluations)
         budget = min(settings.stage2_evaluations, settings.trials)
+        if mode == "gates" and settings.objective == "latency":
+            # the input itself, first: it passes, so from here a plan predicted no faster than the
+            # input stops before it runs, and the result is never slower than the input
+            st.enqueue_trial(space.params(Plan()), user_attrs={"stage": "stage2"})
+            bayes.optimize(st, objective, _one(spec, bayes.finished(st) + 1))
         if mode == "gates":
             # bisection along the path (smallest first): the smallest plan that passes
             lo, hi, tried = 0, len(plans) - 1, 0
