@@ -19,7 +19,7 @@ optuna = pytest.importorskip("optuna")
 
 import onnxcompress as oc  # noqa: E402
 from onnxcompress.cli import main  # noqa: E402
-from onnxcompress.errors import ConfigError  # noqa: E402
+from onnxcompress.errors import ConfigError, GateFailedError  # noqa: E402
 from onnxcompress.evaluation.verify import Gates  # noqa: E402
 from onnxcompress.search import latency as lat  # noqa: E402
 from onnxcompress.search.candidates import Candidates  # noqa: E402
@@ -178,13 +178,16 @@ def test_latency_search_picks_the_fastest_passing_plan_deterministically(fixed_t
     assert again.model_bytes == res.model_bytes
 
 
-def test_when_no_choice_is_faster_the_input_is_the_answer(monkeypatch) -> None:
+def test_when_no_choice_is_faster_the_input_is_the_answer(monkeypatch, tmp_path) -> None:
     slower = {n: {"float": r["float"], "rt4": r["float"] * 2, "rt8": r["float"] * 3} for n, r in LENET.items()}
     table = lat.LatencyTable(base_ns=150_000, reference_ns=150_000, batch=1, env={}, times=slower)
     monkeypatch.setattr(lat, "measure_table", lambda *a, **k: table)
     res = _search()
     assert res.passed and not res.best.plan.compresses_anything and res.best.size == 150_000
     assert all(t.state == "PRUNED" for t in res.trials if t.number != res.best.number)
+    with pytest.raises(GateFailedError, match="no plan is predicted faster than the input"):
+        res.save(tmp_path / "o.onnx")  # a plan of nulls is nothing `compress --config` can apply
+    assert not list(tmp_path.iterdir())
 
 
 def test_latency_plan_reproduces_through_compress_and_a_rerun_reads_the_cache(tmp_path) -> None:

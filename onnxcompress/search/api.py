@@ -332,6 +332,12 @@ class SearchResult:
 
         if self.best is None or self.model_bytes is None or self.plan_yaml is None:
             raise GateFailedError(self.summary() + "; nothing written")
+        if self.objective == "latency" and not self.best.plan.compresses_anything:
+            # the input won: a plan of nulls is not something `compress --config` can apply
+            raise GateFailedError(
+                f"search: no plan is predicted faster than the input ({self.cost(self.original_size)}): ship the input "
+                "as it is, or widen the choices (--runtime-bits, another --latency-batch); nothing written"
+            )
         out = Path(output)
         check_output(out, overwrite=overwrite)
         paths = side_files(out)
