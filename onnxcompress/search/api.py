@@ -184,11 +184,12 @@ class SearchResult:
             measured = lt.get("measured") or {}
             lines += [
                 f"Objective: latency (predicted batch latency at batch {lt['batch']}, {lt['threads']} thread(s): the input's "
-                f"measured p50 plus each weight's measured change); trial figures below are predicted ms.",
+                f"measured p50 (of the pruned model, with structured ratios) plus each weight's measured change); trial "
+                "figures below are predicted ms.",
                 "",
                 "| model | predicted p50 | measured p50 | file | RAM estimate |",
                 "| --- | ---: | ---: | ---: | ---: |",
-                f"| input (fp32) | {lt['base_ms']:.4f} ms | {measured.get('fp32_ms', math.nan):.4f} ms | "
+                f"| input (fp32) | {lt['reference_ms']:.4f} ms | {measured.get('fp32_ms', math.nan):.4f} ms | "
                 f"{self.original_file_bytes or 0:,} B | {self.original_resident_bytes or 0:,} B |",
                 f"| chosen plan | {lt['predicted_ms']:.4f} ms | {measured.get('model_ms', math.nan):.4f} ms | "
                 f"{self.best_file_bytes or 0:,} B | {self.best_resident_bytes or 0:,} B |",
@@ -206,13 +207,17 @@ class SearchResult:
             lines += [
                 "## Structured pruning (channel ratio, searched)",
                 "",
-                "| ratio | params | alone: " + self.metric + " | alone passes | best bytes | ratio (vs original) | " + self.metric + " | trials | seconds |",
+                "| ratio | params | alone: " + self.metric + " | alone passes | "
+                + ("best (predicted ms)" if self.objective == "latency" else "best bytes")
+                + " | ratio (vs original) | " + self.metric + " | trials | seconds |",
                 "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
             ]
             for r in self.structured["ratios"]:
                 alone = r.get("alone") or {}
                 am = "" if alone.get("metric") is None else f"{alone['metric']:.4f}"
-                size = "" if r.get("best_bytes") is None else f"{r['best_bytes']:,}"
+                size = "" if r.get("best_bytes") is None else (
+                    f"{r['best_bytes'] / 1e6:.4f}" if self.objective == "latency" else f"{r['best_bytes']:,}"
+                )  # fmt: skip
                 rx = "" if r.get("best_ratio") is None else f"{r['best_ratio']:.2f}x"
                 mv = "" if r.get("best_metric") is None else f"{r['best_metric']:.4f}"
                 lines.append(
@@ -949,6 +954,7 @@ def _search_structured(
         row.update({
             "passed": res.passed, "best_bytes": b.size if b else None,
             "best_ratio": round(res.original_size / b.size, 3) if b and b.size else None,
+            **({"best_ms": b.size / 1e6 if b and b.size else None} if settings.objective == "latency" else {}),
             "best_metric": b.metric if b else None, "reference_metric": res.reference_metric,
             "trials": len(res.trials), "evaluations": res.sensitivity_evaluations + res.evaluations,
             "plan": b.plan.describe() if b else None, "seconds": round(time.perf_counter() - t0, 1),
