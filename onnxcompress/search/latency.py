@@ -18,7 +18,8 @@ counts the dense tensor a folded chain becomes) is not timed: it gets the float 
 weight, ``t(choice) - t(float)``, in integer nanoseconds (so the stages' integer sizes carry it).
 
 Timings are medians over rounds of each round's median, the sessions of one weight run in
-alternating order. Entries are cached on disk (``OUT.latency.json``), keyed by the consumer ops and
+alternating order and its runtime entries are the float time plus the median of their per-round
+differences to it (:func:`time_sessions`). Entries are cached on disk (``OUT.latency.json``), keyed by the consumer ops and
 their attributes, the shapes, the choice and the compression settings that shape the timed op, the
 onnxruntime version, the CPU model and the thread count: a rerun on the same machine reads the same
 numbers and needs no timing, and identical (op, shapes, choice) entries, e.g. the Q, K and V
@@ -69,11 +70,11 @@ def ms(ns: float) -> str:
 class Timing:
     """How one session is timed: ``warmup`` runs, then ``rounds`` rounds of ``runs`` runs each
     (``runs`` grown so a round lasts at least ``min_round_s``, at most ``max_runs``); the time is
-    the median over rounds of each round's median. Rounds of several sessions alternate, so a
-    change in machine load hits them alike."""
+    the median over rounds of each round's median, and the sessions timed together are compared
+    round by round (:func:`time_sessions`)."""
 
     warmup: int = 10
-    rounds: int = 7
+    rounds: int = 9
     runs: int = 20
     max_runs: int = 400
     min_round_s: float = 0.004
@@ -91,7 +92,12 @@ Timer = Callable[[Sequence[tuple[Any, Feed]], Timing], list[int]]
 
 
 def time_sessions(pairs: Sequence[tuple[Any, Feed]], timing: Timing) -> list[int]:
-    """Median-of-round-medians run time of each (session, feed), rounds alternating in order."""
+    """Run time of each (session, feed), rounds alternating in order: the first session's median
+    over rounds of each round's median; every other session's, that plus the median over rounds
+    of its difference to the first in the same round. Paired differences: a burst of load from
+    another process lifts both sides of a round, so it cancels in the difference rather than
+    landing on whichever session happened to run then (on a shared 2-core machine, unpaired medians
+    of one 10 us op moved by 30% between runs)."""
     runs: list[int] = []
     for session, feed in pairs:
         t0 = time.perf_counter()
@@ -113,7 +119,9 @@ def time_sessions(pairs: Sequence[tuple[Any, Feed]], timing: Timing) -> list[int
                 session.run(None, feed)
                 t[i] = time.perf_counter_ns() - t0
             per_round[k].append(float(np.median(t)))
-    return [int(round(float(np.median(v)))) for v in per_round]
+    first = np.asarray(per_round[0])
+    t0 = float(np.median(first))
+    return [int(round(t0))] + [int(round(t0 + float(np.median(np.asarray(v) - first)))) for v in per_round[1:]]
 
 
 def environment(threads: int | None) -> dict[str, Any]:
