@@ -200,7 +200,7 @@ def test_latency_plan_reproduces_through_compress_and_a_rerun_reads_the_cache(tm
     assert main(argv) == 0
     report = json.loads((tmp_path / "l.search.json").read_text())
     lt = report["latency"]
-    assert report["passed"] and report["objective"] == "latency" and lt["batch"] == 2
+    assert report["passed"] and report["objective"] == "latency" and lt["batch"] == 2 and report["size_unit"] == "ns"
     assert report["best"]["size"] / 1e6 == pytest.approx(lt["predicted_ms"])
     assert lt["measured"]["fp32_ms"] > 0 and lt["measured"]["model_ms"] > 0
     assert report["file_bytes"] == out.stat().st_size and report["resident_bytes"] > 0

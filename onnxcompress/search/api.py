@@ -152,6 +152,9 @@ class SearchResult:
             "metric_direction": self.metric_direction,
             "reference_metric": self.reference_metric,
             "original_bytes": self.original_size,
+            # what original_bytes, max_bytes and the trials' sizes count: bytes, or for latency
+            # nanoseconds of predicted latency (the latency section has them in ms)
+            "size_unit": "ns" if self.objective == "latency" else "B",
             "container": self.container,
             "gates": self.gates.to_dict(),
             "max_bytes": self.max_bytes,

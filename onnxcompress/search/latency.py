@@ -38,13 +38,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
 from onnxcompress.errors import ConfigError, DataError, EncodingError, NoCompressibleWeightsError
 from onnxcompress.search.space import Choice, Plan
+
+if TYPE_CHECKING:  # candidates imports this module (Candidates holds a LatencyTable)
+    from onnxcompress.search.candidates import Candidates
 
 FORMAT = 1
 FLOAT = "float"  # the table entry of keep and of every codebook choice (dense float after load)
@@ -267,12 +270,15 @@ def _capture(model: onnx.ModelProto, names: Sequence[str], feed: Feed, threads: 
     return out
 
 
-def _entry_key(nodes: Sequence[onnx.NodeProto], weight: np.ndarray, feed: Feed, override: Any, weight_cfg: Any,
+def _entry_key(micro: onnx.ModelProto, weight: np.ndarray, feed: Feed, override: Any, weight_cfg: Any,
                env: Mapping[str, Any], position: Sequence[tuple[int, int]]) -> tuple[str, str]:  # fmt: skip
-    """(cache key, readable description) of one timing."""
-    ops = [(n.domain, n.op_type, _attr_signature(n)) for n in nodes]
+    """(cache key, readable description) of one timing: what decides how long the op runs (ops,
+    their attributes and wiring, every shape and dtype, the choice, the machine), never values."""
+    nodes = list(micro.graph.node)
+    ops = [(n.domain, n.op_type, _attr_signature(n), len(n.input)) for n in nodes]
     shapes = sorted((list(v.shape), str(v.dtype)) for v in feed.values())
-    sig = [ops, list(position), list(weight.shape), str(weight.dtype), shapes, override, weight_cfg, dict(env)]
+    inits = sorted((list(t.dims), t.data_type) for t in micro.graph.initializer)
+    sig = [ops, list(position), list(weight.shape), str(weight.dtype), shapes, inits, override, weight_cfg, dict(env)]
     key = hashlib.sha256(json.dumps(sig, default=str, sort_keys=True).encode()).hexdigest()[:24]
     what = "+".join(n.op_type for n in nodes) + f" {list(weight.shape)} on " + ", ".join(str(list(s)) for s, _ in shapes)
     return key, what
@@ -291,7 +297,7 @@ def _read_cache(path: Path | None) -> dict[str, Any]:
 
 
 def measure_table(
-    cands: Any,
+    cands: Candidates,
     choices: Sequence[Choice],
     *,
     batch: int = 1,
@@ -378,12 +384,13 @@ def measure_table(
             progress(idx, len(consumers), name)
         w = tensor_array(model, name)
         micro, micro_feed = _micro_model(model, nodes, name, values)
+        label = _entry_key(micro, w, micro_feed, None, None, env, [])[1]
         position = [(k, list(n.input).index(name)) for k, n in enumerate(nodes)]
         row_keys: dict[str, str] = {}
         todo: list[tuple[str, str]] = []
         for e in entries:
             override = None if e == FLOAT else {"format": "runtime", "bits": runtime_bits[e]}
-            key, what = _entry_key(nodes, w, micro_feed, override, weight_cfg if override else None, env, position)
+            key, _ = _entry_key(micro, w, micro_feed, override, weight_cfg if override else None, env, position)
             row_keys[e] = key
             if key in done or f"{key}/0" in stored:
                 continue
@@ -405,14 +412,14 @@ def measure_table(
                     continue
                 if resident_bytes(m) >= dense:  # folded back to dense float at load: the float kernel
                     folded_keys.add(key)
-                    fresh[f"{key}/0"] = {"folded": True, "what": f"{_entry_key(nodes, w, micro_feed, None, None, env, position)[1]} {e}"}
+                    fresh[f"{key}/0"] = {"folded": True, "what": f"{label} {e}"}
                     continue
             sessions.append((make_session(m.SerializeToString(), threads=cands.threads), micro_feed))
             timed.append((e, key))
         if sessions:
             for (e, key), t in zip(timed, timer(sessions, timing), strict=True):
                 done[key] = int(t)
-                fresh[f"{key}/0"] = {"ns": int(t), "what": f"{_entry_key(nodes, w, micro_feed, None, None, env, position)[1]} {e}"}
+                fresh[f"{key}/0"] = {"ns": int(t), "what": f"{label} {e}"}
                 measured_n += 1
         row: dict[str, int] = {}
         for e, key in row_keys.items():
