@@ -117,6 +117,34 @@ def test_a_runtime_choice_folded_back_to_float_gets_the_float_time_untimed() -> 
     assert table.folded == {"W": ["rt4", "rt8"]}
 
 
+def test_a_constant_node_weight_is_cut_out_and_a_subgraph_weight_is_left_at_float() -> None:
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    w = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "Wv")
+    inner = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "Wi")
+    branch = helper.make_graph([helper.make_node("MatMul", ["c", "Wi"], ["yb"])], "b", [],
+                               [helper.make_tensor_value_info("yb", TensorProto.FLOAT, None)], [inner])  # fmt: skip
+    nodes = [
+        helper.make_node("Constant", [], ["W"], value=w),
+        helper.make_node("MatMul", ["x", "W"], ["c"]),
+        helper.make_node("ReduceSum", ["c"], ["s"], keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["p"]),
+        helper.make_node("If", ["p"], ["y"], then_branch=branch, else_branch=branch),
+    ]
+    zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
+    graph = helper.make_graph(nodes, "const", [x], [y], [zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = {"x": rng.standard_normal((4, 64)).astype(np.float32)}
+    cands = Candidates(model, data, base=base_config(), metric=Metric("cosine"), gates=Gates(min_cosine=0.9),
+                       container=False, objective="latency")  # fmt: skip
+    assert {layer.name for layer in cands.layers} == {"W", "Wi"}
+    table = lat.measure_table(cands, CHOICES, timer=lambda pairs, timing: [9_000 - 1_000 * i for i in range(len(pairs))])
+    assert table.times["W"] == {"float": 9_000, "rt4": 8_000, "rt8": 7_000}
+    assert "subgraph" in table.unmeasured["Wi"] and "Wi" not in table.times
+    assert table.predict(Plan({"W": Choice.runtime(4), "Wi": Choice.runtime(4)})) == 9_000 - 1_000
+
+
 def test_predicted_latency_is_the_base_plus_each_weights_change() -> None:
     table = lat.LatencyTable(
         base_ns=100_000, reference_ns=100_000, batch=1, env={},

@@ -217,8 +217,11 @@ def _attr_signature(node: onnx.NodeProto) -> list[Any]:
 def _micro_model(
     model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], weight: str, values: Mapping[str, np.ndarray]
 ) -> tuple[onnx.ModelProto, Feed]:
-    """``nodes`` alone: initializers they read stay initializers, every other input becomes a graph
-    input fed with its captured value (``values``); outputs are typed from their captured values."""
+    """``nodes`` alone: initializers they read stay initializers (a Constant node's tensor, e.g.
+    ``weight`` itself, becomes one of the same name), every other input becomes a graph input fed
+    with its captured value (``values``); outputs are typed from their captured values."""
+    from onnxcompress.inventory import tensor_array
+
     inits = {t.name: t for t in model.graph.initializer}
     g = onnx.GraphProto(name="latency_probe")
     feed: Feed = {}
@@ -231,15 +234,13 @@ def _micro_model(
             seen.add(i)
             if i in inits:
                 g.initializer.append(inits[i])
+            elif i == weight or i not in values:
+                g.initializer.append(onnx.numpy_helper.from_array(tensor_array(model, i), i))
             else:
                 arr = np.asarray(values[i])
                 feed[i] = arr
                 g.input.append(onnx.helper.make_tensor_value_info(
                     i, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape)))  # fmt: skip
-    if weight not in inits:  # a Constant node's tensor: as an initializer of the same name
-        from onnxcompress.inventory import tensor_array
-
-        g.initializer.append(onnx.numpy_helper.from_array(tensor_array(model, weight), weight))
     g.node.extend(nodes)
     for n in nodes:
         for o in n.output:
