@@ -78,9 +78,9 @@ class Timing:
 
     warmup: int = 10
     rounds: int = 9
-    runs: int = 20
+    runs: int = 5  # a 50 ms model: 9 rounds of 5 runs, 2-3 s a session
     max_runs: int = 400
-    min_round_s: float = 0.004
+    min_round_s: float = 0.02  # a 10 us op: rounds of 400 runs (4 ms), a few timer ticks no longer matter
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.rounds < 1 or self.runs < 1 or self.max_runs < self.runs:
