@@ -111,7 +111,7 @@ def test_the_trial_space_reproduces_runtime_plans() -> None:
         (lambda: Choice(0.5, 4, "tensor", "runtime"), "sparsity 0"),
         (lambda: Choice.runtime(3), "runtime-format bits must be one of 2, 4, 8"),
         (lambda: Choice(0.0, 4, "tensor", "dense"), "format must be one of codebook, runtime"),
-        (lambda: SearchSettings(objective="latency"), "--objective must be size"),  # type: ignore[arg-type]
+        (lambda: SearchSettings(objective="speed"), "--objective must be size"),  # type: ignore[arg-type]
         (lambda: SearchSettings(formats=("codebook", "int4")), "--formats takes"),
         (lambda: SearchSettings(formats=()), "--formats takes"),
         (lambda: SearchSettings(formats=("runtime",), runtime_bits=(3,)), "--runtime-bits takes bit widths among 2,4,8"),
@@ -126,7 +126,7 @@ def test_bad_formats_bits_and_objectives_are_refused(make, message) -> None:
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--objective", "latency"], "--objective must be size"),
+        (["--objective", "speed"], "--objective must be size"),
         (["--formats", "codebook,rt"], "--formats takes"),
         (["--formats", "runtime", "--runtime-bits", "4,6"], "--runtime-bits takes"),
     ],

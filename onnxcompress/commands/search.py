@@ -2,7 +2,11 @@
 
 Finds the smallest file that passes the gates on the validation data (or the best metric at a size
 target, or the size/metric front; with ``--objective ram`` the size is the estimated memory a
-session keeps after load, and ``--formats codebook,runtime`` adds runtime-native choices), writes it with its plan (``OUT.plan.yaml``, which ``compress
+session keeps after load, with ``--objective latency`` the batch latency of a stock onnxruntime
+session predicted from per-weight timings taken on this machine at the start (``--latency-batch``
+samples per run; cached in ``OUT.latency.json``; the report puts the chosen plan's measured p50
+beside the prediction and the input's), and ``--formats codebook,runtime`` adds runtime-native
+choices), writes it with its plan (``OUT.plan.yaml``, which ``compress
 --config`` turns into the same bytes), a report (``OUT.search.json`` / ``.md``), the front
 (``OUT.front.png``) and the stage-1 sensitivity (``OUT.sensitivity.json`` / ``.md`` / ``.png``).
 Exit 1 with nothing written when no tried plan passes; 2 on bad input.
@@ -60,10 +64,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("objective")
     g.add_argument(
         "--objective", default="size",
-        help="what the search minimises (and --target-ratio/--max-bytes limit): size (default: the file's bytes) "
-        "or ram (an estimate of the bytes an onnxruntime session keeps after constant folding: folded codebook "
+        help="what the search minimises (and --target-ratio/--max-bytes limit): size (default: the file's bytes), "
+        "ram (an estimate of the bytes an onnxruntime session keeps after constant folding: folded codebook "
         "weights count dense, runtime-native MatMulNBits/GatherBlockQuantized codes count packed; use with "
-        "--formats codebook,runtime; onnxcompress bench measures the real RSS)",
+        "--formats codebook,runtime; onnxcompress bench measures the real RSS) or latency (the batch latency "
+        "of a stock onnxruntime session, predicted from each weight's consumer ops timed on this machine; needs "
+        "runtime among --formats; --target-ratio is then a speed-up and --max-bytes is refused)",
+    )  # fmt: skip
+    g.add_argument(
+        "--latency-batch", type=int, default=1, metavar="N",
+        help="with --objective latency: validation samples per timed run (default 1)",
     )  # fmt: skip
     g.add_argument(
         "--target-ratio", type=float, metavar="R", help="best metric at a file R times smaller than the input"
@@ -182,8 +192,9 @@ class _Progress:
     """One status line on stderr: stage, trial count, best size so far (``original`` 0: sizes are
     not file sizes, so no ratio against the file is shown)."""
 
-    def __init__(self, enabled: bool, original: int, trials: int) -> None:
+    def __init__(self, enabled: bool, original: int, trials: int, objective: str = "size") -> None:
         self.enabled = enabled
+        self.objective = objective
         self.original = original
         self.trials = trials
         self.count = 0
@@ -198,16 +209,23 @@ class _Progress:
             if now - self.last < 0.5 and info["done"] < info["total"]:
                 return
             line = f"stage 1 sensitivity {info['done']}/{info['total']} {info['what']}"
+        elif stage == "latency":
+            if now - self.last < 0.5 and info["done"] < info["total"]:
+                return
+            line = f"latency table {info['done']}/{info['total']} {info['what']}"
         elif stage == "structured":
             line = f"structured ratio {info['ratio']:g} ({info['index'] + 1}/{info['total']}): pruned, searching"
         else:
+            from onnxcompress.search.candidates import cost_text
+
             rec = info["record"]
             self.count += 1
             if rec.passed and rec.size is not None and (self.best is None or rec.size < self.best):
                 self.best = rec.size
             ratio = f" ({self.original / self.best:.1f}x)" if self.original and self.best else ""
-            best = f"best {self.best:,} B{ratio}" if self.best else "no passing plan yet"
-            line = f"{rec.stage} trial {rec.number + 1}/{self.trials}: {rec.size or 0:,} B {rec.state.lower()}; {best}"
+            best = f"best {cost_text(self.best, self.objective)}{ratio}" if self.best else "no passing plan yet"
+            line = (f"{rec.stage} trial {rec.number + 1}/{self.trials}: {cost_text(rec.size or 0, self.objective)} "
+                    f"{rec.state.lower()}; {best}")  # fmt: skip
         self.last = now
         print("\r" + line[:120].ljust(120), end="", file=sys.stderr, flush=True)
 
@@ -245,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
         )
     granularities = tuple(g.strip() for g in args.granularity.split(",") if g.strip())
     original = model_io.size_on_disk(args.model) if args.objective == "size" else 0
-    progress = _Progress(not args.quiet, original, args.trials)
+    progress = _Progress(not args.quiet, original, args.trials, args.objective)
     kwargs: dict[str, Any] = {}
     if args.sparsities:
         kwargs["sparsities"] = args.sparsities
@@ -271,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
             calibration_data=args.calibration_data, calibration_sequential=args.sequential,
             bias_correction=args.bias_correction, min_elements=args.min_elements,
             uniform_evaluations=args.uniform_evaluations, formats=tuple(args.formats),
-            runtime_bits=tuple(args.runtime_bits), objective=args.objective,
+            runtime_bits=tuple(args.runtime_bits), objective=args.objective, latency_batch=args.latency_batch,
             early_stop=not args.no_early_stop, progress=progress, **kwargs,
         )  # fmt: skip
     finally:

@@ -29,8 +29,9 @@ from onnxcompress.errors import ConfigError
 from onnxcompress.evaluation.verify import Gates
 from onnxcompress.search import allocate as stage2
 from onnxcompress.search import bayes
+from onnxcompress.search import latency as lat
 from onnxcompress.search import sensitivity as stage1
-from onnxcompress.search.candidates import Candidates, Objective
+from onnxcompress.search.candidates import Candidates, Objective, cost_text
 from onnxcompress.search.metrics import Metric
 from onnxcompress.search.settings import ProgressFn, SearchSettings
 from onnxcompress.search.space import (
@@ -39,6 +40,7 @@ from onnxcompress.search.space import (
     DEFAULT_GRANULARITIES,
     DEFAULT_RUNTIME_BITS,
     DEFAULT_SPARSITIES,
+    Choice,
     Plan,
     base_config,
     config_to_yaml,
@@ -78,7 +80,8 @@ class SearchResult:
     structured: dict[str, Any] | None = None
     #: the structurally pruned model the plan's per-weight settings apply to (None: the input)
     pruned_model: Any = field(default=None, repr=False)
-    #: what sizes count: ``size`` (file bytes) or ``ram`` (resident bytes after load, estimated);
+    #: what sizes count: ``size`` (file bytes), ``ram`` (resident bytes after load, estimated) or
+    #: ``latency`` (predicted batch latency, integer ns; every figure shown is in ms);
     #: ``original_size``, trial sizes and ``ratio`` are in that unit
     objective: str = "size"
     #: the best plan's file size and RAM estimate (:func:`~onnxcompress.resident.resident_bytes`),
@@ -87,6 +90,13 @@ class SearchResult:
     best_resident_bytes: int | None = None
     original_file_bytes: int | None = None
     original_resident_bytes: int | None = None
+    #: with objective ``latency``: the table behind the predictions and, for the chosen plan, its
+    #: predicted latency beside its measured p50 and the input's (ms, side by side in one process)
+    latency: dict[str, Any] | None = None
+
+    def cost(self, value: float) -> str:
+        """A trial size in the objective's unit (ms for latency, bytes otherwise)."""
+        return cost_text(value, self.objective)
 
     @property
     def passed(self) -> bool:
@@ -108,7 +118,7 @@ class SearchResult:
                 return f"search: {what} (no plan was evaluated)"
             metric = f"{self.metric} {c.metric:.4f}, " if c.metric is not None else ""
             return (
-                f"search: {what}; closest: trial {c.number}, {c.size:,} B "
+                f"search: {what}; closest: trial {c.number}, {self.cost(c.size or 0)} "
                 f"({self.original_size / (c.size or 1):.1f}x), {metric}{c.note}"
             )
         b = self.best
@@ -119,6 +129,13 @@ class SearchResult:
                 f"best RAM estimate {b.size:,} B ({self.ratio:.1f}x smaller than {self.original_size:,} B), "
                 f"file {self.best_file_bytes or 0:,} B, "
             )
+        if self.objective == "latency":
+            measured = (self.latency or {}).get("measured") or {}
+            what = (
+                f"best predicted latency {self.cost(b.size or 0)} ({self.ratio:.2f}x faster than {self.cost(self.original_size)}), "
+                + (f"measured p50 {measured['model_ms']:.4f} ms against fp32 {measured['fp32_ms']:.4f} ms, " if measured else "")
+                + f"file {self.best_file_bytes or 0:,} B, RAM estimate {self.best_resident_bytes or 0:,} B, "
+            )  # fmt: skip
         return (
             f"search: {what}"
             + (f"structured ratio {chosen:g} ({self.structured['config'].get('allocation', 'uniform')}), " if self.structured else "")
@@ -135,6 +152,9 @@ class SearchResult:
             "metric_direction": self.metric_direction,
             "reference_metric": self.reference_metric,
             "original_bytes": self.original_size,
+            # what original_bytes, max_bytes and the trials' sizes count: bytes, or for latency
+            # nanoseconds of predicted latency (the latency section has them in ms)
+            "size_unit": "ns" if self.objective == "latency" else "B",
             "container": self.container,
             "gates": self.gates.to_dict(),
             "max_bytes": self.max_bytes,
@@ -157,11 +177,28 @@ class SearchResult:
             "resident_bytes": self.best_resident_bytes,
             "original_file_bytes": self.original_file_bytes,
             "original_resident_bytes": self.original_resident_bytes,
+            "latency": self.latency,
         }
 
     def markdown(self) -> str:
         lines = ["# onnxcompress search", "", self.summary(), ""]
-        if self.best is not None and self.best_file_bytes is not None and self.best_resident_bytes is not None:
+        if self.objective == "latency" and self.best is not None and self.latency is not None:
+            lt = self.latency
+            measured = lt.get("measured") or {}
+            lines += [
+                f"Objective: latency (predicted batch latency at batch {lt['batch']}, {lt['threads']} thread(s): the input's "
+                f"measured p50 (of the pruned model, with structured ratios) plus each weight's measured change); trial "
+                "figures below are predicted ms.",
+                "",
+                "| model | predicted p50 | measured p50 | file | RAM estimate |",
+                "| --- | ---: | ---: | ---: | ---: |",
+                f"| input (fp32) | {lt['reference_ms']:.4f} ms | {measured.get('fp32_ms', math.nan):.4f} ms | "
+                f"{self.original_file_bytes or 0:,} B | {self.original_resident_bytes or 0:,} B |",
+                f"| chosen plan | {lt['predicted_ms']:.4f} ms | {measured.get('model_ms', math.nan):.4f} ms | "
+                f"{self.best_file_bytes or 0:,} B | {self.best_resident_bytes or 0:,} B |",
+                "",
+            ]
+        elif self.best is not None and self.best_file_bytes is not None and self.best_resident_bytes is not None:
             lines += [
                 f"Objective: {self.objective} ({'resident bytes after load, estimated' if self.objective == 'ram' else 'file bytes'}); "
                 f"trial bytes below are in that unit. Chosen plan: file {self.best_file_bytes:,} B, "
@@ -173,13 +210,17 @@ class SearchResult:
             lines += [
                 "## Structured pruning (channel ratio, searched)",
                 "",
-                "| ratio | params | alone: " + self.metric + " | alone passes | best bytes | ratio (vs original) | " + self.metric + " | trials | seconds |",
+                "| ratio | params | alone: " + self.metric + " | alone passes | "
+                + ("best (predicted ms)" if self.objective == "latency" else "best bytes")
+                + " | ratio (vs original) | " + self.metric + " | trials | seconds |",
                 "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
             ]
             for r in self.structured["ratios"]:
                 alone = r.get("alone") or {}
                 am = "" if alone.get("metric") is None else f"{alone['metric']:.4f}"
-                size = "" if r.get("best_bytes") is None else f"{r['best_bytes']:,}"
+                size = "" if r.get("best_bytes") is None else (
+                    f"{r['best_bytes'] / 1e6:.4f}" if self.objective == "latency" else f"{r['best_bytes']:,}"
+                )  # fmt: skip
                 rx = "" if r.get("best_ratio") is None else f"{r['best_ratio']:.2f}x"
                 mv = "" if r.get("best_metric") is None else f"{r['best_metric']:.4f}"
                 lines.append(
@@ -188,43 +229,49 @@ class SearchResult:
                 )
             lines.append("")
         if self.layers:
+            timed = self.objective == "latency"
             lines += [
-                "| weight | shape | params | choice | sparsity | bits | granularity | bytes (.onnx) | alone: output error | alone: "
-                + self.metric
-                + " |",
-                "| --- | --- | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: |",
+                "| weight | shape | params | choice | sparsity | bits | granularity | bytes (.onnx) | "
+                + ("latency change | " if timed else "")
+                + "alone: output error | alone: " + self.metric + " |",
+                "| --- | --- | ---: | --- | ---: | ---: | --- | ---: | " + ("---: | " if timed else "") + "---: | ---: |",
             ]
             for r in self.layers:
+                change = f"{r['latency_delta_ms']:+.4f} ms | " if timed else ""
                 lines.append(
                     f"| `{r['name']}` | {r['shape']} | {r['params']:,} | {r['choice']} | {r['sparsity']} | {r['bits']} | "
-                    f"{r['granularity']} | {r['bytes']} | {r['alone_error']} | {r['alone_metric']} |"
+                    f"{r['granularity']} | {r['bytes']} | {change}{r['alone_error']} | {r['alone_metric']} |"
                 )
             lines.append("")
         if self.pareto:
             lines += [
-                "## Pareto front (size vs metric)",
+                "## Pareto front (" + ("predicted latency" if self.objective == "latency" else "size") + " vs metric)",
                 "",
-                "| trial | bytes | ratio | metric | passed |",
+                f"| trial | {self._unit_header()} | ratio | metric | passed |",
                 "| ---: | ---: | ---: | ---: | --- |",
             ]
             for t in self.pareto:
+                value = f"{_sz(t) / 1e6:.4f}" if self.objective == "latency" else f"{_sz(t):,}"
                 lines.append(
-                    f"| {t.number} | {_sz(t):,} | {self.original_size / max(1, _sz(t)):.1f}x | {_mv(t):.4f} | {t.passed} |"
+                    f"| {t.number} | {value} | {self.original_size / max(1, _sz(t)):.1f}x | {_mv(t):.4f} | {t.passed} |"
                 )
             lines.append("")
         lines += [
             "## Trials",
             "",
-            "| trial | stage | state | bytes | metric | passed | note |",
+            f"| trial | stage | state | {self._unit_header()} | metric | passed | note |",
             "| ---: | --- | --- | ---: | ---: | --- | --- |",
         ]
         for t in self.trials:
             m = "" if t.metric is None else f"{t.metric:.4f}"
-            size = "" if t.size is None else f"{t.size:,}"
+            size = "" if t.size is None else (f"{t.size / 1e6:.4f}" if self.objective == "latency" else f"{t.size:,}")
             lines.append(
                 f"| {t.number} | {t.stage} | {t.state} | {size} | {m} | {t.passed} | {t.note[:120]} |"
             )
         return "\n".join(lines) + "\n"
+
+    def _unit_header(self) -> str:
+        return "predicted ms" if self.objective == "latency" else "bytes"
 
     def plot_front(self, path: str | os.PathLike[str]) -> bool:
         """Size against metric for every evaluated trial, the Pareto front and the chosen plan."""
@@ -236,16 +283,21 @@ class SearchResult:
         except ImportError:
             return False
         ev = [t for t in self.trials if t.evaluated and t.size]
+        unit = 1e6 if self.objective == "latency" else 1.0  # latency: ns -> ms on the axis
+
+        def x(t: bayes.TrialRecord) -> float:
+            return _sz(t) / unit
+
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         for stage, color in (("stage2", "tab:orange"), ("stage3", "tab:blue")):
             pts = [t for t in ev if t.stage == stage]
             ax.scatter(
-                [_sz(t) for t in pts], [_mv(t) for t in pts], s=14, alpha=0.6, color=color, label=stage
+                [x(t) for t in pts], [_mv(t) for t in pts], s=14, alpha=0.6, color=color, label=stage
             )
         front = sorted(self.pareto, key=lambda t: t.size or 0)
         if front:
             ax.step(
-                [_sz(t) for t in front],
+                [x(t) for t in front],
                 [_mv(t) for t in front],
                 where="post",
                 color="k",
@@ -254,7 +306,7 @@ class SearchResult:
             )
         if self.best is not None:
             ax.scatter(
-                [_sz(self.best)],
+                [x(self.best)],
                 [_mv(self.best)],
                 marker="*",
                 s=160,
@@ -266,6 +318,9 @@ class SearchResult:
         ax.set_xscale("log")
         if self.objective == "ram":
             ax.set_xlabel("RAM estimate (bytes resident after load)")
+        elif self.objective == "latency":
+            batch = (self.latency or {}).get("batch", 1)
+            ax.set_xlabel(f"predicted latency (ms, batch {batch})")
         else:
             ax.set_xlabel("file size (bytes" + (", .onnxc)" if self.container else ", .onnx)"))
         ax.set_ylabel(self.metric + " (validation)")
@@ -285,6 +340,12 @@ class SearchResult:
 
         if self.best is None or self.model_bytes is None or self.plan_yaml is None:
             raise GateFailedError(self.summary() + "; nothing written")
+        if self.objective == "latency" and not self.best.plan.compresses_anything:
+            # the input won: a plan of nulls is not something `compress --config` can apply
+            raise GateFailedError(
+                f"search: no plan is predicted faster than the input ({self.cost(self.original_size)}): ship the input "
+                "as it is, or widen the choices (--runtime-bits, another --latency-batch); nothing written"
+            )
         out = Path(output)
         check_output(out, overwrite=overwrite)
         paths = side_files(out)
@@ -377,6 +438,7 @@ def side_files(output: str | os.PathLike[str]) -> dict[str, Path]:
         "sensitivity": Path(f"{stem}.sensitivity.json"),
         "sensitivity_md": Path(f"{stem}.sensitivity.md"),
         "sensitivity_png": Path(f"{stem}.sensitivity.png"),
+        "latency": Path(f"{stem}.latency.json"),  # objective latency: the timing cache
     }
 
 
@@ -509,12 +571,21 @@ def _search_one(
         m = Metric("accuracy" if cands.labels is not None else "agreement")
         cands = Candidates(**{**cand_kwargs, "metric": m})
     cand_kwargs["metric"] = m
+    side = side_files(output) if output is not None else None
+    choices = grid(settings.sparsities, settings.bits, settings.granularities, settings.formats, settings.runtime_bits)
+    latency_table = None
+    if settings.objective == "latency":  # before anything is built: every size is a predicted latency
+        latency_table = lat.measure_table(
+            cands, choices, batch=settings.latency_batch, cache=side["latency"] if side else None,
+            progress=lambda i, n, what: report("latency", {"done": i, "total": n, "what": what}),
+        )  # fmt: skip
+        cands.attach_latency(latency_table)
+        cand_kwargs["latency"] = latency_table  # worker processes build the same predictions
     limit_bytes = settings.max_bytes
     if settings.target_ratio is not None:
         limit_bytes = int(cands.original_size / settings.target_ratio)
 
     # ---------------------------------------------------------------- stage 1
-    side = side_files(output) if output is not None else None
     if side is not None and tag:  # one stage-1 table per structured ratio
         side["sensitivity"] = side["sensitivity"].with_name(
             side["sensitivity"].name.replace(".sensitivity.json", f".{tag}.sensitivity.json")
@@ -523,7 +594,7 @@ def _search_one(
         hook_factory.proxy = True  # stage 1 compresses one weight at a time: the one-shot memo
     table = stage1.measure(
         cands,
-        grid(settings.sparsities, settings.bits, settings.granularities, settings.formats, settings.runtime_bits),
+        choices,
         samples=settings.sensitivity_samples,
         cache=side["sensitivity"] if side else None,
         progress=lambda i, n, what: report("sensitivity", {"done": i, "total": n, "what": what}),
@@ -564,7 +635,7 @@ def _search_one(
         ),
     )  # fmt: skip
     goal = bayes.Goal(
-        mode, m.direction, limit_bytes,
+        mode, m.direction, limit_bytes, objective=settings.objective,
         quick_samples=(
             settings.quick_samples if settings.quick_samples is not None
             else (cands.samples // 4 if cands.samples >= 400 else None)
@@ -594,6 +665,11 @@ def _search_one(
         objective.stage = "stage2"
         plans = _stage2_points(cands, table, mode, limit_bytes, settings.stage2_evaluations)
         budget = min(settings.stage2_evaluations, settings.trials)
+        if mode == "gates" and settings.objective == "latency":
+            # the input itself, first: it passes, so from here a plan predicted no faster than the
+            # input stops before it runs, and the result is never slower than the input
+            st.enqueue_trial(space.params(Plan()), user_attrs={"stage": "stage2"})
+            bayes.optimize(st, objective, _one(spec, bayes.finished(st) + 1))
         if mode == "gates":
             # bisection along the path (smallest first): the smallest plan that passes
             lo, hi, tried = 0, len(plans) - 1, 0
@@ -619,7 +695,9 @@ def _search_one(
                 bayes.optimize(st, objective, _one(spec, bayes.finished(st) + 1))
         stage2_trials = bayes.records(st)
         stage2_best, _ = _select(mode, stage2_trials, m, limit_bytes)
-        if mode == "gates" and settings.uniform_evaluations > 0 and "codebook" in settings.formats:
+        # uniform seeds are codebook plans: with objective latency they all run at the input's speed
+        if (mode == "gates" and settings.uniform_evaluations > 0 and "codebook" in settings.formats
+                and settings.objective != "latency"):  # fmt: skip
             objective.stage = "uniform"
             _uniform_seeds(
                 st, objective, spec, cands, space, stage2_best, settings.bits, settings.granularities[0],
@@ -658,6 +736,7 @@ def _search_one(
     uniform_best, _ = _select(mode, [t for t in trials_done if t.stage == "uniform"], m, limit_bytes)
     model_bytes = plan_yaml = None
     best_file = best_resident = None
+    latency_info: dict[str, Any] | None = None
     layers: list[dict[str, Any]] = []
     if best is not None:
         built = cands.build(best.plan)
@@ -666,6 +745,21 @@ def _search_one(
         what = f"{best.size:,} B"
         if settings.objective == "ram":
             what = f"RAM estimate {best_resident:,} B, file {best_file:,} B"
+        if latency_table is not None:
+            fp32_ns, model_ns = lat.side_by_side(
+                [cands.reference_model.SerializeToString() if cands.reference_model is not None else cands.model_bytes,
+                 built.onnx_bytes],
+                {k: np.ascontiguousarray(v[: latency_table.batch]) for k, v in cands.data.items()}, threads=settings.threads,
+            )  # fmt: skip
+            latency_info = {
+                **latency_table.to_dict(), "threads": settings.threads, "predicted_ms": (best.size or 0) / 1e6,
+                "measured": {"fp32_ms": fp32_ns / 1e6, "model_ms": model_ns / 1e6},
+            }  # fmt: skip
+            what = (
+                f"predicted latency {lat.ms(best.size or 0)} (input {lat.ms(cands.original_size)}, batch "
+                f"{latency_table.batch}), measured p50 {lat.ms(model_ns)} (input {lat.ms(fp32_ns)}), "
+                f"file {best_file:,} B, RAM estimate {best_resident:,} B"
+            )
         header = [
             f"onnxcompress search: {what}, {m.name} {best.metric:.4f} on the validation data "
             f"(reference {cands.reference_metric:.4f})",
@@ -693,6 +787,8 @@ def _search_one(
                 "bytes": w.bytes_after if w else layer.fp32_bytes,
                 "alone_error": None if p is None else f"{p.error:.3g}",
                 "alone_metric": None if p is None else f"{p.metric:.4f}",
+                **({"latency_delta_ms": latency_table.delta(layer.name, c or Choice.keep()) / 1e6}
+                   if latency_table is not None else {}),
             })  # fmt: skip
     return SearchResult(
         mode=mode, metric=m.name, metric_direction=m.direction, reference_metric=cands.reference_metric,
@@ -705,6 +801,8 @@ def _search_one(
                  "total": time.perf_counter() - t_start, "stage1_cached": float(bool(table.extra.get("cached")))},
         objective=settings.objective, best_file_bytes=best_file, best_resident_bytes=best_resident,
         original_file_bytes=cands.original_file_size, original_resident_bytes=cands.original_resident,
+        latency=latency_info if latency_info is not None or latency_table is None
+        else {**latency_table.to_dict(), "threads": settings.threads, "predicted_ms": None, "measured": None},
     )  # fmt: skip
 
 
@@ -733,6 +831,7 @@ def search(
     formats: Sequence[str] = DEFAULT_FORMATS,
     runtime_bits: Sequence[int] = DEFAULT_RUNTIME_BITS,
     objective: Objective = "size",
+    latency_batch: int = 1,
     sensitivity_samples: int = 256,
     quick_samples: int | None = None,
     calibration_data: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None,
@@ -767,7 +866,13 @@ def search(
     MatMul/Gemm/Gather weights): every weight gets the choices of each listed format.
     ``objective``: what is minimised or limited (``target_ratio``, ``max_bytes``, the ratio): ``size``,
     the file bytes, or ``ram``, the bytes a session keeps after constant folding, estimated by
-    :func:`~onnxcompress.resident.resident_bytes` (the result reports both for the chosen plan).
+    :func:`~onnxcompress.resident.resident_bytes` (the result reports both for the chosen plan), or
+    ``latency``, the batch latency of a stock onnxruntime session predicted from per-weight timings
+    measured on this machine at the start (:mod:`~onnxcompress.search.latency`; needs ``runtime``
+    among the formats, since codebook weights run as dense float; cached in ``<output>.latency.json``),
+    on ``latency_batch`` validation samples; the result holds the chosen plan's prediction beside
+    its measured p50 and the input's (:attr:`SearchResult.latency`). ``--target-ratio`` is then a
+    predicted speed-up; ``max_bytes`` is refused.
     Uniform seeds are codebook plans: they run only with ``codebook`` among the formats.
     ``uniform_evaluations``: model runs (gates mode) spent on uniform seeds after stage 2: one bit
     width everywhere with global-magnitude sparsities (:func:`~onnxcompress.search.allocate.global_profile`),
@@ -852,6 +957,7 @@ def _search_structured(
         row.update({
             "passed": res.passed, "best_bytes": b.size if b else None,
             "best_ratio": round(res.original_size / b.size, 3) if b and b.size else None,
+            **({"best_ms": b.size / 1e6 if b and b.size else None} if settings.objective == "latency" else {}),
             "best_metric": b.metric if b else None, "reference_metric": res.reference_metric,
             "trials": len(res.trials), "evaluations": res.sensitivity_evaluations + res.evaluations,
             "plan": b.plan.describe() if b else None, "seconds": round(time.perf_counter() - t0, 1),

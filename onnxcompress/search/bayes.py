@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from onnxcompress.search.candidates import Candidates
+from onnxcompress.search.candidates import Candidates, cost_text
 from onnxcompress.search.space import Choice, Plan
 
 Mode = Literal["gates", "target", "pareto"]
@@ -109,6 +109,7 @@ class Goal:
     max_bytes: int | None = None
     quick_samples: int | None = None
     early_stop: bool = True
+    objective: str = "size"  # the unit of sizes in trial notes (latency: ns, shown in ms)
 
     @property
     def directions(self) -> list[Literal["minimize", "maximize"]]:
@@ -228,14 +229,18 @@ class Objective:
             raise optuna.TrialPruned(note)
 
         g = self.goal
+
+        def text(value: int) -> str:
+            return cost_text(value, g.objective)
+
         if g.early_stop and g.mode == "gates":
             best = best_passing_size(trial.study)
             if best is not None and size >= best:
-                stop(f"{size:,} B is not below the best passing {best:,} B", 1.0)
+                stop(f"{text(size)} is not below the best passing {text(best)}", 1.0)
         if g.mode in ("target", "pareto") and g.max_bytes is not None and size > g.max_bytes:
             over = (size - g.max_bytes) / g.max_bytes * 100
             if g.early_stop or g.mode == "target":
-                stop(f"{size:,} B is above the target {g.max_bytes:,} B", over)
+                stop(f"{text(size)} is above the target {text(g.max_bytes)}", over)
         quick = g.quick_samples
         if g.early_stop and quick and quick < self.cands.samples:
             m = self.cands.measure(built, samples=quick)

@@ -4,7 +4,9 @@ Everything goes through the public pipeline (``compress_model``, the ``.onnxc`` 
 ``make_session``); the size is the length of the exact bytes ``compress`` would write (the
 serialized ``.onnx``, or the container for an ``.onnxc`` output), so the searched size is the
 file size; with the ``ram`` objective it is :func:`~onnxcompress.resident.resident_bytes` of the
-built model instead (what an onnxruntime session keeps after constant folding, estimated). The reference outputs are computed once; each candidate runs once on the validation data
+built model instead (what an onnxruntime session keeps after constant folding, estimated), and
+with ``latency`` the predicted batch latency in nanoseconds (:mod:`~onnxcompress.search.latency`:
+the model's measured p50 plus each weight's measured change). The reference outputs are computed once; each candidate runs once on the validation data
 (or on its first ``quick`` samples, to drop hopeless candidates early).
 """
 
@@ -23,11 +25,12 @@ import onnx
 
 from onnxcompress.compressor import CompressionReport, WeightHook, compress_model
 from onnxcompress.config import CompressionConfig
-from onnxcompress.errors import DataError, NoCompressibleWeightsError
+from onnxcompress.errors import ConfigError, DataError, NoCompressibleWeightsError
 from onnxcompress.evaluation.data import input_specs, open_data
 from onnxcompress.evaluation.metrics import OutputMetrics
 from onnxcompress.evaluation.verify import Gates
 from onnxcompress.inventory import build_inventory
+from onnxcompress.search.latency import LatencyTable
 from onnxcompress.search.metrics import Evaluation, Metric, builtin_value, evaluate, output_metrics, raw_value
 from onnxcompress.search.space import Plan
 from onnxcompress.sessions import make_session
@@ -40,8 +43,16 @@ STREAM_MEMO_BYTES = 256 << 20
 BUILT_MEMO_COUNT = 256
 BUILT_MEMO_BYTES = 1 << 30
 
-Objective = Literal["size", "ram"]
-OBJECTIVES: tuple[str, ...] = ("size", "ram")
+Objective = Literal["size", "ram", "latency"]
+OBJECTIVES: tuple[str, ...] = ("size", "ram", "latency")
+
+
+def cost_text(value: float, objective: str) -> str:
+    """A searched cost as reports print it: bytes for ``size``/``ram``, milliseconds for
+    ``latency`` (whose integer costs are nanoseconds, an internal unit no figure shows)."""
+    if objective == "latency":
+        return f"{value / 1e6:.4f} ms"
+    return f"{int(value):,} B"
 
 HookFactory = Callable[[onnx.ModelProto, CompressionConfig], "WeightHook | None"]
 
@@ -60,7 +71,8 @@ class Layer:
 @dataclass
 class Built:
     """A compressed candidate: its file bytes (what is written), the plain ONNX bytes (what runs)
-    and, when the objective is ``ram``, its resident-bytes estimate."""
+    and, when the objective is ``ram``, its resident-bytes estimate, with ``latency`` its predicted
+    latency (ns)."""
 
     plan: Plan
     config: CompressionConfig
@@ -69,6 +81,7 @@ class Built:
     report: CompressionReport | None
     seconds: float
     resident: int | None = None  # resident_bytes of the model (set with objective "ram")
+    latency: int | None = None  # predicted latency in ns (set with objective "latency")
 
     @property
     def file_size(self) -> int:
@@ -76,7 +89,10 @@ class Built:
 
     @property
     def size(self) -> int:
-        """The bytes the search minimises: the RAM estimate when it was measured, else the file."""
+        """What the search minimises: the predicted latency (ns) or the RAM estimate when the
+        objective asked for them, else the file's bytes."""
+        if self.latency is not None:
+            return self.latency
         return self.resident if self.resident is not None else len(self.file_bytes)
 
 
@@ -121,7 +137,10 @@ class Candidates:
     the gates' reference and its file size :attr:`original_size`; :meth:`output_error` (stage 1's
     additive proxy) still measures against ``model``'s own outputs, so a weight's error is its own.
     ``objective``: ``size`` (file bytes) or ``ram`` (:func:`~onnxcompress.resident.resident_bytes`):
-    what :attr:`Built.size` and :attr:`original_size` count, so every stage minimises it.
+    or ``latency`` (the predicted batch latency in ns from ``latency``, a
+    :class:`~onnxcompress.search.latency.LatencyTable` measured on this model: until one is given,
+    by the constructor or :meth:`attach_latency`, nothing can be built): what :attr:`Built.size`
+    and :attr:`original_size` count, so every stage minimises it.
     """
 
     def __init__(
@@ -138,6 +157,7 @@ class Candidates:
         hook_factory: HookFactory | None = None,
         reference: str | os.PathLike[str] | onnx.ModelProto | None = None,
         objective: Objective = "size",
+        latency: LatencyTable | None = None,
     ) -> None:
         from onnxcompress.model_io import open_model, size_on_disk
         from onnxcompress.resident import resident_bytes
@@ -163,6 +183,7 @@ class Candidates:
         self.original_resident = resident_bytes(self.reference_model or self.model)
         if objective == "ram":
             self.original_size = self.original_resident
+        self.latency: LatencyTable | None = None
         self.base = base
         self.metric = metric
         self.gates = gates
@@ -206,6 +227,17 @@ class Candidates:
         # weights, so only those are entropy-coded again (same bytes; see pack_bytes)
         self._streams: dict[tuple[Any, ...], tuple[int, int, int, int, int, bytes]] = {}
         self._stream_bytes = 0
+        if latency is not None:
+            self.attach_latency(latency)
+
+    def attach_latency(self, table: LatencyTable) -> None:
+        """Use ``table`` for the ``latency`` objective: from here built candidates carry their
+        predicted latency and :attr:`original_size` is the reference model's measured p50 (ns)."""
+        if self.objective != "latency":
+            raise ConfigError(f"a latency table is for objective latency, not {self.objective!r}")
+        self.latency = table
+        self.original_size = table.reference_ns
+        self.forget()
 
     # ------------------------------------------------------------------ identity (for caches)
 
@@ -227,6 +259,8 @@ class Candidates:
         what: tuple[Any, ...] = (self.container, self.base.to_dict(), calibration)
         if self.objective != "size":  # sizes of another kind (the size objective's key is unchanged)
             what = (*what, self.objective)
+        if self.latency is not None:  # predicted latencies change with the timings behind them
+            what = (*what, self.latency.fingerprint())
         h.update(repr(what).encode())
         return h.hexdigest()[:20]
 
@@ -239,6 +273,8 @@ class Candidates:
         key = plan.key()
         if key in self._cache:
             return self._cache[key]
+        if self.objective == "latency" and self.latency is None:
+            raise ConfigError("objective latency: measure the latency table first (Candidates.attach_latency)")
         t0 = time.perf_counter()
         config = self.config(plan)
         report = None
@@ -272,7 +308,8 @@ class Candidates:
             from onnxcompress.resident import resident_bytes
 
             resident = resident_bytes(built_model)
-        built = Built(plan, config, file_bytes, onnx_bytes, report, time.perf_counter() - t0, resident)
+        latency = self.latency.predict(plan) if self.latency is not None else None
+        built = Built(plan, config, file_bytes, onnx_bytes, report, time.perf_counter() - t0, resident, latency)
         held = len(built.onnx_bytes) + (len(built.file_bytes) if built.file_bytes is not built.onnx_bytes else 0)
         if len(self._cache) >= BUILT_MEMO_COUNT or self._cache_bytes + held > BUILT_MEMO_BYTES:
             self._cache.clear()

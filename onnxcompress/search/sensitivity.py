@@ -31,7 +31,7 @@ class Point:
     """One (weight, choice) measurement."""
 
     choice: Choice
-    delta_bytes: int  # file size change against the uncompressed model (negative = smaller)
+    delta_bytes: int  # change of the searched cost against the uncompressed model: bytes, or ns for latency
     error: float  # relative squared output error with only this weight compressed
     metric: float
     weight_error: float  # ||W - W_hat|| / ||W|| (0 when kept)
@@ -126,7 +126,9 @@ class SensitivityTable:
         lines = [
             f"Sensitivity: {self.metric} on {self.samples} validation samples with only one weight compressed "
             f"(reference {self.reference_metric:.4f}); bytes = "
-            + ("resident-bytes (RAM estimate) change." if self.extra.get("objective") == "ram" else "file size change."),
+            + {"ram": "resident-bytes (RAM estimate) change.", "latency": "predicted latency change (ms)."}.get(
+                str(self.extra.get("objective")), "file size change."
+            ),
             "",
         ]
         for layer in self.layers:
@@ -144,13 +146,18 @@ class SensitivityTable:
                 cells = []
                 for s in sparsities:
                     p = self.point(layer.name, Choice(s, bits, gran))
-                    cells.append("" if p is None else f"{p.metric:.4f} ({p.delta_bytes:+,} B)")
+                    cells.append("" if p is None else f"{p.metric:.4f} ({self._delta(p)})")
                 tag = "" if gran == "tensor" else f" {gran}"
                 lines.append(f"| {bits}{tag} | " + " | ".join(cells) + " |")
             for p in sorted(runtime, key=lambda p: p.choice.bits):  # no sparsity: one cell
-                lines.append(f"| {p.choice.bits} runtime | {p.metric:.4f} ({p.delta_bytes:+,} B) |")
+                lines.append(f"| {p.choice.bits} runtime | {p.metric:.4f} ({self._delta(p)}) |")
             lines.append("")
         return "\n".join(lines)
+
+    def _delta(self, p: Point) -> str:
+        if self.extra.get("objective") == "latency":  # delta_bytes holds nanoseconds
+            return f"{p.delta_bytes / 1e6:+.4f} ms"
+        return f"{p.delta_bytes:+,} B"
 
     def plot(self, path: str | os.PathLike[str]) -> bool:
         """Metric against sparsity (at the most bits measured) and against bits (at no pruning),

@@ -68,6 +68,7 @@ class SearchSettings:
     formats: Sequence[str] = DEFAULT_FORMATS
     runtime_bits: Sequence[int] = DEFAULT_RUNTIME_BITS
     objective: Objective = "size"
+    latency_batch: int = 1
     sensitivity_samples: int = 256
     quick_samples: int | None = None
     calibration_data: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None
@@ -96,8 +97,22 @@ class SearchSettings:
             raise ConfigError(f"--max-bytes must be positive, got {self.max_bytes}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(
-                f"--objective must be size (file bytes) or ram (resident bytes after load), got {self.objective!r}"
+                "--objective must be size (file bytes), ram (resident bytes after load) or latency (predicted "
+                f"batch latency), got {self.objective!r}"
             )
+        if isinstance(self.latency_batch, bool) or not isinstance(self.latency_batch, int) or self.latency_batch < 1:
+            raise ConfigError(f"--latency-batch must be a positive integer (samples per timed run), got {self.latency_batch!r}")
+        if self.objective == "latency":
+            if "runtime" not in self.formats:
+                raise ConfigError(
+                    "--objective latency needs --formats runtime (or codebook,runtime): codebook weights are decoded to "
+                    "dense float when the session loads, so every codebook plan runs as fast as the input"
+                )
+            if self.max_bytes is not None:
+                raise ConfigError(
+                    "--max-bytes limits bytes, not latency: with --objective latency give --target-ratio R "
+                    "(a plan predicted R times faster than the input)"
+                )
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown or not self.formats:
             raise ConfigError(
