@@ -162,3 +162,39 @@ def test_calibrated_runtime_candidates_are_what_compress_writes(tmp_path) -> Non
     assert again.read_bytes() == out.read_bytes()
     assert main([*argv, "-o", str(plain)]) == 0
     assert plain.read_bytes() != out.read_bytes()  # the candidates really were calibrated
+
+
+def test_search_output_keeps_the_inputs_external_data_like_compress(tmp_path, capsys) -> None:
+    """An input stored with external data gives a searched model with external data (onnxruntime
+    maps those weights: the point of a ram plan), byte for byte what `compress --config` writes;
+    --no-external-data writes one file; an .onnxc output refuses --external-data before any work."""
+    ext = tmp_path / "in.onnx"
+    onnx.save(onnx.load(str(MODEL)), str(ext), save_as_external_data=True, location="in.onnx.data", size_threshold=0)
+    args = ["--data", str(VAL), "--max-accuracy-drop", "1", "--trials", "3", "--storage", "memory", "--quiet",
+            "--sparsities", "0", "--bits", "5", "--sensitivity-samples", "64", "--formats", "runtime",
+            "--runtime-bits", "4,8", "--objective", "ram"]  # fmt: skip
+    out = tmp_path / "r.onnx"
+    assert main(["search", str(ext), "-o", str(out), *args]) == 0
+    data = tmp_path / "r.onnx.data"
+    assert data.exists() and data.stat().st_size > 10 * out.stat().st_size
+    again = tmp_path / "again.onnx"
+    assert main(["compress", str(ext), "-o", str(again), "--config", str(tmp_path / "r.plan.yaml"), "--quiet"]) == 0
+    assert (tmp_path / "again.onnx.data").read_bytes() == data.read_bytes()
+    assert _inline(again) == _inline(out)
+    one = tmp_path / "one.onnx"
+    assert main(["search", str(ext), "-o", str(one), "--no-external-data", *args]) == 0
+    assert not (tmp_path / "one.onnx.data").exists()
+    assert _inline(one) == _inline(out)
+    capsys.readouterr()
+    assert main(["search", str(ext), "-o", str(tmp_path / "c.onnxc"), "--external-data", *args]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "onnxc" in err and len(err.splitlines()) == 1 and not (tmp_path / "c.onnxc").exists()
+
+
+def _inline(path: Path) -> bytes:
+    """The model with every tensor inside it, serialized: equal for equal models whatever their layout."""
+    m = onnx.load(str(path))
+    for t in m.graph.initializer:
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+    return m.SerializeToString()

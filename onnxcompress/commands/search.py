@@ -185,6 +185,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "else l1 is used)",
     )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument(
+        "--external-data", action=argparse.BooleanOptionalAction, default=None,
+        help="write the best model's initializers to OUTPUT.data beside the .onnx, or (--no-external-data) "
+        "everything in one file; default: as the input is stored, like compress (onnxruntime maps external "
+        "weights instead of copying them: less memory for --objective ram plans); not with an .onnxc output",
+    )  # fmt: skip
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
 
 
@@ -246,6 +252,9 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "calibration_data", None):
         model_io.check_data_path(args.calibration_data, "--calibration-data")
     model_io.check_output(args.output, inputs=[args.model], overwrite=args.overwrite)
+    from onnxcompress.compressor import check_external_data_output
+
+    check_external_data_output(args.output, args.external_data)
     for path in side_files(args.output).values():
         if (
             path.suffix != ".json"
@@ -298,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
     if not result.passed:
         print(f"onnxcompress: {result.summary()}; nothing written", file=sys.stderr)
         return 1
-    written = result.save(args.output, overwrite=args.overwrite)
+    written = result.save(args.output, overwrite=args.overwrite, external_data=args.external_data)
     table = result.sensitivity
     model_io.write_bytes(side["sensitivity_md"], table.markdown().encode())
     if table.plot(side["sensitivity_png"]):

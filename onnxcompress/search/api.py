@@ -93,6 +93,9 @@ class SearchResult:
     #: with objective ``latency``: the table behind the predictions and, for the chosen plan, its
     #: predicted latency beside its measured p50 and the input's (ms, side by side in one process)
     latency: dict[str, Any] | None = None
+    #: the input keeps its weights in external data files: :meth:`save` writes the model so too by
+    #: default, as ``compress`` does (onnxruntime maps external weights instead of copying them)
+    input_external_data: bool = False
 
     def cost(self, value: float) -> str:
         """A trial size in the objective's unit (ms for latency, bytes otherwise)."""
@@ -331,12 +334,21 @@ class SearchResult:
         plt.close(fig)
         return True
 
-    def save(self, output: str | os.PathLike[str], *, overwrite: bool = False) -> list[Path]:
+    def save(
+        self, output: str | os.PathLike[str], *, overwrite: bool = False, external_data: bool | None = None
+    ) -> list[Path]:
         """Write the best model, ``<out>.plan.yaml``, ``<out>.search.json`` / ``.md`` and
-        ``<out>.front.png``. Nothing is written when the search found no passing plan."""
+        ``<out>.front.png``. Nothing is written when the search found no passing plan.
+
+        ``external_data``: as ``compress``'s: ``True`` writes the weights of an ``.onnx`` output to
+        ``<out>.data``, ``False`` one file, ``None`` as the input is stored. The model is the same
+        either way (the ``.onnx`` bytes differ only in where the tensors live)."""
+        from onnxcompress.compressor import check_external_data_output
         from onnxcompress.errors import GateFailedError
         from onnxcompress.model_io import check_output
         from onnxcompress.model_io import write_bytes as write_atomic
+
+        check_external_data_output(output, external_data)
 
         if self.best is None or self.model_bytes is None or self.plan_yaml is None:
             raise GateFailedError(self.summary() + "; nothing written")
@@ -357,7 +369,16 @@ class SearchResult:
         written = [out, paths["plan"], paths["json"], paths["markdown"]]
         if self.plot_front(paths["png"]):
             written.append(paths["png"])
-        write_atomic(out, self.model_bytes)
+        if external_data is None:
+            external_data = self.input_external_data and out.suffix != ".onnxc"
+        if external_data:
+            import onnx
+
+            from onnxcompress import model_io
+
+            written[:1] = model_io.save(onnx.load_from_string(self.model_bytes), out, external_data=True)
+        else:
+            write_atomic(out, self.model_bytes)
         return written
 
 
@@ -803,7 +824,18 @@ def _search_one(
         original_file_bytes=cands.original_file_size, original_resident_bytes=cands.original_resident,
         latency=latency_info if latency_info is not None or latency_table is None
         else {**latency_table.to_dict(), "threads": settings.threads, "predicted_ms": None, "measured": None},
+        input_external_data=_stored_externally(model),
     )  # fmt: skip
+
+
+def _stored_externally(model: Any) -> bool:
+    """Whether ``model`` is a path to an ``.onnx`` whose weights live in external data files (the
+    rule ``compress_file`` keeps the layout by)."""
+    if not isinstance(model, (str, os.PathLike)):
+        return False
+    from onnxcompress.model_io import size_on_disk
+
+    return size_on_disk(model) > Path(model).stat().st_size
 
 
 def search(
@@ -971,6 +1003,7 @@ def _search_structured(
         "config": spec.plan_section(chosen_ratio),
         "ratios": rows,
     }
+    chosen.input_external_data = _stored_externally(model)  # the searched copy is in memory
     chosen.sensitivity_evaluations = sum(r.sensitivity_evaluations for _, r in results)
     chosen.evaluations = sum(r.evaluations for _, r in results)
     chosen.seconds = {**chosen.seconds, "chosen_ratio_total": chosen.seconds.get("total", 0.0),
