@@ -136,7 +136,7 @@ class Candidates:
     compare against when ``model`` is a derived copy (a structurally pruned one): its outputs are
     the gates' reference and its file size :attr:`original_size`; :meth:`output_error` (stage 1's
     additive proxy) still measures against ``model``'s own outputs, so a weight's error is its own.
-    ``objective``: ``size`` (file bytes) or ``ram`` (:func:`~onnxcompress.resident.resident_bytes`):
+    ``objective``: ``size`` (file bytes), ``ram`` (:func:`~onnxcompress.resident.resident_bytes`)
     or ``latency`` (the predicted batch latency in ns from ``latency``, a
     :class:`~onnxcompress.search.latency.LatencyTable` measured on this model: until one is given,
     by the constructor or :meth:`attach_latency`, nothing can be built): what :attr:`Built.size`
