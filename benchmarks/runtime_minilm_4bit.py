@@ -405,10 +405,12 @@ class Run:
 def deploy_rows(paths: Mapping[str, Path], data: Path, *, quick: bool) -> list[dict[str, Any]]:
     """Deploy cost of ``paths`` (label -> model; the first is the baseline of the ratios) side by
     side in one ``onnxcompress.evaluation.bench`` call: fresh process per measurement, batch 1,
-    the first sentence of ``data``; 3 rounds of 50 runs (``quick``: 1 of 5)."""
-    from onnxcompress.evaluation.bench import bench
+    the first sentence of ``data``; 5 rounds of 100 runs (``quick``: 1 of 5). ``p50_paired_x``: the
+    median over rounds of the p50 ratio to the baseline in the same round (the models alternate, so
+    a load burst hits both; on this shared 2-core machine one model's round medians spread 8-15 ms)."""
+    from onnxcompress.evaluation.bench import bench, paired_p50_ratios
 
-    rounds, runs = (1, 5) if quick else (3, 50)
+    rounds, runs = (1, 5) if quick else (5, 100)
     rep = bench([str(p) for p in paths.values()], runs=runs, warmup=5, rounds=rounds, batch_size=1,
                 data=str(data), progress=False)  # fmt: skip
     base = rep.models[0]
@@ -420,7 +422,8 @@ def deploy_rows(paths: Mapping[str, Path], data: Path, *, quick: bool) -> list[d
             "size_x": m.size_bytes / base.size_bytes, "p50_x": m.p50_ms / base.p50_ms,
             "peak_rss_x": (m.peak_rss_bytes or 0) / (base.peak_rss_bytes or 1),
             "model_rss_x": (m.model_rss_bytes or 0) / (base.model_rss_bytes or 1),
-            "rounds": rounds, "runs": runs,
+            "p50_paired_x": float(np.median(paired_p50_ratios(m, base))),
+            "p50_rounds_ms": [r.p50_ms for r in m.rounds], "rounds": rounds, "runs": runs,
         })  # fmt: skip
     return out
 
