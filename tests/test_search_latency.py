@@ -284,3 +284,28 @@ def test_cli_refuses_bad_latency_values_in_one_line(tmp_path, capsys, argv, mess
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_the_bias_add_onnxruntime_fuses_is_timed_with_its_matmul() -> None:
+    """x @ W + b runs as one kernel (MatMulNBits takes the bias; float MatMul + Add fuse), so W's
+    micro-model holds the Add; V's output has two readers, so it is cut out alone."""
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["xw"]),
+        helper.make_node("Add", ["bias", "xw"], ["h"]),
+        helper.make_node("MatMul", ["h", "V"], ["hv"]),
+        helper.make_node("Add", ["hv", "bias"], ["k"]),
+        helper.make_node("Mul", ["hv", "k"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), n) for n in "WV"]
+    inits.append(numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "bias"))
+    model = helper.make_model(helper.make_graph(nodes, "bias", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    assert [n.op_type for n in lat._main_consumers(model, "W")] == ["MatMul", "Add"]
+    assert [n.op_type for n in lat._main_consumers(model, "V")] == ["MatMul"]
+    data = {"x": rng.standard_normal((4, 64)).astype(np.float32)}
+    cands = Candidates(model, data, base=base_config(), metric=Metric("cosine"), gates=Gates(min_cosine=0.5),
+                       container=False, objective="latency")  # fmt: skip
+    table = lat.measure_table(cands, CHOICES, timer=lambda pairs, timing: [5_000 - 1_000 * i for i in range(len(pairs))])
+    assert table.times["W"] == {"float": 5_000, "rt4": 4_000, "rt8": 3_000} and not table.unmeasured

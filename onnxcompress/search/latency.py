@@ -198,7 +198,8 @@ class LatencyTable:
 
 
 def _main_consumers(model: onnx.ModelProto, name: str) -> list[onnx.NodeProto] | str:
-    """The main-graph nodes reading ``name``, or why the weight cannot be cut out alone."""
+    """The main-graph nodes reading ``name`` (with the bias Adds onnxruntime fuses into them), or
+    why the weight cannot be cut out alone."""
     nodes = [n for n in model.graph.node if name in n.input]
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in model.graph.node for a in n.attribute):
         from onnxcompress.calibration.capture import node_inputs
@@ -207,7 +208,26 @@ def _main_consumers(model: onnx.ModelProto, name: str) -> list[onnx.NodeProto] |
             return "read inside a subgraph (If/Loop/Scan body)"
     if not nodes:
         return "no main-graph consumer (a Constant node's output or a subgraph weight)"
-    return nodes
+    return nodes + _fused_bias_adds(model, nodes)
+
+
+def _fused_bias_adds(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """The bias ``Add`` after a weight's ``MatMul`` (the MatMul's only reader, its other input an
+    initializer): onnxruntime fuses it into the op that runs the weight (``MatMulNBits`` takes a
+    bias input; a float MatMul + Add runs as one kernel), so the micro-model must hold it too, or
+    it times a MatMul the full model never runs alone."""
+    inits = {t.name for t in model.graph.initializer}
+    graph_outputs = {o.name for o in model.graph.output}
+    out = []
+    for n in nodes:
+        if n.op_type != "MatMul" or n.output[0] in graph_outputs:
+            continue
+        readers = [m for m in model.graph.node if n.output[0] in m.input]
+        if len(readers) == 1 and readers[0].op_type == "Add" and len(readers[0].input) == 2:
+            other = next(i for i in readers[0].input if i != n.output[0])
+            if other in inits and readers[0] not in out:
+                out.append(readers[0])
+    return out
 
 
 def _attr_signature(node: onnx.NodeProto) -> list[Any]:
@@ -386,7 +406,7 @@ def measure_table(
         w = tensor_array(model, name)
         micro, micro_feed = _micro_model(model, nodes, name, values)
         label = _entry_key(micro, w, micro_feed, None, None, env, [])[1]
-        position = [(k, list(n.input).index(name)) for k, n in enumerate(nodes)]
+        position = [(k, list(n.input).index(name)) for k, n in enumerate(nodes) if name in n.input]
         row_keys: dict[str, str] = {}
         todo: list[tuple[str, str]] = []
         for e in entries:
