@@ -506,30 +506,29 @@ def targets(name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def dominance(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """For each 8-bit peer that converted the model: which of our 8-bit variants meet every 8-bit
-    target against it at once (create, peak RSS, p50, fidelity, and MiniLM's cosine floor), and
-    otherwise the variant closest to it (fewest targets missed) with what it misses."""
+    target against it at once (create, peak RSS, p50, fidelity, and MiniLM's cosine floor); else
+    those that miss only ties; else the variant closest to it (fewest targets missed) with what it
+    misses."""
+    by = {r["variant"]: r for r in rows}
     out = []
-    peers = {t["against"] for t in checks if "peer's" in t["target"]}
-    for peer in [p for p in PEERS_8BIT if p in peers]:
+    for peer in [p for p in PEERS_8BIT if p in by and converted(by[p])]:
         per_variant: dict[str, list[dict[str, Any]]] = {}
         for t in checks:
-            if t["variant"] in OURS_8BIT and (t["against"] in (peer, "fp32", "issue 15")) and "0.6x" not in t["target"]:
+            if t["variant"] in OURS_8BIT and t["against"] in (peer, "fp32", "issue 15") and "0.6x" not in t["target"]:
                 per_variant.setdefault(t["variant"], []).append(t)
         winners = [v for v, ts in per_variant.items() if all(t["met"] for t in ts)]
         tied = [v for v, ts in per_variant.items() if v not in winners and all(t["met"] or t.get("tie") for t in ts)]
-        closest = min(per_variant, key=lambda v: sum(not t["met"] for t in per_variant[v])) if per_variant else None
-        if tied:
-            closest = None
-        out.append({
-            "peer": peer, "variants_meeting_all": winners, "variants_meeting_all_but_ties": tied,
-            "closest": None if winners or closest is None else {
-                "variant": closest, "missed": [t["target"] for t in per_variant[closest] if not t["met"]]},
-        })  # fmt: skip
+        closest = None
+        if per_variant and not winners and not tied:
+            v = min(per_variant, key=lambda v: sum(not t["met"] for t in per_variant[v]))
+            closest = {"variant": v, "missed": [t["target"] for t in per_variant[v] if not t["met"]]}
+        out.append({"peer": peer, "variants_meeting_all": winners, "variants_meeting_all_but_ties": tied,
+                    "closest": closest})  # fmt: skip
     return out
 
 
 def _fmt(target: str, v: float) -> str:
-    if target.startswith("peak RSS <= peer") or target.startswith("peak RSS <= best"):
+    if target.startswith("peak RSS <= peer"):
         return f"{v / 1e6:.2f} MB"
     if target.startswith("p50 <= peer's (paired"):
         return f"x{v:.3f}"

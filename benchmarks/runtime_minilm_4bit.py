@@ -34,9 +34,9 @@ Protocol (every choice on validation, the test sentences measured once at the en
   onnxruntime's MatMulNBits 4-bit quantizer (block 32, accuracy_level 4, MatMul only: its embedding
   table stays fp32), once each.
 * Deploy cost: fp32, the best all-4-bit plan and the chosen mix in one ``onnxcompress.evaluation.bench``
-  call (fresh process per measurement, models alternating, 3 rounds, 50 runs, batch 1, the test
+  call (fresh process per measurement, models alternating, 5 rounds, 100 runs, batch 1, the test
   sentences): peak RSS of the whole process, model RSS (peak minus the process before session
-  creation) and p50.
+  creation) and p50. (The committed run used 3 rounds of 50; each deploy row records its own.)
 
 Blocks: Gathers keep block 32 in every plan (their candidate is the bit width); 8-bit MatMuls use
 block 32. MatMulNBits runs with ``accuracy_level`` 4 (the rewrite's default). Every file is built in
